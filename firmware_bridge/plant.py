@@ -1,0 +1,74 @@
+"""The TRUE plant: a task's MuJoCo model with its true parameters, stepped one control period at a time.
+
+The stand-in is the only code that steps the true plant, and it steps it through this class. It
+needs nothing but models/<task>/<task>.xml: the control period and an optional joint speed limit
+come from the MJCF <custom> numerics `control_period` and `qvel_max`, the actuator limits from
+ctrlrange (MuJoCo clamps ctrl to it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+MODELS_DIR = Path(os.environ.get("MPQ_MODELS_DIR", Path(__file__).resolve().parents[1] / "models"))
+
+
+def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
+    path = Path(models_dir) / task / f"{task}.xml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no MuJoCo model for task {task!r} at {path}: add models/{task}/{task}.xml")
+    return path
+
+
+def _custom_numeric(model: mujoco.MjModel, name: str) -> float | None:
+    for i in range(model.nnumeric):
+        if mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_NUMERIC, i) == name:
+            return float(model.numeric(i).data[0])
+    return None
+
+
+class MujocoPlant:
+    """One MuJoCo model and its data; state = concat(qpos, qvel)."""
+
+    def __init__(self, xml_path: str | Path):
+        self.model = mujoco.MjModel.from_xml_path(str(xml_path))
+        self.data = mujoco.MjData(self.model)
+        period = _custom_numeric(self.model, "control_period")
+        if period is None:
+            raise ValueError(f"{xml_path}: missing <custom><numeric name='control_period' .../>")
+        self.control_period = period
+        self.substeps = round(period / self.model.opt.timestep)
+        if abs(self.substeps * self.model.opt.timestep - period) > 1e-9:
+            raise ValueError(f"{xml_path}: control_period {period} is not a multiple of timestep")
+        self.qvel_max = _custom_numeric(self.model, "qvel_max")
+        self.ctrl_low = self.model.actuator_ctrlrange[:, 0].copy()
+        self.ctrl_high = self.model.actuator_ctrlrange[:, 1].copy()
+
+    @classmethod
+    def for_task(cls, task: str, models_dir: Path = MODELS_DIR) -> MujocoPlant:
+        return cls(model_xml(task, models_dir))
+
+    @property
+    def state(self) -> np.ndarray:
+        return np.concatenate([self.data.qpos, self.data.qvel])
+
+    def reset(self, state) -> np.ndarray:
+        mujoco.mj_resetData(self.model, self.data)
+        nq = self.model.nq
+        self.data.qpos[:] = state[:nq]
+        self.data.qvel[:] = state[nq:]
+        mujoco.mj_forward(self.model, self.data)
+        return self.state
+
+    def step(self, u) -> np.ndarray:
+        """Hold u for one control period; returns the new state."""
+        self.data.ctrl[:] = u
+        for _ in range(self.substeps):
+            mujoco.mj_step(self.model, self.data)
+            if self.qvel_max is not None:
+                np.clip(self.data.qvel, -self.qvel_max, self.qvel_max, out=self.data.qvel)
+        return self.state

@@ -1,0 +1,1 @@
+"""mpq onboard: what runs on the robot. MPPI with an ONNX soft-Q terminal value. Never imports torch."""

@@ -1,0 +1,128 @@
+"""Infinite-horizon MPPI (MPQ.md, Eqs. 16-18), batched over B start states x K samples x H steps.
+
+The terminal value takes the LAST action: a horizon of H is H-1 simulated costs plus
+gamma^(H-1) Q(s_{H-1}, a_{H-1}). Without a Q (plain MPPI) the last step's own cost stands in its
+place, so plain MPPI with horizon H sees H simulated costs. The same code acts on the robot
+(`act`, B = 1, warm-started) and computes the trainer's soft-Bellman targets (`plan` over a
+minibatch of states; `Plan.value` is the free energy V(s)).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from onboard.backends import get_backend
+from onboard.tasks.base import Task
+
+QFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs[N, d], act[N, m]) -> q[N]
+
+
+@dataclass
+class MPPIConfig:
+    """MPPI settings; `for_task` starts from the paper's values for the task (MPQ.md, Table 3)."""
+
+    K: int = 24  # samples per start state
+    H: int = 8  # horizon, counting the terminal step
+    sigma: float | tuple[float, ...] = 4.0  # sampling noise covariance (diagonal, per action dim)
+    lam: float = 0.15  # temperature lambda
+    alpha: float = 0.5  # step size of the mean update
+    gamma: float = 0.9  # discount
+    n_iters: int = 1  # MPPI iterations per plan
+    model: str = "biased"  # planner parameters: "biased" (per rollout), "mean", or "true"
+    seed: int | None = 0
+
+    @classmethod
+    def for_task(cls, task: Task, **overrides) -> MPPIConfig:
+        return cls(**{**task.mppi_defaults, **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    actions: np.ndarray  # (B, H, m) the updated mean sequences, within bounds
+    value: np.ndarray  # (B,) free energy V(s) = -lam log mean_n exp(-S_n / lam), last iteration
+    ess: np.ndarray  # (B,) effective sample size 1 / sum w^2, last iteration
+    min_cost: np.ndarray  # (B,) lowest sample cost S, last iteration
+    seconds: float = 0.0
+    weights: np.ndarray = field(default=None, repr=False)  # (B, K), last iteration
+
+
+class MPPI:
+    def __init__(self, task: Task, config: MPPIConfig | None = None, backend: str = "numpy", q=None):
+        self.task = task
+        self.config = config or MPPIConfig.for_task(task)
+        self.backend = get_backend(backend, task)
+        self.q = q
+        m = task.act_dim
+        self.variance = np.broadcast_to(np.asarray(self.config.sigma, dtype=np.float64), (m,)).copy()
+        self.std = np.sqrt(self.variance)
+        self.sigma_inv = 1.0 / self.variance
+        noise_seed, param_seed = np.random.SeedSequence(self.config.seed).spawn(2)
+        self.noise_rng = np.random.default_rng(noise_seed)
+        self.param_rng = np.random.default_rng(param_seed)
+        self.mean = np.zeros((self.config.H, m))  # warm start for `act`
+        self.last_plan: Plan | None = None
+
+    def reset(self) -> None:
+        """Forget the warm start (a new episode)."""
+        self.mean[:] = 0.0
+
+    def plan(self, states: np.ndarray, mean: np.ndarray | None = None) -> Plan:
+        """Run n_iters MPPI iterations from each of states (B, n), starting from mean (B, H, m) or zeros."""
+        started = time.perf_counter()
+        cfg, task = self.config, self.task
+        states = np.asarray(states, dtype=np.float64)
+        B, K, H, m = states.shape[0], cfg.K, cfg.H, task.act_dim
+        U = np.zeros((B, H, m)) if mean is None else np.array(mean, dtype=np.float64).reshape(B, H, m)
+        for _ in range(cfg.n_iters):
+            # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
+            eps = self.noise_rng.standard_normal((B, K, H, m)) * self.std
+            actions = np.clip(U[:, None] + eps, task.u_min, task.u_max)
+            eps = actions - U[:, None]
+            params = task.planner_params(cfg.model, (B, K), self.param_rng)
+
+            running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
+            last_action = actions[:, :, H - 1]
+            if self.q is None:
+                terminal = task.cost(last_state, last_action)
+            else:
+                obs = task.obs(last_state).reshape(B * K, task.obs_dim)
+                terminal = np.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=np.float64)
+                terminal = terminal.reshape(B, K)
+            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (MPQ.md, appendix A).
+            scaled_U = U * self.sigma_inv
+            control = 0.5 * cfg.lam * (
+                np.sum(scaled_U * U, axis=(1, 2))[:, None] + 2.0 * np.einsum("bhm,bkhm->bk", scaled_U, eps)
+            )
+            S = running + cfg.gamma ** (H - 1) * terminal + control
+
+            S_min = S.min(axis=1, keepdims=True)
+            z = np.exp(-(S - S_min) / cfg.lam)
+            z_sum = z.sum(axis=1, keepdims=True)
+            weights = z / z_sum
+            U = U + cfg.alpha * np.einsum("bk,bkhm->bhm", weights, eps)
+
+        value = S_min[:, 0] - cfg.lam * np.log(z_sum[:, 0] / K)
+        return Plan(
+            actions=np.clip(U, task.u_min, task.u_max),
+            value=value,
+            ess=1.0 / np.sum(weights * weights, axis=1),
+            min_cost=S_min[:, 0],
+            seconds=time.perf_counter() - started,
+            weights=weights,
+        )
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        """Plan from one state with the warm start, return the first action, shift the mean."""
+        plan = self.plan(np.asarray(state, dtype=np.float64)[None], self.mean[None])
+        self.last_plan = plan
+        sequence = plan.actions[0]
+        self.mean[:-1] = sequence[1:]
+        self.mean[-1] = 0.0
+        return sequence[0].copy()
