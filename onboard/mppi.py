@@ -82,9 +82,12 @@ class MPPI:
         U = np.zeros((B, H, m)) if mean is None else np.array(mean, dtype=np.float64).reshape(B, H, m)
         for _ in range(cfg.n_iters):
             # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
-            eps = self.noise_rng.standard_normal((B, K, H, m)) * self.std
-            actions = np.clip(U[:, None] + eps, task.u_min, task.u_max)
-            eps = actions - U[:, None]
+            eps = self.noise_rng.standard_normal((B, K, H, m))
+            eps *= self.std
+            actions = U[:, None] + eps
+            np.maximum(actions, task.u_min, out=actions)
+            np.minimum(actions, task.u_max, out=actions)
+            np.subtract(actions, U[:, None], out=eps)
             params = task.planner_params(cfg.model, (B, K), self.param_rng)
 
             running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
@@ -96,23 +99,23 @@ class MPPI:
                 terminal = np.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=np.float64)
                 terminal = terminal.reshape(B, K)
             # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (MPQ.md, appendix A).
-            scaled_U = U * self.sigma_inv
-            control = 0.5 * cfg.lam * (
-                np.sum(scaled_U * U, axis=(1, 2))[:, None] + 2.0 * np.einsum("bhm,bkhm->bk", scaled_U, eps)
-            )
-            S = running + cfg.gamma ** (H - 1) * terminal + control
+            scaled_U = (U * self.sigma_inv).reshape(B, H * m, 1)
+            eps_flat = eps.reshape(B, K, H * m)
+            quadratic = (U.reshape(B, 1, H * m) @ scaled_U)[:, :, 0]  # (B, 1)
+            cross = (eps_flat @ scaled_U)[:, :, 0]  # (B, K)
+            S = running + cfg.gamma ** (H - 1) * terminal + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
             S_min = S.min(axis=1, keepdims=True)
-            z = np.exp(-(S - S_min) / cfg.lam)
+            z = np.exp((S_min - S) / cfg.lam)
             z_sum = z.sum(axis=1, keepdims=True)
             weights = z / z_sum
-            U = U + cfg.alpha * np.einsum("bk,bkhm->bhm", weights, eps)
+            U = U + cfg.alpha * (weights[:, None, :] @ eps_flat).reshape(B, H, m)
 
         value = S_min[:, 0] - cfg.lam * np.log(z_sum[:, 0] / K)
         return Plan(
-            actions=np.clip(U, task.u_min, task.u_max),
+            actions=np.minimum(np.maximum(U, task.u_min), task.u_max),
             value=value,
-            ess=1.0 / np.sum(weights * weights, axis=1),
+            ess=1.0 / (weights[:, None, :] @ weights[:, :, None])[:, 0, 0],
             min_cost=S_min[:, 0],
             seconds=time.perf_counter() - started,
             weights=weights,

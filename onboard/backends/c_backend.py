@@ -83,12 +83,12 @@ class CBackend:
         lib = ctypes.CDLL(str(build_library(task_c_program(task), f"mpq-{task.name}")))
         self._rollout = lib.mpq_rollout
         self._rollout.restype = None
-        self._rollout.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_double] + [
+        self._rollout.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double] + [
             ctypes.c_void_p
         ] * 2
 
     def rollout(self, states, actions, params, gamma):
-        """states (B, n), actions (B, K, H, m), params (B, K, P) -> cost (B, K), last state (B, K, n)."""
+        """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""
         B, K, H, _ = actions.shape
         states = np.ascontiguousarray(states, dtype=np.float64)
         actions = np.ascontiguousarray(actions, dtype=np.float64)
@@ -96,7 +96,7 @@ class CBackend:
         cost = np.empty((B, K))
         last = np.empty((B, K, self.task.state_dim))
         self._rollout(
-            B * K, K, H, states.ctypes.data, actions.ctypes.data, params.ctypes.data, gamma,
+            B * K, K, H, states.ctypes.data, actions.ctypes.data, params.ctypes.data, params.ndim > 1, gamma,
             cost.ctypes.data, last.ctypes.data,
         )  # fmt: skip
         return cost, last

@@ -15,7 +15,7 @@ class NumpyBackend:
         self.task = task
 
     def rollout(self, states, actions, params, gamma):
-        """states (B, n), actions (B, K, H, m), params (B, K, P) -> cost (B, K), last state (B, K, n)."""
+        """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""
         B, K, H, _ = actions.shape
         s = np.broadcast_to(states[:, None, :], (B, K, states.shape[-1]))
         cost = np.zeros((B, K))

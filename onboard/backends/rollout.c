@@ -3,10 +3,10 @@
  * Same arithmetic as onboard/backends/numpy_backend.py, one rollout at a time. */
 
 void mpq_rollout(long n_rollouts, long K, long H, const REAL *states, const REAL *actions,
-                 const REAL *params, REAL gamma, REAL *cost_out, REAL *last_state_out) {
+                 const REAL *params, int params_per_rollout, REAL gamma, REAL *cost_out, REAL *last_state_out) {
     for (long r = 0; r < n_rollouts; ++r) {
         const REAL *a = actions + r * H * ACT_DIM;
-        const REAL *p = params + r * PARAM_DIM;
+        const REAL *p = params_per_rollout ? params + r * PARAM_DIM : params;
         const REAL *s0 = states + (r / K) * STATE_DIM;
         REAL s[STATE_DIM], next[STATE_DIM];
         for (int i = 0; i < STATE_DIM; ++i) s[i] = s0[i];

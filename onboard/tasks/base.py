@@ -68,21 +68,21 @@ class Task:
         return len(self.param_names)
 
     def planner_params(self, model: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        """Parameters for the planner's rollouts, shape (*shape, param_dim).
+        """Parameters for the planner's rollouts: (*shape, param_dim), or (param_dim,) shared by all.
 
         model: "biased" draws each rollout's parameters from U[bias_low, bias_high];
         "mean" fixes them at the middle of that range; "true" uses the plant's parameters
         (the upper-bound baseline, only when a run asks for it).
         """
         if model == "biased":
-            return rng.uniform(self.bias_low, self.bias_high, size=(*shape, self.param_dim))
+            return self.bias_low + (self.bias_high - self.bias_low) * rng.random((*shape, self.param_dim))
         if model == "mean":
             fixed = 0.5 * (self.bias_low + self.bias_high)
         elif model == "true":
             fixed = self.true_params
         else:
             raise ValueError(f"unknown planner model {model!r}: use 'biased', 'mean' or 'true'")
-        return np.broadcast_to(np.asarray(fixed, dtype=np.float64), (*shape, self.param_dim))
+        return np.asarray(fixed, dtype=np.float64)
 
     # --- to be provided by each task -------------------------------------------------------
     def step(self, s: np.ndarray, u: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""mpq offboard: what runs on the workstation (training, export, deploy, demo, benchmarks)."""

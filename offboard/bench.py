@@ -1,0 +1,178 @@
+"""`make bench`: milliseconds per MPPI control step on this machine, as JSON and a table.
+
+Pendulum, closed loop on the planner's model from the hanging start, one MPPI iteration per step:
+  1. K=1024, H=32 with a 2x256 tanh MLP as terminal Q: the numpy backend, the C backend, and the
+     PyPI package pytorch-mppi given the same dynamics, cost, K, H, sigma, lambda and the same MLP
+     (in torch) as its terminal cost, all in one run.
+  2. The paper's K=24, H=8 with a 2x100 Q.
+Targets: (1) C backend >= 3x faster than pytorch-mppi; (2) under 0.25 ms median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from offboard.onnx_mlp import mlp_onnx, random_mlp
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.qfunction import OnnxQ, save_q_model
+from onboard.tasks import get_task
+
+CASES = [
+    dict(name="K=1024 H=32 Q=2x256", K=1024, H=32, hidden=(256, 256), steps=200),
+    dict(name="K=24 H=8 Q=2x100", K=24, H=8, hidden=(100, 100), steps=2000),
+]
+WARMUP = 20
+MODEL = "mean"  # fixed planner parameters, so every planner does the same work
+
+
+def _summary(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds[WARMUP:]) * 1e3
+    return dict(median_ms=float(np.median(ms)), p99_ms=float(np.percentile(ms, 99)), steps=len(ms))
+
+
+def time_mpq(task, backend: str, K: int, H: int, q, steps: int) -> dict:
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=H, model=MODEL), backend, q=q)
+    params = task.planner_params(MODEL, (), None)
+    state, seconds = task.hanging_state(), []
+    for _ in range(steps + WARMUP):
+        started = time.perf_counter()
+        u = mppi.act(state)
+        seconds.append(time.perf_counter() - started)
+        state = task.step(state, u, params)
+    return _summary(seconds)
+
+
+def time_pytorch_mppi(task, K: int, H: int, layers, steps: int) -> dict:
+    """pytorch-mppi with the pendulum's dynamics and cost written in torch, and the same MLP."""
+    import torch
+    from pytorch_mppi import MPPI as TorchMPPI
+
+    from onboard.tasks.pendulum import DT, G, V_MAX, W_THETADOT
+
+    mass, length = (float(v) for v in task.planner_params(MODEL, (), None))
+    net = torch.nn.Sequential()
+    for i, (W, b) in enumerate(layers):
+        linear = torch.nn.Linear(W.shape[0], W.shape[1])
+        linear.weight.data = torch.tensor(W.T, dtype=torch.float32)
+        linear.bias.data = torch.tensor(b, dtype=torch.float32)
+        net.append(linear)
+        if i < len(layers) - 1:
+            net.append(torch.nn.Tanh())
+
+    def dynamics(s, u):
+        acc = 3 * G / (2 * length) * torch.sin(s[:, 0]) + 3 * u[:, 0] / (mass * length**2)
+        v = s[:, 1] + DT * acc
+        return torch.stack([s[:, 0] + DT * v, torch.clamp(v, -V_MAX, V_MAX)], dim=1)
+
+    def running_cost(s, u):
+        theta = torch.remainder(s[:, 0] + np.pi, 2 * np.pi) - np.pi
+        return theta**2 + W_THETADOT * s[:, 1] ** 2
+
+    def terminal_cost(states, actions):
+        s, a = states[..., -1, :], actions[..., -1, :]
+        x = torch.cat([torch.cos(s[..., :1]), torch.sin(s[..., :1]), s[..., 1:], a], dim=-1)
+        with torch.no_grad():
+            return net(x.float()).double()[..., 0]
+
+    cfg = MPPIConfig.for_task(task, K=K, H=H)
+    ctrl = TorchMPPI(
+        dynamics, running_cost, task.state_dim, noise_sigma=torch.tensor([[cfg.sigma]], dtype=torch.float64),
+        num_samples=K, horizon=H, lambda_=cfg.lam, u_min=torch.tensor(task.u_min), u_max=torch.tensor(task.u_max),
+        terminal_state_cost=terminal_cost,
+    )  # fmt: skip
+    state, seconds = task.hanging_state(), []
+    for _ in range(steps + WARMUP):
+        started = time.perf_counter()
+        with torch.no_grad():
+            u = ctrl.command(torch.tensor(state)).numpy()
+        seconds.append(time.perf_counter() - started)
+        state = task.step(state, u, np.array([mass, length]))
+    return _summary(seconds)
+
+
+def run(threads: int, quick: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    task = get_task("pendulum")
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in CASES:
+            steps = 30 if quick else case["steps"]
+            layers = random_mlp(rng, task.obs_dim + task.act_dim, case["hidden"])
+            path = Path(tmp) / case["name"].replace(" ", "_") / "q.onnx"
+            save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "offboard.bench"})
+            q = OnnxQ(path, task, threads=threads)
+            for backend in ("numpy", "c"):
+                result = time_mpq(task, backend, case["K"], case["H"], q, steps)
+                rows.append(dict(case=case["name"], planner=f"mpq {backend}", **result))
+            result = time_pytorch_mppi(task, case["K"], case["H"], layers, steps)
+            rows.append(dict(case=case["name"], planner="pytorch-mppi", **result))
+
+    def median(case, planner):
+        return next(r["median_ms"] for r in rows if r["case"] == case and r["planner"] == planner)
+
+    big, small = CASES[0]["name"], CASES[1]["name"]
+    speedup = median(big, "pytorch-mppi") / median(big, "mpq c")
+    targets = [
+        dict(target=f"{big}: mpq c >= 3x faster than pytorch-mppi", measured=f"{speedup:.1f}x", met=speedup >= 3),
+        dict(
+            target=f"{small}: mpq c under 0.25 ms median",
+            measured=f"{median(small, 'mpq c'):.3f} ms",
+            met=median(small, "mpq c") < 0.25,
+        ),
+    ]
+    return dict(
+        benchmark="mppi_control_step",
+        task="pendulum",
+        planner_model=MODEL,
+        threads=threads,
+        machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version()),
+        time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        rows=rows,
+        targets=targets,
+    )
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"MPPI control step, pendulum ({report['threads']} threads)")
+    for col in ("case", "planner", "median ms", "p99 ms", "steps"):
+        table.add_column(col)
+    for r in report["rows"]:
+        table.add_row(r["case"], r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", str(r["steps"]))
+    console = Console()
+    console.print(table)
+    for t in report["targets"]:
+        console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT and torch threads")
+    parser.add_argument("--quick", action="store_true", help="a few steps per row (a smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")
+    args = parser.parse_args()
+    report = run(args.threads, args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"mppi-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The learned soft Q-function on the robot: `q.onnx` run by ONNX Runtime, guarded by its `q.json`.
+
+The manifest (format below) is written by `save_q_model` on the workstation and checked by
+`OnnxQ` before anything runs: the file's sha256, the task and its dimensions, the graph's input
+and output names and shapes, and a probe batch that must come back finite. Each refusal is one
+line naming the problem and the fix (`ModelError`).
+
+q.json: {"format": "mpq-q/1", "task", "obs_dim", "act_dim", "inputs": {"obs", "act"}, "output",
+"onnx_sha256", "producer": {...}, ...whatever else the producer records (training settings)}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from onboard.tasks.base import Task
+
+MANIFEST_FORMAT = "mpq-q/1"
+REQUIRED_KEYS = ("format", "task", "obs_dim", "act_dim", "inputs", "output", "onnx_sha256", "producer")
+
+
+class ModelError(ValueError):
+    """A Q model that must not be used; the message says why and what to do."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path(onnx_path: str | Path) -> Path:
+    return Path(onnx_path).with_suffix(".json")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_q_model(
+    onnx_bytes: bytes,
+    onnx_path: str | Path,
+    task: Task,
+    producer: dict,
+    obs_input: str = "obs",
+    act_input: str = "act",
+    output: str = "q",
+    extra: dict | None = None,
+) -> Path:
+    """Write q.onnx and then its q.json (each atomically); returns the manifest's path."""
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(onnx_path, onnx_bytes)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "task": task.name,
+        "obs_dim": task.obs_dim,
+        "act_dim": task.act_dim,
+        "inputs": {"obs": obs_input, "act": act_input},
+        "output": output,
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "producer": producer,
+        **(extra or {}),
+    }
+    path = manifest_path(onnx_path)
+    _write_atomic(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_manifest(onnx_path: str | Path) -> dict:
+    """The verified manifest of q.onnx (file present, sha256 matches); raises ModelError otherwise."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ModelError(f"missing model file {onnx_path}: export one (offboard) or fix the model path")
+    mpath = manifest_path(onnx_path)
+    if not mpath.is_file():
+        raise ModelError(f"missing manifest {mpath} beside {onnx_path}: export the model again, with its manifest")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"unreadable manifest {mpath} ({e.__class__.__name__}): export the model again") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ModelError(f"manifest {mpath} lacks {', '.join(missing)}: export the model again")
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise ModelError(f"manifest {mpath} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
+    actual = sha256_file(onnx_path)
+    if actual != manifest["onnx_sha256"]:
+        raise ModelError(
+            f"{onnx_path} has sha256 {actual[:12]}... but its manifest says {str(manifest['onnx_sha256'])[:12]}...: "
+            "the file changed after export; export or deploy it again"
+        )
+    return manifest
+
+
+def _is_dynamic(dim) -> bool:
+    return dim is None or isinstance(dim, str)
+
+
+class OnnxQ:
+    """Q(obs[N, obs_dim], act[N, act_dim]) -> q[N] (float64) through ONNX Runtime on the CPU."""
+
+    def __init__(self, onnx_path: str | Path, task: Task, threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        self.manifest = read_manifest(self.path)
+        m = self.manifest
+        if m["task"] != task.name:
+            raise ModelError(f"{self.path} was trained for task {m['task']!r}, not {task.name!r}: use that task's model")
+        if (m["obs_dim"], m["act_dim"]) != (task.obs_dim, task.act_dim):
+            raise ModelError(
+                f"{self.path} expects obs_dim={m['obs_dim']}, act_dim={m['act_dim']} but task {task.name!r} has "
+                f"obs_dim={task.obs_dim}, act_dim={task.act_dim}: export the model again for this task"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for malformed graphs
+            raise ModelError(f"{self.path} does not load in ONNX Runtime ({str(e).splitlines()[0]}): export it again")
+        self.obs_name, self.act_name, self.out_name = m["inputs"]["obs"], m["inputs"]["act"], m["output"]
+        self._check_signature(task)
+        self._probe(task)
+
+    def _check_signature(self, task: Task) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        expected = {self.obs_name: task.obs_dim, self.act_name: task.act_dim}
+        if set(inputs) != set(expected):
+            raise ModelError(
+                f"{self.path} has inputs {sorted(inputs)} but its manifest names {sorted(expected)}: export it again"
+            )
+        for name, width in expected.items():
+            shape = inputs[name].shape
+            if len(shape) != 2 or shape[1] != width or not _is_dynamic(shape[0]):
+                raise ModelError(
+                    f"{self.path} input {name!r} has shape {shape}, expected [batch, {width}] with a dynamic "
+                    "batch axis: export it again"
+                )
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if self.out_name not in outputs:
+            raise ModelError(f"{self.path} has outputs {sorted(outputs)}, not {self.out_name!r} as its manifest says")
+
+    def _probe(self, task: Task) -> None:
+        rng = np.random.default_rng(0)
+        obs = rng.standard_normal((5, task.obs_dim))
+        act = rng.uniform(task.u_min, task.u_max, size=(5, task.act_dim))
+        try:
+            q = self(obs, act)
+        except Exception as e:
+            raise ModelError(f"{self.path} failed on a probe batch ({str(e).splitlines()[0]}): export it again")
+        if q.shape != (5,):
+            raise ModelError(f"{self.path} returns shape {q.shape} for 5 inputs, expected one value per row")
+        if not np.all(np.isfinite(q)):
+            bad = next(v for v in q if not math.isfinite(v))
+            raise ModelError(f"{self.path} returns non-finite Q ({bad}) on a probe batch: the weights are broken")
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest["onnx_sha256"]
+
+    def __call__(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        feeds = {
+            self.obs_name: np.ascontiguousarray(obs, dtype=np.float32),
+            self.act_name: np.ascontiguousarray(act, dtype=np.float32),
+        }
+        (q,) = self.session.run([self.out_name], feeds)
+        return q.reshape(-1).astype(np.float64)
