@@ -56,7 +56,7 @@ def time_pytorch_mppi(task, K: int, H: int, layers, steps: int) -> dict:
     import torch
     from pytorch_mppi import MPPI as TorchMPPI
 
-    from onboard.tasks.pendulum import DT, G, V_MAX, W_THETADOT
+    from onboard.tasks.pendulum import DT, V_MAX, W_THETADOT, G
 
     mass, length = (float(v) for v in task.planner_params(MODEL, (), None))
     net = torch.nn.Sequential()

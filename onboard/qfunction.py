@@ -120,7 +120,9 @@ class OnnxQ:
         self.manifest = read_manifest(self.path)
         m = self.manifest
         if m["task"] != task.name:
-            raise ModelError(f"{self.path} was trained for task {m['task']!r}, not {task.name!r}: use that task's model")
+            raise ModelError(
+                f"{self.path} was trained for task {m['task']!r}, not {task.name!r}: use that task's model"
+            )
         if (m["obs_dim"], m["act_dim"]) != (task.obs_dim, task.act_dim):
             raise ModelError(
                 f"{self.path} expects obs_dim={m['obs_dim']}, act_dim={m['act_dim']} but task {task.name!r} has "
@@ -133,7 +135,8 @@ class OnnxQ:
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for malformed graphs
-            raise ModelError(f"{self.path} does not load in ONNX Runtime ({str(e).splitlines()[0]}): export it again")
+            first_line = str(e).strip().splitlines()[0]
+            raise ModelError(f"{self.path} does not load in ONNX Runtime ({first_line}): export it again") from None
         self.obs_name, self.act_name, self.out_name = m["inputs"]["obs"], m["inputs"]["act"], m["output"]
         self._check_signature(task)
         self._probe(task)
@@ -163,7 +166,8 @@ class OnnxQ:
         try:
             q = self(obs, act)
         except Exception as e:
-            raise ModelError(f"{self.path} failed on a probe batch ({str(e).splitlines()[0]}): export it again")
+            first_line = str(e).strip().splitlines()[0]
+            raise ModelError(f"{self.path} failed on a probe batch ({first_line}): export it again") from None
         if q.shape != (5,):
             raise ModelError(f"{self.path} returns shape {q.shape} for 5 inputs, expected one value per row")
         if not np.all(np.isfinite(q)):

@@ -83,9 +83,9 @@ class CBackend:
         lib = ctypes.CDLL(str(build_library(task_c_program(task), f"mpq-{task.name}")))
         self._rollout = lib.mpq_rollout
         self._rollout.restype = None
-        self._rollout.argtypes = [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double] + [
-            ctypes.c_void_p
-        ] * 2
+        self._rollout.argtypes = (
+            [ctypes.c_long] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_double] + [ctypes.c_void_p] * 2
+        )
 
     def rollout(self, states, actions, params, gamma):
         """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""

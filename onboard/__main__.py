@@ -1,0 +1,77 @@
+"""`python -m onboard`: the robot-side command line. Today: `plan`, one MPPI plan from a state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from onboard.backends import BACKEND_NAMES
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.qfunction import ModelError, OnnxQ
+from onboard.tasks import TASKS, get_task
+
+
+def cmd_plan(args) -> int:
+    task = get_task(args.task)
+    overrides = {k: v for k, v in dict(K=args.K, H=args.H, n_iters=args.iters, seed=args.seed).items() if v is not None}
+    config = MPPIConfig.for_task(task, model=args.model, **overrides)
+    q = OnnxQ(args.q, task, threads=args.threads) if args.q else None
+    if args.state is None:
+        state = task.hanging_state()
+    else:
+        state = np.array([float(v) for v in args.state.split(",")])
+        if state.shape != (task.state_dim,):
+            raise ValueError(f"--state has {state.size} values, task {task.name!r} needs {task.state_dim}")
+    plan = MPPI(task, config, args.backend, q=q).plan(state[None])
+    report = dict(
+        task=task.name,
+        backend=args.backend,
+        q=None if q is None else dict(path=str(q.path), sha256=q.sha256),
+        config=config.to_dict(),
+        state=state.tolist(),
+        actions=plan.actions[0].tolist(),
+        value=float(plan.value[0]),
+        ess=float(plan.ess[0]),
+        min_cost=float(plan.min_cost[0]),
+        ms=plan.seconds * 1e3,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        first = ", ".join(f"{v:+.3f}" for v in plan.actions[0, 0])
+        print(f"{task.name} from {np.array2string(state, precision=3)}: first action [{first}]")
+        print(
+            f"  value {report['value']:.3f}  ESS {report['ess']:.1f}/{config.K}  min cost {report['min_cost']:.3f}"
+            f"  {report['ms']:.2f} ms ({args.backend}, {'ONNX Q' if q else 'no terminal Q'})"
+        )
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m onboard", description="mpq on the robot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="plan once from a state and print the plan")
+    plan.add_argument("--task", default="pendulum", choices=sorted(TASKS))
+    plan.add_argument("--backend", default="c", choices=BACKEND_NAMES)
+    plan.add_argument("--q", help="q.onnx (with q.json beside it) as the terminal value; none: plain MPPI")
+    plan.add_argument("--state", help="comma-separated state (qpos then qvel); default: hanging at rest")
+    plan.add_argument("--model", default="biased", choices=("biased", "mean", "true"), help="planner parameters")
+    plan.add_argument("--K", type=int)
+    plan.add_argument("--H", type=int)
+    plan.add_argument("--iters", type=int)
+    plan.add_argument("--seed", type=int)
+    plan.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    plan.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        return cmd_plan(args)
+    except (ModelError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

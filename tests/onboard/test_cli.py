@@ -1,0 +1,56 @@
+"""`python -m onboard plan`: plans for each task and backend; bad input is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onboard.backends import BACKEND_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "onboard", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_plan_prints_a_plan_within_bounds(make_q, backend):
+    path, _ = make_q("cartpole")
+    out = run("plan", "--task", "cartpole", "--backend", backend, "--q", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["q"]["path"] == str(path)
+    assert len(report["actions"]) == report["config"]["H"] == 16
+    assert all(-10 <= a[0] <= 10 for a in report["actions"])
+
+
+def test_plan_from_a_given_state_in_text():
+    out = run("plan", "--task", "pendulum", "--state", "0.1,0", "--K", "64")
+    assert out.returncode == 0, out.stderr
+    assert "first action" in out.stdout and "ESS" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--q", "/nonexistent/q.onnx"], "missing model file /nonexistent/q.onnx"),
+        (["--state", "1,2,3"], "--state has 3 values"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, expected):
+    out = run("plan", "--task", "pendulum", *args)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.strip().count("\n") == 0 and expected in out.stderr
+
+
+def test_tampered_model_is_refused(make_q):
+    path, _ = make_q()
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    out = run("plan", "--q", str(path))
+    assert out.returncode == 2 and "sha256" in out.stderr and out.stderr.count("\n") == 1

@@ -1,0 +1,161 @@
+"""MPPI: swing-up behaviour, backends agreeing on the same noise, the free energy, bounds, warm start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_bridge.plant import MujocoPlant
+from offboard.onnx_mlp import random_mlp
+from onboard.backends import BACKEND_NAMES, get_backend
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.qfunction import OnnxQ
+from onboard.tasks import TASKS, get_task
+from onboard.tasks.base import wrap_angle
+from tests.conftest import NumpyQ
+
+RTOL = 1e-6  # the fast backend against the float64 reference
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pendulum_swings_up_and_holds_with_the_true_model(seed):
+    """numpy MPPI, true model, K=1024, H=32, on the MuJoCo plant from hanging down, 10 s."""
+    task = get_task("pendulum")
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=1024, H=32, model="true", seed=seed), "numpy")
+    plant = MujocoPlant.for_task("pendulum")
+    state = plant.reset(task.hanging_state())
+    angles = []
+    for _ in range(task.episode_steps):
+        state = plant.step(mppi.act(state))
+        angles.append(wrap_angle(state[0]))
+    last_two_seconds = np.abs(angles[-round(2.0 / task.dt) :])
+    assert last_two_seconds.max() < 0.1
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_c_rollout_matches_numpy_reference(name):
+    task = get_task(name)
+    rng = np.random.default_rng(1)
+    B, K, H = 3, 50, 12
+    states = np.stack([task.initial_state(rng) for _ in range(B)])
+    if name == "cartpole":
+        states[0, 0] = 2.3  # next to the rail, so the rail stop is exercised too
+    actions = rng.uniform(task.u_min, task.u_max, (B, K, H, task.act_dim))
+    for params in (task.planner_params("biased", (B, K), rng), task.planner_params("true", (B, K), rng)):
+        ref_cost, ref_last = get_backend("numpy", task).rollout(states, actions, params, 0.9)
+        cost, last = get_backend("c", task).rollout(states, actions, params, 0.9)
+        np.testing.assert_allclose(cost, ref_cost, rtol=1e-10)
+        np.testing.assert_allclose(last, ref_last, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("with_q", [False, True])
+def test_fast_backend_gives_the_reference_actions_on_the_same_noise(name, with_q):
+    task = get_task(name)
+    q = None
+    if with_q:
+        q = NumpyQ(random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, (32, 32)))
+    config = MPPIConfig.for_task(task, K=64, H=10, n_iters=3, seed=7)
+    reference, fast = MPPI(task, config, "numpy", q=q), MPPI(task, config, "c", q=q)
+    states = np.stack([task.initial_state(np.random.default_rng(i)) for i in range(4)])
+    ref_plan, fast_plan = reference.plan(states), fast.plan(states)
+    np.testing.assert_allclose(fast_plan.actions, ref_plan.actions, rtol=RTOL, atol=1e-9)
+    np.testing.assert_allclose(fast_plan.value, ref_plan.value, rtol=RTOL)
+    # and closed loop, warm-started, on the reference model
+    state = task.hanging_state()
+    for _ in range(20):
+        u_ref, u_fast = reference.act(state), fast.act(state)
+        np.testing.assert_allclose(u_fast, u_ref, rtol=RTOL, atol=1e-9)
+        state = task.step(state, u_ref, task.true_params)
+
+
+@pytest.mark.parametrize("mean", [0.0, 0.3])
+def test_free_energy_matches_closed_form_for_h1(mean):
+    """H=1, Q(a) = c0 + k a^2 / 2, a ~ N(u, Sigma): V = c0 + lam/2 log(1 + k Sigma / lam), for any u.
+
+    The control-cost term is the importance weight that makes V independent of the sampling mean.
+    """
+    task = get_task("pendulum")
+    c0, k, sigma, lam = 1.0, 2.0, 0.25, 0.15
+    config = MPPIConfig.for_task(task, K=20000, H=1, sigma=sigma, lam=lam, alpha=1.0, seed=3)
+    mppi = MPPI(task, config, "numpy", q=lambda obs, act: c0 + 0.5 * k * act[:, 0] ** 2)
+    B = 16
+    plan = mppi.plan(np.zeros((B, 2)), np.full((B, 1, 1), mean))
+    expected = c0 + 0.5 * lam * np.log(1 + k * sigma / lam)
+    assert plan.value.mean() == pytest.approx(expected, rel=2e-3)
+    # with alpha = 1 the new mean is that of p0(a) exp(-Q(a)/lam), p0 the zero-mean prior: 0, from any start
+    assert plan.actions[:, 0, 0].mean() == pytest.approx(0.0, abs=0.01)
+
+
+def test_plain_mppi_counts_h_costs_and_the_value_is_a_soft_minimum():
+    task = get_task("pendulum")
+    config = MPPIConfig.for_task(task, K=256, H=4, model="true", seed=0)
+    plan = MPPI(task, config, "numpy").plan(np.array([[0.5, 0.0]]))
+    assert plan.min_cost[0] <= plan.value[0] <= plan.min_cost[0] + config.lam * np.log(config.K)
+    assert 1.0 <= plan.ess[0] <= config.K
+    np.testing.assert_allclose(plan.weights.sum(axis=1), 1.0)
+
+
+def test_batched_plans_are_independent_per_state():
+    """Row b of a batched plan is the plan of state b alone on the same noise (one iteration)."""
+    task = get_task("pendulum")
+    config = MPPIConfig.for_task(task, K=128, H=8, seed=5)
+    states = np.array([[3.0, 0.0], [0.2, -1.0], [-1.5, 2.0]])
+    batched = MPPI(task, config, "numpy").plan(states)
+    alone = MPPI(task, config, "numpy").plan(states[:1])
+    np.testing.assert_allclose(batched.actions[0], alone.actions[0], rtol=1e-12)
+    assert batched.value[0] == pytest.approx(alone.value[0], rel=1e-12)
+    assert batched.actions.shape == (3, 8, 1) and batched.value.shape == (3,)
+    assert not np.allclose(batched.value[0], batched.value[1])
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_sampled_and_planned_actions_stay_within_bounds(backend):
+    task = get_task("cartpole")
+    seen = []
+
+    def recording_q(obs, act):
+        seen.append(act.copy())
+        return np.zeros(len(act))
+
+    mppi = MPPI(task, MPPIConfig.for_task(task, sigma=1e4, K=32, H=6, n_iters=2), backend, q=recording_q)
+    plan = mppi.plan(np.zeros((2, 4)), np.full((2, 6, 1), 9.0))
+    sampled = np.concatenate(seen)
+    assert sampled.min() == task.u_min[0] and sampled.max() == task.u_max[0]  # clipped, not dropped
+    assert np.all(plan.actions >= task.u_min) and np.all(plan.actions <= task.u_max)
+
+
+def test_act_warm_starts_by_shifting_the_mean():
+    task = get_task("pendulum")
+    mppi = MPPI(task, MPPIConfig.for_task(task, seed=0))
+    u = mppi.act(task.hanging_state())
+    sequence = mppi.last_plan.actions[0]
+    np.testing.assert_array_equal(u, sequence[0])
+    np.testing.assert_array_equal(mppi.mean[:-1], sequence[1:])
+    np.testing.assert_array_equal(mppi.mean[-1], 0.0)
+    mppi.reset()
+    assert not mppi.mean.any()
+
+
+def test_seeds_and_planner_models_change_the_plan_reproducibly():
+    task = get_task("pendulum")
+    state = np.array([[2.0, 0.5]])
+
+    def value(**kw):
+        return MPPI(task, MPPIConfig.for_task(task, K=64, **kw)).plan(state).value[0]
+
+    assert value(seed=1) == value(seed=1)
+    assert value(seed=1) != value(seed=2)
+    assert len({value(seed=1, model=m) for m in ("biased", "mean", "true")}) == 3
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("with_q", [False, True])
+def test_plans_for_every_task_and_backend_with_or_without_an_onnx_q(name, backend, with_q, make_q):
+    task = get_task(name)
+    q = OnnxQ(make_q(name)[0], task) if with_q else None
+    mppi = MPPI(task, MPPIConfig.for_task(task), backend, q=q)
+    u = mppi.act(task.hanging_state())
+    assert u.shape == (task.act_dim,) and np.all(np.isfinite(u))
+    assert np.isfinite(mppi.last_plan.value[0])

@@ -1,0 +1,59 @@
+"""DESIGN.md's import rules: offboard -> onboard -> firmware_bridge, never back; no torch on the robot."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_roots(package: str) -> dict[str, set[str]]:
+    """Top-level module names each .py file of `package` imports, read from the source."""
+    found = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        roots = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = roots
+    return found
+
+
+def test_onboard_sources_import_neither_torch_nor_offboard_nor_mujoco():
+    for path, roots in imported_roots("onboard").items():
+        assert not roots & {"torch", "offboard"}, path
+        # mujoco only inside an optional MuJoCo rollout backend
+        if not Path(path).name.startswith("mujoco"):
+            assert "mujoco" not in roots, path
+
+
+def test_firmware_bridge_imports_neither_onboard_nor_offboard():
+    for path, roots in imported_roots("firmware_bridge").items():
+        assert not roots & {"onboard", "offboard", "torch"}, path
+
+
+def test_importing_all_of_onboard_loads_no_torch():
+    modules = [
+        "onboard",
+        "onboard.__main__",
+        "onboard.mppi",
+        "onboard.qfunction",
+        "onboard.tasks",
+        "onboard.backends.numpy_backend",
+        "onboard.backends.c_backend",
+    ]
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = {name.split(".")[0] for name in json.loads(out.stdout)}
+    assert "onboard" in loaded
+    assert not loaded & {"torch", "offboard", "mujoco"}
