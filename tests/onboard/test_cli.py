@@ -25,7 +25,7 @@ def test_plan_prints_a_plan_within_bounds(make_q, backend):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["q"]["path"] == str(path)
-    assert len(report["actions"]) == report["config"]["H"] == 16
+    assert len(report["actions"]) == report["config"]["H"] == 12
     assert all(-10 <= a[0] <= 10 for a in report["actions"])
 
 

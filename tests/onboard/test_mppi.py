@@ -32,6 +32,20 @@ def test_pendulum_swings_up_and_holds_with_the_true_model(seed):
     assert last_two_seconds.max() < 0.1
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cartpole_swings_up_at_the_long_horizon_with_the_true_model(seed):
+    task = get_task("cartpole")
+    config = MPPIConfig.for_task(task, H=task.long_horizon, model="true", seed=seed)
+    mppi = MPPI(task, config, "c")
+    plant = MujocoPlant.for_task("cartpole")
+    state = plant.reset(task.hanging_state())
+    upright = []
+    for _ in range(task.episode_steps):
+        state = plant.step(mppi.act(state))
+        upright.append(bool(task.success(state)))
+    assert all(upright[-round(1.0 / task.dt) :])  # the last second upright, cart between the rails
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_c_rollout_matches_numpy_reference(name):
     task = get_task(name)
