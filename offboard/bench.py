@@ -105,7 +105,7 @@ def run(threads: int, quick: bool) -> dict:
     torch.set_num_threads(threads)
     task = get_task("pendulum")
     rng = np.random.default_rng(0)
-    rows = []
+    rows, case_configs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             steps = 30 if quick else case["steps"]
@@ -116,6 +116,8 @@ def run(threads: int, quick: bool) -> dict:
             for backend in ("numpy", "c"):
                 result = time_mpq(task, backend, case["K"], case["H"], q, steps)
                 rows.append(dict(case=case["name"], planner=f"mpq {backend}", **result))
+            config = MPPIConfig.for_task(task, K=case["K"], H=case["H"], model=MODEL)
+            case_configs[case["name"]] = dict(mppi=config.to_dict(), q_hidden=list(case["hidden"]))
             result = time_pytorch_mppi(task, case["K"], case["H"], layers, steps)
             rows.append(dict(case=case["name"], planner="pytorch-mppi", **result))
 
@@ -139,6 +141,7 @@ def run(threads: int, quick: bool) -> dict:
         threads=threads,
         machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version()),
         time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        cases=case_configs,
         rows=rows,
         targets=targets,
     )

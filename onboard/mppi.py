@@ -35,6 +35,24 @@ class MPPIConfig:
     model: str = "biased"  # planner parameters: "biased" (per rollout), "mean", or "true"
     seed: int | None = 0
 
+    def __post_init__(self):
+        problems = [
+            f"{name}={getattr(self, name)!r} must be {rule}"
+            for name, ok, rule in [
+                ("K", self.K >= 1, ">= 1"),
+                ("H", self.H >= 1, ">= 1"),
+                ("n_iters", self.n_iters >= 1, ">= 1"),
+                ("lam", self.lam > 0, "> 0"),
+                ("sigma", bool(np.all(np.asarray(self.sigma) > 0)), "> 0"),
+                ("alpha", 0 < self.alpha <= 1, "in (0, 1]"),
+                ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+                ("model", self.model in ("biased", "mean", "true"), "'biased', 'mean' or 'true'"),
+            ]
+            if not ok
+        ]
+        if problems:
+            raise ValueError("MPPI settings: " + "; ".join(problems))
+
     @classmethod
     def for_task(cls, task: Task, **overrides) -> MPPIConfig:
         return cls(**{**task.mppi_defaults, **overrides})

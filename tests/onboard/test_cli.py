@@ -40,6 +40,7 @@ def test_plan_from_a_given_state_in_text():
     [
         (["--q", "/nonexistent/q.onnx"], "missing model file /nonexistent/q.onnx"),
         (["--state", "1,2,3"], "--state has 3 values"),
+        (["--K", "0"], "K=0 must be >= 1"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected):

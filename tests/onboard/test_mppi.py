@@ -173,3 +173,10 @@ def test_plans_for_every_task_and_backend_with_or_without_an_onnx_q(name, backen
     u = mppi.act(task.hanging_state())
     assert u.shape == (task.act_dim,) and np.all(np.isfinite(u))
     assert np.isfinite(mppi.last_plan.value[0])
+
+
+def test_bad_settings_are_named_in_one_error():
+    with pytest.raises(ValueError, match=r"K=0 must be >= 1; lam=-1.0 must be > 0"):
+        MPPIConfig(K=0, lam=-1.0)
+    with pytest.raises(ValueError, match="model='exact'"):
+        MPPIConfig(model="exact")

@@ -1,0 +1,31 @@
+"""`make bench` still runs end to end (speed itself is measured there, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "offboard.bench", "--quick", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    (report_path,) = tmp_path.glob("mppi-*.json")
+    report = json.loads(report_path.read_text())
+    planners = {(r["case"], r["planner"]) for r in report["rows"]}
+    assert planners == {
+        (case, planner)
+        for case in ("K=1024 H=32 Q=2x256", "K=24 H=8 Q=2x100")
+        for planner in ("mpq numpy", "mpq c", "pytorch-mppi")
+    }
+    assert all(0 < r["median_ms"] <= r["p99_ms"] for r in report["rows"])
+    assert len(report["targets"]) == 2
+    assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout
