@@ -3,7 +3,8 @@
 The stand-in is the only code that steps the true plant, and it steps it through this class. It
 needs nothing but models/<task>/<task>.xml: the control period and an optional joint speed limit
 come from the MJCF <custom> numerics `control_period` and `qvel_max`, the actuator limits from
-ctrlrange (MuJoCo clamps ctrl to it).
+ctrlrange (MuJoCo clamps ctrl to it). The speed limit acts like a motor driver's governor and like Gym's
+Pendulum: the velocity is limited before it moves the position.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class MujocoPlant:
         if abs(self.substeps * self.model.opt.timestep - period) > 1e-9:
             raise ValueError(f"{xml_path}: control_period {period} is not a multiple of timestep")
         self.qvel_max = _custom_numeric(self.model, "qvel_max")
+        if self.qvel_max is not None and self.model.nq != self.model.nv:
+            raise ValueError(f"{xml_path}: qvel_max needs nq == nv (hinge and slide joints only)")
         self.ctrl_low = self.model.actuator_ctrlrange[:, 0].copy()
         self.ctrl_high = self.model.actuator_ctrlrange[:, 1].copy()
 
@@ -70,5 +73,8 @@ class MujocoPlant:
         for _ in range(self.substeps):
             mujoco.mj_step(self.model, self.data)
             if self.qvel_max is not None:
-                np.clip(self.data.qvel, -self.qvel_max, self.qvel_max, out=self.data.qvel)
+                # Euler moved qpos by timestep * qvel; move it by the limited velocity instead.
+                limited = np.clip(self.data.qvel, -self.qvel_max, self.qvel_max)
+                self.data.qpos += self.model.opt.timestep * (limited - self.data.qvel)
+                self.data.qvel[:] = limited
         return self.state

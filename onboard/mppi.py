@@ -67,6 +67,7 @@ class Plan:
     value: np.ndarray  # (B,) free energy V(s) = -lam log mean_n exp(-S_n / lam), last iteration
     ess: np.ndarray  # (B,) effective sample size 1 / sum w^2, last iteration
     min_cost: np.ndarray  # (B,) lowest sample cost S, last iteration
+    nonfinite: np.ndarray  # (B,) samples whose cost was NaN or inf (given zero weight), all iterations
     seconds: float = 0.0
     weights: np.ndarray = field(default=None, repr=False)  # (B, K), last iteration
 
@@ -96,8 +97,16 @@ class MPPI:
         started = time.perf_counter()
         cfg, task = self.config, self.task
         states = np.asarray(states, dtype=np.float64)
+        if states.ndim != 2 or states.shape[1] != task.state_dim:
+            raise ValueError(f"states must be (B, {task.state_dim}) for {task.name}, got shape {states.shape}")
         B, K, H, m = states.shape[0], cfg.K, cfg.H, task.act_dim
-        U = np.zeros((B, H, m)) if mean is None else np.array(mean, dtype=np.float64).reshape(B, H, m)
+        if mean is None:
+            U = np.zeros((B, H, m))
+        else:
+            U = np.array(mean, dtype=np.float64)
+            if U.shape != (B, H, m):
+                raise ValueError(f"mean must be (B, H, m) = {(B, H, m)}, got shape {U.shape}")
+        nonfinite = np.zeros(B, dtype=np.int64)
         for _ in range(cfg.n_iters):
             # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
             eps = self.noise_rng.standard_normal((B, K, H, m))
@@ -108,6 +117,7 @@ class MPPI:
             np.subtract(actions, U[:, None], out=eps)
             params = task.planner_params(cfg.model, (B, K), self.param_rng)
 
+            # S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1}) + control cost.
             running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
             last_action = actions[:, :, H - 1]
             if self.q is None:
@@ -123,18 +133,29 @@ class MPPI:
             cross = (eps_flat @ scaled_U)[:, :, 0]  # (B, K)
             S = running + cfg.gamma ** (H - 1) * terminal + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
+            # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
+            # a state with no finite sample keeps its mean and reports value inf.
+            finite = np.isfinite(S)
+            all_finite = finite.all()
+            if not all_finite:
+                nonfinite += K - finite.sum(axis=1)
+                S = np.where(finite, S, np.inf)
             S_min = S.min(axis=1, keepdims=True)
-            z = np.exp((S_min - S) / cfg.lam)
-            z_sum = z.sum(axis=1, keepdims=True)
+            shift = S_min if all_finite else np.where(np.isfinite(S_min), S_min, 0.0)
+            z = np.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
+            z_sum = np.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
             weights = z / z_sum
             U = U + cfg.alpha * (weights[:, None, :] @ eps_flat).reshape(B, H, m)
 
         value = S_min[:, 0] - cfg.lam * np.log(z_sum[:, 0] / K)
+        sum_w2 = (weights[:, None, :] @ weights[:, :, None])[:, 0, 0]
+        ess = np.divide(1.0, sum_w2, out=np.zeros(B), where=sum_w2 > 0)
         return Plan(
             actions=np.minimum(np.maximum(U, task.u_min), task.u_max),
             value=value,
-            ess=1.0 / (weights[:, None, :] @ weights[:, :, None])[:, 0, 0],
+            ess=ess,
             min_cost=S_min[:, 0],
+            nonfinite=nonfinite,
             seconds=time.perf_counter() - started,
             weights=weights,
         )

@@ -12,6 +12,20 @@ from onboard.tasks.base import Task
 BACKEND_NAMES = ("numpy", "c")
 
 
+def check_rollout_shapes(task: Task, states, actions, params) -> None:
+    """Refuse arrays a rollout would misread: (B, n) states, (B, K, H, m) actions, (P,) or (B, K, P) params."""
+    B, K = actions.shape[:2] if actions.ndim == 4 else (None, None)
+    problems = []
+    if actions.ndim != 4 or actions.shape[3] != task.act_dim:
+        problems.append(f"actions {actions.shape} are not (B, K, H, {task.act_dim})")
+    if states.shape != (B, task.state_dim):
+        problems.append(f"states {states.shape} are not (B={B}, {task.state_dim})")
+    if params.shape not in ((task.param_dim,), (B, K, task.param_dim)):
+        problems.append(f"params {params.shape} are neither ({task.param_dim},) nor (B, K, {task.param_dim})")
+    if problems:
+        raise ValueError(f"{task.name} rollout: " + "; ".join(problems))
+
+
 def get_backend(name: str, task: Task):
     if name == "numpy":
         from onboard.backends.numpy_backend import NumpyBackend

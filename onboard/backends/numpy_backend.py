@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onboard.backends import check_rollout_shapes
 from onboard.tasks.base import Task
 
 
@@ -16,6 +17,7 @@ class NumpyBackend:
 
     def rollout(self, states, actions, params, gamma):
         """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""
+        check_rollout_shapes(self.task, states, actions, params)
         B, K, H, _ = actions.shape
         s = np.broadcast_to(states[:, None, :], (B, K, states.shape[-1]))
         cost = np.zeros((B, K))

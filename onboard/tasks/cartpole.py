@@ -4,8 +4,10 @@ Classic constants (Barto et al. / Gym CartPole): cart 1 kg, pole 0.1 kg and 1 m 
 centre), g = 9.8, |force| <= 10 N, rails at |x| <= 2.4 m; plus a little viscous rail friction on
 the cart. State [x, theta, xdot, thetadot] (MuJoCo's qpos then qvel). The exact rigid-body
 equations, integrated with semi-implicit Euler at 10 ms, five substeps per 50 ms control period,
-exactly as the MuJoCo plant steps. At a rail the analytic model stops the cart (MuJoCo's joint limit
-is a soft constraint: the two agree to the tolerance of the tests only between the rails).
+exactly as the MuJoCo plant steps: between the rails the two agree to rounding. At a rail the analytic
+model stops the cart with an inelastic impulse that also acts on the pole; MuJoCo's joint limit is a
+stiff soft constraint that spreads the same stop over a few milliseconds, so there the two agree to a
+few centimetres and hundredths of a radian (tests/onboard/test_tasks.py states the tolerance).
 Cost on the pole's height, the cart's distance from the centre and a little on spin.
 """
 
@@ -55,12 +57,15 @@ MPQ_FN void cartpole_step(const REAL *s, const REAL *u, const REAL *p, REAL *out
         REAL det = m11 * m22 - m12 * m12;
         xd += (REAL){PHYSICS_DT!r} * (m22 * f1 - m12 * f2) / det;
         thd += (REAL){PHYSICS_DT!r} * (m11 * f2 - m12 * f1) / det;
+        REAL x_next = x + (REAL){PHYSICS_DT!r} * xd;
+        if (x_next > (REAL){X_MAX!r} || x_next < -(REAL){X_MAX!r}) {{
+            /* inelastic stop at the rail: the impulse that sets the cart's speed acts on the pole too */
+            REAL xd_stop = (mpq_clip(x_next, -(REAL){X_MAX!r}, (REAL){X_MAX!r}) - x) / (REAL){PHYSICS_DT!r};
+            thd -= m12 * (xd_stop - xd) / m22;
+            xd = xd_stop;
+        }}
         x += (REAL){PHYSICS_DT!r} * xd;
         th += (REAL){PHYSICS_DT!r} * thd;
-        if (x > (REAL){X_MAX!r} || x < -(REAL){X_MAX!r}) {{
-            x = mpq_clip(x, -(REAL){X_MAX!r}, (REAL){X_MAX!r});
-            xd = 0;
-        }}
     }}
     out[0] = x; out[1] = th; out[2] = xd; out[3] = thd;
 }}
@@ -83,11 +88,13 @@ MPQ_FN REAL cartpole_cost(const REAL *s, const REAL *u) {{
             det = m11 * m22 - m12 * m12
             xd = xd + PHYSICS_DT * (m22 * f1 - m12 * f2) / det
             thd = thd + PHYSICS_DT * (m11 * f2 - m12 * f1) / det
+            x_next = x + PHYSICS_DT * xd
+            # inelastic stop at the rail: the impulse that sets the cart's speed acts on the pole too
+            xd_stop = np.where(np.abs(x_next) > X_MAX, (np.clip(x_next, -X_MAX, X_MAX) - x) / PHYSICS_DT, xd)
+            thd = thd - m12 * (xd_stop - xd) / m22
+            xd = xd_stop
             x = x + PHYSICS_DT * xd
             th = th + PHYSICS_DT * thd
-            at_rail = np.abs(x) > X_MAX
-            x = np.clip(x, -X_MAX, X_MAX)
-            xd = np.where(at_rail, 0.0, xd)
         return np.stack([x, th, xd, thd], axis=-1)
 
     def cost(self, s, u):

@@ -1,8 +1,9 @@
 """Pendulum swing-up with the classic Gym constants (MPQ.md): a uniform rod on a torque-limited hinge.
 
 State [theta, thetadot] with theta = 0 upright; thetadotdot = 3g/(2l) sin(theta) + 3u/(m l^2).
-Semi-implicit Euler at dt, then |thetadot| <= 8 (the plant's speed governor, as MuJoCo plus the
-stand-in do it). Cost theta^2 + 0.1 thetadot^2; obs [cos, sin, thetadot].
+Exactly Gym's step: thetadot' = clip(thetadot + dt * thetadotdot, +-8), theta' = theta + dt * thetadot'
+(semi-implicit Euler with a speed limit, as the MuJoCo plant steps it). Cost theta^2 + 0.1 thetadot^2;
+obs [cos, sin, thetadot].
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ class Pendulum(Task):
 MPQ_FN void pendulum_step(const REAL *s, const REAL *u, const REAL *p, REAL *out) {{
     REAL m = p[0], l = p[1];
     REAL acc = (REAL)(3.0 * {G!r} / 2.0) / l * sin(s[0]) + 3 * u[0] / (m * l * l);
-    REAL v = s[1] + (REAL){DT!r} * acc;
+    REAL v = mpq_clip(s[1] + (REAL){DT!r} * acc, -(REAL){V_MAX!r}, (REAL){V_MAX!r});
     out[0] = s[0] + (REAL){DT!r} * v;
-    out[1] = mpq_clip(v, -(REAL){V_MAX!r}, (REAL){V_MAX!r});
+    out[1] = v;
 }}
 MPQ_FN REAL pendulum_cost(const REAL *s, const REAL *u) {{
     REAL th = mpq_wrap_angle(s[0]);
@@ -52,8 +53,8 @@ MPQ_FN REAL pendulum_cost(const REAL *s, const REAL *u) {{
         theta, thetadot = s[..., 0], s[..., 1]
         m, l = p[..., 0], p[..., 1]
         acc = (3.0 * G / 2.0) / l * np.sin(theta) + 3 * u[..., 0] / (m * l * l)
-        v = thetadot + DT * acc
-        return np.stack([theta + DT * v, np.clip(v, -V_MAX, V_MAX)], axis=-1)
+        v = np.clip(thetadot + DT * acc, -V_MAX, V_MAX)
+        return np.stack([theta + DT * v, v], axis=-1)
 
     def cost(self, s, u):
         theta = wrap_angle(s[..., 0])

@@ -83,6 +83,99 @@ def test_fast_backend_gives_the_reference_actions_on_the_same_noise(name, with_q
         state = task.step(state, u_ref, task.true_params)
 
 
+class FixedNormal:
+    """Stands in for the planner's noise generator: hands out the given standard normals."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def standard_normal(self, shape):
+        assert shape == self.values.shape
+        return self.values.copy()
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("with_q", [True, False])
+def test_one_iteration_equals_mpq_equations_computed_by_hand(backend, with_q):
+    """Eqs. 16-18 sample by sample: H-1 discounted costs, gamma^(H-1) Q on the LAST action (or the last
+    step's cost without Q), the undiscounted control cost on the CLIPPED perturbation, max-subtracted
+    weights, the alpha step, and the free energy."""
+    task = get_task("pendulum")
+    K, H, sigma, lam, alpha, gamma = 6, 3, 4.0, 0.7, 0.6, 0.5
+    config = MPPIConfig(K=K, H=H, sigma=sigma, lam=lam, alpha=alpha, gamma=gamma, model="true")
+
+    def q(obs, act):
+        return 1.3 * obs[:, 0] + 0.1 * obs[:, 2] + 0.7 * act[:, 0] ** 2 + 0.4 * act[:, 0]
+
+    mppi = MPPI(task, config, backend, q=q if with_q else None)
+    z = np.random.default_rng(11).standard_normal((1, K, H, 1))
+    mppi.noise_rng = FixedNormal(z)
+    s0, U0 = np.array([2.5, -0.7]), np.array([[0.5], [-1.0], [1.5]])
+    plan = mppi.plan(s0[None], U0[None])
+
+    S, perturbations, clipped = np.zeros(K), np.zeros((K, H, 1)), 0
+    for n in range(K):
+        a = np.clip(U0 + np.sqrt(sigma) * z[0, n], -2.0, 2.0)
+        clipped += np.any(np.abs(a) == 2.0)
+        e = a - U0
+        s = s0
+        for t in range(H - 1):
+            S[n] += gamma**t * task.cost(s, a[t])
+            s = task.step(s, a[t], task.true_params)
+        last = q(task.obs(s)[None], a[H - 1][None])[0] if with_q else task.cost(s, a[H - 1])
+        S[n] += gamma ** (H - 1) * last
+        S[n] += lam * sum(0.5 * U0[t, 0] / sigma * (U0[t, 0] + 2 * e[t, 0]) for t in range(H))
+        perturbations[n] = e
+    assert clipped >= 2  # the clipped perturbation matters in this case
+    w = np.exp(-(S - S.min()) / lam)
+    w /= w.sum()
+    expected_mean = U0 + alpha * np.einsum("n,nhm->hm", w, perturbations)
+    expected_value = -lam * np.log(np.mean(np.exp(-S / lam)))
+
+    np.testing.assert_allclose(plan.weights[0], w, rtol=1e-10)
+    np.testing.assert_allclose(plan.actions[0], np.clip(expected_mean, -2, 2), rtol=1e-10)
+    assert plan.value[0] == pytest.approx(expected_value, rel=1e-10)
+    assert plan.min_cost[0] == pytest.approx(S.min(), rel=1e-10)
+    assert plan.ess[0] == pytest.approx(1 / np.sum(w**2), rel=1e-10)
+
+
+def test_a_nonfinite_q_gets_zero_weight_and_never_reaches_the_action():
+    task = get_task("pendulum")
+
+    def half_broken_q(obs, act):
+        q = np.zeros(len(act))
+        q[::2] = np.nan
+        return q
+
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=16), "numpy", q=half_broken_q)
+    u = mppi.act(task.hanging_state())
+    plan = mppi.last_plan
+    assert np.isfinite(u).all() and np.isfinite(mppi.mean).all()
+    assert plan.nonfinite[0] == 8 and np.all(plan.weights[0, ::2] == 0)
+    assert np.isfinite(plan.value[0]) and plan.ess[0] >= 1
+
+    mppi.q = lambda obs, act: np.full(len(act), np.inf)
+    before = mppi.mean.copy()
+    plan = mppi.plan(np.array([task.hanging_state()]), before[None])
+    assert plan.nonfinite[0] == 16 and plan.value[0] == np.inf and plan.ess[0] == 0
+    np.testing.assert_array_equal(plan.actions[0], before)  # nothing to learn from: the mean stands
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_misshapen_inputs_are_refused_not_misread(backend):
+    task = get_task("cartpole")
+    mppi = MPPI(task, MPPIConfig.for_task(task), backend)
+    with pytest.raises(ValueError, match=r"states must be \(B, 4\)"):
+        mppi.plan(task.hanging_state())
+    with pytest.raises(ValueError, match="mean must be"):
+        mppi.plan(task.hanging_state()[None], np.zeros((1, 3, 1)))
+    rollout = get_backend(backend, task).rollout
+    with pytest.raises(ValueError, match=r"states \(1, 4\) are not \(B=50, 4\)"):
+        rollout(np.zeros((1, 4)), np.zeros((50, 4, 3, 1)), task.true_params, 0.9)
+    with pytest.raises(ValueError, match="params"):
+        rollout(np.zeros((2, 4)), np.zeros((2, 4, 3, 1)), np.zeros((4, 3)), 0.9)
+
+
 @pytest.mark.parametrize("mean", [0.0, 0.3])
 def test_free_energy_matches_closed_form_for_h1(mean):
     """H=1, Q(a) = c0 + k a^2 / 2, a ~ N(u, Sigma): V = c0 + lam/2 log(1 + k Sigma / lam), for any u.
@@ -101,12 +194,12 @@ def test_free_energy_matches_closed_form_for_h1(mean):
     assert plan.actions[:, 0, 0].mean() == pytest.approx(0.0, abs=0.01)
 
 
-def test_plain_mppi_counts_h_costs_and_the_value_is_a_soft_minimum():
+def test_the_value_is_a_soft_minimum_of_the_sample_costs():
     task = get_task("pendulum")
     config = MPPIConfig.for_task(task, K=256, H=4, model="true", seed=0)
     plan = MPPI(task, config, "numpy").plan(np.array([[0.5, 0.0]]))
-    assert plan.min_cost[0] <= plan.value[0] <= plan.min_cost[0] + config.lam * np.log(config.K)
-    assert 1.0 <= plan.ess[0] <= config.K
+    assert plan.min_cost[0] < plan.value[0] < plan.min_cost[0] + config.lam * np.log(config.K)
+    assert 1.0 < plan.ess[0] < config.K
     np.testing.assert_allclose(plan.weights.sum(axis=1), 1.0)
 
 
@@ -124,19 +217,25 @@ def test_batched_plans_are_independent_per_state():
 
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)
-def test_sampled_and_planned_actions_stay_within_bounds(backend):
+def test_every_sampled_action_is_clipped_to_the_bounds(backend):
     task = get_task("cartpole")
     seen = []
 
+    def recording_cost(s, u):
+        seen.append(u.copy())
+        return np.zeros(u.shape[:-1])
+
+    task.cost = recording_cost  # the planner model's running cost sees actions 0..H-2 (numpy backend)
+    seen_q = []
+
     def recording_q(obs, act):
-        seen.append(act.copy())
+        seen_q.append(act.copy())
         return np.zeros(len(act))
 
     mppi = MPPI(task, MPPIConfig.for_task(task, sigma=1e4, K=32, H=6, n_iters=2), backend, q=recording_q)
-    plan = mppi.plan(np.zeros((2, 4)), np.full((2, 6, 1), 9.0))
-    sampled = np.concatenate(seen)
+    mppi.plan(np.zeros((2, 4)), np.full((2, 6, 1), 9.0))
+    sampled = np.concatenate([a.reshape(-1) for a in seen + seen_q])
     assert sampled.min() == task.u_min[0] and sampled.max() == task.u_max[0]  # clipped, not dropped
-    assert np.all(plan.actions >= task.u_min) and np.all(plan.actions <= task.u_max)
 
 
 def test_act_warm_starts_by_shifting_the_mean():
