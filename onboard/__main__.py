@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return cmd_plan(args)
-    except (ModelError, ValueError, RuntimeError) as e:
+    except (ModelError, ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

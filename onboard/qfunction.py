@@ -29,14 +29,6 @@ class ModelError(ValueError):
     """A Q model that must not be used; the message says why and what to do."""
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
@@ -80,30 +72,76 @@ def save_q_model(
     return path
 
 
-def read_manifest(onnx_path: str | Path) -> dict:
-    """The verified manifest of q.onnx (file present, sha256 matches); raises ModelError otherwise."""
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ModelError(f"missing model file {onnx_path}: export one (offboard) or fix the model path")
-    mpath = manifest_path(onnx_path)
-    if not mpath.is_file():
-        raise ModelError(f"missing manifest {mpath} beside {onnx_path}: export the model again, with its manifest")
+# The manifest's fields and the JSON types they must have.
+MANIFEST_FIELDS = {
+    "format": str,
+    "task": str,
+    "obs_dim": int,
+    "act_dim": int,
+    "inputs": dict,
+    "output": str,
+    "onnx_sha256": str,
+    "producer": dict,
+}
+PROBE_ROWS = 5
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else error.__class__.__name__
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        manifest = json.loads(mpath.read_text())
+        return path.read_bytes()
+    except FileNotFoundError:
+        fix = "export one (offboard) or fix the model path" if what == "model file" else "export the model again"
+        raise ModelError(f"missing {what} {path}: {fix}") from None
+    except OSError as e:
+        raise ModelError(f"cannot read {what} {path} ({e.strerror}): check the file and its permissions") from None
+
+
+def load_verified(onnx_path: str | Path) -> tuple[dict, bytes]:
+    """The manifest and the ONNX bytes, read once, the bytes checked against the manifest's sha256.
+
+    Whatever runs the model runs these very bytes, so a file swapped after the check is never run.
+    """
+    onnx_path = Path(onnx_path)
+    onnx_bytes = _read_bytes(onnx_path, "model file")
+    mpath = manifest_path(onnx_path)
+    try:
+        manifest = json.loads(_read_bytes(mpath, "manifest"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"unreadable manifest {mpath} ({e.__class__.__name__}): export the model again") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(manifest, dict) or k not in manifest]
-    if missing:
-        raise ModelError(f"manifest {mpath} lacks {', '.join(missing)}: export the model again")
+    if not isinstance(manifest, dict):
+        raise ModelError(f"manifest {mpath} is not a JSON object: export the model again")
+    wrong = [
+        f"{key} (want {kind.__name__})"
+        for key, kind in MANIFEST_FIELDS.items()
+        if not isinstance(manifest.get(key), kind) or (kind is int and isinstance(manifest.get(key), bool))
+    ]
+    inputs = manifest.get("inputs")
+    if isinstance(inputs, dict) and not all(isinstance(inputs.get(k), str) for k in ("obs", "act")):
+        wrong.append("inputs.obs and inputs.act (want names)")
+    if wrong:
+        raise ModelError(f"manifest {mpath} lacks or mistypes {', '.join(wrong)}: export the model again")
     if manifest["format"] != MANIFEST_FORMAT:
-        raise ModelError(f"manifest {mpath} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
-    actual = sha256_file(onnx_path)
+        raise ModelError(
+            f"manifest {mpath} has format {manifest['format']!r}, this onboard reads {MANIFEST_FORMAT!r}: "
+            "export the model with a matching offboard, or deploy a matching onboard"
+        )
+    actual = hashlib.sha256(onnx_bytes).hexdigest()
     if actual != manifest["onnx_sha256"]:
         raise ModelError(
-            f"{onnx_path} has sha256 {actual[:12]}... but its manifest says {str(manifest['onnx_sha256'])[:12]}...: "
+            f"{onnx_path} has sha256 {actual[:12]}... but its manifest says {manifest['onnx_sha256'][:12]}...: "
             "the file changed after export; export or deploy it again"
         )
-    return manifest
+    return manifest, onnx_bytes
+
+
+def read_manifest(onnx_path: str | Path) -> dict:
+    """The verified manifest of q.onnx (file present, sha256 matches); raises ModelError otherwise."""
+    return load_verified(onnx_path)[0]
 
 
 def _is_dynamic(dim) -> bool:
@@ -117,7 +155,7 @@ class OnnxQ:
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
-        self.manifest = read_manifest(self.path)
+        self.manifest, onnx_bytes = load_verified(self.path)
         m = self.manifest
         if m["task"] != task.name:
             raise ModelError(
@@ -133,10 +171,9 @@ class OnnxQ:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for malformed graphs
-            first_line = str(e).strip().splitlines()[0]
-            raise ModelError(f"{self.path} does not load in ONNX Runtime ({first_line}): export it again") from None
+            raise ModelError(f"{self.path} does not load in ONNX Runtime ({_first_line(e)}): export it again") from None
         self.obs_name, self.act_name, self.out_name = m["inputs"]["obs"], m["inputs"]["act"], m["output"]
         self._check_signature(task)
         self._probe(task)
@@ -155,24 +192,44 @@ class OnnxQ:
                     f"{self.path} input {name!r} has shape {shape}, expected [batch, {width}] with a dynamic "
                     "batch axis: export it again"
                 )
+            if inputs[name].type != "tensor(float)":
+                raise ModelError(
+                    f"{self.path} input {name!r} is {inputs[name].type}, expected tensor(float) (float32): "
+                    "export it again in float32"
+                )
         outputs = {o.name: o for o in self.session.get_outputs()}
         if self.out_name not in outputs:
-            raise ModelError(f"{self.path} has outputs {sorted(outputs)}, not {self.out_name!r} as its manifest says")
+            raise ModelError(
+                f"{self.path} has outputs {sorted(outputs)}, not {self.out_name!r} as its manifest says: "
+                "export it again"
+            )
 
     def _probe(self, task: Task) -> None:
+        """Run a probe batch, and its rows one at a time: finite, one value per row, rows independent."""
         rng = np.random.default_rng(0)
-        obs = rng.standard_normal((5, task.obs_dim))
-        act = rng.uniform(task.u_min, task.u_max, size=(5, task.act_dim))
+        obs = rng.standard_normal((PROBE_ROWS, task.obs_dim))
+        act = rng.uniform(task.u_min, task.u_max, size=(PROBE_ROWS, task.act_dim))
         try:
             q = self(obs, act)
+            rows = np.concatenate([self(obs[i : i + 1], act[i : i + 1]) for i in range(PROBE_ROWS)])
         except Exception as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise ModelError(f"{self.path} failed on a probe batch ({first_line}): export it again") from None
-        if q.shape != (5,):
-            raise ModelError(f"{self.path} returns shape {q.shape} for 5 inputs, expected one value per row")
+            raise ModelError(f"{self.path} failed on a probe batch ({_first_line(e)}): export it again") from None
+        if q.shape != (PROBE_ROWS,) or rows.shape != (PROBE_ROWS,):
+            raise ModelError(
+                f"{self.path} returns shape {q.shape} for {PROBE_ROWS} inputs, expected one value per row: "
+                "export a model whose output is [batch] or [batch, 1]"
+            )
         if not np.all(np.isfinite(q)):
             bad = next(v for v in q if not math.isfinite(v))
-            raise ModelError(f"{self.path} returns non-finite Q ({bad}) on a probe batch: the weights are broken")
+            raise ModelError(
+                f"{self.path} returns non-finite Q ({bad}) on a probe batch: its weights are broken; "
+                "retrain or export an earlier checkpoint"
+            )
+        if not np.allclose(q, rows, rtol=1e-4, atol=1e-4):
+            raise ModelError(
+                f"{self.path} gives different Q for a row alone and in a batch: the graph mixes rows; "
+                "export a per-row network"
+            )
 
     @property
     def sha256(self) -> str:

@@ -55,3 +55,14 @@ def test_tampered_model_is_refused(make_q):
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     out = run("plan", "--q", str(path))
     assert out.returncode == 2 and "sha256" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_mistyped_manifest_is_one_line_not_a_traceback(make_q):
+    path, _ = make_q()
+    manifest_file = path.with_suffix(".json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["inputs"] = ["obs", "act"]
+    manifest_file.write_text(json.dumps(manifest))
+    out = run("plan", "--q", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "mistypes inputs" in out.stderr

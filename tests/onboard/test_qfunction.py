@@ -142,3 +142,78 @@ def test_refuses_a_model_with_one_output_per_two_rows(tmp_path):
     path = tmp_path / "q.onnx"
     save_q_model(model.SerializeToString(), path, PENDULUM, {"name": "tests"})
     assert "one value per row" in refusal(path)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("inputs", ["obs", "act"]), ("inputs", {"obs": "obs"}), ("output", ["q"]), ("obs_dim", "3"), ("producer", None)],
+)
+def test_refuses_a_manifest_with_a_missing_or_mistyped_field(make_q, field, value):
+    path, _ = make_q()
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest[field] = value
+    manifest_path(path).write_text(json.dumps(manifest))
+    assert f"lacks or mistypes {field}" in refusal(path)
+
+
+def _two_input_model(nodes, obs_type=onnx.TensorProto.FLOAT, extra_init=()) -> bytes:
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [
+            helper.make_tensor_value_info("obs", obs_type, ["batch", 3]),
+            helper.make_tensor_value_info("act", onnx.TensorProto.FLOAT, ["batch", 1]),
+        ],
+        [helper.make_tensor_value_info("q", onnx.TensorProto.FLOAT, ["batch"])],
+        list(extra_init),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_refuses_a_graph_that_mixes_rows_of_the_batch(tmp_path):
+    # q = sum(x) - mean over the batch of sum(x): fine shapes, finite, but not a function of its own row
+    nodes = [
+        helper.make_node("Concat", ["obs", "act"], ["x"], axis=1),
+        helper.make_node("ReduceSum", ["x", "axis1"], ["row"], keepdims=0),
+        helper.make_node("ReduceMean", ["row"], ["batch_mean"], keepdims=1),
+        helper.make_node("Sub", ["row", "batch_mean"], ["q"]),
+    ]
+    axis = onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")
+    path = tmp_path / "q.onnx"
+    save_q_model(_two_input_model(nodes, extra_init=[axis]), path, PENDULUM, {"name": "tests"})
+    assert "mixes rows" in refusal(path)
+
+
+def test_refuses_float64_inputs(tmp_path):
+    nodes = [
+        helper.make_node("Cast", ["obs"], ["obs32"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Concat", ["obs32", "act"], ["x"], axis=1),
+        helper.make_node("ReduceSum", ["x", "axis1"], ["q"], keepdims=0),
+    ]
+    axis = onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")
+    path = tmp_path / "q.onnx"
+    save_q_model(_two_input_model(nodes, onnx.TensorProto.DOUBLE, [axis]), path, PENDULUM, {"name": "tests"})
+    assert "tensor(double)" in refusal(path)
+
+
+def test_a_file_swapped_between_check_and_load_is_not_what_runs(make_q, monkeypatch):
+    """The session is built from the very bytes whose sha256 was checked."""
+    import hashlib
+
+    from onboard import qfunction
+
+    path, layers = make_q()
+    other, _ = make_q(seed=1)
+
+    class SwapWhileHashing:
+        @staticmethod
+        def sha256(data):
+            path.write_bytes(other.read_bytes())  # a deploy replaces the file right after it was read
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(qfunction, "hashlib", SwapWhileHashing)
+    q = OnnxQ(path, PENDULUM)
+    obs, act = np.zeros((2, 3)), np.ones((2, 1))
+    np.testing.assert_allclose(q(obs, act), mlp_forward(layers, obs, act), rtol=1e-5, atol=1e-5)
