@@ -9,13 +9,12 @@ Pendulum: the velocity is limited before it moves the position.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mujoco
 import numpy as np
 
-MODELS_DIR = Path(os.environ.get("MPQ_MODELS_DIR", Path(__file__).resolve().parents[1] / "models"))
+from firmware_bridge.paths import MODELS_DIR
 
 
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
@@ -25,10 +24,11 @@ def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
     return path
 
 
-def _custom_numeric(model: mujoco.MjModel, name: str) -> float | None:
+def custom_numeric(model: mujoco.MjModel, name: str) -> np.ndarray | None:
+    """An MJCF <custom><numeric name=...> value, or None."""
     for i in range(model.nnumeric):
         if mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_NUMERIC, i) == name:
-            return float(model.numeric(i).data[0])
+            return np.array(model.numeric(i).data, dtype=np.float64)
     return None
 
 
@@ -38,14 +38,15 @@ class MujocoPlant:
     def __init__(self, xml_path: str | Path):
         self.model = mujoco.MjModel.from_xml_path(str(xml_path))
         self.data = mujoco.MjData(self.model)
-        period = _custom_numeric(self.model, "control_period")
+        period = custom_numeric(self.model, "control_period")
         if period is None:
             raise ValueError(f"{xml_path}: missing <custom><numeric name='control_period' .../>")
-        self.control_period = period
+        self.control_period = period = float(period[0])
         self.substeps = round(period / self.model.opt.timestep)
         if abs(self.substeps * self.model.opt.timestep - period) > 1e-9:
             raise ValueError(f"{xml_path}: control_period {period} is not a multiple of timestep")
-        self.qvel_max = _custom_numeric(self.model, "qvel_max")
+        qvel_max = custom_numeric(self.model, "qvel_max")
+        self.qvel_max = None if qvel_max is None else float(qvel_max[0])
         if self.qvel_max is not None and self.model.nq != self.model.nv:
             raise ValueError(f"{xml_path}: qvel_max needs nq == nv (hinge and slide joints only)")
         self.ctrl_low = self.model.actuator_ctrlrange[:, 0].copy()

@@ -20,6 +20,7 @@ from pathlib import Path
 import cffi
 import numpy as np
 
+from firmware_bridge.paths import cache_dir
 from onboard.backends import check_rollout_shapes
 from onboard.tasks.base import C_PRELUDE, Task
 
@@ -30,11 +31,6 @@ FFI.cdef(
     "void mpq_rollout(long n_rollouts, long K, long H, const double *states, const double *actions,"
     " const double *params, int params_per_rollout, double gamma, double *cost_out, double *last_state_out);"
 )
-
-
-def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mpq"
-    return Path(os.environ.get("MPQ_CACHE_DIR", default))
 
 
 def task_c_program(task: Task) -> str:

@@ -1,0 +1,104 @@
+"""MAVLink 2 framing for both ends of the link: bytes in, messages out, every byte accounted for.
+
+pymavlink's own parser drops a whole claimed frame when its checksum fails, so one flipped length
+byte can swallow the good frames behind it. This scanner instead rejects a bad candidate by its first
+byte and rescans, so it resynchronises at the next real frame; pymavlink still decodes the payload
+and checks MAVLink 2 signatures. It never raises on input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from firmware_bridge.dialect import mavlink
+
+MAGIC = mavlink.PROTOCOL_MARKER_V2
+HEADER_LEN = 10
+CHECKSUM_LEN = 2
+SIGNATURE_LEN = mavlink.MAVLINK_SIGNATURE_BLOCK_LEN
+SIGNED = mavlink.MAVLINK_IFLAG_SIGNED
+
+
+@dataclass
+class LinkCounters:
+    frames: int = 0  # valid frames delivered
+    crc_errors: int = (
+        0  # candidates that failed the checksum (an unknown message id or flag counts: it can't be checked)
+    )
+    bytes_skipped: int = 0  # bytes outside delivered frames and signature-rejected frames
+    signature_errors: int = 0  # valid frames dropped for a missing or wrong signature (signing on)
+    seq_gaps: int = 0  # frames lost, from the senders' MAVLink sequence numbers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FrameParser:
+    """Feed it whatever the port gave; get back the decoded messages. `counters` say what was dropped."""
+
+    def __init__(self, mav: mavlink.MAVLink):
+        self.mav = mav  # decodes payloads and checks signatures with its signing state
+        self.buffer = bytearray()
+        self.counters = LinkCounters()
+        self._last_seq: dict[tuple[int, int], int] = {}
+
+    def feed(self, data: bytes) -> list:
+        self.buffer += data
+        messages = []
+        while True:
+            start = self.buffer.find(MAGIC)
+            if start < 0:
+                self._skip(len(self.buffer))
+                return messages
+            self._skip(start)
+            if len(self.buffer) < HEADER_LEN:
+                return messages
+            length, incompat = self.buffer[1], self.buffer[2]
+            msgid = int.from_bytes(self.buffer[7:10], "little")
+            info = mavlink.mavlink_map.get(msgid)
+            if info is None or incompat & ~SIGNED:
+                self._reject_candidate()
+                continue
+            total = HEADER_LEN + length + CHECKSUM_LEN + (SIGNATURE_LEN if incompat & SIGNED else 0)
+            if len(self.buffer) < total:
+                return messages  # wait for the rest
+            crc = mavlink.x25crc(self.buffer[1 : HEADER_LEN + length])
+            crc.accumulate(bytes([info.crc_extra]))
+            if crc.crc != int.from_bytes(self.buffer[HEADER_LEN + length : HEADER_LEN + length + 2], "little"):
+                self._reject_candidate()
+                continue
+            frame = bytearray(self.buffer[:total])
+            try:
+                message = self.mav.decode(frame)
+            except mavlink.MAVError as error:
+                if "signature" in str(error).lower():
+                    self.counters.signature_errors += 1
+                    self._skip(total)
+                else:
+                    self._reject_candidate()
+                continue
+            except Exception:  # a payload pymavlink cannot unpack: treat as a bad frame, never raise
+                self._reject_candidate()
+                continue
+            del self.buffer[:total]
+            self.counters.frames += 1
+            self._track_sequence(message)
+            messages.append(message)
+
+    def _skip(self, n: int) -> None:
+        if n:
+            self.counters.bytes_skipped += n
+            del self.buffer[:n]
+
+    def _reject_candidate(self) -> None:
+        """A magic byte that did not start a valid frame: count it and rescan from the next byte."""
+        self.counters.crc_errors += 1
+        self._skip(1)
+
+    def _track_sequence(self, message) -> None:
+        sender = (message.get_srcSystem(), message.get_srcComponent())
+        seq = message.get_seq()
+        last = self._last_seq.get(sender)
+        if last is not None:
+            self.counters.seq_gaps += (seq - last - 1) % 256
+        self._last_seq[sender] = seq

@@ -1,0 +1,240 @@
+"""The host end of the serial link: open, handshake, heartbeat, send commands, receive states, counters.
+
+Transports are pyserial URLs, so the same code runs on /dev/ttyUSB0, a pty, or loop://. Nothing runs
+in a side thread: the caller's control loop calls `recv_state`/`send_command` (and `service` when it
+waits), which also send HEARTBEAT when due and read whatever arrived.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import serial
+
+from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_ACT, MAX_STATE, mavlink
+from firmware_bridge.frames import FrameParser
+
+HOST_SYSTEM, HOST_COMPONENT = 255, mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
+HEARTBEAT_PERIOD = 1.0
+RTT_WINDOW = 10000
+
+
+class LinkError(RuntimeError):
+    """The link cannot be used; the message names the problem and the fix."""
+
+
+class HandshakeError(LinkError):
+    pass
+
+
+@dataclass
+class PlantState:
+    state: np.ndarray  # float64 copy of the float32 wire values
+    seq: int
+    command_seq: int  # the last command the plant applied
+    episode_id: int
+    time_us: int
+    received: float  # host monotonic time
+
+
+class Link:
+    def __init__(
+        self,
+        url: str,
+        task: str,
+        state_dim: int,
+        act_dim: int,
+        baud: int = 115200,
+        signing_key: bytes | None = None,
+        lost_after: float = 3.0,
+        dialect_version: int = DIALECT_VERSION,
+    ):
+        self.task, self.state_dim, self.act_dim = task, state_dim, act_dim
+        self.dialect_version = dialect_version
+        self.lost_after = lost_after
+        try:
+            self.port = serial.serial_for_url(url, baudrate=baud, timeout=0)
+        except (serial.SerialException, ValueError) as e:
+            raise LinkError(f"cannot open serial port {url!r} ({e}): check the device path or URL") from None
+        self.mav = mavlink.MAVLink(self.port, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)
+        receiver = mavlink.MAVLink(None, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)
+        if signing_key is not None:
+            for m in (self.mav, receiver):
+                m.signing.secret_key = signing_key
+            self.mav.signing.sign_outgoing = True
+        self.parser = FrameParser(receiver)
+        self.states: deque[PlantState] = deque()
+        self.plant_handshake = None
+        self.status = None  # the latest MPQ_STATUS
+        self.command_seq = 0
+        self.last_heard: float | None = None
+        self.next_heartbeat = 0.0
+        self._sent_at: dict[int, float] = {}
+        self.rtts: deque[float] = deque(maxlen=RTT_WINDOW)
+
+    # --- connection ----------------------------------------------------------------------------
+    def handshake(self, timeout: float = 2.0, control_period: float = 0.0) -> None:
+        """Exchange dialect, task and dims with the plant; raises HandshakeError on a mismatch or silence."""
+        self.plant_handshake = None
+        self.mav.send(
+            self.mav.mpq_handshake_encode(
+                self.dialect_version,
+                DIALECT_CHECKSUM,
+                self.task.encode(),
+                self.state_dim,
+                self.act_dim,
+                int(control_period * 1e6),
+                mavlink.MPQ_ROLE_HOST,
+                0,
+            )  # fmt: skip
+        )
+        if not self._wait(lambda: self.plant_handshake is not None, timeout):
+            raise HandshakeError(
+                f"no handshake from the plant within {timeout:.1f} s on {self.port.name}: "
+                "is the firmware or stand-in running on that port, at that baud?"
+            )
+        theirs = self.plant_handshake
+        ours = dict(
+            dialect=(self.dialect_version, DIALECT_CHECKSUM),
+            task=self.task,
+            dims=(self.state_dim, self.act_dim),
+        )
+        plant = dict(
+            dialect=(theirs.dialect_version, theirs.dialect_checksum),
+            task=theirs.task.decode() if isinstance(theirs.task, bytes) else theirs.task,
+            dims=(theirs.state_dim, theirs.act_dim),
+        )
+        wrong = [k for k in ours if ours[k] != plant[k]]
+        if wrong:
+            detail = "; ".join(f"{k}: host {ours[k]} vs plant {plant[k]}" for k in wrong)
+            raise HandshakeError(f"handshake mismatch ({detail}): deploy matching code and models to both ends")
+        if not theirs.accepted:
+            raise HandshakeError("the plant refused the handshake: check its task and firmware version")
+
+    def close(self) -> None:
+        self.port.close()
+
+    @property
+    def lost(self) -> bool:
+        """True when the plant has been silent for longer than `lost_after` seconds."""
+        return self.last_heard is None or time.monotonic() - self.last_heard > self.lost_after
+
+    # --- episode control ---------------------------------------------------------------------------
+    def reset(self, episode_id: int, state=None, seed: int | None = None, timeout: float = 2.0) -> PlantState:
+        """Reset the plant to `state` (or a seeded random one); returns the first state of the episode."""
+        if state is not None:
+            state = np.asarray(state, dtype=np.float64)
+            action, values, dim = mavlink.MPQ_EPISODE_RESET_GIVEN, list(state), len(state)
+        else:
+            action, values, dim = mavlink.MPQ_EPISODE_RESET_SEEDED, [], 0
+        self.states.clear()
+        self._episode_control(action, episode_id, seed or 0, values, dim)
+        first = self.recv_state(timeout, episode_id=episode_id)
+        if first is None:
+            raise LinkError(f"the plant did not reset to episode {episode_id} within {timeout:.1f} s")
+        return first
+
+    def arm(self, timeout: float = 2.0) -> None:
+        self._control_and_check(mavlink.MPQ_EPISODE_ARM, timeout, lambda s: s.armed)
+
+    def rearm(self, timeout: float = 2.0) -> None:
+        self._control_and_check(mavlink.MPQ_EPISODE_REARM, timeout, lambda s: s.armed)
+
+    def disarm(self, timeout: float = 2.0) -> None:
+        self._control_and_check(mavlink.MPQ_EPISODE_DISARM, timeout, lambda s: not s.armed)
+
+    def _control_and_check(self, action: int, timeout: float, ok) -> None:
+        episode = self.status.episode_id if self.status else 0
+        self.status = None
+        self._episode_control(action, episode, 0, [], 0)
+        if not self._wait(lambda: self.status is not None, timeout):
+            raise LinkError(f"no status from the plant within {timeout:.1f} s after an episode control")
+        if not ok(self.status):
+            reason = mavlink.enums["MPQ_FAILSAFE"][self.status.failsafe].name if self.status.failsafe else None
+            raise LinkError(
+                f"the plant did not {'arm' if action != mavlink.MPQ_EPISODE_DISARM else 'disarm'}"
+                + (f": failsafe {reason} latched (re-arm to clear it)" if reason else ": handshake first")
+            )
+
+    def _episode_control(self, action: int, episode_id: int, seed: int, values, dim: int) -> None:
+        padded = [float(v) for v in values] + [0.0] * (MAX_STATE - len(values))
+        self.mav.send(self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, padded))
+
+    # --- the control loop's calls ---------------------------------------------------------------------
+    def send_command(self, u, state_seq: int) -> int:
+        """Send u (answering state `state_seq`); returns the command's sequence number."""
+        u = np.asarray(u, dtype=np.float64).reshape(-1)
+        self.command_seq += 1
+        now = time.monotonic()
+        self._sent_at[self.command_seq] = now
+        if len(self._sent_at) > RTT_WINDOW:
+            self._sent_at.pop(next(iter(self._sent_at)))
+        self.mav.send(
+            self.mav.mpq_command_encode(
+                int(now * 1e6), self.command_seq, state_seq, len(u), list(u) + [0.0] * (MAX_ACT - len(u))
+            )
+        )
+        return self.command_seq
+
+    def recv_state(self, timeout: float, episode_id: int | None = None) -> PlantState | None:
+        """The next plant state (of `episode_id`, when given), or None after `timeout` seconds."""
+
+        def ready():
+            while self.states and episode_id is not None and self.states[0].episode_id != episode_id:
+                self.states.popleft()
+            return bool(self.states)
+
+        return self.states.popleft() if self._wait(ready, timeout) else None
+
+    def service(self, timeout: float = 0.0) -> None:
+        """Send HEARTBEAT when due and take in whatever arrived, waiting up to `timeout` for bytes."""
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + HEARTBEAT_PERIOD
+            self.mav.send(
+                self.mav.heartbeat_encode(
+                    mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_AUTOPILOT_INVALID, 0, 0, mavlink.MAV_STATE_ACTIVE
+                )
+            )
+        self.port.timeout = max(0.0, timeout)
+        data = self.port.read(max(1, self.port.in_waiting))
+        if data:
+            self._take(self.parser.feed(data))
+
+    def stats(self) -> dict:
+        rtt = np.array(self.rtts) * 1e6 if self.rtts else None
+        return dict(
+            **self.parser.counters.to_dict(),
+            rtt_us_p50=float(np.percentile(rtt, 50)) if rtt is not None else None,
+            rtt_us_p99=float(np.percentile(rtt, 99)) if rtt is not None else None,
+            commands_sent=self.command_seq,
+        )
+
+    # --- internals -----------------------------------------------------------------------------------
+    def _wait(self, condition, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not condition():
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.service(min(remaining, HEARTBEAT_PERIOD))
+        return True
+
+    def _take(self, messages) -> None:
+        now = time.monotonic()
+        for msg in messages:
+            self.last_heard = now
+            kind = msg.get_type()
+            if kind == "MPQ_STATE":
+                sent = self._sent_at.pop(msg.command_seq, None)
+                if sent is not None:
+                    self.rtts.append(now - sent)
+                state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
+                self.states.append(PlantState(state, msg.seq, msg.command_seq, msg.episode_id, msg.time_us, now))
+            elif kind == "MPQ_STATUS":
+                self.status = msg
+            elif kind == "MPQ_HANDSHAKE" and msg.role == mavlink.MPQ_ROLE_PLANT:
+                self.plant_handshake = msg

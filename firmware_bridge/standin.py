@@ -1,0 +1,401 @@
+"""The firmware stand-in: the TRUE MuJoCo plant behind a serial port, behaving as a robot's MCU must.
+
+`python -m firmware_bridge.standin --task pendulum` opens a pty pair, prints {"port": ...} as one JSON
+line on stdout for the host, and serves the dialect (firmware_bridge/mpq.xml) on it; `--device PATH`
+serves a real serial device instead. Behaviour (the same rules a real firmware follows):
+
+- Handshake: dialect version and checksum, task and dimensions must match ours, or we refuse to arm.
+- lockstep: physics advances exactly one control period per valid command, then we send the state.
+  realtime: physics advances one control period per period of wall-clock time, holding the last command.
+- Watchdog (realtime, armed): no valid command for `timeout` (default 3 control periods) -> zero
+  actuation and failsafe latched, reported in MPQ_STATUS, until MPQ_EPISODE_REARM.
+- Commands outside the actuator range are clipped and counted; non-finite ones are rejected and latch
+  the failsafe (zero actuation). Commands of the wrong size, stale or out-of-order ones, and any while
+  disarmed are rejected and counted.
+- Reset to a given state or a seeded random one (the box in the XML's `reset_low`/`reset_high`).
+- HEARTBEAT and MPQ_STATUS at 1 Hz; exits cleanly on SIGTERM/SIGINT, and when the host closes the pty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import math
+import os
+import select
+import signal
+import sys
+import time
+import tty
+from pathlib import Path
+
+import numpy as np
+
+from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, mavlink
+from firmware_bridge.frames import FrameParser
+from firmware_bridge.paths import MODELS_DIR
+from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
+
+PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
+STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
+
+
+def pad(values, size: int) -> list[float]:
+    values = [float(v) for v in values]
+    return values + [0.0] * (size - len(values))
+
+
+def time_us(seconds: float) -> int:
+    return int(round(seconds * 1e6))
+
+
+class Firmware:
+    """The plant's protocol logic with no I/O: messages and the clock in, frames out through `send`.
+
+    `now` is seconds on the monotonic clock. The stand-in's main loop and the tests drive it.
+    """
+
+    def __init__(self, plant: MujocoPlant, task: str, mode: str, send, watchdog_periods: float = 3.0):
+        self.plant, self.task, self.mode, self.send = plant, task, mode, send
+        self.state_dim = plant.model.nq + plant.model.nv
+        self.act_dim = plant.model.nu
+        self.period = plant.control_period
+        self.watchdog_timeout = watchdog_periods * self.period
+        self.reset_low = custom_numeric(plant.model, "reset_low")
+        self.reset_high = custom_numeric(plant.model, "reset_high")
+        self.handshake_ok = False
+        self.armed = False
+        self.failsafe = mavlink.MPQ_FAILSAFE_NONE
+        self.episode_id = 0
+        self.state_seq = 0
+        self.last_command_seq = 0
+        self.held = np.zeros(self.act_dim)  # what the actuators do now
+        self.sim_time = 0.0  # lockstep clock: simulated seconds
+        self.last_valid_command: float | None = None
+        self.next_step: float | None = None  # realtime: when the next control period ends
+        self.next_status = 0.0
+        self.counts = dict(watchdog_trips=0, commands_applied=0, commands_clipped=0, commands_rejected=0)
+        self.link_counters = None  # the serving loop's FrameParser counters, reported in status
+
+    # --- inputs -----------------------------------------------------------------------------
+    def handle(self, msg, now: float) -> None:
+        kind = msg.get_type()
+        if kind == "MPQ_COMMAND":
+            self._on_command(msg, now)
+        elif kind == "MPQ_EPISODE_CONTROL":
+            self._on_episode_control(msg, now)
+        elif kind == "MPQ_HANDSHAKE":
+            self._on_handshake(msg)
+
+    def tick(self, now: float) -> None:
+        """Time passes: realtime stepping, the watchdog, periodic heartbeat and status."""
+        if self.mode == "realtime":
+            if self.armed and self.last_valid_command is not None:
+                if now - self.last_valid_command > self.watchdog_timeout:
+                    self._latch(mavlink.MPQ_FAILSAFE_WATCHDOG, now)
+                    self.counts["watchdog_trips"] += 1
+            if self.next_step is None:
+                self.next_step = now + self.period
+            while now >= self.next_step:
+                self._step()
+                self.next_step += self.period
+                self._send_state(now)
+        if now >= self.next_status:
+            self.next_status = now + STATUS_PERIOD
+            self._send_heartbeat()
+            self._send_status(now)
+
+    def deadline(self, now: float) -> float:
+        """Seconds until tick() has something to do."""
+        due = [self.next_status]
+        if self.mode == "realtime":
+            due.append(self.next_step if self.next_step is not None else now)
+            if self.armed and self.last_valid_command is not None:
+                due.append(self.last_valid_command + self.watchdog_timeout)
+        return max(0.0, min(due) - now)
+
+    def safe(self) -> None:
+        """Zero actuation (the safe state) and disarm: on failsafe and on exit."""
+        self.armed = False
+        self.held[:] = 0.0
+        self.plant.data.ctrl[:] = 0.0
+
+    # --- message handlers --------------------------------------------------------------------
+    def _on_handshake(self, msg) -> None:
+        task = msg.task.decode() if isinstance(msg.task, bytes) else msg.task
+        self.handshake_ok = (
+            msg.role == mavlink.MPQ_ROLE_HOST
+            and msg.dialect_version == DIALECT_VERSION
+            and msg.dialect_checksum == DIALECT_CHECKSUM
+            and task == self.task
+            and msg.state_dim == self.state_dim
+            and msg.act_dim == self.act_dim
+        )
+        if not self.handshake_ok:
+            self.safe()
+        self.send(
+            mavlink.MAVLink_mpq_handshake_message(
+                DIALECT_VERSION,
+                DIALECT_CHECKSUM,
+                self.task.encode(),
+                self.state_dim,
+                self.act_dim,
+                time_us(self.period),
+                mavlink.MPQ_ROLE_PLANT,
+                int(self.handshake_ok),
+            )  # fmt: skip
+        )
+
+    def _on_episode_control(self, msg, now: float) -> None:
+        action = msg.action
+        if action in (mavlink.MPQ_EPISODE_RESET_GIVEN, mavlink.MPQ_EPISODE_RESET_SEEDED):
+            initial = self._initial_state(msg)
+            if initial is not None:
+                self.safe()
+                self.episode_id = msg.episode_id
+                self.plant.reset(initial)
+                self.sim_time = 0.0
+                self._send_state(now)
+        elif action == mavlink.MPQ_EPISODE_ARM:
+            self._arm(now)
+        elif action == mavlink.MPQ_EPISODE_DISARM:
+            self.safe()
+        elif action == mavlink.MPQ_EPISODE_REARM:
+            self.failsafe = mavlink.MPQ_FAILSAFE_NONE
+            self._arm(now)
+        self._send_status(now)
+
+    def _initial_state(self, msg):
+        if msg.action == mavlink.MPQ_EPISODE_RESET_GIVEN:
+            state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
+            if msg.state_dim != self.state_dim or not np.all(np.isfinite(state)):
+                return None
+            return state
+        if self.reset_low is None or self.reset_high is None:
+            return None
+        return np.random.default_rng(msg.seed).uniform(self.reset_low, self.reset_high)
+
+    def _arm(self, now: float) -> None:
+        if self.handshake_ok and self.failsafe == mavlink.MPQ_FAILSAFE_NONE:
+            self.armed = True
+            self.last_valid_command = now  # the watchdog counts from arming
+
+    def _on_command(self, msg, now: float) -> None:
+        u = np.array(msg.u[: msg.act_dim], dtype=np.float64)
+        if not self.armed or msg.act_dim != self.act_dim or msg.seq <= self.last_command_seq:
+            self.counts["commands_rejected"] += 1
+            return
+        if self.mode == "lockstep" and msg.state_seq != self.state_seq:
+            self.counts["commands_rejected"] += 1  # a stale or duplicated command must not step twice
+            return
+        if not all(math.isfinite(v) for v in u):
+            self.counts["commands_rejected"] += 1
+            self._latch(mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND, now)
+            return
+        clipped = np.clip(u, self.plant.ctrl_low, self.plant.ctrl_high)
+        if np.any(clipped != u):
+            self.counts["commands_clipped"] += 1
+        self.held[:] = clipped
+        self.last_command_seq = msg.seq
+        self.last_valid_command = now
+        self.counts["commands_applied"] += 1
+        if self.mode == "lockstep":
+            self._step()
+            self._send_state(now)
+
+    def _latch(self, reason: int, now: float) -> None:
+        self.failsafe = reason
+        self.safe()
+        self._send_status(now)
+
+    # --- outputs -----------------------------------------------------------------------------
+    def _step(self) -> None:
+        self.plant.step(self.held if self.armed else np.zeros(self.act_dim))
+        self.sim_time += self.period
+
+    def _send_state(self, now: float) -> None:
+        self.state_seq += 1
+        clock = self.sim_time if self.mode == "lockstep" else now
+        self.send(
+            mavlink.MAVLink_mpq_state_message(
+                time_us(clock),
+                self.state_seq,
+                self.last_command_seq,
+                self.episode_id,
+                self.state_dim,
+                pad(self.plant.state, MAX_STATE),
+            )  # fmt: skip
+        )
+
+    def _send_heartbeat(self) -> None:
+        status = mavlink.MAV_STATE_CRITICAL if self.failsafe else (
+            mavlink.MAV_STATE_ACTIVE if self.armed else mavlink.MAV_STATE_STANDBY
+        )  # fmt: skip
+        self.send(
+            mavlink.MAVLink_heartbeat_message(
+                mavlink.MAV_TYPE_GENERIC,
+                mavlink.MAV_AUTOPILOT_INVALID,
+                mavlink.MAV_MODE_FLAG_SAFETY_ARMED if self.armed else 0,
+                0,
+                status,
+                3,
+            )  # fmt: skip
+        )
+
+    def _send_status(self, now: float) -> None:
+        link = self.link_counters
+        self.send(
+            mavlink.MAVLink_mpq_status_message(
+                time_us(now),
+                self.episode_id,
+                int(self.armed),
+                self.failsafe,
+                mavlink.MPQ_MODE_LOCKSTEP if self.mode == "lockstep" else mavlink.MPQ_MODE_REALTIME,
+                int(self.handshake_ok),
+                self.counts["watchdog_trips"],
+                self.counts["commands_applied"],
+                self.counts["commands_clipped"],
+                self.counts["commands_rejected"],
+                link.crc_errors if link else 0,
+                link.seq_gaps if link else 0,
+                link.bytes_skipped if link else 0,
+                link.signature_errors if link else 0,
+            )  # fmt: skip
+        )
+
+
+class SerialEndpoint:
+    """One end of a byte pipe for select(): a pty master fd or an opened serial device."""
+
+    def __init__(self, fd: int, keep_open: int | None = None, serial_port=None):
+        self.fd = fd
+        self.keep_open = keep_open  # our copy of the pty slave: held until the host connects
+        self.serial_port = serial_port
+        self.dropped_bytes = 0
+        os.set_blocking(fd, False)
+
+    @classmethod
+    def pty(cls) -> tuple[SerialEndpoint, str]:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # bytes, not lines: no echo, no line editing
+        return cls(master, keep_open=slave), os.ttyname(slave)
+
+    @classmethod
+    def device(cls, path: str, baud: int) -> SerialEndpoint:
+        import serial
+
+        port = serial.Serial(path, baudrate=baud, timeout=0)
+        return cls(port.fileno(), serial_port=port)
+
+    def read(self) -> bytes | None:
+        """Available bytes; b"" if none; None when the host closed its end of the pty."""
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError as e:
+            if e.errno == errno.EIO:
+                return None
+            raise
+        if data and self.keep_open is not None:
+            os.close(self.keep_open)  # from now on, the host closing its end reads as EIO
+            self.keep_open = None
+        return data if data else None
+
+    def write(self, data: bytes) -> None:
+        """Never blocks the control loop: what a full buffer cannot take is dropped and counted."""
+        try:
+            written = os.write(self.fd, data)
+        except (BlockingIOError, OSError):
+            written = 0
+        self.dropped_bytes += len(data) - written
+
+    def close(self) -> None:
+        for fd in (self.keep_open,):
+            if fd is not None:
+                os.close(fd)
+        if self.serial_port is not None:
+            self.serial_port.close()
+        else:
+            os.close(self.fd)
+
+
+def make_mav(signing_key: bytes | None = None) -> mavlink.MAVLink:
+    mav = mavlink.MAVLink(None, srcSystem=PLANT_SYSTEM, srcComponent=PLANT_COMPONENT)
+    if signing_key is not None:
+        mav.signing.secret_key = signing_key
+        mav.signing.sign_outgoing = True
+    return mav
+
+
+def serve(endpoint: SerialEndpoint, firmware: Firmware, parser: FrameParser, should_stop) -> str:
+    """The firmware's main loop; returns why it stopped."""
+    while not should_stop():
+        now = time.monotonic()
+        firmware.tick(now)
+        ready, _, _ = select.select([endpoint.fd], [], [], min(firmware.deadline(time.monotonic()), 0.5))
+        if ready:
+            data = endpoint.read()
+            if data is None:
+                return "host closed the port"
+            now = time.monotonic()
+            for msg in parser.feed(data):
+                firmware.handle(msg, now)
+    return "stopped by signal"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m firmware_bridge.standin", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, help="a folder under models/ with <task>.xml")
+    parser.add_argument("--models", type=Path, default=MODELS_DIR)
+    parser.add_argument("--mode", choices=["lockstep", "realtime"], default="lockstep")
+    parser.add_argument("--device", help="serve this serial device instead of a new pty")
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--watchdog-periods", type=float, default=3.0, help="watchdog timeout in control periods")
+    parser.add_argument("--signing-key-file", type=Path, help="32-byte MAVLink 2 signing key (raw or hex)")
+    args = parser.parse_args(argv)
+    try:
+        plant = MujocoPlant(model_xml(args.task, args.models))
+        key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        if args.device:
+            endpoint, port = SerialEndpoint.device(args.device, args.baud), args.device
+        else:
+            endpoint, port = SerialEndpoint.pty()
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    mav = make_mav(key)
+    mav.file = endpoint
+    firmware = Firmware(plant, args.task, args.mode, mav.send, args.watchdog_periods)
+    frames = FrameParser(make_mav(key))
+    firmware.link_counters = frames.counters
+    stop = {"now": False}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    print(json.dumps({"port": port, "task": args.task, "mode": args.mode, "pid": os.getpid()}), flush=True)
+    try:
+        reason = serve(endpoint, firmware, frames, lambda: stop["now"])
+    finally:
+        firmware.safe()
+        endpoint.close()
+    print(json.dumps({"stopped": reason, **firmware.counts, **frames.counters.to_dict()}), file=sys.stderr)
+    return 0
+
+
+def read_signing_key(path: Path) -> bytes:
+    """A signing key file holds 32 raw bytes or 64 hex digits."""
+    data = path.read_bytes()
+    text = data.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode())
+        except ValueError:
+            pass
+    if len(data) == 32:
+        return data
+    raise ValueError(f"signing key file {path} must hold 32 bytes or 64 hex digits, found {len(data)} bytes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
