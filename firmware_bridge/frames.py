@@ -8,6 +8,7 @@ and checks MAVLink 2 signatures. It never raises on input.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 from firmware_bridge.dialect import mavlink
@@ -17,6 +18,21 @@ HEADER_LEN = 10
 CHECKSUM_LEN = 2
 SIGNATURE_LEN = mavlink.MAVLINK_SIGNATURE_BLOCK_LEN
 SIGNED = mavlink.MAVLINK_IFLAG_SIGNED
+
+
+MAVLINK_EPOCH = 1420070400  # 2015-01-01, the zero of MAVLink 2 signing timestamps (10 us units)
+
+
+def enable_signing(mav: mavlink.MAVLink, key: bytes, sign_outgoing: bool = True) -> None:
+    """MAVLink 2 signing with `key`: frames without a valid signature are then rejected on receive.
+
+    The timestamp starts from the clock, as the spec asks, so a restarted sender is not taken for a replay.
+    """
+    if len(key) != 32:
+        raise ValueError(f"a MAVLink 2 signing key has 32 bytes, this one {len(key)}")
+    mav.signing.secret_key = key
+    mav.signing.sign_outgoing = sign_outgoing
+    mav.signing.timestamp = int((time.time() - MAVLINK_EPOCH) * 1e5)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import serial
 
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_ACT, MAX_STATE, mavlink
-from firmware_bridge.frames import FrameParser
+from firmware_bridge.frames import FrameParser, enable_signing
 
 HOST_SYSTEM, HOST_COMPONENT = 255, mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
 HEARTBEAT_PERIOD = 1.0
@@ -62,9 +62,8 @@ class Link:
         self.mav = mavlink.MAVLink(self.port, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)
         receiver = mavlink.MAVLink(None, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)
         if signing_key is not None:
-            for m in (self.mav, receiver):
-                m.signing.secret_key = signing_key
-            self.mav.signing.sign_outgoing = True
+            enable_signing(self.mav, signing_key)
+            enable_signing(receiver, signing_key, sign_outgoing=False)
         self.parser = FrameParser(receiver)
         self.states: deque[PlantState] = deque()
         self.plant_handshake = None
@@ -147,17 +146,22 @@ class Link:
         self._control_and_check(mavlink.MPQ_EPISODE_DISARM, timeout, lambda s: not s.armed)
 
     def _control_and_check(self, action: int, timeout: float, ok) -> None:
+        """Send an episode control and wait for a status that shows it took effect.
+
+        A periodic status sent before the plant handled the control may arrive first: keep waiting.
+        """
         episode = self.status.episode_id if self.status else 0
         self.status = None
         self._episode_control(action, episode, 0, [], 0)
-        if not self._wait(lambda: self.status is not None, timeout):
+        if self._wait(lambda: self.status is not None and ok(self.status), timeout):
+            return
+        if self.status is None:
             raise LinkError(f"no status from the plant within {timeout:.1f} s after an episode control")
-        if not ok(self.status):
-            reason = mavlink.enums["MPQ_FAILSAFE"][self.status.failsafe].name if self.status.failsafe else None
-            raise LinkError(
-                f"the plant did not {'arm' if action != mavlink.MPQ_EPISODE_DISARM else 'disarm'}"
-                + (f": failsafe {reason} latched (re-arm to clear it)" if reason else ": handshake first")
-            )
+        verb = "disarm" if action == mavlink.MPQ_EPISODE_DISARM else "arm"
+        if self.status.failsafe:
+            reason = mavlink.enums["MPQ_FAILSAFE"][self.status.failsafe].name
+            raise LinkError(f"the plant did not {verb}: failsafe {reason} latched (re-arm to clear it)")
+        raise LinkError(f"the plant did not {verb}: it has no matching handshake (handshake first)")
 
     def _episode_control(self, action: int, episode_id: int, seed: int, values, dim: int) -> None:
         padded = [float(v) for v in values] + [0.0] * (MAX_STATE - len(values))

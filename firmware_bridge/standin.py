@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, mavlink
-from firmware_bridge.frames import FrameParser
+from firmware_bridge.frames import FrameParser, enable_signing
 from firmware_bridge.paths import MODELS_DIR
 from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
 
@@ -93,8 +93,8 @@ class Firmware:
         if self.mode == "realtime":
             if self.armed and self.last_valid_command is not None:
                 if now - self.last_valid_command > self.watchdog_timeout:
-                    self._latch(mavlink.MPQ_FAILSAFE_WATCHDOG, now)
                     self.counts["watchdog_trips"] += 1
+                    self._latch(mavlink.MPQ_FAILSAFE_WATCHDOG, now)
             if self.next_step is None:
                 self.next_step = now + self.period
             while now >= self.next_step:
@@ -149,7 +149,9 @@ class Firmware:
 
     def _on_episode_control(self, msg, now: float) -> None:
         action = msg.action
-        if action in (mavlink.MPQ_EPISODE_RESET_GIVEN, mavlink.MPQ_EPISODE_RESET_SEEDED):
+        if not self.handshake_ok:
+            self.counts["commands_rejected"] += 1  # no episode control from a host we have not verified
+        elif action in (mavlink.MPQ_EPISODE_RESET_GIVEN, mavlink.MPQ_EPISODE_RESET_SEEDED):
             initial = self._initial_state(msg)
             if initial is not None:
                 self.safe()
@@ -324,8 +326,7 @@ class SerialEndpoint:
 def make_mav(signing_key: bytes | None = None) -> mavlink.MAVLink:
     mav = mavlink.MAVLink(None, srcSystem=PLANT_SYSTEM, srcComponent=PLANT_COMPONENT)
     if signing_key is not None:
-        mav.signing.secret_key = signing_key
-        mav.signing.sign_outgoing = True
+        enable_signing(mav, signing_key)
     return mav
 
 

@@ -1,0 +1,162 @@
+"""The stand-in's failsafes as behaviour: watchdog latch, handshake refusal, signing, bad start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from firmware_bridge.dialect import mavlink
+from firmware_bridge.link import HandshakeError, Link, LinkError
+
+PERIOD = 0.05  # pendulum control period
+WATCHDOG = 3 * PERIOD
+
+
+def wait_for_status(link, condition, timeout=3.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        link.service(0.02)
+        if link.status is not None and condition(link.status):
+            return link.status
+    raise AssertionError(f"no status matching the condition within {timeout} s (last: {link.status})")
+
+
+def test_realtime_watchdog_latches_until_rearmed(standin):
+    plant = standin("--task", "pendulum", "--mode", "realtime")
+    link = Link(plant.port, "pendulum", 2, 1)
+    link.handshake()
+    link.reset(1, state=[0.3, 0.0])
+    link.arm()
+    last_sent = None
+    for _ in range(10):  # half a second of healthy control at the plant's pace
+        state = link.recv_state(1.0)
+        link.send_command([0.5], state.seq)
+        last_sent = time.monotonic()
+    tripped = wait_for_status(link, lambda s: s.failsafe == mavlink.MPQ_FAILSAFE_WATCHDOG)
+    assert not tripped.armed and tripped.watchdog_trips == 1
+    assert tripped.time_us / 1e6 - last_sent <= WATCHDOG + PERIOD  # in failsafe within timeout + one period
+
+    applied = tripped.commands_applied
+    for _ in range(5):  # commands resume: the latch holds
+        state = link.recv_state(1.0)
+        link.send_command([0.5], state.seq)
+    with pytest.raises(LinkError, match="failsafe MPQ_FAILSAFE_WATCHDOG latched"):
+        link.arm(timeout=0.5)
+    still = wait_for_status(link, lambda s: s.commands_rejected >= 5)
+    assert still.failsafe == mavlink.MPQ_FAILSAFE_WATCHDOG and still.commands_applied == applied
+
+    link.rearm()  # the explicit re-arm clears it, and commands move the plant again
+    link.status = None
+    end = time.monotonic() + 3.0
+    while link.status is None and time.monotonic() < end:  # keep commanding until the next 1 Hz status
+        state = link.recv_state(1.0)
+        link.send_command([0.5], state.seq)
+    resumed = link.status
+    assert resumed.failsafe == mavlink.MPQ_FAILSAFE_NONE and resumed.armed
+    assert resumed.commands_applied > applied and resumed.watchdog_trips == 1
+    link.close()
+    assert plant.stop()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "host, names",
+    [
+        (dict(task="cartpole", state_dim=4, act_dim=1), ["task: host cartpole vs plant pendulum", "dims: host (4, 1)"]),
+        (dict(task="pendulum", state_dim=3, act_dim=1), ["dims: host (3, 1) vs plant (2, 1)"]),
+        (dict(task="pendulum", state_dim=2, act_dim=1, dialect_version=99), ["dialect: host (99,"]),
+    ],
+)
+def test_handshake_mismatch_is_a_clear_error_and_nothing_moves(standin, host, names):
+    plant = standin("--task", "pendulum")
+    link = Link(plant.port, **host)
+    with pytest.raises(HandshakeError) as error:
+        link.handshake()
+    message = str(error.value)
+    assert all(name in message for name in names) and "\n" not in message
+    # a host that ignores the refusal still cannot reset, arm or move the plant
+    link._episode_control(mavlink.MPQ_EPISODE_RESET_GIVEN, 1, 0, [1.0, 2.0], 2)
+    with pytest.raises(LinkError, match="did not arm: it has no matching handshake"):
+        link.arm(timeout=0.5)
+    link.send_command([2.0], 1)
+    status = wait_for_status(link, lambda s: s.commands_rejected >= 1)
+    assert not status.armed and not status.handshake_ok and status.commands_applied == 0
+    assert link.recv_state(0.2) is None  # no reset, no step: the plant never moved
+    link.close()
+    plant.stop()
+
+
+@pytest.fixture
+def key_files(tmp_path):
+    good, wrong = tmp_path / "robot.key", tmp_path / "other.key"
+    good.write_text(bytes(range(32)).hex())
+    wrong.write_bytes(bytes(range(1, 33)))
+    return good, wrong
+
+
+def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, key_files):
+    good, wrong = key_files
+    plant = standin("--task", "pendulum", "--signing-key-file", str(good))
+    keeper = os.open(plant.port, os.O_RDWR | os.O_NOCTTY)  # keeps the pty up while hosts come and go
+
+    unsigned = Link(plant.port, "pendulum", 2, 1)
+    with pytest.raises(HandshakeError, match="no handshake"):
+        unsigned.handshake(timeout=0.5)
+    assert wait_for_status(unsigned, lambda s: s.signature_errors >= 1).handshake_ok == 0
+    unsigned.close()
+
+    impostor = Link(plant.port, "pendulum", 2, 1, signing_key=wrong.read_bytes())
+    with pytest.raises(HandshakeError, match="no handshake"):
+        impostor.handshake(timeout=0.5)
+    end = time.monotonic() + 3.0
+    while impostor.stats()["signature_errors"] == 0 and time.monotonic() < end:
+        impostor.service(0.1)
+    assert impostor.stats()["signature_errors"] >= 1  # and the plant's signed frames fail our check too
+    impostor.close()
+
+    robot = Link(plant.port, "pendulum", 2, 1, signing_key=bytes(range(32)))
+    robot.handshake()
+    state = robot.reset(1, state=[0.1, 0.0])
+    robot.arm()
+    for _ in range(20):
+        robot.send_command([0.2], state.seq)
+        state = robot.recv_state(1.0)
+        assert state is not None
+    status = wait_for_status(robot, lambda s: s.commands_applied == 20)
+    assert status.signature_errors >= 2  # the unsigned and the impostor's frames, counted by the plant
+    assert robot.stats()["signature_errors"] == 0
+    robot.close()
+    os.close(keeper)
+    plant.stop()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "acrobot"], "no MuJoCo model for task 'acrobot'"),
+        (["--task", "pendulum", "--device", "/dev/does-not-exist"], "/dev/does-not-exist"),
+    ],
+)
+def test_standin_refuses_bad_start_up_in_one_line(args, message):
+    out = subprocess.run([sys.executable, "-m", "firmware_bridge.standin", *args], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr
+
+
+def test_link_to_a_port_that_cannot_open_is_one_line():
+    with pytest.raises(LinkError, match="cannot open serial port '/dev/nope'") as error:
+        Link("/dev/nope", "pendulum", 2, 1)
+    assert "\n" not in str(error.value)
+
+
+def test_loop_url_works_as_a_transport():
+    """pyserial URLs: loop:// echoes our own frames back; the parser sees them as well-formed."""
+    link = Link("loop://", "pendulum", 2, 1)
+    link.send_command(np.array([0.5]), 1)
+    link.service(0.1)
+    assert link.stats()["frames"] == 2  # the heartbeat and the command came back intact
+    link.close()
