@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mpq-installed
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench plan clean
+.PHONY: setup test lint format bench plan firmware-headers standin clean
 
 setup: $(STAMP)
 
@@ -35,5 +35,13 @@ bench: setup
 plan: setup
 	$(BIN)/python -m onboard plan --task $(TASK) --backend $(BACKEND) $(if $(Q),--q $(Q))
 
+# The C headers a real microcontroller firmware compiles against, from firmware_bridge/mpq.xml.
+firmware-headers: setup
+	$(BIN)/python -m firmware_bridge.dialect c build/firmware_headers
+
+# The firmware stand-in on a new pty (prints the port): `make standin TASK=pendulum MODE=realtime`.
+standin: setup
+	$(BIN)/python -m firmware_bridge.standin --task $(TASK) --mode $(or $(MODE),lockstep)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs build

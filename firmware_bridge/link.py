@@ -7,6 +7,8 @@ waits), which also send HEARTBEAT when due and read whatever arrived.
 
 from __future__ import annotations
 
+import os
+import select
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from firmware_bridge.frames import FrameParser, enable_signing
 HOST_SYSTEM, HOST_COMPONENT = 255, mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
 HEARTBEAT_PERIOD = 1.0
 RTT_WINDOW = 10000
+SPIN = 0.0003  # s: how long a wait polls the port before it sleeps in select()
 
 
 class LinkError(RuntimeError):
@@ -59,7 +62,11 @@ class Link:
             self.port = serial.serial_for_url(url, baudrate=baud, timeout=0)
         except (serial.SerialException, ValueError) as e:
             raise LinkError(f"cannot open serial port {url!r} ({e}): check the device path or URL") from None
-        self.mav = mavlink.MAVLink(self.port, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)
+        try:
+            self._fd = self.port.fileno()
+        except (AttributeError, NotImplementedError, OSError, serial.SerialException):
+            self._fd = None
+        self.mav = mavlink.MAVLink(self, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)  # writes via self.write
         receiver = mavlink.MAVLink(None, srcSystem=HOST_SYSTEM, srcComponent=HOST_COMPONENT)
         if signing_key is not None:
             enable_signing(self.mav, signing_key)
@@ -170,7 +177,7 @@ class Link:
     # --- the control loop's calls ---------------------------------------------------------------------
     def send_command(self, u, state_seq: int) -> int:
         """Send u (answering state `state_seq`); returns the command's sequence number."""
-        u = np.asarray(u, dtype=np.float64).reshape(-1)
+        u = [float(v) for v in np.asarray(u).reshape(-1)]
         self.command_seq += 1
         now = time.monotonic()
         self._sent_at[self.command_seq] = now
@@ -178,7 +185,7 @@ class Link:
             self._sent_at.pop(next(iter(self._sent_at)))
         self.mav.send(
             self.mav.mpq_command_encode(
-                int(now * 1e6), self.command_seq, state_seq, len(u), list(u) + [0.0] * (MAX_ACT - len(u))
+                int(now * 1e6), self.command_seq, state_seq, len(u), u + [0.0] * (MAX_ACT - len(u))
             )
         )
         return self.command_seq
@@ -203,10 +210,44 @@ class Link:
                     mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_AUTOPILOT_INVALID, 0, 0, mavlink.MAV_STATE_ACTIVE
                 )
             )
-        self.port.timeout = max(0.0, timeout)
-        data = self.port.read(max(1, self.port.in_waiting))
+        data = self._read(timeout)
         if data:
             self._take(self.parser.feed(data))
+
+    def write(self, data: bytes) -> None:
+        """pymavlink's send() writes here: straight to the fd where there is one (pyserial's write adds a
+        select and a loop per frame)."""
+        if self._fd is None:
+            self.port.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                select.select([], [self._fd], [], 0.1)
+            except OSError as e:
+                raise LinkError(f"writing to {self.port.name} failed ({e.strerror}): the plant's end is gone") from None
+
+    def _read(self, timeout: float) -> bytes:
+        """Whatever arrived within `timeout`. On a real fd: select + one non-blocking read (pyserial opens
+        ports non-blocking), because re-setting pyserial's timeout reconfigures the port every call."""
+        if self._fd is None:  # URL transports without a file descriptor, e.g. loop://
+            self.port.timeout = max(0.0, timeout)
+            return self.port.read(max(1, self.port.in_waiting))
+        spin_until = time.perf_counter() + min(timeout, SPIN)
+        while True:  # a reply in lockstep takes ~0.1 ms: polling that long beats a sleep and a wake-up
+            try:
+                return os.read(self._fd, 4096)
+            except BlockingIOError:
+                if time.perf_counter() >= spin_until:
+                    break
+        if timeout > SPIN:
+            select.select([self._fd], [], [], timeout - SPIN)
+        try:
+            return os.read(self._fd, 4096)
+        except BlockingIOError:
+            return b""
 
     def stats(self) -> dict:
         rtt = np.array(self.rtts) * 1e6 if self.rtts else None

@@ -74,8 +74,15 @@ class MujocoPlant:
         for _ in range(self.substeps):
             mujoco.mj_step(self.model, self.data)
             if self.qvel_max is not None:
-                # Euler moved qpos by timestep * qvel; move it by the limited velocity instead.
-                limited = np.clip(self.data.qvel, -self.qvel_max, self.qvel_max)
-                self.data.qpos += self.model.opt.timestep * (limited - self.data.qvel)
-                self.data.qvel[:] = limited
+                self._limit_speed()
         return self.state
+
+    def _limit_speed(self) -> None:
+        """Euler moved qpos by timestep * qvel; move it by the limited velocity instead (Gym's order)."""
+        qpos, qvel, limit = self.data.qpos, self.data.qvel, self.qvel_max
+        for i in range(qvel.shape[0]):  # a few joints: plain Python beats numpy's call overhead here
+            v = qvel[i]
+            if v > limit or v < -limit:
+                limited = limit if v > 0 else -limit
+                qpos[i] += self.model.opt.timestep * (limited - v)
+                qvel[i] = limited

@@ -41,8 +41,7 @@ PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
 
 
-def pad(values, size: int) -> list[float]:
-    values = [float(v) for v in values]
+def pad(values: list[float], size: int) -> list[float]:
     return values + [0.0] * (size - len(values))
 
 
@@ -62,6 +61,7 @@ class Firmware:
         self.act_dim = plant.model.nu
         self.period = plant.control_period
         self.watchdog_timeout = watchdog_periods * self.period
+        self.ctrl_low, self.ctrl_high = plant.ctrl_low.tolist(), plant.ctrl_high.tolist()
         self.reset_low = custom_numeric(plant.model, "reset_low")
         self.reset_high = custom_numeric(plant.model, "reset_high")
         self.handshake_ok = False
@@ -184,19 +184,19 @@ class Firmware:
             self.last_valid_command = now  # the watchdog counts from arming
 
     def _on_command(self, msg, now: float) -> None:
-        u = np.array(msg.u[: msg.act_dim], dtype=np.float64)
         if not self.armed or msg.act_dim != self.act_dim or msg.seq <= self.last_command_seq:
             self.counts["commands_rejected"] += 1
             return
         if self.mode == "lockstep" and msg.state_seq != self.state_seq:
             self.counts["commands_rejected"] += 1  # a stale or duplicated command must not step twice
             return
+        u = msg.u[: self.act_dim]
         if not all(math.isfinite(v) for v in u):
             self.counts["commands_rejected"] += 1
             self._latch(mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND, now)
             return
-        clipped = np.clip(u, self.plant.ctrl_low, self.plant.ctrl_high)
-        if np.any(clipped != u):
+        clipped = [min(max(v, lo), hi) for v, lo, hi in zip(u, self.ctrl_low, self.ctrl_high, strict=True)]
+        if clipped != list(u):
             self.counts["commands_clipped"] += 1
         self.held[:] = clipped
         self.last_command_seq = msg.seq
@@ -226,7 +226,7 @@ class Firmware:
                 self.last_command_seq,
                 self.episode_id,
                 self.state_dim,
-                pad(self.plant.state, MAX_STATE),
+                pad(self.plant.state.tolist(), MAX_STATE),
             )  # fmt: skip
         )
 

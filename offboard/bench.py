@@ -1,4 +1,4 @@
-"""`make bench`: milliseconds per MPPI control step on this machine, as JSON and a table.
+"""`make bench`: MPPI control steps and the serial link's round trip on this machine, as JSON and tables.
 
 Pendulum, closed loop on the planner's model from the hanging start, one MPPI iteration per step:
   1. K=1024, H=32 with a 2x256 tanh MLP as terminal Q: the numpy backend, the C backend, and the
@@ -6,6 +6,9 @@ Pendulum, closed loop on the planner's model from the hanging start, one MPPI it
      (in torch) as its terminal cost, all in one run.
   2. The paper's K=24, H=8 with a 2x100 Q.
 Targets: (1) C backend >= 3x faster than pytorch-mppi; (2) under 0.25 ms median.
+  3. The serial link in lockstep over a pty against the stand-in (pack, write, stand-in step, reply,
+     parse): microseconds per round trip (target: median under 200 us for the pendulum), and the
+     stand-in's lockstep steps per second with a trivial controller.
 """
 
 from __future__ import annotations
@@ -99,6 +102,49 @@ def time_pytorch_mppi(task, K: int, H: int, layers, steps: int) -> dict:
     return _summary(seconds)
 
 
+def run_link(steps: int) -> dict:
+    """Lockstep round trips host <-> stand-in over a real pty, pendulum, u = -0.5 thetadot."""
+    import subprocess
+    import sys
+
+    from firmware_bridge.link import Link
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "firmware_bridge.standin", "--task", "pendulum"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = json.loads(process.stdout.readline())["port"]
+        link = Link(port, "pendulum", 2, 1)
+        link.handshake()
+        state = link.reset(1, state=[np.pi - 0.1, 0.0])
+        link.arm()
+        seconds = []
+        started = time.perf_counter()
+        for _ in range(steps + WARMUP):
+            sent = time.perf_counter()
+            link.send_command([-0.5 * state.state[1]], state.seq)
+            state = link.recv_state(timeout=1.0)
+            seconds.append(time.perf_counter() - sent)
+        elapsed = time.perf_counter() - started
+        stats = link.stats()
+        link.close()
+    finally:
+        process.terminate()
+        process.wait()
+    us = np.asarray(seconds[WARMUP:]) * 1e6
+    median = float(np.median(us))
+    return dict(
+        round_trip_us_median=median,
+        round_trip_us_p99=float(np.percentile(us, 99)),
+        steps_per_second=(steps + WARMUP) / elapsed,
+        steps=steps,
+        link_counters={k: v for k, v in stats.items() if not k.startswith("rtt")},
+        target=dict(
+            target="pendulum lockstep round trip median under 200 us", measured=f"{median:.0f} us", met=median < 200
+        ),
+    )
+
+
 def run(threads: int, quick: bool) -> dict:
     import torch
 
@@ -135,7 +181,7 @@ def run(threads: int, quick: bool) -> dict:
         ),
     ]
     return dict(
-        benchmark="mppi_control_step",
+        benchmark="mppi_control_step and serial_link",
         task="pendulum",
         planner_model=MODEL,
         threads=threads,
@@ -144,6 +190,7 @@ def run(threads: int, quick: bool) -> dict:
         cases=case_configs,
         rows=rows,
         targets=targets,
+        link=run_link(200 if quick else 5000),
     )
 
 
@@ -158,7 +205,16 @@ def print_table(report: dict) -> None:
         table.add_row(r["case"], r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", str(r["steps"]))
     console = Console()
     console.print(table)
-    for t in report["targets"]:
+    link = report["link"]
+    table = Table(title="Serial link, lockstep over a pty, pendulum stand-in")
+    for col in ("round trip median us", "p99 us", "stand-in steps/s", "steps"):
+        table.add_column(col)
+    table.add_row(
+        f"{link['round_trip_us_median']:.0f}", f"{link['round_trip_us_p99']:.0f}", f"{link['steps_per_second']:.0f}",
+        str(link["steps"]),
+    )  # fmt: skip
+    console.print(table)
+    for t in [*report["targets"], link["target"]]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
 
 

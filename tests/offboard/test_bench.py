@@ -28,4 +28,7 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     }
     assert all(0 < r["median_ms"] <= r["p99_ms"] for r in report["rows"])
     assert len(report["targets"]) == 2
-    assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout
+    link = report["link"]
+    assert 0 < link["round_trip_us_median"] <= link["round_trip_us_p99"] and link["steps_per_second"] > 0
+    assert link["link_counters"]["seq_gaps"] == 0 and link["link_counters"]["crc_errors"] == 0
+    assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout and "round trip median us" in out.stdout
