@@ -160,3 +160,32 @@ def test_loop_url_works_as_a_transport():
     link.service(0.1)
     assert link.stats()["frames"] == 2  # the heartbeat and the command came back intact
     link.close()
+
+
+def test_seeded_resets_are_reproducible_and_inside_the_models_box(standin):
+    plant = standin("--task", "cartpole")
+    link = Link(plant.port, "cartpole", 4, 1)
+    link.handshake()
+    first = link.reset(1, seed=123).state
+    again = link.reset(2, seed=123).state
+    other = link.reset(3, seed=124).state
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    low, high = [-0.5, np.pi - 0.2, -0.1, -0.1], [0.5, np.pi + 0.2, 0.1, 0.1]
+    assert np.all(first >= np.float32(low)) and np.all(first <= np.float32(high))
+    link.close()
+    plant.stop()
+
+
+def test_link_is_declared_lost_after_the_configured_silence(standin):
+    plant = standin("--task", "pendulum")
+    link = Link(plant.port, "pendulum", 2, 1, lost_after=0.3)
+    assert link.lost  # nothing heard yet
+    link.handshake()
+    assert not link.lost
+    code, report = plant.stop()  # the plant goes silent
+    assert code == 0 and report["stopped"] == "stopped by signal"
+    time.sleep(0.35)
+    link.service(0.0)
+    assert link.lost
+    link.close()
