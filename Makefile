@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mpq-installed
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench plan firmware-headers standin clean
+.PHONY: setup test lint format bench sim plan firmware-headers standin clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: lint
 bench: setup
 	$(BIN)/python -m offboard.bench
 
+# The onboard loop against the local stand-in: `make sim TASK=pendulum EPISODES=5 MODE=realtime`.
+EPISODES ?= 5
+MODE ?= lockstep
+sim: setup
+	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE)
+
 # Plan once from the task's hanging start and print the plan (what runs today before `make demo`).
 plan: setup
 	$(BIN)/python -m onboard plan --task $(TASK) --backend $(BACKEND) $(if $(Q),--q $(Q))
@@ -41,7 +47,7 @@ firmware-headers: setup
 
 # The firmware stand-in on a new pty (prints the port): `make standin TASK=pendulum MODE=realtime`.
 standin: setup
-	$(BIN)/python -m firmware_bridge.standin --task $(TASK) --mode $(or $(MODE),lockstep)
+	$(BIN)/python -m firmware_bridge.standin --task $(TASK) --mode $(MODE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs build

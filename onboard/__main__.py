@@ -1,4 +1,4 @@
-"""`python -m onboard`: the robot-side command line. Today: `plan`, one MPPI plan from a state."""
+"""`python -m onboard`: the robot-side command line: `run` the control loop, `selfcheck`, and `plan` once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from onboard.backends import BACKEND_NAMES
 from onboard.mppi import MPPI, MPPIConfig
+from onboard.profile import ProfileError, load_profile
 from onboard.qfunction import ModelError, OnnxQ
 from onboard.tasks import TASKS, get_task
 
@@ -50,9 +51,39 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from onboard.loop import run
+
+    profile = load_profile(args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir)
+    stats = run(profile, args.episodes, show_status=not args.quiet)
+    print(
+        f"{stats.episodes} episode(s), {stats.steps} steps, {stats.deadline_misses} deadline misses; "
+        f"segments in {profile.log_path / profile.name}"
+    )
+    return 0
+
+
+def cmd_selfcheck(args) -> int:
+    from onboard.loop import selfcheck
+
+    for line in selfcheck(load_profile(args.robot)):
+        print(line)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m onboard", description="mpq on the robot")
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run episodes against the robot's plant, logging MCAP segments")
+    run.add_argument("--robot", default="sim", help="robots/<name>.toml, or a path to a profile")
+    run.add_argument("--episodes", type=int, default=1)
+    run.add_argument("--task", help="override the profile's task")
+    run.add_argument("--mode", choices=("lockstep", "realtime"), help="override the profile's mode")
+    run.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
+    run.add_argument("--log-dir", help="override the profile's log folder")
+    run.add_argument("--quiet", action="store_true", help="no live status line")
+    check = sub.add_parser("selfcheck", help="verify the model, open the port, handshake; non-zero on failure")
+    check.add_argument("--robot", default="sim")
     plan = sub.add_parser("plan", help="plan once from a state and print the plan")
     plan.add_argument("--task", default="pendulum", choices=sorted(TASKS))
     plan.add_argument("--backend", default="c", choices=BACKEND_NAMES)
@@ -66,11 +97,15 @@ def main(argv=None) -> int:
     plan.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
     plan.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    command = {"plan": cmd_plan, "run": cmd_run, "selfcheck": cmd_selfcheck}[args.command]
     try:
-        return cmd_plan(args)
-    except (ModelError, ValueError, RuntimeError, OSError) as e:
+        return command(args)
+    except (ModelError, ProfileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as e:  # the link, the loop, the plant
+        print(f"\nerror: {e}" if args.command == "run" else f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,300 @@
+"""The control loop on the robot: receive state -> obs -> MPPI (+ ONNX Q) -> send command -> record.
+
+lockstep runs as fast as the plant answers. realtime follows the plant's clock: the plant streams a
+state every control period, and a plan that takes longer than the period is not used: the next action
+of the previous (shifted) plan goes out instead, the miss is counted and recorded, and after
+`deadline_misses_max` misses in a row the loop commands the safe action, disarms and stops.
+Ctrl-C or SIGTERM ends the current segment cleanly and disarms the plant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from firmware_bridge.link import Link, LinkError
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.profile import RobotProfile
+from onboard.qfunction import OnnxQ
+from onboard.recorder import Recorder
+from onboard.tasks import get_task
+
+STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
+
+
+class LoopError(RuntimeError):
+    """The loop stopped for a reason the operator must act on; the message says which."""
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mpq")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class PlantPort:
+    """The serial port of the profile: a device/URL as given, or a stand-in started (and stopped) here."""
+
+    def __init__(self, profile: RobotProfile):
+        self.profile = profile
+        self.process = None
+        self.url = profile.serial
+
+    def __enter__(self) -> str:
+        p = self.profile
+        if p.serial != "standin":
+            return self.url
+        args = [sys.executable, "-m", "firmware_bridge.standin", "--task", p.task, "--mode", p.mode]
+        if p.signing_key_file:
+            args += ["--signing-key-file", str(p.path(p.signing_key_file))]
+        log_dir = p.log_path / p.name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "standin.log", "a") as log:
+            self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise LoopError(f"the stand-in for {p.task!r} did not start (exit {self.process.wait()})")
+        self.url = json.loads(line)["port"]
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class LoopStats:
+    steps: int = 0
+    episodes: int = 0
+    deadline_misses: int = 0
+    plan_ms: list = field(default_factory=list)
+    step_times: deque = field(default_factory=lambda: deque(maxlen=200))
+
+    def line(self, episode: int, step: int, episode_cost: float, link: Link) -> str:
+        ms = np.array(self.plan_ms[-1000:]) if self.plan_ms else np.zeros(1)
+        times = self.step_times
+        hz = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        c = link.parser.counters
+        return (
+            f"episode {episode} step {step:4d} | {hz:7.1f} Hz | plan p50 {np.percentile(ms, 50):6.2f} ms "
+            f"p99 {np.percentile(ms, 99):6.2f} ms | misses {self.deadline_misses} | link errors "
+            f"{c.crc_errors + c.signature_errors} gaps {c.seq_gaps} | cost {episode_cost:9.2f}"
+        )
+
+
+def next_episode_id(log_path: Path) -> int:
+    ids = [int(p.name.split(".")[0]) for p in log_path.glob("*.mcap*") if p.name.split(".")[0].isdigit()]
+    return max(ids, default=0) + 1
+
+
+def make_planner(profile: RobotProfile, task):
+    q = OnnxQ(profile.model_path, task, threads=profile.threads) if profile.model else None
+    config = MPPIConfig.for_task(task, **profile.mppi)
+    return MPPI(task, config, profile.backend, q=q)
+
+
+def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
+    """Run `episodes` episodes against the profile's plant, logging one verified segment each."""
+    task = get_task(profile.task)
+    planner = planner or make_planner(profile, task)
+    recorder = Recorder(profile.log_path, profile.name)
+    stats = LoopStats()
+    stop = stop or _stop_on_signals()
+    status_due = 0.0
+    with PlantPort(profile) as url:
+        link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
+        try:
+            link.handshake(control_period=task.dt)
+            period = link.plant_handshake.control_period_us / 1e6 or task.dt
+            for _ in range(episodes):
+                if stop():
+                    break
+                episode = next_episode_id(recorder.dir)
+                rng = np.random.default_rng(profile.seed + episode)
+                state = link.reset(episode, state=task.initial_state(rng))
+                planner.reset()
+                recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode))
+                link.arm()
+                if profile.mode == "realtime":  # the plant kept streaming while we armed: start from now
+                    state = _newest(link, state)
+                episode_cost, interrupted = 0.0, False
+                misses_in_a_row = 0
+                for t in range(task.episode_steps):
+                    if stop():
+                        interrupted = True
+                        break
+                    obs = task.obs(state.state)
+                    previous_mean = planner.mean.copy()
+                    started = time.perf_counter()
+                    u = planner.act(state.state)
+                    compute = time.perf_counter() - started
+                    missed = profile.mode == "realtime" and compute > period
+                    if missed:  # too late for this state: the previous plan's next action goes out
+                        stats.deadline_misses += 1
+                        misses_in_a_row += 1
+                        u = previous_mean[0].copy()
+                        planner.mean[:-1], planner.mean[-1] = previous_mean[1:], 0.0
+                    else:
+                        misses_in_a_row = 0
+                    link.send_command(u, state.seq)
+                    next_state = _next_state(link, profile.mode)
+                    cost = float(task.cost(state.state, u))
+                    episode_cost += cost
+                    done = t == task.episode_steps - 1
+                    recorder.write(
+                        "/transition",
+                        dict(
+                            t=t, state=state.state.tolist(), obs=obs.tolist(), action=np.asarray(u).tolist(),
+                            cost=cost, next_state=next_state.state.tolist(), done=done,
+                        ),
+                    )  # fmt: skip
+                    plan = planner.last_plan
+                    recorder.write(
+                        "/mppi",
+                        dict(t=t, compute_ms=compute * 1e3, ess=float(plan.ess[0]), value=float(plan.value[0]),
+                             deadline_missed=missed),
+                    )  # fmt: skip
+                    rtt = link.rtts[-1] * 1e6 if link.rtts else None
+                    recorder.write("/link", dict(t=t, rtt_us=rtt, **_link_counts(link)))
+                    recorder.flush()
+                    stats.steps += 1
+                    stats.plan_ms.append(compute * 1e3)
+                    stats.step_times.append(time.monotonic())
+                    state = next_state
+                    if misses_in_a_row >= profile.deadline_misses_max:
+                        _safe_stop(link, state, recorder, stats, episode_cost)
+                        raise LoopError(
+                            f"stopped: {misses_in_a_row} planning deadlines missed in a row (last plan "
+                            f"{compute * 1e3:.1f} ms, period {period * 1e3:.1f} ms): lower K or H, use a faster "
+                            "backend, or run in lockstep"
+                        )
+                    if show_status and time.monotonic() >= status_due:
+                        status_due = time.monotonic() + 0.25
+                        print("\r" + stats.line(episode, t, episode_cost, link), end="", file=sys.stderr, flush=True)
+                link.disarm()
+                recorder.end_episode(
+                    dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, **_link_counts(link))
+                )
+                stats.episodes += 1
+                if show_status:
+                    print("\r" + stats.line(episode, t, episode_cost, link), file=sys.stderr, flush=True)
+        finally:
+            if recorder.in_episode:  # an error mid-episode: keep what was recorded, as a complete segment
+                recorder.end_episode(dict(interrupted=True, error=True))
+            try:
+                link.disarm(timeout=0.5)  # zero actuation
+            except LinkError:
+                pass
+            link.close()
+    return stats
+
+
+def _next_state(link: Link, mode: str):
+    state = link.recv_state(STATE_TIMEOUT)
+    if state is None:
+        raise LoopError(f"the plant sent no state for {STATE_TIMEOUT:.0f} s: check the link and the firmware")
+    return _newest(link, state) if mode == "realtime" else state
+
+
+def _newest(link: Link, state):
+    """Behind the plant's clock: act on the newest state received, not a stale one."""
+    link.service(0.0)
+    while link.states:
+        state = link.states.popleft()
+    return state
+
+
+def _safe_stop(link: Link, state, recorder: Recorder, stats: LoopStats, episode_cost: float) -> None:
+    link.send_command(np.zeros(link.act_dim), state.seq)
+    try:
+        link.disarm(timeout=1.0)
+    finally:
+        recorder.end_episode(dict(cost=episode_cost, interrupted=True, safe_stop="deadline misses"))
+
+
+def _link_counts(link: Link) -> dict:
+    c = link.parser.counters
+    return dict(
+        crc_errors=c.crc_errors, seq_gaps=c.seq_gaps, bytes_skipped=c.bytes_skipped, signature_errors=c.signature_errors
+    )
+
+
+def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int) -> dict:
+    q = planner.q
+    return dict(
+        task=task.name,
+        robot=profile.name,
+        episode=episode,
+        model_sha256=getattr(q, "sha256", None),
+        model_path=str(profile.model_path) if profile.model else None,
+        mppi=planner.config.to_dict(),
+        backend=planner.backend.name,
+        mode=profile.mode,
+        code_version=code_version(),
+        start_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        dt=task.dt,
+        episode_steps=task.episode_steps,
+    )
+
+
+def _stop_on_signals():
+    """Ctrl-C and SIGTERM set a flag the loop checks every step; a second Ctrl-C interrupts at once."""
+    flag = {"stop": False}
+
+    def handler(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return lambda: flag["stop"]
+
+
+def selfcheck(profile: RobotProfile) -> list[str]:
+    """Check the model and the plant link; returns report lines, raises on the first failure."""
+    task = get_task(profile.task)
+    lines = [f"robot {profile.name}: task {task.name}, backend {profile.backend}, mode {profile.mode}"]
+    if profile.model:
+        q = OnnxQ(profile.model_path, task, threads=profile.threads)
+        lines.append(f"model {profile.model_path}: sha256 {q.sha256}, manifest and probe OK")
+    else:
+        lines.append("model: none (plain MPPI)")
+    MPPI(task, MPPIConfig.for_task(task, **profile.mppi), profile.backend)  # the backend builds and loads
+    with PlantPort(profile) as url:
+        link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
+        try:
+            link.handshake(control_period=task.dt)
+            h = link.plant_handshake
+            lines.append(
+                f"plant on {url}: handshake OK (dialect v{h.dialect_version}, task {task.name}, "
+                f"dims {h.state_dim}/{h.act_dim}, period {h.control_period_us / 1000:.1f} ms)"
+            )
+        finally:
+            link.close()
+    lines.append(f"pid {os.getpid()}: selfcheck passed")
+    return lines

@@ -1,0 +1,113 @@
+"""Robot profiles: `robots/<name>.toml`, what the onboard runtime needs to know about one robot."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from onboard.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+ROBOTS_DIR = ROOT / "robots"
+
+
+class ProfileError(ValueError):
+    """A robot profile that cannot be used; the message names the file, the problem and the fix."""
+
+
+@dataclass
+class RobotProfile:
+    name: str
+    task: str
+    serial: str = "standin"
+    baud: int = 115200
+    backend: str = "c"
+    mode: str = "lockstep"
+    model: str = ""
+    log_dir: str = "data"
+    signing_key_file: str = ""
+    threads: int = 1
+    deadline_misses_max: int = 5
+    seed: int = 0
+    mppi: dict = field(default_factory=dict)
+    root: Path = ROOT  # relative paths are resolved against this
+    # Deployment fields (used by offboard deploy); accepted here so one file describes the robot.
+    host: str = ""
+    user: str = ""
+    ssh_port: int = 22
+    identity_file: str = ""
+    remote_dir: str = ""
+    python: str = "python3"
+
+    def path(self, value: str) -> Path | None:
+        """A profile path, resolved against the root; None when empty."""
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def model_path(self) -> Path | None:
+        return self.path(self.model)
+
+    @property
+    def log_path(self) -> Path:
+        return self.path(self.log_dir)
+
+    def signing_key(self) -> bytes | None:
+        path = self.path(self.signing_key_file)
+        if path is None:
+            return None
+        from firmware_bridge.standin import read_signing_key
+
+        try:
+            return read_signing_key(path)
+        except OSError as e:
+            raise ProfileError(f"signing key file {path}: {e.strerror}: create it or clear signing_key_file") from None
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def profile_file(robot: str) -> Path:
+    """A robot name (robots/<name>.toml) or a path to a TOML file."""
+    path = Path(robot)
+    if path.suffix == ".toml":
+        return path
+    return ROBOTS_DIR / f"{robot}.toml"
+
+
+def load_profile(robot: str, **overrides) -> RobotProfile:
+    path = profile_file(robot)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.stem for p in ROBOTS_DIR.glob("*.toml")))
+        raise ProfileError(f"no robot profile {path}: known robots are {known}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path} is not valid TOML ({e}): fix the file") from None
+    data.setdefault("name", path.stem)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(RobotProfile)}
+    unknown = sorted(set(data) - set(fields) - {"root"})
+    if unknown:
+        raise ProfileError(f"{path}: unknown setting(s) {', '.join(unknown)}: check the spelling")
+    if "task" not in data:
+        raise ProfileError(f'{path}: no task: add task = "pendulum" (or one of {", ".join(sorted(TASKS))})')
+    for key, value in data.items():
+        default = fields[key].default
+        expected = dict if key == "mppi" else (str if default is dataclasses.MISSING else type(default))
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ProfileError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
+    profile = RobotProfile(**data, root=path.resolve().parent.parent)
+    if profile.task not in TASKS:
+        raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
+    if profile.mode not in ("lockstep", "realtime"):
+        raise ProfileError(f'{path}: mode = {profile.mode!r}: use "lockstep" or "realtime"')
+    return profile

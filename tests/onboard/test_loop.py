@@ -1,0 +1,210 @@
+"""The onboard runtime end to end: the sim profile's stand-in, the loop, and the recorder's segments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onboard.loop import LoopError, make_planner, run
+from onboard.profile import load_profile
+from onboard.recorder import Recorder, iter_transitions, read_manifest, read_segment, verified_segments
+from onboard.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def onboard_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "onboard", *args], capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+def test_two_lockstep_episodes_leave_verified_segments_that_chain(tmp_path):
+    profile = load_profile("sim", log_dir=str(tmp_path))
+    stats = run(profile, episodes=2, show_status=False)
+    assert stats.episodes == 2 and stats.steps == 400
+    segments, problems = verified_segments(tmp_path / "sim")
+    assert problems == [] and [s.name for s in segments] == ["000001.mcap", "000002.mcap"]
+    transitions = list(iter_transitions(tmp_path / "sim"))
+    assert len(transitions) == 2 * get_task("pendulum").episode_steps
+    for segment in segments:
+        metadata, topics = read_segment(segment)
+        steps = topics["/transition"]
+        for before, after in zip(steps, steps[1:], strict=False):
+            assert before["next_state"] == after["state"]  # s' of step t is s of step t+1
+        assert [s["done"] for s in steps].count(True) == 1 and steps[-1]["done"]
+        assert len(topics["/mppi"]) == len(topics["/link"]) == 200
+        meta = metadata["segment"]
+        assert meta["task"] == "pendulum" and meta["robot"] == "sim" and meta["mppi"]["K"] == 24
+        assert {"model_sha256", "code_version", "start_time"} <= set(meta)
+    assert not list((tmp_path / "sim").glob("*.partial"))
+
+
+def test_kill_9_mid_episode_keeps_earlier_segments_and_recovers_the_partial_one(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "run", "--episodes", "5", "--log-dir", str(tmp_path), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    logs = tmp_path / "sim"
+    partial = logs / "000002.mcap.partial"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 20_000) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.exists(), "the run never reached the middle of episode 2"
+    segments, problems = verified_segments(logs)
+    assert [s.name for s in segments] == ["000001.mcap"] and problems == []
+
+    recorder = Recorder(tmp_path, "sim")  # the next start recovers what the crash left
+    assert [p.name for p in recorder.recovered] == ["000002.mcap"]
+    entries = read_manifest(logs)
+    assert entries[-1]["segment"] == "000002.mcap" and entries[-1]["recovered"] is True
+    segments, problems = verified_segments(logs)
+    assert len(segments) == 2 and problems == []
+    metadata, topics = read_segment(logs / "000002.mcap")
+    assert 0 < len(topics["/transition"]) < 200 and metadata["recovery"]["recovered_from"] == partial.name
+
+
+def test_an_unreadable_partial_is_quarantined_not_lost(tmp_path):
+    logs = tmp_path / "sim"
+    logs.mkdir()
+    (logs / "000009.mcap.partial").write_bytes(b"\x89MCAP0\r\n" + os.urandom(50))
+    Recorder(tmp_path, "sim")
+    assert (logs / "quarantine" / "000009.mcap.partial").exists()
+    assert verified_segments(logs) == ([], [])
+
+
+def test_a_segment_changed_after_closing_is_reported_and_not_read(tmp_path):
+    profile = load_profile("sim", log_dir=str(tmp_path))
+    run(profile, episodes=1, show_status=False)
+    segment = tmp_path / "sim" / "000001.mcap"
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    good, problems = verified_segments(tmp_path / "sim")
+    assert good == [] and "sha256 does not match MANIFEST" in problems[0]
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        list(iter_transitions(tmp_path / "sim"))
+
+
+class SlowPlanner:
+    """The profile's planner, made to miss every realtime deadline after a few good steps."""
+
+    def __init__(self, planner, good_steps: int, delay: float):
+        self.planner, self.good_steps, self.delay, self.calls = planner, good_steps, delay, 0
+        self.means = []  # the warm-start mean before each plan
+
+    def __getattr__(self, name):
+        return getattr(self.planner, name)
+
+    def act(self, state):
+        self.calls += 1
+        self.means.append(self.planner.mean.copy())
+        if self.calls > self.good_steps:
+            time.sleep(self.delay)
+        return self.planner.act(state)
+
+
+def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safely(tmp_path):
+    profile = load_profile("sim", log_dir=str(tmp_path), mode="realtime")
+    task = get_task("pendulum")
+    slow = SlowPlanner(make_planner(profile, task), good_steps=10, delay=1.5 * task.dt)
+    with pytest.raises(LoopError, match="5 planning deadlines missed in a row"):
+        run(profile, episodes=1, planner=slow, show_status=False)
+    (segment,), problems = verified_segments(tmp_path / "sim")
+    assert problems == []
+    metadata, topics = read_segment(segment)
+    missed = [m["deadline_missed"] for m in topics["/mppi"]]
+    assert missed == [False] * 10 + [True] * 5
+    actions = [t["action"] for t in topics["/transition"]]
+    for step in range(10, 15):  # each fallback is the next action of the previous, shifted plan
+        np.testing.assert_allclose(actions[step], slow.means[step][0])
+    assert metadata["summary"]["safe_stop"] == "deadline misses"
+
+
+def test_sigterm_ends_the_segment_cleanly(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "run", "--episodes", "5", "--log-dir", str(tmp_path), "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    partial = tmp_path / "sim" / "000002.mcap.partial"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 5_000) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    segments, problems = verified_segments(tmp_path / "sim")
+    assert [s.name for s in segments] == ["000001.mcap", "000002.mcap"] and problems == []
+    metadata, topics = read_segment(segments[-1])
+    assert metadata["summary"]["interrupted"] is True and len(topics["/transition"]) < 200
+
+
+def write_profile(tmp_path, **settings) -> Path:
+    robots = tmp_path / "robots"
+    robots.mkdir(exist_ok=True)
+    settings = {"task": "pendulum", "log_dir": str(tmp_path / "data"), **settings}
+    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    path = robots / "bench.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(model="/nonexistent/q.onnx"), "missing model file /nonexistent/q.onnx"),
+        (dict(task="acrobot"), "unknown task 'acrobot'"),
+        (dict(serial="/dev/nope"), "cannot open serial port '/dev/nope'"),
+        (dict(mode="turbo"), "mode = 'turbo'"),
+        (dict(episodez=3), "unknown setting(s) episodez"),
+        (dict(baud="fast"), "baud = 'fast' should be a int"),
+    ],
+)
+def test_bad_profile_settings_exit_non_zero_with_one_clear_line(tmp_path, settings, message):
+    out = onboard_cli("run", "--robot", str(write_profile(tmp_path, **settings)), "--quiet")
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+
+
+def test_malformed_toml_and_unknown_robot_are_one_line(tmp_path):
+    path = tmp_path / "robots" / "broken.toml"
+    path.parent.mkdir()
+    path.write_text('task = "pendulum\n')
+    out = onboard_cli("run", "--robot", str(path))
+    assert out.returncode == 2 and "is not valid TOML" in out.stderr and out.stderr.count("\n") == 1
+    out = onboard_cli("run", "--robot", "mars-rover")
+    assert out.returncode == 2 and "no robot profile" in out.stderr and "sim" in out.stderr
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "other task"])
+def test_bad_models_are_refused_before_anything_moves(tmp_path, make_q, problem):
+    path, _ = make_q("cartpole" if problem == "other task" else "pendulum")
+    if problem == "corrupt":
+        path.write_bytes(path.read_bytes()[:-3] + b"abc")
+    out = onboard_cli("run", "--robot", str(write_profile(tmp_path, model=str(path))), "--quiet")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert ("sha256" if problem == "corrupt" else "trained for task 'cartpole'") in out.stderr
+    assert not (tmp_path / "data").exists() or not list((tmp_path / "data").rglob("*.mcap"))
+
+
+def test_selfcheck_reports_and_fails_loudly(tmp_path, make_q):
+    path, _ = make_q("pendulum")
+    out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path, model=str(path))))
+    assert out.returncode == 0, out.stderr
+    assert "handshake OK" in out.stdout and "sha256" in out.stdout and "selfcheck passed" in out.stdout
+    path.write_bytes(path.read_bytes() + b"\x00")
+    out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path, model=str(path))))
+    assert out.returncode != 0 and "sha256" in out.stderr
