@@ -186,6 +186,8 @@ def test_link_is_declared_lost_after_the_configured_silence(standin):
     code, report = plant.stop()  # the plant goes silent
     assert code == 0 and report["stopped"] == "stopped by signal"
     time.sleep(0.35)
-    link.service(0.0)
-    assert link.lost
+    assert link.lost  # silence alone says so (writing to the dead pty would raise LinkError too)
+    with pytest.raises(LinkError, match="the plant's end is gone"):
+        link.next_heartbeat = 0.0
+        link.service(0.0)
     link.close()
