@@ -378,6 +378,8 @@ def main(argv=None) -> int:
     try:
         reason = serve(endpoint, firmware, frames, lambda: stop["now"])
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # already stopping: a late signal must not cut it short
+            signal.signal(sig, signal.SIG_IGN)
         firmware.safe()
         endpoint.close()
     print(json.dumps({"stopped": reason, **firmware.counts, **frames.counters.to_dict()}), file=sys.stderr)
