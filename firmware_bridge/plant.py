@@ -35,13 +35,16 @@ def custom_numeric(model: mujoco.MjModel, name: str) -> np.ndarray | None:
 class MujocoPlant:
     """One MuJoCo model and its data; state = concat(qpos, qvel)."""
 
-    def __init__(self, xml_path: str | Path):
+    def __init__(self, xml_path: str | Path, control_period: float | None = None):
+        """control_period overrides the XML's (benchmarks of fast loops); physics then steps at most that long."""
         self.model = mujoco.MjModel.from_xml_path(str(xml_path))
         self.data = mujoco.MjData(self.model)
         period = custom_numeric(self.model, "control_period")
         if period is None:
             raise ValueError(f"{xml_path}: missing <custom><numeric name='control_period' .../>")
-        self.control_period = period = float(period[0])
+        self.control_period = period = float(period[0]) if control_period is None else control_period
+        if self.model.opt.timestep > period:
+            self.model.opt.timestep = period
         self.substeps = round(period / self.model.opt.timestep)
         if abs(self.substeps * self.model.opt.timestep - period) > 1e-9:
             raise ValueError(f"{xml_path}: control_period {period} is not a multiple of timestep")

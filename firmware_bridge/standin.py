@@ -331,11 +331,14 @@ def make_mav(signing_key: bytes | None = None) -> mavlink.MAVLink:
 
 
 def serve(endpoint: SerialEndpoint, firmware: Firmware, parser: FrameParser, should_stop) -> str:
-    """The firmware's main loop; returns why it stopped."""
+    """The firmware's main loop; returns why it stopped.
+
+    Input is taken before time is advanced: after a scheduling stall, commands already waiting in the
+    port count as received before the watchdog looks at the clock.
+    """
     while not should_stop():
-        now = time.monotonic()
-        firmware.tick(now)
-        ready, _, _ = select.select([endpoint.fd], [], [], min(firmware.deadline(time.monotonic()), 0.5))
+        timeout = min(firmware.deadline(time.monotonic()), 0.5)
+        ready, _, _ = select.select([endpoint.fd], [], [], timeout)
         if ready:
             data = endpoint.read()
             if data is None:
@@ -343,6 +346,7 @@ def serve(endpoint: SerialEndpoint, firmware: Firmware, parser: FrameParser, sho
             now = time.monotonic()
             for msg in parser.feed(data):
                 firmware.handle(msg, now)
+        firmware.tick(time.monotonic())
     return "stopped by signal"
 
 
@@ -355,9 +359,10 @@ def main(argv=None) -> int:
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--watchdog-periods", type=float, default=3.0, help="watchdog timeout in control periods")
     parser.add_argument("--signing-key-file", type=Path, help="32-byte MAVLink 2 signing key (raw or hex)")
+    parser.add_argument("--control-period", type=float, help="override the XML's control period, s (benchmarks)")
     args = parser.parse_args(argv)
     try:
-        plant = MujocoPlant(model_xml(args.task, args.models))
+        plant = MujocoPlant(model_xml(args.task, args.models), args.control_period)
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
         if args.device:
             endpoint, port = SerialEndpoint.device(args.device, args.baud), args.device

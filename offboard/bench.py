@@ -9,6 +9,10 @@ Targets: (1) C backend >= 3x faster than pytorch-mppi; (2) under 0.25 ms median.
   3. The serial link in lockstep over a pty against the stand-in (pack, write, stand-in step, reply,
      parse): microseconds per round trip (target: median under 200 us for the pendulum), and the
      stand-in's lockstep steps per second with a trivial controller.
+  4. The onboard loop (`python -m onboard run`, its own process, logging on): lockstep steps per
+     second with K=24, H=8 and a 2x100 Q (target >= 1000); realtime with K=1024, H=32 and a 2x256 Q
+     at the task's 20 Hz and at a 5 ms period, 60 s each: deadline misses (target 0) and period jitter
+     p99; the onboard process's peak memory (target < 400 MB).
 """
 
 from __future__ import annotations
@@ -145,6 +149,84 @@ def run_link(steps: int) -> dict:
     )
 
 
+def _onboard_run(profile: dict, episodes: int, tmp: Path) -> dict:
+    import subprocess
+    import sys
+
+    path = tmp / "robots" / f"{profile['name']}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in profile.items() if k != "mppi"]
+    lines += ["[mppi]"] + [f"{k} = {json.dumps(v)}" for k, v in profile.get("mppi", {}).items()]
+    path.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onboard",
+            "run",
+            "--robot",
+            str(path),
+            "--episodes",
+            str(episodes),
+            "--quiet",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        return dict(error=out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_loop(quick: bool) -> dict:
+    """The onboard loop in its own process against the stand-in, logging on."""
+    task = get_task("pendulum")
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = {}
+        for hidden in ((100, 100), (256, 256)):
+            layers = random_mlp(rng, task.obs_dim + task.act_dim, hidden)
+            models[hidden] = tmp / f"q{hidden[0]}" / "q.onnx"
+            save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), models[hidden], task, {"name": "offboard.bench"})
+        base = dict(task="pendulum", backend="c", log_dir=str(tmp / "data"), threads=1)
+        lockstep = _onboard_run(
+            dict(name="bench-lockstep", mode="lockstep", model=str(models[(100, 100)]), **base,
+                 mppi=dict(K=24, H=8, model="mean")),
+            1 if quick else 10, tmp,
+        )  # fmt: skip
+        seconds = 2 if quick else 60
+        realtime = {}
+        for label, period in (("20 Hz", 0.05), ("200 Hz", 0.005)):
+            episodes = max(1, round(seconds / (period * task.episode_steps)))
+            realtime[label] = _onboard_run(
+                dict(name=f"bench-rt{round(1 / period)}", mode="realtime", model=str(models[(256, 256)]),
+                     standin_period=period, deadline_misses_max=1_000_000, **base,
+                     mppi=dict(K=1024, H=32, model="mean")),
+                episodes, tmp,
+            )  # fmt: skip
+    peak = max(r.get("peak_rss_mb", 0) for r in [lockstep, *realtime.values()])
+    targets = [
+        dict(
+            target="onboard lockstep loop >= 1000 steps/s (K=24 H=8 Q=2x100, logging on)",
+            measured=f"{lockstep.get('steps_per_second', 0):.0f} steps/s",
+            met=lockstep.get("steps_per_second", 0) >= 1000,
+        ),
+        *[
+            dict(
+                target=f"realtime {label} K=1024 H=32 Q=2x256: 0 deadline misses over {seconds} s",
+                measured=f"{r.get('deadline_misses', 'n/a')} misses, "
+                f"jitter p99 {r.get('period_jitter_ms_p99', 0):.2f} ms",
+                met=r.get("deadline_misses") == 0,
+            )
+            for label, r in realtime.items()
+        ],
+        dict(target="onboard process peak memory < 400 MB", measured=f"{peak:.0f} MB", met=0 < peak < 400),
+    ]
+    return dict(lockstep=lockstep, realtime=realtime, targets=targets)
+
+
 def run(threads: int, quick: bool) -> dict:
     import torch
 
@@ -191,6 +273,7 @@ def run(threads: int, quick: bool) -> dict:
         rows=rows,
         targets=targets,
         link=run_link(200 if quick else 5000),
+        loop=run_loop(quick),
     )
 
 
@@ -214,7 +297,22 @@ def print_table(report: dict) -> None:
         str(link["steps"]),
     )  # fmt: skip
     console.print(table)
-    for t in [*report["targets"], link["target"]]:
+    loop = report["loop"]
+    table = Table(title="Onboard loop against the stand-in (own process, logging on)")
+    for col in ("run", "steps/s", "plan p50 ms", "plan p99 ms", "misses", "jitter p99 ms", "peak MB"):
+        table.add_column(col)
+    for label, r in [("lockstep K=24 H=8", loop["lockstep"])] + [
+        (f"realtime {k} K=1024 H=32", v) for k, v in loop["realtime"].items()
+    ]:
+        if "error" in r:
+            table.add_row(label, r["error"], "", "", "", "", "")
+            continue
+        table.add_row(
+            label, f"{r['steps_per_second']:.0f}", f"{r['plan_ms_p50']:.2f}", f"{r['plan_ms_p99']:.2f}",
+            str(r["deadline_misses"]), f"{r['period_jitter_ms_p99']:.2f}", f"{r['peak_rss_mb']:.0f}",
+        )  # fmt: skip
+    console.print(table)
+    for t in [*report["targets"], link["target"], *loop["targets"]]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
 
 

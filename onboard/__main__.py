@@ -56,6 +56,9 @@ def cmd_run(args) -> int:
 
     profile = load_profile(args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir)
     stats = run(profile, args.episodes, show_status=not args.quiet)
+    if args.json:
+        print(json.dumps(stats.summary()))
+        return 0
     print(
         f"{stats.episodes} episode(s), {stats.steps} steps, {stats.deadline_misses} deadline misses; "
         f"segments in {profile.log_path / profile.name}"
@@ -82,6 +85,7 @@ def main(argv=None) -> int:
     run.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
     run.add_argument("--log-dir", help="override the profile's log folder")
     run.add_argument("--quiet", action="store_true", help="no live status line")
+    run.add_argument("--json", action="store_true", help="print the run's numbers as JSON")
     check = sub.add_parser("selfcheck", help="verify the model, open the port, handshake; non-zero on failure")
     check.add_argument("--robot", default="sim")
     plan = sub.add_parser("plan", help="plan once from a state and print the plan")

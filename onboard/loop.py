@@ -67,6 +67,8 @@ class PlantPort:
         args = [sys.executable, "-m", "firmware_bridge.standin", "--task", p.task, "--mode", p.mode]
         if p.signing_key_file:
             args += ["--signing-key-file", str(p.path(p.signing_key_file))]
+        if p.standin_period:
+            args += ["--control-period", str(p.standin_period)]
         log_dir = p.log_path / p.name
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "standin.log", "a") as log:
@@ -93,6 +95,29 @@ class LoopStats:
     deadline_misses: int = 0
     plan_ms: list = field(default_factory=list)
     step_times: deque = field(default_factory=lambda: deque(maxlen=200))
+    send_times: list = field(default_factory=list)  # monotonic time of each command, for period jitter
+    seconds: float = 0.0  # time in episodes (resets excluded)
+    period: float = 0.0
+
+    def summary(self) -> dict:
+        """The numbers of a run (benchmarks read them): rate, plan times, misses, period jitter, memory."""
+        import resource
+
+        ms = np.array(self.plan_ms) if self.plan_ms else np.zeros(1)
+        gaps = np.diff(self.send_times) if len(self.send_times) > 1 else np.zeros(1)
+        gaps = gaps[gaps < 5 * self.period] if self.period else gaps  # drop the pauses between episodes
+        jitter = np.abs(gaps - self.period) * 1e3 if gaps.size else np.zeros(1)
+        return dict(
+            episodes=self.episodes,
+            steps=self.steps,
+            steps_per_second=self.steps / self.seconds if self.seconds else 0.0,
+            plan_ms_p50=float(np.percentile(ms, 50)),
+            plan_ms_p99=float(np.percentile(ms, 99)),
+            deadline_misses=self.deadline_misses,
+            period_ms=self.period * 1e3,
+            period_jitter_ms_p99=float(np.percentile(jitter, 99)),
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
 
     def line(self, episode: int, step: int, episode_cost: float, link: Link) -> str:
         ms = np.array(self.plan_ms[-1000:]) if self.plan_ms else np.zeros(1)
@@ -129,18 +154,20 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
         link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
         try:
             link.handshake(control_period=task.dt)
-            period = link.plant_handshake.control_period_us / 1e6 or task.dt
+            period = stats.period = link.plant_handshake.control_period_us / 1e6 or task.dt
             for _ in range(episodes):
                 if stop():
                     break
                 episode = next_episode_id(recorder.dir)
                 rng = np.random.default_rng(profile.seed + episode)
                 state = link.reset(episode, state=task.initial_state(rng))
+                planner.plan(state.state[None])  # warm up (caches, ONNX Runtime) before the watchdog runs
                 planner.reset()
                 recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode))
                 link.arm()
                 if profile.mode == "realtime":  # the plant kept streaming while we armed: start from now
                     state = _newest(link, state)
+                episode_started = time.monotonic()
                 episode_cost, interrupted = 0.0, False
                 misses_in_a_row = 0
                 for t in range(task.episode_steps):
@@ -161,7 +188,14 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                     else:
                         misses_in_a_row = 0
                     link.send_command(u, state.seq)
+                    stats.send_times.append(time.monotonic())
                     next_state = _next_state(link, profile.mode)
+                    if link.status is not None and link.status.failsafe:
+                        _safe_stop(link, next_state, recorder, stats, episode_cost, "plant failsafe")
+                        raise LoopError(
+                            f"the plant latched failsafe {_failsafe_name(link.status.failsafe)} at step {t}: "
+                            "its actuators are off; find the cause (the loop's timing, the commands), then re-arm"
+                        )
                     cost = float(task.cost(state.state, u))
                     episode_cost += cost
                     done = t == task.episode_steps - 1
@@ -186,7 +220,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                     stats.step_times.append(time.monotonic())
                     state = next_state
                     if misses_in_a_row >= profile.deadline_misses_max:
-                        _safe_stop(link, state, recorder, stats, episode_cost)
+                        _safe_stop(link, state, recorder, stats, episode_cost, "deadline misses")
                         raise LoopError(
                             f"stopped: {misses_in_a_row} planning deadlines missed in a row (last plan "
                             f"{compute * 1e3:.1f} ms, period {period * 1e3:.1f} ms): lower K or H, use a faster "
@@ -195,6 +229,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                     if show_status and time.monotonic() >= status_due:
                         status_due = time.monotonic() + 0.25
                         print("\r" + stats.line(episode, t, episode_cost, link), end="", file=sys.stderr, flush=True)
+                stats.seconds += time.monotonic() - episode_started
                 link.disarm()
                 recorder.end_episode(
                     dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, **_link_counts(link))
@@ -228,12 +263,21 @@ def _newest(link: Link, state):
     return state
 
 
-def _safe_stop(link: Link, state, recorder: Recorder, stats: LoopStats, episode_cost: float) -> None:
+def _safe_stop(link: Link, state, recorder: Recorder, stats: LoopStats, episode_cost: float, why: str) -> None:
+    """The safe action, disarm, and close the segment as it is."""
     link.send_command(np.zeros(link.act_dim), state.seq)
     try:
         link.disarm(timeout=1.0)
+    except LinkError:
+        pass  # a plant in failsafe is already at zero actuation
     finally:
-        recorder.end_episode(dict(cost=episode_cost, interrupted=True, safe_stop="deadline misses"))
+        recorder.end_episode(dict(cost=episode_cost, interrupted=True, safe_stop=why))
+
+
+def _failsafe_name(code: int) -> str:
+    from firmware_bridge.dialect import mavlink
+
+    return mavlink.enums["MPQ_FAILSAFE"][code].name
 
 
 def _link_counts(link: Link) -> dict:

@@ -35,6 +35,7 @@ class RobotProfile:
     threads: int = 1
     deadline_misses_max: int = 5
     seed: int = 0
+    standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
     mppi: dict = field(default_factory=dict)
     root: Path = ROOT  # relative paths are resolved against this
     # Deployment fields (used by offboard deploy); accepted here so one file describes the robot.
@@ -103,6 +104,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     for key, value in data.items():
         default = fields[key].default
         expected = dict if key == "mppi" else (str if default is dataclasses.MISSING else type(default))
+        if expected is float and isinstance(value, int):
+            value = data[key] = float(value)
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ProfileError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
     profile = RobotProfile(**data, root=path.resolve().parent.parent)

@@ -170,6 +170,8 @@ class OnnxQ:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Worker threads that spin after each run steal the core the plant link and the stand-in need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for malformed graphs
