@@ -71,15 +71,21 @@ class FrameParser:
                 return messages
             length, incompat = self.buffer[1], self.buffer[2]
             msgid = int.from_bytes(self.buffer[7:10], "little")
-            if msgid not in mavlink.mavlink_map or incompat & ~SIGNED:
-                self._reject_candidate()
+            info = mavlink.mavlink_map.get(msgid)
+            if info is None or incompat & ~SIGNED or length > info.unpacker.size:
+                self._reject_candidate()  # no such message, unknown flags, or longer than it can be
                 continue
             total = HEADER_LEN + length + CHECKSUM_LEN + (SIGNATURE_LEN if incompat & SIGNED else 0)
             if len(self.buffer) < total:
                 return messages  # wait for the rest
+            crc = mavlink.x25crc(self.buffer[1 : HEADER_LEN + length])  # checked here: pymavlink can be told
+            crc.accumulate(bytes([info.crc_extra]))  # to skip it (MAV_IGNORE_CRC), a firmware must not
+            if crc.crc != int.from_bytes(self.buffer[HEADER_LEN + length : HEADER_LEN + length + 2], "little"):
+                self._reject_candidate()
+                continue
             frame = bytearray(self.buffer[:total])
             try:
-                message = self.mav.decode(frame)  # checks the checksum (with CRC_EXTRA), then the signature
+                message = self.mav.decode(frame)  # payload, and the signature when signing is on
             except mavlink.MAVError as error:
                 if "signature" in str(error).lower():  # checksum good, signature missing or wrong
                     self.counters.signature_errors += 1

@@ -8,6 +8,7 @@ waits), which also send HEARTBEAT when due and read whatever arrived.
 from __future__ import annotations
 
 import os
+import random
 import select
 import time
 from collections import deque
@@ -41,6 +42,7 @@ class PlantState:
     episode_id: int
     time_us: int
     received: float  # host monotonic time
+    reset_request: int = 0  # the reset that started its episode
 
 
 class Link:
@@ -55,6 +57,8 @@ class Link:
         lost_after: float = 3.0,
         dialect_version: int = DIALECT_VERSION,
     ):
+        if len(task.encode()) > 16:
+            raise LinkError(f"task name {task!r} is longer than the 16 characters the handshake carries")
         self.task, self.state_dim, self.act_dim = task, state_dim, act_dim
         self.dialect_version = dialect_version
         self.lost_after = lost_after
@@ -76,6 +80,7 @@ class Link:
         self.plant_handshake = None
         self.status = None  # the latest MPQ_STATUS
         self.command_seq = 0
+        self.request_id = random.randrange(1, 1 << 31)  # distinct from any earlier host's requests
         self.last_heard: float | None = None
         self.next_heartbeat = 0.0
         self._sent_at: dict[int, float] = {}
@@ -130,18 +135,28 @@ class Link:
 
     # --- episode control ---------------------------------------------------------------------------
     def reset(self, episode_id: int, state=None, seed: int | None = None, timeout: float = 2.0) -> PlantState:
-        """Reset the plant to `state` (or a seeded random one); returns the first state of the episode."""
+        """Reset the plant to `state` (or a seeded random one); returns the first state of the episode.
+
+        The plant echoes the request's id in its states and status, so states from before the reset,
+        still in flight, are never taken for the new episode's first one.
+        """
         if state is not None:
-            state = np.asarray(state, dtype=np.float64)
+            state = np.asarray(state, dtype=np.float64).reshape(-1)
+            if state.size != self.state_dim:
+                raise ValueError(f"reset state has {state.size} values, the plant's state has {self.state_dim}")
             action, values, dim = mavlink.MPQ_EPISODE_RESET_GIVEN, list(state), len(state)
         else:
             action, values, dim = mavlink.MPQ_EPISODE_RESET_SEEDED, [], 0
-        self.states.clear()
-        self._episode_control(action, episode_id, seed or 0, values, dim)
-        first = self.recv_state(timeout, episode_id=episode_id)
-        if first is None:
-            raise LinkError(f"the plant did not reset to episode {episode_id} within {timeout:.1f} s")
-        return first
+        request = self._episode_control(action, episode_id, seed or 0, values, dim)
+        if not self._wait(lambda: self.status is not None and self.status.last_request == request, timeout):
+            raise LinkError(f"the plant did not answer a reset within {timeout:.1f} s: is it running and handshaken?")
+        for_this_reset = [s for s in self.states if s.reset_request == request]
+        self.states = deque(s for s in self.states if s.reset_request == request)
+        if not for_this_reset:
+            raise LinkError(
+                "the plant refused the reset: the state is outside its limits, or there is no matching handshake"
+            )
+        return self.states.popleft()
 
     def arm(self, timeout: float = 2.0) -> None:
         self._control_and_check(mavlink.MPQ_EPISODE_ARM, timeout, lambda s: s.armed)
@@ -153,31 +168,32 @@ class Link:
         self._control_and_check(mavlink.MPQ_EPISODE_DISARM, timeout, lambda s: not s.armed)
 
     def _control_and_check(self, action: int, timeout: float, ok) -> None:
-        """Send an episode control and wait for a status that shows it took effect.
-
-        A periodic status sent before the plant handled the control may arrive first: keep waiting.
-        """
+        """Send an episode control and wait for the plant's status that answers it."""
         episode = self.status.episode_id if self.status else 0
-        self.status = None
-        self._episode_control(action, episode, 0, [], 0)
-        if self._wait(lambda: self.status is not None and ok(self.status), timeout):
-            return
-        if self.status is None:
+        request = self._episode_control(action, episode, 0, [], 0)
+        if not self._wait(lambda: self.status is not None and self.status.last_request == request, timeout):
             raise LinkError(f"no status from the plant within {timeout:.1f} s after an episode control")
+        if ok(self.status):
+            return
         verb = "disarm" if action == mavlink.MPQ_EPISODE_DISARM else "arm"
         if self.status.failsafe:
             reason = mavlink.enums["MPQ_FAILSAFE"][self.status.failsafe].name
             raise LinkError(f"the plant did not {verb}: failsafe {reason} latched (re-arm to clear it)")
         raise LinkError(f"the plant did not {verb}: it has no matching handshake (handshake first)")
 
-    def _episode_control(self, action: int, episode_id: int, seed: int, values, dim: int) -> None:
+    def _episode_control(self, action: int, episode_id: int, seed: int, values, dim: int) -> int:
+        """Send one episode control; returns its request id."""
+        self.request_id = self.request_id % 0xFFFFFFFF + 1
         padded = [float(v) for v in values] + [0.0] * (MAX_STATE - len(values))
-        self.mav.send(self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, padded))
+        self.mav.send(self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, padded, self.request_id))
+        return self.request_id
 
     # --- the control loop's calls ---------------------------------------------------------------------
     def send_command(self, u, state_seq: int) -> int:
         """Send u (answering state `state_seq`); returns the command's sequence number."""
         u = [float(v) for v in np.asarray(u).reshape(-1)]
+        if len(u) != self.act_dim:
+            raise ValueError(f"command has {len(u)} values, the plant takes {self.act_dim}")
         self.command_seq += 1
         now = time.monotonic()
         self._sent_at[self.command_seq] = now
@@ -237,19 +253,31 @@ class Link:
             return self.port.read(max(1, self.port.in_waiting))
         spin_until = time.perf_counter() + min(timeout, SPIN)
         while True:  # a reply in lockstep takes ~0.1 ms: polling that long beats a sleep and a wake-up
-            try:
-                return os.read(self._fd, 4096)
-            except BlockingIOError:
-                if time.perf_counter() >= spin_until:
-                    break
-        if timeout > SPIN:
-            select.select([self._fd], [], [], timeout - SPIN)
+            data = self._read_fd()
+            if data or time.perf_counter() >= spin_until:
+                break
+        if data or timeout <= SPIN:
+            return data
+        ready, _, _ = select.select([self._fd], [], [], timeout - SPIN)
+        if not ready:
+            return b""
+        data = self._read_fd()
+        if not data:  # readable yet empty: the other end hung up
+            raise LinkError(f"{self.port.name} was closed by the plant's end")
+        return data
+
+    def _read_fd(self) -> bytes:
+        """One non-blocking read; b"" when nothing is waiting (a tty in pyserial's polling mode says so)."""
         try:
             return os.read(self._fd, 4096)
         except BlockingIOError:
             return b""
+        except OSError as e:
+            raise LinkError(f"reading {self.port.name} failed ({e.strerror}): the plant's end is gone") from None
 
     def stats(self) -> dict:
+        """Link counters, and command-to-state latency: in lockstep the round trip (pack, write, plant
+        step, reply, parse); in realtime it includes the wait for the plant's next period."""
         rtt = np.array(self.rtts) * 1e6 if self.rtts else None
         return dict(
             **self.parser.counters.to_dict(),
@@ -278,7 +306,9 @@ class Link:
                 if sent is not None:
                     self.rtts.append(now - sent)
                 state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
-                self.states.append(PlantState(state, msg.seq, msg.command_seq, msg.episode_id, msg.time_us, now))
+                self.states.append(
+                    PlantState(state, msg.seq, msg.command_seq, msg.episode_id, msg.time_us, now, msg.reset_request)
+                )
             elif kind == "MPQ_STATUS":
                 self.status = msg
             elif kind == "MPQ_HANDSHAKE" and msg.role == mavlink.MPQ_ROLE_PLANT:

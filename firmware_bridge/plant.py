@@ -9,12 +9,17 @@ Pendulum: the velocity is limited before it moves the position.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mujoco
 import numpy as np
 
 from firmware_bridge.paths import MODELS_DIR
+
+log = logging.getLogger("mpq.plant")
+# MuJoCo's warnings go to our log, not to MUJOCO_LOG.TXT in whatever folder the plant runs from.
+mujoco.set_mju_user_warning(lambda message: log.warning("mujoco: %s", message))
 
 
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
@@ -58,6 +63,39 @@ class MujocoPlant:
     @classmethod
     def for_task(cls, task: str, models_dir: Path = MODELS_DIR) -> MujocoPlant:
         return cls(model_xml(task, models_dir))
+
+    def invalid_state(self, state) -> str | None:
+        """Why `state` cannot be a start state of this plant (wrong size, non-finite, out of its limits)."""
+        state = np.asarray(state, dtype=np.float64)
+        nq, nv = self.model.nq, self.model.nv
+        if state.shape != (nq + nv,):
+            return f"{state.size} values for a state of {nq + nv}"
+        if not np.all(np.isfinite(state)):
+            return "non-finite values"
+        if self.qvel_max is not None and np.any(np.abs(state[nq:]) > self.qvel_max):
+            return f"a joint speed beyond {self.qvel_max}"
+        for j in range(self.model.njnt):
+            if self.model.jnt_limited[j]:
+                lo, hi = self.model.jnt_range[j]
+                q = state[self.model.jnt_qposadr[j]]
+                if not lo <= q <= hi:
+                    return f"joint {j} at {q:.3g}, outside its range [{lo}, {hi}]"
+        if np.any(np.abs(state) > 1e3):
+            return "values beyond 1e3"
+        return None
+
+    def fault(self) -> str | None:
+        """Why the simulated plant can no longer be trusted (MuJoCo reset it after a divergence), or None."""
+        for kind in (
+            mujoco.mjtWarning.mjWARN_BADQACC,
+            mujoco.mjtWarning.mjWARN_BADQVEL,
+            mujoco.mjtWarning.mjWARN_BADQPOS,
+        ):
+            if self.data.warning[kind].number > 0:
+                return f"simulation diverged ({kind.name})"
+        if not np.all(np.isfinite(self.state)):
+            return "non-finite state"
+        return None
 
     @property
     def state(self) -> np.ndarray:

@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, mavlink
+from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_ACT, MAX_STATE, mavlink
 from firmware_bridge.frames import FrameParser, enable_signing
 from firmware_bridge.paths import MODELS_DIR
 from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
 
 PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
+STALE_STATES = 3  # realtime: a command answering a state older than this many periods is refused
 
 
 def pad(values: list[float], size: int) -> list[float]:
@@ -70,6 +71,8 @@ class Firmware:
         self.episode_id = 0
         self.state_seq = 0
         self.last_command_seq = 0
+        self.last_request = 0  # request_id of the last episode control handled
+        self.reset_request = 0  # request_id of the reset that started this episode
         self.held = np.zeros(self.act_dim)  # what the actuators do now
         self.sim_time = 0.0  # lockstep clock: simulated seconds
         self.last_valid_command: float | None = None
@@ -132,7 +135,9 @@ class Firmware:
             and msg.state_dim == self.state_dim
             and msg.act_dim == self.act_dim
         )
-        if not self.handshake_ok:
+        if self.handshake_ok:
+            self.last_command_seq = 0  # a (re)connected host starts its command count again
+        else:
             self.safe()
         self.send(
             mavlink.MAVLink_mpq_handshake_message(
@@ -144,18 +149,23 @@ class Firmware:
                 time_us(self.period),
                 mavlink.MPQ_ROLE_PLANT,
                 int(self.handshake_ok),
-            )  # fmt: skip
+            )
         )
 
     def _on_episode_control(self, msg, now: float) -> None:
         action = msg.action
+        self.last_request = msg.request_id
         if not self.handshake_ok:
             self.counts["commands_rejected"] += 1  # no episode control from a host we have not verified
         elif action in (mavlink.MPQ_EPISODE_RESET_GIVEN, mavlink.MPQ_EPISODE_RESET_SEEDED):
             initial = self._initial_state(msg)
-            if initial is not None:
+            if initial is None:
+                self.counts["commands_rejected"] += 1
+            else:
                 self.safe()
                 self.episode_id = msg.episode_id
+                self.reset_request = msg.request_id
+                self.last_command_seq = 0
                 self.plant.reset(initial)
                 self.sim_time = 0.0
                 self._send_state(now)
@@ -169,14 +179,14 @@ class Firmware:
         self._send_status(now)
 
     def _initial_state(self, msg):
+        """The requested start state, or None when the plant must refuse it."""
         if msg.action == mavlink.MPQ_EPISODE_RESET_GIVEN:
             state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
-            if msg.state_dim != self.state_dim or not np.all(np.isfinite(state)):
-                return None
-            return state
-        if self.reset_low is None or self.reset_high is None:
+        elif self.reset_low is None or self.reset_high is None:
             return None
-        return np.random.default_rng(msg.seed).uniform(self.reset_low, self.reset_high)
+        else:
+            state = np.random.default_rng(msg.seed).uniform(self.reset_low, self.reset_high)
+        return None if self.plant.invalid_state(state) else state
 
     def _arm(self, now: float) -> None:
         if self.handshake_ok and self.failsafe == mavlink.MPQ_FAILSAFE_NONE:
@@ -189,6 +199,9 @@ class Firmware:
             return
         if self.mode == "lockstep" and msg.state_seq != self.state_seq:
             self.counts["commands_rejected"] += 1  # a stale or duplicated command must not step twice
+            return
+        if msg.state_seq + STALE_STATES < self.state_seq or msg.state_seq > self.state_seq:
+            self.counts["commands_rejected"] += 1  # planned from a state long gone (or never sent)
             return
         u = msg.u[: self.act_dim]
         if not all(math.isfinite(v) for v in u):
@@ -215,6 +228,10 @@ class Firmware:
     def _step(self) -> None:
         self.plant.step(self.held if self.armed else np.zeros(self.act_dim))
         self.sim_time += self.period
+        if self.plant.fault() and self.failsafe != mavlink.MPQ_FAILSAFE_PLANT_FAULT:
+            self.failsafe = mavlink.MPQ_FAILSAFE_PLANT_FAULT  # latched, like the other failsafes
+            self.safe()
+            self._send_status(time.monotonic())
 
     def _send_state(self, now: float) -> None:
         self.state_seq += 1
@@ -227,13 +244,16 @@ class Firmware:
                 self.episode_id,
                 self.state_dim,
                 pad(self.plant.state.tolist(), MAX_STATE),
-            )  # fmt: skip
+                self.reset_request,
+            )
         )
 
     def _send_heartbeat(self) -> None:
-        status = mavlink.MAV_STATE_CRITICAL if self.failsafe else (
-            mavlink.MAV_STATE_ACTIVE if self.armed else mavlink.MAV_STATE_STANDBY
-        )  # fmt: skip
+        status = (
+            mavlink.MAV_STATE_CRITICAL
+            if self.failsafe
+            else (mavlink.MAV_STATE_ACTIVE if self.armed else mavlink.MAV_STATE_STANDBY)
+        )
         self.send(
             mavlink.MAVLink_heartbeat_message(
                 mavlink.MAV_TYPE_GENERIC,
@@ -242,7 +262,7 @@ class Firmware:
                 0,
                 status,
                 3,
-            )  # fmt: skip
+            )
         )
 
     def _send_status(self, now: float) -> None:
@@ -263,7 +283,8 @@ class Firmware:
                 link.seq_gaps if link else 0,
                 link.bytes_skipped if link else 0,
                 link.signature_errors if link else 0,
-            )  # fmt: skip
+                self.last_request,
+            )
         )
 
 
@@ -363,6 +384,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period)
+        if plant.model.nq + plant.model.nv > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
+            raise ValueError(
+                f"task {args.task!r} does not fit the dialect (state <= {MAX_STATE}, commands <= {MAX_ACT}, "
+                "name <= 16 characters): widen mpq.xml and bump MPQ_DIALECT_VERSION"
+            )
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
         if args.device:
             endpoint, port = SerialEndpoint.device(args.device, args.baud), args.device

@@ -116,6 +116,7 @@ def run_link(steps: int) -> dict:
     process = subprocess.Popen(
         [sys.executable, "-m", "firmware_bridge.standin", "--task", "pendulum"], stdout=subprocess.PIPE, text=True
     )
+    link = None
     try:
         port = json.loads(process.stdout.readline())["port"]
         link = Link(port, "pendulum", 2, 1)
@@ -128,11 +129,14 @@ def run_link(steps: int) -> dict:
             sent = time.perf_counter()
             link.send_command([-0.5 * state.state[1]], state.seq)
             state = link.recv_state(timeout=1.0)
+            if state is None:
+                raise RuntimeError("the stand-in stopped answering during the link benchmark")
             seconds.append(time.perf_counter() - sent)
         elapsed = time.perf_counter() - started
         stats = link.stats()
-        link.close()
     finally:
+        if link is not None:
+            link.close()
         process.terminate()
         process.wait()
     us = np.asarray(seconds[WARMUP:]) * 1e6

@@ -106,13 +106,17 @@ def test_firmware_stays_safe_on_every_valid_crc_frame():
     handshake = sender.mpq_handshake_encode(
         DIALECT_VERSION, DIALECT_CHECKSUM, b"pendulum", 2, 1, 50000, mavlink.MPQ_ROLE_HOST, 0
     )
-    arm = sender.mpq_episode_control_encode(0, 0, mavlink.MPQ_EPISODE_REARM, 0, [0.0] * 16)
+    arm = sender.mpq_episode_control_encode(0, 0, mavlink.MPQ_EPISODE_REARM, 0, [0.0] * 16, 1)
     nonfinite_latches, command_seq = 0, 10**9
     for case in range(CASES):
         if case % 50 == 0:  # keep it armed so commands get as far as they can
             for msg in parser.feed(bytes(handshake.pack(sender)) + bytes(arm.pack(sender))):
                 firmware.handle(msg, now=case * 0.01)
-        if case % 5 == 0:  # a well-formed command answering the current state, with a hostile value
+        if case % 7 == 3:  # a well-formed reset to a hostile start state
+            values = list(rng.choice([0.1, -3.0, 1e4, -1e20, 1e20, np.nan, np.inf], 2)) + [0.0] * 14
+            action = mavlink.MPQ_EPISODE_RESET_GIVEN
+            frame = bytes(sender.mpq_episode_control_encode(1, 0, action, 2, values, case).pack(sender))
+        elif case % 5 == 0:  # a well-formed command answering the current state, with a hostile value
             command_seq += 1
             value = rng.choice([np.nan, np.inf, -np.inf, 1e30, -7.5, 0.3])
             frame = bytes(
@@ -126,6 +130,7 @@ def test_firmware_stays_safe_on_every_valid_crc_frame():
             ctrl = firmware.plant.data.ctrl
             assert np.all(np.isfinite(ctrl)) and np.all(np.abs(ctrl) <= 2.0)
             assert np.all(np.isfinite(firmware.plant.state))
+            assert firmware.plant.invalid_state(firmware.plant.state) is None or firmware.failsafe
             if firmware.failsafe:
                 assert not firmware.armed and np.all(ctrl == 0)
             nonfinite_latches += firmware.failsafe == mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND and not was_latched

@@ -191,3 +191,80 @@ def test_link_is_declared_lost_after_the_configured_silence(standin):
         link.next_heartbeat = 0.0
         link.service(0.0)
     link.close()
+
+
+def test_reusing_an_episode_id_in_realtime_still_returns_the_new_start(standin):
+    plant = standin("--task", "pendulum", "--mode", "realtime")
+    link = Link(plant.port, "pendulum", 2, 1)
+    link.handshake()
+    link.reset(1, state=[0.5, 0.0])
+    time.sleep(0.5)  # the plant streams states of episode 1 that nobody reads yet
+    first = link.reset(1, state=[2.0, 0.0])
+    np.testing.assert_allclose(first.state, [2.0, 0.0], atol=1e-6)
+    link.close()
+    plant.stop()
+
+
+def test_a_reconnecting_host_can_command_again(standin):
+    plant = standin("--task", "pendulum")
+    keeper = os.open(plant.port, os.O_RDWR | os.O_NOCTTY)
+    for _ in range(2):  # the second host starts its command count at 1 again
+        link = Link(plant.port, "pendulum", 2, 1)
+        link.handshake()
+        state = link.reset(1, state=[0.1, 0.0])
+        link.arm()
+        for _ in range(20):
+            link.send_command([0.3], state.seq)
+            state = link.recv_state(1.0)
+            assert state is not None
+        link.close()
+    os.close(keeper)
+    plant.stop()
+
+
+def test_a_reset_outside_the_plants_limits_is_refused(standin):
+    plant = standin("--task", "cartpole")
+    link = Link(plant.port, "cartpole", 4, 1)
+    link.handshake()
+    for bad in ([0.0, 0.0, 0.0, 1e20], [3.0, 0.0, 0.0, 0.0]):  # absurd speed; cart beyond its rail
+        with pytest.raises(LinkError, match="refused the reset"):
+            link.reset(1, state=bad)
+    assert link.reset(2, state=[0.0, 0.1, 0.0, 0.0]).episode_id == 2
+    link.close()
+    plant.stop()
+
+
+def test_a_dead_plant_is_a_link_error_not_a_silent_timeout(standin):
+    plant = standin("--task", "pendulum")
+    link = Link(plant.port, "pendulum", 2, 1)
+    link.handshake()
+    state = link.reset(1, state=[0.1, 0.0])
+    link.arm()
+    plant.process.kill()
+    plant.process.wait()
+    with pytest.raises(LinkError, match="plant's end"):
+        link.send_command([0.1], state.seq)
+        link.recv_state(2.0)
+    link.close()
+
+
+def test_a_dialect_checksum_mismatch_is_refused(standin, monkeypatch):
+    from firmware_bridge import link as link_module
+
+    plant = standin("--task", "pendulum")
+    monkeypatch.setattr(link_module, "DIALECT_CHECKSUM", 0x1234)
+    link = Link(plant.port, "pendulum", 2, 1)
+    with pytest.raises(HandshakeError, match=r"dialect: host \(2, 4660\) vs plant \(2, \d+\)"):
+        link.handshake()
+    link.close()
+    plant.stop()
+
+
+def test_a_task_only_mismatch_names_the_tasks(standin):
+    plant = standin("--task", "pendulum")
+    link = Link(plant.port, "acrobot", 2, 1)
+    with pytest.raises(HandshakeError) as error:
+        link.handshake()
+    assert "task: host acrobot vs plant pendulum" in str(error.value) and "dims" not in str(error.value)
+    link.close()
+    plant.stop()
