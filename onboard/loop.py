@@ -101,8 +101,6 @@ class LoopStats:
 
     def summary(self) -> dict:
         """The numbers of a run (benchmarks read them): rate, plan times, misses, period jitter, memory."""
-        import resource
-
         ms = np.array(self.plan_ms) if self.plan_ms else np.zeros(1)
         gaps = np.diff(self.send_times) if len(self.send_times) > 1 else np.zeros(1)
         gaps = gaps[gaps < 5 * self.period] if self.period else gaps  # drop the pauses between episodes
@@ -116,7 +114,7 @@ class LoopStats:
             deadline_misses=self.deadline_misses,
             period_ms=self.period * 1e3,
             period_jitter_ms_p99=float(np.percentile(jitter, 99)),
-            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_rss_mb=peak_rss_mb(),
         )
 
     def line(self, episode: int, step: int, episode_cost: float, link: Link) -> str:
@@ -129,6 +127,20 @@ class LoopStats:
             f"p99 {np.percentile(ms, 99):6.2f} ms | misses {self.deadline_misses} | link errors "
             f"{c.crc_errors + c.signature_errors} gaps {c.seq_gaps} | cost {episode_cost:9.2f}"
         )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
+    so a process started from a big parent (a workstation with torch loaded) would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def next_episode_id(log_path: Path) -> int:
