@@ -162,6 +162,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
     stats = LoopStats()
     stop = stop or _stop_on_signals()
     status_due = 0.0
+    live = show_status and sys.stderr.isatty()  # the \r line only on a terminal; logs get one line per episode
     with PlantPort(profile) as url:
         link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
         try:
@@ -238,7 +239,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                             f"{compute * 1e3:.1f} ms, period {period * 1e3:.1f} ms): lower K or H, use a faster "
                             "backend, or run in lockstep"
                         )
-                    if show_status and time.monotonic() >= status_due:
+                    if live and time.monotonic() >= status_due:
                         status_due = time.monotonic() + 0.25
                         print("\r" + stats.line(episode, t, episode_cost, link), end="", file=sys.stderr, flush=True)
                 stats.seconds += time.monotonic() - episode_started
@@ -248,7 +249,9 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                 )
                 stats.episodes += 1
                 if show_status:
-                    print("\r" + stats.line(episode, t, episode_cost, link), file=sys.stderr, flush=True)
+                    print(
+                        ("\r" if live else "") + stats.line(episode, t, episode_cost, link), file=sys.stderr, flush=True
+                    )
         finally:
             if recorder.in_episode:  # an error mid-episode: keep what was recorded, as a complete segment
                 recorder.end_episode(dict(interrupted=True, error=True))
