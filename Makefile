@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mpq-installed
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench sim plan firmware-headers standin clean
+.PHONY: setup test lint format bench sim train plan firmware-headers standin clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ EPISODES ?= 5
 MODE ?= lockstep
 sim: setup
 	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE)
+
+# MPQ training from the robot logs under data/, then export to models/$(TASK)/q.onnx.
+DATA ?= data/sim
+ITERATIONS ?= 5
+train: setup
+	$(BIN)/python -m offboard train --task $(TASK) --data $(DATA) --iterations $(ITERATIONS)
 
 # Plan once from the task's hanging start and print the plan (what runs today before `make demo`).
 plan: setup

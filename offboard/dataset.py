@@ -1,0 +1,90 @@
+"""Robot logs -> replay buffer arrays. Only segments that verify against their MANIFEST get in.
+
+Each problem (a segment failing its sha256, a segment of another task, non-finite numbers) is one
+line in `problems`, and that segment's transitions never reach training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onboard.recorder import SegmentError, read_segment, sha256_file, verified_segments
+from onboard.tasks.base import Task
+
+
+class DatasetError(ValueError):
+    """Nothing usable to train on; the message says why and what to do."""
+
+
+@dataclass
+class ReplayBuffer:
+    state: np.ndarray  # (N, n)
+    obs: np.ndarray  # (N, d)
+    action: np.ndarray  # (N, m)
+    cost: np.ndarray  # (N,)
+    next_state: np.ndarray  # (N, n)
+    terminal: np.ndarray  # (N,) True only where the plant cannot continue (never on a time limit)
+    segments: list[dict] = field(default_factory=list)  # {"segment", "sha256", "transitions"}
+
+    def __len__(self) -> int:
+        return len(self.cost)
+
+    def window(self, size: int) -> ReplayBuffer:
+        """The newest `size` transitions (0: all)."""
+        if not size or size >= len(self):
+            return self
+        cut = slice(len(self) - size, None)
+        return ReplayBuffer(
+            self.state[cut], self.obs[cut], self.action[cut], self.cost[cut], self.next_state[cut],
+            self.terminal[cut], self.segments,
+        )  # fmt: skip
+
+
+def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, list[str]]:
+    """All verified transitions of `task` under the robot log folders, and one line per problem found."""
+    columns = {k: [] for k in ("state", "obs", "action", "cost", "next_state")}
+    segments, problems = [], []
+    for folder in folders:
+        try:
+            good, bad = verified_segments(folder)
+        except SegmentError as e:
+            problems.append(str(e))
+            continue
+        problems += bad
+        for path in good:
+            metadata, topics = read_segment(path)
+            seg_task = metadata.get("segment", {}).get("task")
+            if seg_task != task.name:
+                problems.append(f"{path}: recorded for task {seg_task!r}, not {task.name!r}: left out")
+                continue
+            steps = topics["/transition"]
+            if not steps:
+                problems.append(f"{path}: no transitions: left out")
+                continue
+            arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in columns}
+            shapes_ok = (
+                arrays["state"].shape[1:] == (task.state_dim,)
+                and arrays["next_state"].shape[1:] == (task.state_dim,)
+                and arrays["action"].shape[1:] == (task.act_dim,)
+                and arrays["obs"].shape[1:] == (task.obs_dim,)
+            )
+            if not shapes_ok:
+                problems.append(f"{path}: transitions do not have {task.name}'s dimensions: left out")
+                continue
+            if not all(np.all(np.isfinite(a)) for a in arrays.values()):
+                problems.append(f"{path}: non-finite states, actions or costs: left out")
+                continue
+            for k in columns:
+                columns[k].append(arrays[k])
+            segments.append(dict(segment=str(path), sha256=sha256_file(path), transitions=len(steps)))
+    if not segments:
+        where = ", ".join(str(f) for f in folders)
+        detail = f" ({problems[0]}{' and more' if len(problems) > 1 else ''})" if problems else ""
+        raise DatasetError(f"no usable {task.name} segments in {where}{detail}: record some with `make sim`")
+    joined = {k: np.concatenate(v) for k, v in columns.items()}
+    # Episodes end on a time limit: the plant could go on, so every transition bootstraps from s'.
+    terminal = np.zeros(len(joined["cost"]), dtype=bool)
+    return ReplayBuffer(**joined, terminal=terminal, segments=segments), problems

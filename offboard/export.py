@@ -1,0 +1,92 @@
+"""torch Q -> q.onnx + q.json, checked before anyone can deploy it.
+
+Checks at export: onnx.checker passes; ONNX Runtime matches torch on 1000 random inputs within 1e-5
+(relative to 1 + |q|, float32); the batch axis is dynamic (batches of 1 and 1000 run); and onboard's
+loader (`onboard.qfunction.OnnxQ`) accepts the written files. Any failure raises ExportError and
+leaves no model behind.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from offboard.mpq import QNetwork
+from onboard.qfunction import OnnxQ, manifest_path, save_q_model
+from onboard.tasks import get_task
+
+TOLERANCE = 1e-5
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def onnx_bytes(net: QNetwork, obs_dim: int, act_dim: int) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and needs no onnxscript
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(2, obs_dim), torch.zeros(2, act_dim)),
+            buffer,
+            input_names=["obs", "act"],
+            output_names=["q"],
+            dynamic_axes={"obs": {0: "batch"}, "act": {0: "batch"}, "q": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, rng: np.random.Generator) -> float:
+    """Largest |ORT - torch| / (1 + |torch|) over 1000 random inputs, run as one batch and as a single row."""
+    import onnxruntime as ort
+
+    onnx.checker.check_model(onnx.load_from_string(data))
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    if not isinstance(batch, str):
+        raise ExportError(f"the exported batch axis is fixed ({batch}), not dynamic")
+    obs = rng.normal(0, 3, (1000, obs_dim)).astype(np.float32)
+    act = rng.normal(0, 3, (1000, act_dim)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(obs), torch.from_numpy(act)).numpy()
+    (got,) = session.run(["q"], {"obs": obs, "act": act})
+    (one,) = session.run(["q"], {"obs": obs[:1], "act": act[:1]})
+    if got.shape != (1000,) or one.shape != (1,):
+        raise ExportError(f"exported Q returns shapes {got.shape} and {one.shape} for 1000 and 1 inputs")
+    return float(np.max(np.abs(got - expected) / (1 + np.abs(expected))))
+
+
+def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: int = 0) -> Path:
+    """Write and verify `path` (q.onnx) and its manifest; returns the manifest's path."""
+    task = get_task(task_name)
+    path = Path(path)
+    data = onnx_bytes(net, task.obs_dim, task.act_dim)
+    error = check_against_torch(data, net, task.obs_dim, task.act_dim, np.random.default_rng(seed))
+    if error > TOLERANCE:
+        raise ExportError(f"ONNX Runtime differs from torch by {error:.2g} (> {TOLERANCE}): not exported")
+    producer = dict(name="offboard.export", torch=torch.__version__, onnx=onnx.__version__, max_relative_error=error)
+    manifest = save_q_model(data, path, task, producer, extra=extra)
+    try:
+        OnnxQ(path, task)
+    except Exception as e:  # onboard refuses it: leave nothing a deploy could pick up
+        path.unlink(missing_ok=True)
+        manifest_path(path).unlink(missing_ok=True)
+        raise ExportError(f"onboard's loader refuses the export ({e})") from None
+    return manifest
+
+
+def load_checkpoint(path: str | Path) -> tuple[QNetwork, dict]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    task = get_task(config["task"])
+    net = QNetwork(task.obs_dim, task.act_dim, tuple(config["hidden"]))
+    net.load_state_dict(checkpoint["state_dict"])
+    return net, checkpoint

@@ -1,0 +1,117 @@
+"""MPQ training from recorded robot logs, the verified export, and bad data kept out of training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offboard.dataset import DatasetError, load_replay_buffer
+from offboard.export import export
+from offboard.mpq import Config, train
+from onboard.loop import run
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.profile import load_profile
+from onboard.qfunction import OnnxQ, read_manifest
+from onboard.recorder import Recorder
+from onboard.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[2]
+PENDULUM = get_task("pendulum")
+
+
+@pytest.fixture(scope="module")
+def robot_logs(tmp_path_factory):
+    """Four pendulum episodes from the onboard loop against the stand-in (plain MPPI, biased model)."""
+    logs = tmp_path_factory.mktemp("data")
+    run(load_profile("sim", log_dir=str(logs)), episodes=4, show_status=False)
+    return logs / "sim"
+
+
+def quiet(*_):
+    pass
+
+
+def test_training_lowers_the_held_out_bellman_error_and_the_export_plans_onboard(robot_logs, tmp_path):
+    config = Config(data=(str(robot_logs),), out=str(tmp_path / "runs"), iterations=2, updates_per_iteration=60)
+    result = train(config, progress=False, log=quiet)
+    errors = [h["holdout_bellman_error"] for h in result.history]
+    assert len(result.buffer) == 4 * PENDULUM.episode_steps
+    assert errors[-1] < 0.8 * errors[0], errors
+    assert sorted(p.name for p in result.run_dir.glob("checkpoint-*.pt")) == ["checkpoint-001.pt", "checkpoint-002.pt"]
+    assert json.loads((result.run_dir / "config.json").read_text())["horizon"] == 8
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    model = tmp_path / "models" / "q.onnx"
+    extra = dict(segments=result.buffer.segments, training=config.to_dict(), mppi={"H": 8})
+    export(result.net, "pendulum", model, extra)
+    manifest = read_manifest(model)
+    assert [s["sha256"] for s in manifest["segments"]] == [s["sha256"] for s in result.buffer.segments]
+    assert manifest["training"]["iterations"] == 2 and manifest["producer"]["max_relative_error"] <= 1e-5
+    q = OnnxQ(model, PENDULUM)
+    mppi = MPPI(PENDULUM, MPPIConfig.for_task(PENDULUM), "c", q=q)
+    u = mppi.act(PENDULUM.hanging_state())
+    assert np.isfinite(u).all() and np.isfinite(mppi.last_plan.value[0])
+
+
+def test_soft_q_baseline_is_the_same_code_with_h1_and_a_target_network(robot_logs, tmp_path):
+    config = Config(
+        data=(str(robot_logs),), out=str(tmp_path), iterations=1, updates_per_iteration=20, horizon=1,
+        target_network=True, target_sync_every=10,
+    )  # fmt: skip
+    result = train(config, progress=False, log=quiet)
+    assert np.isfinite(result.history[-1]["loss"])
+
+
+def write_segment(folder: Path, episode: int, task: str, cost: float, state_dim: int = 2) -> None:
+    recorder = Recorder(folder.parent, folder.name)
+    recorder.start_episode(episode, dict(task=task, robot=folder.name))
+    state = [0.1] * state_dim
+    obs = [1.0, 0.0, 0.0] if task == "pendulum" else [0.0, 1.0, 0.0, 0.0, 0.0]
+    for t in range(3):
+        recorder.write(
+            "/transition", dict(t=t, state=state, obs=obs, action=[0.5], cost=cost, next_state=state, done=t == 2)
+        )
+    recorder.end_episode()
+
+
+def test_bad_segments_are_reported_and_never_trained_on(robot_logs, tmp_path):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1, "pendulum", cost=1.0)
+    write_segment(folder, 2, "pendulum", cost=float("nan"))
+    write_segment(folder, 3, "cartpole", cost=1.0, state_dim=4)
+    write_segment(folder, 4, "pendulum", cost=2.0)
+    tampered = folder / "000004.mcap"
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+
+    buffer, problems = load_replay_buffer([folder], PENDULUM)
+    assert len(buffer) == 3 and [s["segment"] for s in buffer.segments] == [str(folder / "000001.mcap")]
+    assert np.all(buffer.cost == 1.0)
+    assert any("000002.mcap" in p and "non-finite" in p for p in problems)
+    assert any("000003.mcap" in p and "task 'cartpole'" in p for p in problems)
+    assert any("000004.mcap" in p and "sha256" in p for p in problems)
+
+
+def test_no_usable_data_is_one_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no usable pendulum segments"):
+        load_replay_buffer([tmp_path / "empty"], PENDULUM)
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "offboard", "train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments")
+    assert out.stderr.count("\n") == 1
+
+
+def test_segments_of_another_task_alone_are_refused(robot_logs):
+    with pytest.raises(DatasetError, match="recorded for task 'pendulum', not 'cartpole'"):
+        load_replay_buffer([robot_logs], get_task("cartpole"))
