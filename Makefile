@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mpq-installed
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench sim train plan firmware-headers standin clean
+.PHONY: setup test lint format bench demo reproduce sim train plan firmware-headers standin clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ EPISODES ?= 5
 MODE ?= lockstep
 sim: setup
 	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE)
+
+# The main job: MPQ learning through the hardware-in-the-loop path, with the paper's baselines.
+demo: setup
+	$(BIN)/python -m offboard.demo --task $(TASK)
+
+# The acceptance run (a script, not a test): up to 100 training episodes, 20 evaluation starts.
+reproduce: setup
+	$(BIN)/python -m offboard.demo --task $(TASK) --iterations 20 --episodes-per-iteration 5 --eval-episodes 20
 
 # MPQ training from the robot logs under data/, then export to models/$(TASK)/q.onnx.
 DATA ?= data/sim

@@ -1,0 +1,194 @@
+"""`make demo`: MPQ learning through the hardware-in-the-loop path, against the paper's baselines.
+
+Every episode runs on the real stack: the onboard loop (MPPI on the BIASED model, ONNX Q) drives the
+firmware stand-in (MuJoCo, TRUE parameters) over a pty in lockstep and logs verified MCAP segments.
+Each iteration: collect episodes with the current Q -> train on all verified segments -> export q.onnx
+-> reload it onboard -> evaluate on fixed-seed starts. The baselines run the same evaluation once:
+MPPI H=8 and H=32 with the biased model, MPPI H=32 with the TRUE model (the upper bound MPPI can
+reach), and soft Q-learning (H=1, target network) trained the same way (MPQ.md, Fig. 2).
+Writes runs/demo/<time>/: learning_curve.png, results.json (every number, the full configuration),
+and the final q.onnx + q.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from offboard.__main__ import export_extra
+from offboard.export import export
+from offboard.mpq import Config, train
+from onboard.loop import run
+from onboard.profile import load_profile
+from onboard.recorder import read_segment, verified_segments
+from onboard.tasks import get_task
+
+EVAL_SEED = 10_000  # evaluation starts: the task's start distribution, seeded by EVAL_SEED + episode id
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    task: str = "pendulum"
+    iterations: int = 10  # collect -> train -> export -> evaluate, this many times
+    episodes_per_iteration: int = 5  # training episodes collected per iteration (N_update)
+    eval_episodes: int = 10
+    updates_per_iteration: int = 300  # M minibatches of the training after each collection
+    batch_size: int = 64
+    horizon: int = 8  # MPQ's H
+    long_horizon: int = 32  # the long MPPI baseline
+    soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
+    out: str = "runs/demo"
+    seed: int = 0
+
+
+def episode_costs(log_folder: Path) -> list[float]:
+    segments, problems = verified_segments(log_folder)
+    if problems:
+        raise RuntimeError(problems[0])
+    return [sum(t["cost"] for t in read_segment(s)[1]["/transition"]) for s in segments]
+
+
+def run_episodes(robot_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict) -> list[float]:
+    """Episodes on the stand-in through the onboard loop; returns their costs (from the verified logs)."""
+    profile = load_profile("sim", task=task, log_dir=str(robot_dir), model=q, seed=seed)
+    profile.name = name
+    profile.mppi = {**profile.mppi, **mppi}
+    run(profile, episodes, show_status=False)
+    return episode_costs(robot_dir / name)
+
+
+def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_network: bool, log) -> dict:
+    """The closed loop for one learner; returns its learning curve."""
+    data, models = run_dir / label / "data", run_dir / label / "models"
+    curve = []
+    model = ""
+    for iteration in range(1, cfg.iterations + 1):
+        started = time.monotonic()
+        run_episodes(data, "robot", cfg.task, cfg.episodes_per_iteration, cfg.seed, model, dict(H=horizon))
+        config = Config(
+            task=cfg.task, data=(str(data / "robot"),), out=str(run_dir / label / "train"), iterations=1,
+            updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
+            target_network=target_network, seed=cfg.seed + iteration,
+        )  # fmt: skip
+        result = train(config, net=getattr(learn, "nets", {}).get(label), progress=False, log=lambda *_: None)
+        learn.nets = {**getattr(learn, "nets", {}), label: result.net}
+        path = models / f"iter{iteration:03d}" / "q.onnx"
+        export(result.net, cfg.task, path, export_extra(config.to_dict(), result.buffer.segments))
+        model = str(path)
+        costs = run_episodes(
+            run_dir / label / "eval",
+            f"iter{iteration:03d}",
+            cfg.task,
+            cfg.eval_episodes,
+            EVAL_SEED,
+            model,
+            dict(H=horizon),
+        )
+        point = dict(
+            iteration=iteration,
+            training_episodes=iteration * cfg.episodes_per_iteration,
+            eval_cost_mean=float(np.mean(costs)),
+            eval_cost_std=float(np.std(costs)),
+            eval_costs=costs,
+            holdout_bellman_error=result.history[-1]["holdout_bellman_error"],
+            model=model,
+            seconds=time.monotonic() - started,
+        )
+        curve.append(point)
+        log(
+            f"{label} iteration {iteration}/{cfg.iterations}: {point['training_episodes']} training episodes, "
+            f"eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, "
+            f"held-out Bellman error {point['holdout_bellman_error']:.3g} ({point['seconds']:.0f} s)"
+        )
+    return dict(horizon=horizon, target_network=target_network, curve=curve)
+
+
+def plot(results: dict, path: Path, task) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, learner in results["learners"].items():
+        x = [p["training_episodes"] for p in learner["curve"]]
+        y = [p["eval_cost_mean"] for p in learner["curve"]]
+        ax.plot(x, y, marker="o", label=f"{label} (H={learner['horizon']})")
+    styles = {"MPPI H=8 biased": ":", "MPPI H=32 biased": "--", "MPPI H=32 TRUE model": "-."}
+    for label, baseline in results["baselines"].items():
+        ax.axhline(baseline["eval_cost_mean"], linestyle=styles.get(label, ":"), color="gray", label=label)
+    ax.set_xlabel("training episodes on the plant")
+    ax.set_ylabel(f"mean episode cost over {results['config']['eval_episodes']} fixed-seed starts")
+    ax.set_title(f"MPQ on the {task.name} stand-in (biased planner model)")
+    minutes = task.episode_steps * task.dt / 60
+    top = ax.secondary_xaxis("top", functions=(lambda e: e * minutes, lambda m: m / minutes))
+    top.set_xlabel("minutes of plant interaction")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(DemoConfig):
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if field.type in (bool, "bool") else type(field.default)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
+    args = parser.parse_args(argv)
+    cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    task = get_task(cfg.task)
+    run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
+    started = time.monotonic()
+
+    def log(line: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {line}", flush=True)
+
+    log(f"demo in {run_dir}: {cfg}")
+    baselines = {}
+    for label, horizon, model in (
+        ("MPPI H=8 biased", cfg.horizon, "biased"),
+        (f"MPPI H={cfg.long_horizon} biased", cfg.long_horizon, "biased"),
+        (f"MPPI H={cfg.long_horizon} TRUE model", cfg.long_horizon, "true"),
+    ):
+        name = label.replace(" ", "_").replace("=", "")
+        mppi = dict(H=horizon, model=model)
+        costs = run_episodes(run_dir / "baselines", name, cfg.task, cfg.eval_episodes, EVAL_SEED, "", mppi)
+        baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
+                                eval_cost_std=float(np.std(costs)), eval_costs=costs)  # fmt: skip
+        log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}")
+    learners = {"MPQ": learn(cfg, run_dir, "MPQ", cfg.horizon, False, log)}
+    if cfg.soft_q:
+        learners["soft-Q"] = learn(cfg, run_dir, "soft-Q", 1, True, log)
+
+    final = learners["MPQ"]["curve"][-1]
+    shutil.copy(final["model"], run_dir / "q.onnx")
+    shutil.copy(Path(final["model"]).with_suffix(".json"), run_dir / "q.json")
+    true_cost = baselines[f"MPPI H={cfg.long_horizon} TRUE model"]["eval_cost_mean"]
+    acceptance = dict(
+        mpq_final_eval_cost=final["eval_cost_mean"],
+        training_episodes=final["training_episodes"],
+        beats_mppi_h8_biased=final["eval_cost_mean"] < baselines["MPPI H=8 biased"]["eval_cost_mean"],
+        beats_mppi_long_biased=final["eval_cost_mean"]
+        < baselines[f"MPPI H={cfg.long_horizon} biased"]["eval_cost_mean"],
+        within_10_percent_of_true_model=final["eval_cost_mean"] <= 1.1 * true_cost,
+    )
+    results = dict(
+        config=dataclasses.asdict(cfg), task=cfg.task, baselines=baselines, learners=learners,
+        acceptance=acceptance, seconds=time.monotonic() - started,
+    )  # fmt: skip
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, run_dir / "learning_curve.png", task)
+    log(f"acceptance: {json.dumps(acceptance)}")
+    log(f"wrote {run_dir}/learning_curve.png, results.json, q.onnx, q.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
