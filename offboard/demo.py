@@ -35,10 +35,10 @@ EVAL_SEED = 10_000  # evaluation starts: the task's start distribution, seeded b
 @dataclasses.dataclass
 class DemoConfig:
     task: str = "pendulum"
-    iterations: int = 10  # collect -> train -> export -> evaluate, this many times
+    iterations: int = 10  # collect -> train -> export -> evaluate, this many times (make reproduce: 20)
     episodes_per_iteration: int = 5  # training episodes collected per iteration (N_update)
     eval_episodes: int = 10
-    updates_per_iteration: int = 300  # M minibatches of the training after each collection
+    updates_per_iteration: int = 500  # M minibatches of the training after each collection
     batch_size: int = 64
     horizon: int = 8  # MPQ's H
     long_horizon: int = 32  # the long MPPI baseline
@@ -96,6 +96,7 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_netwo
             eval_cost_mean=float(np.mean(costs)),
             eval_cost_std=float(np.std(costs)),
             eval_costs=costs,
+            holdout_bellman_error_before=result.history[0]["holdout_bellman_error"],
             holdout_bellman_error=result.history[-1]["holdout_bellman_error"],
             model=model,
             seconds=time.monotonic() - started,
