@@ -17,6 +17,17 @@ PERIOD = 0.05  # pendulum control period
 WATCHDOG = 3 * PERIOD
 
 
+def drive(link, steps: int, u: float = 0.3):
+    """Handshake, reset, arm, and `steps` answered lockstep commands."""
+    link.handshake()
+    state = link.reset(1, state=[0.1, 0.0])
+    link.arm()
+    for _ in range(steps):
+        link.send_command([u], state.seq)
+        state = link.recv_state(1.0)
+        assert state is not None
+
+
 def wait_for_status(link, condition, timeout=3.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -119,13 +130,7 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
     impostor.close()
 
     robot = Link(plant.port, "pendulum", 2, 1, signing_key=bytes(range(32)))
-    robot.handshake()
-    state = robot.reset(1, state=[0.1, 0.0])
-    robot.arm()
-    for _ in range(20):
-        robot.send_command([0.2], state.seq)
-        state = robot.recv_state(1.0)
-        assert state is not None
+    drive(robot, 20)
     status = wait_for_status(robot, lambda s: s.commands_applied == 20)
     assert status.signature_errors >= 2  # the unsigned and the impostor's frames, counted by the plant
     assert robot.stats()["signature_errors"] == 0
@@ -210,13 +215,7 @@ def test_a_reconnecting_host_can_command_again(standin):
     keeper = os.open(plant.port, os.O_RDWR | os.O_NOCTTY)
     for _ in range(2):  # the second host starts its command count at 1 again
         link = Link(plant.port, "pendulum", 2, 1)
-        link.handshake()
-        state = link.reset(1, state=[0.1, 0.0])
-        link.arm()
-        for _ in range(20):
-            link.send_command([0.3], state.seq)
-            state = link.recv_state(1.0)
-            assert state is not None
+        drive(link, 20)
         link.close()
     os.close(keeper)
     plant.stop()

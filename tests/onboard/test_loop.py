@@ -46,18 +46,25 @@ def test_two_lockstep_episodes_leave_verified_segments_that_chain(tmp_path):
     assert not list((tmp_path / "sim").glob("*.partial"))
 
 
-def test_kill_9_mid_episode_keeps_earlier_segments_and_recovers_the_partial_one(tmp_path):
+def start_run_into_episode_2(tmp_path, min_bytes: int):
+    """`onboard run` in its own process, returned once episode 2's partial segment has `min_bytes`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "onboard", "run", "--episodes", "5", "--log-dir", str(tmp_path), "--quiet"],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    logs = tmp_path / "sim"
-    partial = logs / "000002.mcap.partial"
+    partial = tmp_path / "sim" / "000002.mcap.partial"
     deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 20_000) and time.monotonic() < deadline:
+    while not (partial.exists() and partial.stat().st_size > min_bytes) and time.monotonic() < deadline:
         time.sleep(0.01)
+    return process, partial
+
+
+def test_kill_9_mid_episode_keeps_earlier_segments_and_recovers_the_partial_one(tmp_path):
+    process, partial = start_run_into_episode_2(tmp_path, 20_000)
+    logs = tmp_path / "sim"
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert partial.exists(), "the run never reached the middle of episode 2"
@@ -132,17 +139,7 @@ def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safel
 
 
 def test_sigterm_ends_the_segment_cleanly(tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "onboard", "run", "--episodes", "5", "--log-dir", str(tmp_path), "--quiet"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    partial = tmp_path / "sim" / "000002.mcap.partial"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 5_000) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    process, _ = start_run_into_episode_2(tmp_path, 5_000)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
