@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from firmware_bridge.dialect import mavlink
 
@@ -33,6 +34,20 @@ def enable_signing(mav: mavlink.MAVLink, key: bytes, sign_outgoing: bool = True)
     mav.signing.secret_key = key
     mav.signing.sign_outgoing = sign_outgoing
     mav.signing.timestamp = int((time.time() - MAVLINK_EPOCH) * 1e5)
+
+
+def read_signing_key(path: Path) -> bytes:
+    """A signing key file holds 32 raw bytes or 64 hex digits."""
+    data = path.read_bytes()
+    text = data.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode())
+        except ValueError:
+            pass
+    if len(data) == 32:
+        return data
+    raise ValueError(f"signing key file {path} must hold 32 bytes or 64 hex digits, found {len(data)} bytes")
 
 
 @dataclass

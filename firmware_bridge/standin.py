@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_ACT, MAX_STATE, mavlink
-from firmware_bridge.frames import FrameParser, enable_signing
+from firmware_bridge.frames import FrameParser, enable_signing, read_signing_key
 from firmware_bridge.paths import MODELS_DIR
 from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
 
@@ -415,20 +415,6 @@ def main(argv=None) -> int:
         endpoint.close()
     print(json.dumps({"stopped": reason, **firmware.counts, **frames.counters.to_dict()}), file=sys.stderr)
     return 0
-
-
-def read_signing_key(path: Path) -> bytes:
-    """A signing key file holds 32 raw bytes or 64 hex digits."""
-    data = path.read_bytes()
-    text = data.strip()
-    if len(text) == 64:
-        try:
-            return bytes.fromhex(text.decode())
-        except ValueError:
-            pass
-    if len(data) == 32:
-        return data
-    raise ValueError(f"signing key file {path} must hold 32 bytes or 64 hex digits, found {len(data)} bytes")
 
 
 if __name__ == "__main__":

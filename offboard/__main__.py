@@ -7,16 +7,9 @@ import sys
 from pathlib import Path
 
 from offboard.dataset import DatasetError
-from offboard.export import ExportError, export, load_checkpoint
+from offboard.export import ExportError, export, export_extra, load_checkpoint
 from offboard.mpq import Config, train
-from onboard.mppi import MPPIConfig
 from onboard.tasks import get_task
-
-
-def export_extra(config: dict, segments: list[dict]) -> dict:
-    task = get_task(config["task"])
-    mppi = MPPIConfig.for_task(task, H=config["horizon"], n_iters=config["target_iters"], model=config["planner_model"])
-    return dict(mppi=mppi.to_dict(), segments=segments, training=config)
 
 
 def main(argv=None) -> int:

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offboard.__main__ import export_extra
-from offboard.export import export
+from offboard.export import export, export_extra
 from offboard.mpq import Config, train
 from onboard.loop import run
 from onboard.profile import load_profile

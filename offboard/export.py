@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from offboard.mpq import QNetwork
+from onboard.mppi import MPPIConfig
 from onboard.qfunction import OnnxQ, manifest_path, save_q_model
 from onboard.tasks import get_task
 
@@ -62,6 +63,13 @@ def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, 
     if got.shape != (1000,) or one.shape != (1,):
         raise ExportError(f"exported Q returns shapes {got.shape} and {one.shape} for 1000 and 1 inputs")
     return float(np.max(np.abs(got - expected) / (1 + np.abs(expected))))
+
+
+def export_extra(config: dict, segments: list[dict]) -> dict:
+    """What q.json records beyond the basics: the MPPI settings trained with, the segments, the training."""
+    task = get_task(config["task"])
+    mppi = MPPIConfig.for_task(task, H=config["horizon"], n_iters=config["target_iters"], model=config["planner_model"])
+    return dict(mppi=mppi.to_dict(), segments=segments, training=config)
 
 
 def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: int = 0) -> Path:

@@ -162,6 +162,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
     stats = LoopStats()
     stop = stop or _stop_on_signals()
     status_due = 0.0
+    version = code_version()  # a git call: once per run, not per episode
     live = show_status and sys.stderr.isatty()  # the \r line only on a terminal; logs get one line per episode
     with PlantPort(profile) as url:
         link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
@@ -176,7 +177,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                 state = link.reset(episode, state=task.initial_state(rng))
                 planner.plan(state.state[None])  # warm up (caches, ONNX Runtime) before the watchdog runs
                 planner.reset()
-                recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode))
+                recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, version))
                 link.arm()
                 if profile.mode == "realtime":  # the plant kept streaming while we armed: start from now
                     state = _newest(link, state)
@@ -188,18 +189,17 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                         interrupted = True
                         break
                     obs = task.obs(state.state)
-                    previous_mean = planner.mean.copy()
                     started = time.perf_counter()
-                    u = planner.act(state.state)
+                    plan = planner.propose(state.state)
                     compute = time.perf_counter() - started
                     missed = profile.mode == "realtime" and compute > period
                     if missed:  # too late for this state: the previous plan's next action goes out
                         stats.deadline_misses += 1
                         misses_in_a_row += 1
-                        u = previous_mean[0].copy()
-                        planner.mean[:-1], planner.mean[-1] = previous_mean[1:], 0.0
+                        u = planner.skip()
                     else:
                         misses_in_a_row = 0
+                        u = planner.commit(plan)
                     link.send_command(u, state.seq)
                     stats.send_times.append(time.monotonic())
                     next_state = _next_state(link, profile.mode)
@@ -219,7 +219,6 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                             cost=cost, next_state=next_state.state.tolist(), done=done,
                         ),
                     )  # fmt: skip
-                    plan = planner.last_plan
                     recorder.write(
                         "/mppi",
                         dict(t=t, compute_ms=compute * 1e3, ess=float(plan.ess[0]), value=float(plan.value[0]),
@@ -302,7 +301,7 @@ def _link_counts(link: Link) -> dict:
     )
 
 
-def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int) -> dict:
+def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, version: str) -> dict:
     q = planner.q
     return dict(
         task=task.name,
@@ -313,7 +312,7 @@ def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int) 
         mppi=planner.config.to_dict(),
         backend=planner.backend.name,
         mode=profile.mode,
-        code_version=code_version(),
+        code_version=version,
         start_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         dt=task.dt,
         episode_steps=task.episode_steps,

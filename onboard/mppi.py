@@ -162,9 +162,24 @@ class MPPI:
 
     def act(self, state: np.ndarray) -> np.ndarray:
         """Plan from one state with the warm start, return the first action, shift the mean."""
+        return self.commit(self.propose(state))
+
+    def propose(self, state: np.ndarray) -> Plan:
+        """Plan from one state with the warm start, changing nothing yet (a realtime loop may drop it)."""
         plan = self.plan(np.asarray(state, dtype=np.float64)[None], self.mean[None])
         self.last_plan = plan
-        sequence = plan.actions[0]
+        return plan
+
+    def commit(self, plan: Plan) -> np.ndarray:
+        """Act on a proposed plan: its first action; its rest becomes the warm start."""
+        return self._advance(plan.actions[0])
+
+    def skip(self) -> np.ndarray:
+        """Act without a new plan (the last one came too late): the previous plan's next action."""
+        return self._advance(self.mean.copy())
+
+    def _advance(self, sequence: np.ndarray) -> np.ndarray:
+        """Return sequence[0] and warm-start the next plan with the rest, shifted, zero-padded."""
         self.mean[:-1] = sequence[1:]
         self.mean[-1] = 0.0
         return sequence[0].copy()

@@ -11,6 +11,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from firmware_bridge.frames import read_signing_key
 from onboard.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +66,6 @@ class RobotProfile:
         path = self.path(self.signing_key_file)
         if path is None:
             return None
-        from firmware_bridge.standin import read_signing_key
-
         try:
             return read_signing_key(path)
         except OSError as e:

@@ -113,12 +113,12 @@ class SlowPlanner:
     def __getattr__(self, name):
         return getattr(self.planner, name)
 
-    def act(self, state):
+    def propose(self, state):
         self.calls += 1
         self.means.append(self.planner.mean.copy())
         if self.calls > self.good_steps:
             time.sleep(self.delay)
-        return self.planner.act(state)
+        return self.planner.propose(state)
 
 
 def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safely(tmp_path):
