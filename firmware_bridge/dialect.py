@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import importlib.util
 import io
-import os
 import py_compile
 import shutil
 import sys
@@ -21,14 +20,13 @@ from pathlib import Path
 import pymavlink
 from pymavlink.generator import mavgen
 
-from firmware_bridge.paths import cache_dir
+from firmware_bridge.paths import build_once, cache_dir
 
 DIALECT_XML = Path(__file__).with_name("mpq.xml")
 # mpq.xml includes common.xml, which includes standard.xml and minimal.xml: pymavlink ships them.
 INCLUDED_XML = ("common.xml", "standard.xml", "minimal.xml")
 MAX_STATE = 16  # MPQ_STATE.state and MPQ_EPISODE_CONTROL.state
 MAX_ACT = 8  # MPQ_COMMAND.u
-MPQ_MESSAGE_IDS = (48100, 48101, 48102, 48103, 48104)
 
 
 def _definitions() -> list[Path]:
@@ -53,13 +51,9 @@ def _load():
     digest = hashlib.sha256(pymavlink.__version__.encode())
     for xml in _definitions():
         digest.update(xml.read_bytes())
-    path = cache_dir() / "mavlink" / f"mavlink_mpq_{digest.hexdigest()[:16]}.py"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            built = Path(tmp) / path.name
-            generate("Python3", built)
-            os.replace(built, path)  # atomic: concurrent first uses see all of it or none
+    path = build_once(
+        cache_dir() / "mavlink" / f"mavlink_mpq_{digest.hexdigest()[:16]}.py", lambda out: generate("Python3", out)
+    )
     if not Path(importlib.util.cache_from_source(path)).exists():
         # Compiling the 1.8 MB module costs ~75 MB of peak memory on every import; its bytecode, once.
         # Written even under PYTHONDONTWRITEBYTECODE: the robot's memory budget matters more.
@@ -72,6 +66,7 @@ def _load():
 
 
 mavlink = _load()
+MPQ_MESSAGE_IDS = tuple(sorted(i for i, m in mavlink.mavlink_map.items() if m.msgname.startswith("MPQ_")))
 
 
 def dialect_checksum() -> int:

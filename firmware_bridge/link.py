@@ -150,9 +150,8 @@ class Link:
         request = self._episode_control(action, episode_id, seed or 0, values, dim)
         if not self._wait(lambda: self.status is not None and self.status.last_request == request, timeout):
             raise LinkError(f"the plant did not answer a reset within {timeout:.1f} s: is it running and handshaken?")
-        for_this_reset = [s for s in self.states if s.reset_request == request]
         self.states = deque(s for s in self.states if s.reset_request == request)
-        if not for_this_reset:
+        if not self.states:
             raise LinkError(
                 "the plant refused the reset: the state is outside its limits, or there is no matching handshake"
             )
@@ -206,15 +205,9 @@ class Link:
         )
         return self.command_seq
 
-    def recv_state(self, timeout: float, episode_id: int | None = None) -> PlantState | None:
-        """The next plant state (of `episode_id`, when given), or None after `timeout` seconds."""
-
-        def ready():
-            while self.states and episode_id is not None and self.states[0].episode_id != episode_id:
-                self.states.popleft()
-            return bool(self.states)
-
-        return self.states.popleft() if self._wait(ready, timeout) else None
+    def recv_state(self, timeout: float) -> PlantState | None:
+        """The next plant state, or None after `timeout` seconds."""
+        return self.states.popleft() if self._wait(lambda: bool(self.states), timeout) else None
 
     def service(self, timeout: float = 0.0) -> None:
         """Send HEARTBEAT when due and take in whatever arrived, waiting up to `timeout` for bytes."""

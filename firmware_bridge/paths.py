@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 MODELS_DIR = Path(os.environ.get("MPQ_MODELS_DIR", Path(__file__).resolve().parents[1] / "models"))
@@ -12,3 +14,16 @@ def cache_dir() -> Path:
     """Generated code and compiled libraries: $MPQ_CACHE_DIR, else $XDG_CACHE_HOME/mpq or ~/.cache/mpq."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mpq"
     return Path(os.environ.get("MPQ_CACHE_DIR", default))
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target` as cached, or made by `build(path)` in a temporary folder beside it and renamed into place:
+    the rename is atomic, so concurrent first users see all of the file or none of it."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        build(built)
+        os.replace(built, target)
+    return target

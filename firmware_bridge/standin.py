@@ -335,9 +335,8 @@ class SerialEndpoint:
         self.dropped_bytes += len(data) - written
 
     def close(self) -> None:
-        for fd in (self.keep_open,):
-            if fd is not None:
-                os.close(fd)
+        if self.keep_open is not None:
+            os.close(self.keep_open)
         if self.serial_port is not None:
             self.serial_port.close()
         else:
@@ -413,7 +412,13 @@ def main(argv=None) -> int:
             signal.signal(sig, signal.SIG_IGN)
         firmware.safe()
         endpoint.close()
-    print(json.dumps({"stopped": reason, **firmware.counts, **frames.counters.to_dict()}), file=sys.stderr)
+    report = {
+        "stopped": reason,
+        **firmware.counts,
+        **frames.counters.to_dict(),
+        "dropped_bytes": endpoint.dropped_bytes,
+    }
+    print(json.dumps(report), file=sys.stderr)
     return 0
 
 

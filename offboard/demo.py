@@ -65,8 +65,7 @@ def run_episodes(robot_dir: Path, name: str, task: str, episodes: int, seed: int
 def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_network: bool, log) -> dict:
     """The closed loop for one learner; returns its learning curve."""
     data, models = run_dir / label / "data", run_dir / label / "models"
-    curve = []
-    model = ""
+    curve, model, net = [], "", None
     for iteration in range(1, cfg.iterations + 1):
         started = time.monotonic()
         run_episodes(data, "robot", cfg.task, cfg.episodes_per_iteration, cfg.seed, model, dict(H=horizon))
@@ -75,8 +74,8 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_netwo
             updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
             target_network=target_network, seed=cfg.seed + iteration,
         )  # fmt: skip
-        result = train(config, net=getattr(learn, "nets", {}).get(label), progress=False, log=lambda *_: None)
-        learn.nets = {**getattr(learn, "nets", {}), label: result.net}
+        result = train(config, net=net, progress=False, log=lambda *_: None)
+        net = result.net  # the next iteration goes on training the same Q
         path = models / f"iter{iteration:03d}" / "q.onnx"
         export(result.net, cfg.task, path, export_extra(config.to_dict(), result.buffer.segments))
         model = str(path)

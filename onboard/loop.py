@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +93,7 @@ class LoopStats:
     episodes: int = 0
     deadline_misses: int = 0
     plan_ms: list = field(default_factory=list)
-    step_times: deque = field(default_factory=lambda: deque(maxlen=200))
-    send_times: list = field(default_factory=list)  # monotonic time of each command, for period jitter
+    send_times: list = field(default_factory=list)  # monotonic time of each command: loop rate and jitter
     seconds: float = 0.0  # time in episodes (resets excluded)
     period: float = 0.0
 
@@ -119,7 +117,7 @@ class LoopStats:
 
     def line(self, episode: int, step: int, episode_cost: float, link: Link) -> str:
         ms = np.array(self.plan_ms[-1000:]) if self.plan_ms else np.zeros(1)
-        times = self.step_times
+        times = self.send_times[-200:]
         hz = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         c = link.parser.counters
         return (
@@ -225,11 +223,10 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                              deadline_missed=missed),
                     )  # fmt: skip
                     rtt = link.rtts[-1] * 1e6 if link.rtts else None
-                    recorder.write("/link", dict(t=t, rtt_us=rtt, **_link_counts(link)))
+                    recorder.write("/link", dict(t=t, rtt_us=rtt, **link.parser.counters.to_dict()))
                     recorder.flush()
                     stats.steps += 1
                     stats.plan_ms.append(compute * 1e3)
-                    stats.step_times.append(time.monotonic())
                     state = next_state
                     if misses_in_a_row >= profile.deadline_misses_max:
                         _safe_stop(link, state, recorder, stats, episode_cost, "deadline misses")
@@ -244,7 +241,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                 stats.seconds += time.monotonic() - episode_started
                 link.disarm()
                 recorder.end_episode(
-                    dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, **_link_counts(link))
+                    dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, **link.parser.counters.to_dict())
                 )
                 stats.episodes += 1
                 if show_status:
@@ -292,13 +289,6 @@ def _failsafe_name(code: int) -> str:
     from firmware_bridge.dialect import mavlink
 
     return mavlink.enums["MPQ_FAILSAFE"][code].name
-
-
-def _link_counts(link: Link) -> dict:
-    c = link.parser.counters
-    return dict(
-        crc_errors=c.crc_errors, seq_gaps=c.seq_gaps, bytes_skipped=c.bytes_skipped, signature_errors=c.signature_errors
-    )
 
 
 def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, version: str) -> dict:

@@ -39,13 +39,6 @@ class RobotProfile:
     standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
     mppi: dict = field(default_factory=dict)
     root: Path = ROOT  # relative paths are resolved against this
-    # Deployment fields (used by offboard deploy); accepted here so one file describes the robot.
-    host: str = ""
-    user: str = ""
-    ssh_port: int = 22
-    identity_file: str = ""
-    remote_dir: str = ""
-    python: str = "python3"
 
     def path(self, value: str) -> Path | None:
         """A profile path, resolved against the root; None when empty."""
@@ -70,9 +63,6 @@ class RobotProfile:
             return read_signing_key(path)
         except OSError as e:
             raise ProfileError(f"signing key file {path}: {e.strerror}: create it or clear signing_key_file") from None
-
-    def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 def profile_file(robot: str) -> Path:

@@ -62,7 +62,8 @@ CHANNELS = {
         "type": "object",
         "properties": {
             "t": {"type": "integer"},
-            "rtt_us": {"type": ["number", "null"]},
+            "rtt_us": {"type": ["number", "null"], "description": "command to the state that applied it"},
+            "frames": {"type": "integer"},
             "crc_errors": {"type": "integer"},
             "seq_gaps": {"type": "integer"},
             "bytes_skipped": {"type": "integer"},
@@ -107,8 +108,7 @@ class Recorder:
             raise RuntimeError("end the current episode before starting another")
         self._partial = self.dir / f"{episode_id:06d}{PARTIAL}"
         self._file = open(self._partial, "wb")
-        self._writer = Writer(self._file, use_chunking=False, compression=CompressionType.NONE)
-        self._writer.start(profile="", library="mpq")
+        self._writer = _start_writer(self._file)
         self._channels = {}
         for topic, schema in CHANNELS.items():
             schema_id = self._writer.register_schema(topic.strip("/"), "jsonschema", json.dumps(schema).encode())
@@ -142,6 +142,13 @@ class Recorder:
     @property
     def in_episode(self) -> bool:
         return self._writer is not None
+
+
+def _start_writer(f) -> Writer:
+    """Unchunked and uncompressed: every record reaches the file as written, so a crash keeps it."""
+    writer = Writer(f, use_chunking=False, compression=CompressionType.NONE)
+    writer.start(profile="", library="mpq")
+    return writer
 
 
 def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
@@ -181,8 +188,7 @@ def recover_partials(directory: Path) -> list[Path]:
         segment = partial.with_name(partial.name[: -len(".partial")])
         tmp = segment.with_name(segment.name + ".recovering")
         with open(tmp, "wb") as f:
-            writer = Writer(f, use_chunking=False, compression=CompressionType.NONE)
-            writer.start(profile="", library="mpq")
+            writer = _start_writer(f)
             schema_ids, channel_ids = {}, {}
             for r in records:
                 if isinstance(r, Schema):

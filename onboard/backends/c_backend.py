@@ -14,13 +14,12 @@ import hashlib
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import cffi
 import numpy as np
 
-from firmware_bridge.paths import cache_dir
+from firmware_bridge.paths import build_once, cache_dir
 from onboard.backends import check_rollout_shapes
 from onboard.tasks.base import C_PRELUDE, Task
 
@@ -66,30 +65,22 @@ def build_library(source: str, stem: str) -> Path:
     """Compile `source` to a shared library once; later calls return the cached file."""
     compiler = os.environ.get("CC", "cc")
     digest = hashlib.sha256((source + compiler_identity(compiler)).encode()).hexdigest()[:16]
-    out_dir = cache_dir()
-    library = out_dir / f"{stem}-{digest}.so"
-    if library.exists():
-        return library
+    library = cache_dir() / f"{stem}-{digest}.so"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return _compile(compiler, source, stem, out_dir, library)
+        return build_once(library, lambda out: _compile(compiler, source, out))
     except OSError as e:
         raise RuntimeError(
-            f"cannot build the 'c' backend in {out_dir} ({e.strerror}): set MPQ_CACHE_DIR to a writable folder"
+            f"cannot build the 'c' backend in {library.parent} ({e.strerror}): set MPQ_CACHE_DIR to a writable folder"
         ) from None
 
 
-def _compile(compiler: str, source: str, stem: str, out_dir: Path, library: Path) -> Path:
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        src = Path(tmp) / f"{stem}.c"
-        src.write_text(source)
-        built = Path(tmp) / library.name
-        result = subprocess.run([compiler, *CFLAGS, "-o", str(built), str(src), "-lm"], capture_output=True, text=True)
-        if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise RuntimeError(f"compiling the 'c' backend for {stem} failed: {first}")
-        os.replace(built, library)  # atomic: a concurrent builder sees the whole file or none
-    return library
+def _compile(compiler: str, source: str, out: Path) -> None:
+    src = out.with_suffix(".c")
+    src.write_text(source)
+    result = subprocess.run([compiler, *CFLAGS, "-o", str(out), str(src), "-lm"], capture_output=True, text=True)
+    if result.returncode != 0:
+        first = (result.stderr.strip().splitlines() or ["(no output)"])[0]
+        raise RuntimeError(f"compiling the 'c' backend ({out.stem}) failed: {first}")
 
 
 class CBackend:
