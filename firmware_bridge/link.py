@@ -84,6 +84,7 @@ class Link:
         self.last_heard: float | None = None
         self.next_heartbeat = 0.0
         self._sent_at: dict[int, float] = {}
+        self.last_sent = 0.0  # monotonic time of the last command
         self.rtts: deque[float] = deque(maxlen=RTT_WINDOW)
 
     # --- connection ----------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class Link:
             raise ValueError(f"command has {len(u)} values, the plant takes {self.act_dim}")
         self.command_seq += 1
         now = time.monotonic()
-        self._sent_at[self.command_seq] = now
+        self._sent_at[self.command_seq] = self.last_sent = now
         if len(self._sent_at) > RTT_WINDOW:
             self._sent_at.pop(next(iter(self._sent_at)))
         self.mav.send(

@@ -84,8 +84,10 @@ class MujocoPlant:
             return "values beyond 1e3"
         return None
 
-    def fault(self) -> str | None:
-        """Why the simulated plant can no longer be trusted (MuJoCo reset it after a divergence), or None."""
+    def fault(self, state: np.ndarray | None = None) -> str | None:
+        """Why the simulated plant can no longer be trusted (MuJoCo reset it after a divergence), or None.
+
+        `state`: the current state when the caller already has it (the stand-in does, every step)."""
         for kind in (
             mujoco.mjtWarning.mjWARN_BADQACC,
             mujoco.mjtWarning.mjWARN_BADQVEL,
@@ -93,7 +95,7 @@ class MujocoPlant:
         ):
             if self.data.warning[kind].number > 0:
                 return f"simulation diverged ({kind.name})"
-        if not np.all(np.isfinite(self.state)):
+        if not np.all(np.isfinite(self.state if state is None else state)):
             return "non-finite state"
         return None
 

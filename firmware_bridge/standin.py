@@ -101,9 +101,8 @@ class Firmware:
             if self.next_step is None:
                 self.next_step = now + self.period
             while now >= self.next_step:
-                self._step()
                 self.next_step += self.period
-                self._send_state(now)
+                self._send_state(now, self._step())
         if now >= self.next_status:
             self.next_status = now + STATUS_PERIOD
             self._send_heartbeat()
@@ -216,8 +215,7 @@ class Firmware:
         self.last_valid_command = now
         self.counts["commands_applied"] += 1
         if self.mode == "lockstep":
-            self._step()
-            self._send_state(now)
+            self._send_state(now, self._step())
 
     def _latch(self, reason: int, now: float) -> None:
         self.failsafe = reason
@@ -225,15 +223,17 @@ class Firmware:
         self._send_status(now)
 
     # --- outputs -----------------------------------------------------------------------------
-    def _step(self) -> None:
-        self.plant.step(self.held if self.armed else np.zeros(self.act_dim))
+    def _step(self) -> np.ndarray:
+        """One control period of physics; returns the new state."""
+        state = self.plant.step(self.held if self.armed else np.zeros(self.act_dim))
         self.sim_time += self.period
-        if self.plant.fault() and self.failsafe != mavlink.MPQ_FAILSAFE_PLANT_FAULT:
+        if self.plant.fault(state) and self.failsafe != mavlink.MPQ_FAILSAFE_PLANT_FAULT:
             self.failsafe = mavlink.MPQ_FAILSAFE_PLANT_FAULT  # latched, like the other failsafes
             self.safe()
             self._send_status(time.monotonic())
+        return state
 
-    def _send_state(self, now: float) -> None:
+    def _send_state(self, now: float, state: np.ndarray | None = None) -> None:
         self.state_seq += 1
         clock = self.sim_time if self.mode == "lockstep" else now
         self.send(
@@ -243,7 +243,7 @@ class Firmware:
                 self.last_command_seq,
                 self.episode_id,
                 self.state_dim,
-                pad(self.plant.state.tolist(), MAX_STATE),
+                pad((self.plant.state if state is None else state).tolist(), MAX_STATE),
                 self.reset_request,
             )
         )

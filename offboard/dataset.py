@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onboard.recorder import SegmentError, read_segment, sha256_file, verified_segments
+from onboard.recorder import SegmentError, read_manifest, read_segment, verified_segments
 from onboard.tasks.base import Task
 
 
@@ -50,6 +50,7 @@ def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, l
     for folder in folders:
         try:
             good, bad = verified_segments(folder)
+            checked = {entry["segment"]: entry["sha256"] for entry in read_manifest(folder)}  # verified just now
         except SegmentError as e:
             problems.append(str(e))
             continue
@@ -79,7 +80,7 @@ def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, l
                 continue
             for k in columns:
                 columns[k].append(arrays[k])
-            segments.append(dict(segment=str(path), sha256=sha256_file(path), transitions=len(steps)))
+            segments.append(dict(segment=str(path), sha256=checked[path.name], transitions=len(steps)))
     if not segments:
         where = ", ".join(str(f) for f in folders)
         detail = f" ({problems[0]}{' and more' if len(problems) > 1 else ''})" if problems else ""

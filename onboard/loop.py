@@ -199,7 +199,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
                         misses_in_a_row = 0
                         u = planner.commit(plan)
                     link.send_command(u, state.seq)
-                    stats.send_times.append(time.monotonic())
+                    stats.send_times.append(link.last_sent)
                     next_state = _next_state(link, profile.mode)
                     if link.status is not None and link.status.failsafe:
                         _safe_stop(link, next_state, recorder, stats, episode_cost, "plant failsafe")
