@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.mpq-installed
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench demo reproduce sim train plan firmware-headers standin clean
+.PHONY: setup test lint format bench demo reproduce sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,21 @@ firmware-headers: setup
 # The firmware stand-in on a new pty (prints the port): `make standin TASK=pendulum MODE=realtime`.
 standin: setup
 	$(BIN)/python -m firmware_bridge.standin --task $(TASK) --mode $(MODE)
+
+# The robot (robots/$(ROBOT).toml) over ssh: code + profile + model in a new release, switched atomically.
+ROBOT ?= jetson
+deploy: setup
+	$(BIN)/python -m offboard deploy --robot $(ROBOT) $(if $(MODEL),--model $(MODEL))
+
+rollback: setup
+	$(BIN)/python -m offboard rollback --robot $(ROBOT)
+
+# Closed segments into data/$(ROBOT)/, every sha256 verified; PRUNE=1 deletes on the robot what verified here.
+pull-data: setup
+	$(BIN)/python -m offboard pull-data --robot $(ROBOT) $(if $(filter 1,$(PRUNE)),--prune)
+
+robot-status: setup
+	$(BIN)/python -m offboard robot-status --robot $(ROBOT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs build

@@ -1,4 +1,4 @@
-"""`python -m offboard`: train the soft-Q from robot logs, export it for the robot."""
+"""`python -m offboard`: train the soft-Q from robot logs, export it, deploy it, pull the robot's logs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from offboard.dataset import DatasetError
+from offboard.deploy import DeployError, add_commands, run_command
 from offboard.export import ExportError, export, export_extra, load_checkpoint
 from offboard.mpq import Config, train
+from onboard.profile import ProfileError, load_profile
 from onboard.tasks import get_task
 
 
@@ -29,7 +31,22 @@ def main(argv=None) -> int:
     e = sub.add_parser("export", help="export a training checkpoint to q.onnx + q.json")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--model", help="default models/<task>/q.onnx")
+    add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command not in ("train", "export"):
+        try:
+            return run_command(args, load_profile(args.robot))
+        except ProfileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except DeployError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: run {args.command} again (a deploy restarts cleanly, a pull resumes)", file=sys.stderr
+            )
+            return 130
     try:
         if args.command == "train":
             config = Config(

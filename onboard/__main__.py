@@ -54,6 +54,8 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from onboard.loop import run
 
+    if args.episodes < 0:
+        raise ValueError(f"--episodes {args.episodes}: use 0 (until stopped) or a positive count")
     profile = load_profile(args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir)
     stats = run(profile, args.episodes, show_status=not args.quiet)
     if args.json:
@@ -69,7 +71,7 @@ def cmd_run(args) -> int:
 def cmd_selfcheck(args) -> int:
     from onboard.loop import selfcheck
 
-    for line in selfcheck(load_profile(args.robot)):
+    for line in selfcheck(load_profile(args.robot), link=not args.offline):
         print(line)
     return 0
 
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run episodes against the robot's plant, logging MCAP segments")
     run.add_argument("--robot", default="sim", help="robots/<name>.toml, or a path to a profile")
-    run.add_argument("--episodes", type=int, default=1)
+    run.add_argument("--episodes", type=int, default=1, help="0: until stopped (Ctrl-C, SIGTERM)")
     run.add_argument("--task", help="override the profile's task")
     run.add_argument("--mode", choices=("lockstep", "realtime"), help="override the profile's mode")
     run.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
     run.add_argument("--json", action="store_true", help="print the run's numbers as JSON")
     check = sub.add_parser("selfcheck", help="verify the model, open the port, handshake; non-zero on failure")
     check.add_argument("--robot", default="sim")
+    check.add_argument("--offline", action="store_true", help="skip the plant link (the port is in use)")
     plan = sub.add_parser("plan", help="plan once from a state and print the plan")
     plan.add_argument("--task", default="pendulum", choices=sorted(TASKS))
     plan.add_argument("--backend", default="c", choices=BACKEND_NAMES)

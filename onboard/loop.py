@@ -9,12 +9,14 @@ Ctrl-C or SIGTERM ends the current segment cleanly and disarms the plant.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,11 @@ from firmware_bridge.link import Link, LinkError
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import RobotProfile
 from onboard.qfunction import OnnxQ
-from onboard.recorder import Recorder
+from onboard.recorder import Recorder, read_manifest
 from onboard.tasks import get_task
 
 STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
+STATS_WINDOW = 200_000  # steps kept for the run's percentiles: a service that runs for days stays bounded
 
 
 class LoopError(RuntimeError):
@@ -92,8 +95,8 @@ class LoopStats:
     steps: int = 0
     episodes: int = 0
     deadline_misses: int = 0
-    plan_ms: list = field(default_factory=list)
-    send_times: list = field(default_factory=list)  # monotonic time of each command: loop rate and jitter
+    plan_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    send_times: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))  # loop rate and jitter
     seconds: float = 0.0  # time in episodes (resets excluded)
     period: float = 0.0
 
@@ -116,8 +119,8 @@ class LoopStats:
         )
 
     def line(self, episode: int, step: int, episode_cost: float, link: Link) -> str:
-        ms = np.array(self.plan_ms[-1000:]) if self.plan_ms else np.zeros(1)
-        times = self.send_times[-200:]
+        ms = np.array(list(itertools.islice(reversed(self.plan_ms), 1000))) if self.plan_ms else np.zeros(1)
+        times = list(itertools.islice(reversed(self.send_times), 200))[::-1]
         hz = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         c = link.parser.counters
         return (
@@ -142,7 +145,9 @@ def peak_rss_mb() -> float:
 
 
 def next_episode_id(log_path: Path) -> int:
-    ids = [int(p.name.split(".")[0]) for p in log_path.glob("*.mcap*") if p.name.split(".")[0].isdigit()]
+    """One past the highest id on disk or in MANIFEST: segments pruned after a pull never get reused names."""
+    names = [p.name for p in log_path.glob("*.mcap*")] + [entry["segment"] for entry in read_manifest(log_path)]
+    ids = [int(name.split(".")[0]) for name in names if name.split(".")[0].isdigit()]
     return max(ids, default=0) + 1
 
 
@@ -153,7 +158,7 @@ def make_planner(profile: RobotProfile, task):
 
 
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
-    """Run `episodes` episodes against the profile's plant, logging one verified segment each."""
+    """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
     task = get_task(profile.task)
     planner = planner or make_planner(profile, task)
     recorder = Recorder(profile.log_path, profile.name)
@@ -167,7 +172,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
         try:
             link.handshake(control_period=task.dt)
             period = stats.period = link.plant_handshake.control_period_us / 1e6 or task.dt
-            for _ in range(episodes):
+            for _ in range(episodes) if episodes else itertools.count():
                 if stop():
                     break
                 episode = next_episode_id(recorder.dir)
@@ -323,8 +328,10 @@ def _stop_on_signals():
     return lambda: flag["stop"]
 
 
-def selfcheck(profile: RobotProfile) -> list[str]:
-    """Check the model and the plant link; returns report lines, raises on the first failure."""
+def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
+    """Check the model, the backend and (unless link=False) the plant link; report lines, raises on a failure.
+
+    link=False is the check deploy runs on a staged release while the running service holds the port."""
     task = get_task(profile.task)
     lines = [f"robot {profile.name}: task {task.name}, backend {profile.backend}, mode {profile.mode}"]
     if profile.model:
@@ -333,16 +340,22 @@ def selfcheck(profile: RobotProfile) -> list[str]:
     else:
         lines.append("model: none (plain MPPI)")
     MPPI(task, MPPIConfig.for_task(task, **profile.mppi), profile.backend)  # the backend builds and loads
-    with PlantPort(profile) as url:
-        link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
-        try:
-            link.handshake(control_period=task.dt)
-            h = link.plant_handshake
-            lines.append(
-                f"plant on {url}: handshake OK (dialect v{h.dialect_version}, task {task.name}, "
-                f"dims {h.state_dim}/{h.act_dim}, period {h.control_period_us / 1000:.1f} ms)"
+    lines.append(f"backend {profile.backend}: built and loaded")
+    if link:
+        with PlantPort(profile) as url:
+            plant = Link(
+                url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key()
             )
-        finally:
-            link.close()
+            try:
+                plant.handshake(control_period=task.dt)
+                h = plant.plant_handshake
+                lines.append(
+                    f"plant on {url}: handshake OK (dialect v{h.dialect_version}, task {task.name}, "
+                    f"dims {h.state_dim}/{h.act_dim}, period {h.control_period_us / 1000:.1f} ms)"
+                )
+            finally:
+                plant.close()
+    else:
+        lines.append("plant link: not checked (--offline)")
     lines.append(f"pid {os.getpid()}: selfcheck passed")
     return lines

@@ -37,7 +37,18 @@ class RobotProfile:
     deadline_misses_max: int = 5
     seed: int = 0
     standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
+    episodes: int = 0  # the deployed service: episodes per start (0: until stopped)
     mppi: dict = field(default_factory=dict)
+    # Deploy over ssh (offboard/deploy.py); workstation paths are relative to the repository root.
+    host: str = ""  # empty: not deployable (runs here)
+    user: str = ""  # empty: your user name
+    ssh_port: int = 22
+    identity_file: str = ""  # the private key ssh logs in with (key authentication only)
+    known_hosts_file: str = ""  # empty: ~/.ssh/known_hosts
+    remote_dir: str = "mpq"  # on the robot; relative to the login's home folder
+    python: str = "python3"  # on the robot: creates the venv
+    venv_dir: str = ""  # on the robot: one venv per set of requirements in it; empty: <remote_dir>/venvs
+    service: str = "auto"  # auto (systemd where it runs, else the pidfile supervisor) | systemd | supervisor
     root: Path = ROOT  # relative paths are resolved against this
 
     def path(self, value: str) -> Path | None:
@@ -102,4 +113,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
     if profile.mode not in ("lockstep", "realtime"):
         raise ProfileError(f'{path}: mode = {profile.mode!r}: use "lockstep" or "realtime"')
+    if profile.service not in ("auto", "systemd", "supervisor"):
+        raise ProfileError(f'{path}: service = {profile.service!r}: use "auto", "systemd" or "supervisor"')
+    if profile.episodes < 0:
+        raise ProfileError(f"{path}: episodes = {profile.episodes}: use 0 (until stopped) or a positive count")
     return profile

@@ -1,0 +1,303 @@
+"""deploy -> the robot runs episodes -> pull-data -> train -> deploy the new model, over a real sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from offboard.deploy import DeployError, Remote, pull_data
+from onboard.profile import ROOT, load_profile
+from onboard.recorder import read_manifest, sha256_file, verified_segments
+from onboard.release import read_release, venv_path
+
+
+def offboard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m offboard ...` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "offboard", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def on_robot(profile_path: Path, command: str) -> subprocess.CompletedProcess:
+    """A shell command on the loopback robot, through its ssh (what an operator would type)."""
+    remote = Remote(load_profile(str(profile_path)))
+    return subprocess.run([*remote.ssh_args(), remote.target, command], capture_output=True, text=True, timeout=120)
+
+
+def robot_status(profile_path: Path) -> dict:
+    out = offboard("robot-status", "--robot", str(profile_path))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_for_episodes(remote_dir: Path, count: int, timeout: float = 120) -> list[Path]:
+    """The service's segments, once `count` are closed (it runs `episodes` per start, then exits 0)."""
+    folder = remote_dir / "data" / "loopback"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        good, _ = verified_segments(folder) if (folder / "MANIFEST").exists() else ([], [])
+        if len(good) >= count:
+            return good
+        time.sleep(0.2)
+    log = remote_dir / "run" / "mpq-loopback.log"
+    raise AssertionError(f"{count} segments did not appear: {log.read_text() if log.exists() else 'no log'}")
+
+
+def wait_stopped(profile_path: Path, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = robot_status(profile_path)
+        if status["service"].startswith("exited"):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"the service did not finish its episodes: {status}")
+
+
+def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
+    """The whole path a robot engineer takes, against a real sshd on 127.0.0.1."""
+    first_model, _ = make_q("pendulum", seed=1)
+    profile = loopback(model=str(first_model))
+    remote_dir = tmp_path / "robot"
+
+    out = offboard("deploy", "--robot", str(profile))
+    assert out.returncode == 0, out.stdout + out.stderr
+    first = (remote_dir / "current").resolve().name
+    assert f"release {first} is current" in out.stdout
+    first_sha = sha256_file(first_model)
+    assert f"sha256 {first_sha}" in out.stdout  # the staged selfcheck on the robot verified this model
+
+    # The service ran its episodes against the robot-side stand-in, logging outside the release.
+    segments = wait_for_episodes(remote_dir, 3)
+    status = wait_stopped(profile)
+    assert status["current"] == first and status["model_sha256"] == first_sha
+    assert "last exit 0" in status["service"]
+
+    # pull-data: every segment arrives and verifies; a second pull copies nothing.
+    data = tmp_path / "data"
+    out = offboard("pull-data", "--robot", str(profile), "--data-dir", str(data))
+    assert out.returncode == 0, out.stderr
+    assert f"pulled {len(segments)} new segment(s)" in out.stdout
+    good, problems = verified_segments(data / "loopback")
+    assert [p.name for p in good] == [p.name for p in segments] and problems == []
+    again = offboard("pull-data", "--robot", str(profile), "--data-dir", str(data))
+    assert again.returncode == 0 and "pulled 0 new segment(s)" in again.stdout, again.stdout + again.stderr
+
+    # One offboard iteration on the pulled data, exported as the next model.
+    new_model = tmp_path / "trained" / "q.onnx"
+    out = offboard(
+        "train", "--task", "pendulum", "--data", str(data / "loopback"), "--iterations", "1", "--updates", "20",
+        "--out", str(tmp_path / "runs"), "--model", str(new_model),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    new_sha = sha256_file(new_model)
+    assert new_sha != first_sha
+
+    out = offboard("deploy", "--robot", str(profile), "--model", str(new_model))
+    assert out.returncode == 0, out.stdout + out.stderr
+    second = (remote_dir / "current").resolve().name
+    assert second != first
+    check = on_robot(profile, f"cd {remote_dir}/current && {load_profile(str(profile)).python} -c 'import sys' && "
+                     f"{venv_python(remote_dir)} -m onboard selfcheck --robot robots/loopback.toml")  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert f"sha256 {new_sha}" in check.stdout
+
+    # The new release's episodes land beside the old ones (the log folder outlives releases), numbered on.
+    segments = wait_for_episodes(remote_dir, 6)
+    assert [p.name for p in segments] == [f"{i:06d}.mcap" for i in range(1, 7)]
+
+    # Rollback returns to the first release and its model.
+    out = offboard("rollback", "--robot", str(profile))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (remote_dir / "current").resolve().name == first
+    assert robot_status(profile)["model_sha256"] == first_sha
+
+
+def venv_python(remote_dir: Path) -> str:
+    """The python of the venv the current release uses (onboard.release picks it)."""
+    release = read_release(remote_dir / "current")
+    return str(venv_path(remote_dir, release) / "bin" / "python")
+
+
+def deployed(profile_path: Path) -> str:
+    out = offboard("deploy", "--robot", str(profile_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return load_profile(str(profile_path)).remote_dir
+
+
+def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback, tmp_path):
+    profile = loopback(episodes=0, mode="realtime")  # the service runs until stopped
+    remote_dir = Path(deployed(profile))
+    old = (remote_dir / "current").resolve().name
+    assert robot_status(profile)["service"].startswith("running")
+
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "offboard", "deploy", "--robot", str(profile)], cwd=ROOT, stdout=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    for line in deploy.stdout:  # interrupt it (as Ctrl-C does) while the release is still being staged
+        if line.startswith("staging"):
+            os.killpg(deploy.pid, signal.SIGINT)
+            break
+    deploy.wait(timeout=60)
+    assert deploy.returncode != 0
+    time.sleep(1.0)  # a stage step the interrupt did not reach would finish here; it must not switch
+    assert (remote_dir / "current").resolve().name == old
+    status = robot_status(profile)
+    assert status["current"] == old and status["service"].startswith("running"), status
+
+    # The next deploy clears what the interrupted one left and goes through.
+    out = offboard("deploy", "--robot", str(profile))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (remote_dir / "current").resolve().name != old
+    assert not list((remote_dir / "releases").glob("*.partial"))
+    stop = on_robot(profile, f"cd {remote_dir}/current && python3 -m onboard.service stop --dir {remote_dir}")
+    assert stop.returncode == 0, stop.stderr
+    # SIGTERM from the service's stop closed the open segment: every segment verifies, none is left partial.
+    good, problems = verified_segments(remote_dir / "data" / "loopback")
+    assert good and problems == [] and not list((remote_dir / "data" / "loopback").glob("*.partial"))
+
+
+def test_a_release_that_fails_to_start_puts_the_previous_one_back(loopback, tmp_path):
+    profile = loopback(episodes=0, mode="realtime")
+    remote_dir = Path(deployed(profile))
+    old = (remote_dir / "current").resolve().name
+    broken = loopback(episodes=0, mode="realtime", serial="/dev/ttyMPQ-no-such-port")  # passes the offline check
+    out = offboard("deploy", "--robot", str(broken))
+    assert out.returncode == 1
+    error = out.stderr.strip().splitlines()
+    assert len(error) == 1 and "failed to start" in error[0] and f"back on {old}" in error[0], out.stderr
+    status = robot_status(profile)
+    assert status["current"] == old and status["service"].startswith("running"), status
+    on_robot(profile, f"cd {remote_dir}/current && python3 -m onboard.service stop --dir {remote_dir}")
+
+
+def test_a_model_tampered_with_on_the_robot_is_refused_by_selfcheck(loopback, make_q, tmp_path):
+    model, _ = make_q("pendulum", seed=2)
+    profile = loopback(model=str(model))
+    remote_dir = Path(deployed(profile))
+    onnx = remote_dir / "current" / "models" / "pendulum" / "q.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one byte
+    onnx.write_bytes(bytes(data))
+    check = on_robot(
+        profile,
+        f"cd {remote_dir}/current && {venv_python(remote_dir)} -m onboard selfcheck --robot robots/loopback.toml",
+    )
+    assert check.returncode == 2
+    assert "sha256" in check.stderr and len(check.stderr.strip().splitlines()) == 1, check.stderr
+
+
+def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_path):
+    profile_path = loopback()
+    profile = load_profile(str(profile_path))
+    robot_data = Path(profile.remote_dir) / "data" / "loopback"
+    robot_data.parent.mkdir(parents=True)
+    shutil.copytree(recorded_segments(tmp_path), robot_data)
+    total = sum(p.stat().st_size for p in robot_data.glob("*.mcap"))
+    data = tmp_path / "data"
+    pull = subprocess.Popen(
+        [sys.executable, "-m", "offboard", "pull-data", "--robot", str(profile_path), "--data-dir", str(data),
+         "--bwlimit", str(max(1, total // 1024 // 8))],  # about 8 s at this limit
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    partial_dir = data / "loopback" / ".incoming" / "partial"
+    deadline = time.monotonic() + 30
+    while not list((data / "loopback").glob(".0*")):  # rsync's temporary file: a segment is in flight
+        assert time.monotonic() < deadline and pull.poll() is None, "the pull never started copying"
+        time.sleep(0.02)
+    time.sleep(1.0)
+    os.killpg(pull.pid, signal.SIGINT)  # Ctrl-C midway through a segment
+    pull.wait(timeout=30)
+    assert pull.returncode != 0
+    arrived = sorted(p.name for p in (data / "loopback").glob("*.mcap"))
+    assert len(arrived) < 4 and list(partial_dir.iterdir()), "the pull was not cut midway"
+    # Whatever arrived whole verifies; the cut segment is in rsync's partial folder, not passed off as complete.
+    good, _ = verified_segments(data / "loopback") if (data / "loopback" / "MANIFEST").exists() else ([], [])
+    assert len(good) <= len(arrived)
+
+    report = pull_data(profile, data)
+    assert report.problems == [] and report.verified == 4
+    assert sorted(report.transferred) == sorted(set(f"{i:06d}.mcap" for i in range(1, 5)) - set(arrived))
+    for entry in read_manifest(data / "loopback"):
+        assert sha256_file(data / "loopback" / entry["segment"]) == entry["sha256"]
+    assert pull_data(profile, data).transferred == []  # idempotent
+
+
+def test_pull_lists_a_damaged_segment_and_prune_deletes_only_verified(loopback, tmp_path):
+    profile_path = loopback()
+    profile = load_profile(str(profile_path))
+    robot_data = Path(profile.remote_dir) / "data" / "loopback"
+    robot_data.parent.mkdir(parents=True)
+    shutil.copytree(recorded_segments(tmp_path), robot_data)
+    damaged = robot_data / "000002.mcap"
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    out = offboard("pull-data", "--robot", str(profile_path), "--data-dir", str(tmp_path / "data"))
+    assert out.returncode == 1
+    assert "kept out of training" in out.stderr and "000002.mcap" in out.stderr
+    good, _ = verified_segments(tmp_path / "data" / "loopback")
+    assert [p.name for p in good] == ["000001.mcap", "000003.mcap", "000004.mcap"]
+    assert (tmp_path / "data" / "loopback" / "rejected" / "000002.mcap").exists()
+
+    report = pull_data(profile, tmp_path / "data", prune=True)
+    assert report.pruned == ["000001.mcap", "000003.mcap", "000004.mcap"]
+    assert sorted(p.name for p in robot_data.glob("*.mcap")) == ["000002.mcap"]  # the unverified one stays
+    assert (robot_data / "MANIFEST").exists()
+
+
+def test_wrong_host_key_and_missing_identity_give_one_clear_line(loopback, tmp_path, sshd):
+    port, keys = sshd
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "known_hosts_wrong"
+    wrong.write_text(f"[127.0.0.1]:{port} {' '.join(other.with_suffix('.pub').read_text().split()[:2])}\n")
+    out = offboard("deploy", "--robot", str(loopback(known_hosts_file=str(wrong))))
+    assert out.returncode == 1 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert "host key of 127.0.0.1" in line and "does not match" in line and "ssh-keygen -R" in line
+
+    unknown = tmp_path / "known_hosts_empty"
+    unknown.write_text("")
+    out = offboard("pull-data", "--robot", str(loopback(known_hosts_file=str(unknown))))
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "is not in" in line and "connect once by hand" in line
+
+    out = offboard("deploy", "--robot", str(loopback(identity_file=str(tmp_path / "no_such_key"))))
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "identity file" in line and "not found" in line and "ssh-keygen" in line
+    assert not (tmp_path / "robot").exists()  # nothing happened on the robot
+
+
+def test_preflight_refuses_a_model_for_another_task_before_touching_the_robot(loopback, make_q, tmp_path):
+    model, _ = make_q("cartpole", seed=0)
+    out = offboard("deploy", "--robot", str(loopback(model=str(model))))
+    assert out.returncode == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert "refusing to deploy" in line and "cartpole" in line
+    assert not (tmp_path / "robot").exists()
+    try:
+        pull_data(load_profile(str(loopback(host=""))), tmp_path / "data")
+    except DeployError as e:
+        assert "has no host" in str(e)
+    else:
+        raise AssertionError("a profile without host was pulled from")
+
+
+def recorded_segments(tmp_path: Path) -> Path:
+    """Four closed segments of a local lockstep run (the loop and recorder a robot uses)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "onboard", "run", "--robot", "sim", "--episodes", "4", "--quiet",
+         "--log-dir", str(tmp_path / "local")], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "local" / "sim"
+    (folder / "standin.log").unlink(missing_ok=True)
+    return folder
