@@ -37,6 +37,7 @@ class ServiceSpec:
     cwd: str  # <remote_dir>/current: resolved when the process starts, so a restart picks up a new release
     run_dir: str  # pidfile, state and log of the supervisor
     kind: str = "auto"  # auto | systemd | supervisor
+    stop_timeout: float = STOP_TIMEOUT
 
     @property
     def name(self) -> str:
@@ -169,10 +170,12 @@ class Supervisor:
         pid = self._pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT + 5.0
+            deadline = time.monotonic() + self.spec.stop_timeout + 5.0
             while _alive(pid):
                 if time.monotonic() > deadline:
-                    raise ServiceError(f"the supervisor (pid {pid}) did not stop within {STOP_TIMEOUT + 5:.0f} s")
+                    raise ServiceError(
+                        f"the supervisor (pid {pid}) did not stop within {self.spec.stop_timeout + 5:.0f} s"
+                    )
                 time.sleep(0.05)
         return self.status()
 
@@ -208,8 +211,8 @@ class Supervisor:
                         code = child.wait(timeout=0.5)
                         break
                     except subprocess.TimeoutExpired:
-                        if stopping["at"] is not None and time.monotonic() - stopping["at"] > STOP_TIMEOUT:
-                            _log(f"the runtime did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM: SIGKILL")
+                        if stopping["at"] is not None and time.monotonic() - stopping["at"] > self.spec.stop_timeout:
+                            _log(f"the runtime did not stop within {self.spec.stop_timeout:g} s of SIGTERM: SIGKILL")
                             child.kill()
                 state.update(last_exit=code, child_pid=None)
                 _log(f"the runtime exited with {code}")
@@ -315,7 +318,7 @@ ExecStart={" ".join(spec.command)}
 Restart=on-failure
 RestartSec={RESTART_DELAY:.0f}
 KillSignal=SIGTERM
-TimeoutStopSec={STOP_TIMEOUT:.0f}
+TimeoutStopSec={spec.stop_timeout:g}
 Environment=PYTHONUNBUFFERED=1
 
 [Install]

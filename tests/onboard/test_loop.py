@@ -168,6 +168,9 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(mode="turbo"), "mode = 'turbo'"),
         (dict(episodez=3), "unknown setting(s) episodez"),
         (dict(baud="fast"), "baud = 'fast' should be a int"),
+        (dict(service="cron"), "service = 'cron'"),
+        (dict(episodes=-1), "episodes = -1"),
+        (dict(ssh_port="22"), "ssh_port = '22' should be a int"),
     ],
 )
 def test_bad_profile_settings_exit_non_zero_with_one_clear_line(tmp_path, settings, message):
@@ -205,3 +208,14 @@ def test_selfcheck_reports_and_fails_loudly(tmp_path, make_q):
     path.write_bytes(path.read_bytes() + b"\x00")
     out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path, model=str(path))))
     assert out.returncode != 0 and "sha256" in out.stderr
+
+
+def test_episode_ids_continue_past_segments_pruned_after_a_pull(tmp_path):
+    """pull-data --prune deletes pulled segments on the robot; their names must never be used again."""
+    profile = load_profile("sim", log_dir=str(tmp_path))
+    run(profile, 2, show_status=False)
+    folder = tmp_path / "sim"
+    for segment in folder.glob("*.mcap"):
+        segment.unlink()
+    run(profile, 1, show_status=False)
+    assert [entry["segment"] for entry in read_manifest(folder)] == ["000001.mcap", "000002.mcap", "000003.mcap"]

@@ -1,0 +1,104 @@
+"""The robot's service: the pidfile supervisor behaves as the systemd unit says (restart on failure only,
+SIGTERM then SIGKILL after the stop timeout), and release/service code needs nothing but the stdlib."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from onboard.profile import ROOT
+from onboard.service import ServiceSpec, Supervisor, unit_text, wait_healthy
+
+
+def supervisor(tmp_path: Path, script: str, stop_timeout: float = 30.0) -> Supervisor:
+    """A supervisor whose 'runtime' is a small python script, in a remote_dir under tmp_path."""
+    (tmp_path / "current").mkdir()
+    (tmp_path / "runtime.py").write_text(script)
+    spec = ServiceSpec(
+        robot="test", command=[sys.executable, str(tmp_path / "runtime.py")], cwd=str(tmp_path / "current"),
+        run_dir=str(tmp_path / "run"), kind="supervisor", stop_timeout=stop_timeout,
+    )  # fmt: skip
+    spec.save()
+    return Supervisor(spec)
+
+
+def wait_until(condition, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_a_failed_run_is_restarted_and_a_clean_exit_is_not(tmp_path):
+    counter = tmp_path / "starts"
+    service = supervisor(
+        tmp_path,
+        f"import pathlib, sys\np = pathlib.Path({str(counter)!r})\nn = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n))\nsys.exit(1 if n == 1 else 0)\n",  # fails once, then finishes cleanly
+    )
+    service.start()
+    wait_until(lambda: counter.exists() and counter.read_text() == "2" and not service.status().running)
+    status = service.status()
+    assert status.line.startswith("exited") and "last exit 0" in status.line and not status.failed
+    time.sleep(2.5)  # longer than the restart delay: an exit 0 is not restarted
+    assert counter.read_text() == "2"
+
+
+def test_stop_sends_sigterm_then_sigkill_after_the_stop_timeout(tmp_path):
+    marker = tmp_path / "got-sigterm"
+    service = supervisor(
+        tmp_path,
+        "import pathlib, signal, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: pathlib.Path({str(marker)!r}).write_text('1'))\n"
+        "while True:\n    time.sleep(0.05)\n",  # ignores SIGTERM (a hung runtime)
+        stop_timeout=1.0,
+    )
+    status = service.start()
+    assert status.running and wait_healthy(service, settle=0.5).running
+    started = time.monotonic()
+    status = service.stop()
+    assert marker.exists()  # the runtime was asked first
+    assert not status.running and "stopped" in status.line
+    assert time.monotonic() - started >= 1.0  # and killed only after the stop timeout
+    assert not Path(service.pidfile).exists()
+
+
+def test_a_crash_looping_runtime_is_reported_failed(tmp_path):
+    service = supervisor(tmp_path, "import sys\nsys.exit(3)\n")
+    service.start()
+    status = wait_healthy(service, settle=3.0)
+    assert status.failed and "last exit 3" in status.line
+    service.stop()
+
+
+def test_systemd_unit_matches_the_supervisor():
+    spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], "/opt/mpq/current", "/opt/mpq/run")
+    text = unit_text(spec)
+    for line in ("Restart=on-failure", "TimeoutStopSec=30", "KillSignal=SIGTERM", "WorkingDirectory=/opt/mpq/current",
+                 f"ExecStart={sys.executable} -m onboard run", "StartLimitBurst=5"):  # fmt: skip
+        assert line in text.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_unit(tmp_path):
+    spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], str(tmp_path), str(tmp_path / "run"))
+    unit = tmp_path / "mpq-jetson.service"
+    unit.write_text(unit_text(spec))
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in out.stderr.splitlines() if "mpq-jetson.service" in line]
+    assert problems == [], out.stderr
+
+
+def test_release_and_service_need_only_the_standard_library():
+    """They run under the robot's bare python before the venv exists: no site-packages (-S)."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import onboard.release, onboard.service; print('ok')"
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
