@@ -28,10 +28,11 @@ from pathlib import Path
 
 import tomli_w
 
+from onboard.fileio import sha256_file, write_atomic
 from onboard.loop import code_version
 from onboard.profile import ROOT, RobotProfile, profile_file
 from onboard.qfunction import ModelError, OnnxQ, manifest_path
-from onboard.recorder import MANIFEST, read_manifest, sha256_file, verified_segments
+from onboard.recorder import MANIFEST, read_manifest, verified_segments
 from onboard.release import RELEASE_FILE, REQUIREMENTS
 from onboard.tasks import get_task
 
@@ -382,16 +383,13 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
             report.problems.append(f"{folder / entry['segment']}: the robot's MANIFEST has another sha256 for it")
             continue
         merged[entry["segment"]] = entry
-    lines = "".join(json.dumps(merged[name], sort_keys=True) + "\n" for name in sorted(merged))
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(lines)
-    tmp.replace(folder / MANIFEST)
-    # 4. Verify every segment; a pulled one that fails goes to rejected/ (the next pull fetches it again).
+    write_atomic(folder / MANIFEST, "".join(json.dumps(merged[n], sort_keys=True) + "\n" for n in sorted(merged)))
+    # 4. Verify every segment; one that fails goes to rejected/ (the next pull fetches it again).
     good, problems = verified_segments(folder)
     report.verified = len(good)
     report.problems += problems
     good_names = {p.name for p in good}
-    for name in wanted:
+    for name in merged:
         if name not in good_names and (folder / name).is_file():
             (folder / "rejected").mkdir(exist_ok=True)
             shutil.move(folder / name, folder / "rejected" / name)

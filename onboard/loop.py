@@ -341,6 +341,8 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
         lines.append("model: none (plain MPPI)")
     MPPI(task, MPPIConfig.for_task(task, **profile.mppi), profile.backend)  # the backend builds and loads
     lines.append(f"backend {profile.backend}: built and loaded")
+    if profile.signing_key() is not None:  # read now: a missing key must not wait for the service's start
+        lines.append(f"signing key {profile.path(profile.signing_key_file)}: read")
     if link:
         with PlantPort(profile) as url:
             plant = Link(

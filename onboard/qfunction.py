@@ -14,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from onboard.fileio import write_atomic
 from onboard.tasks.base import Task
 
 MANIFEST_FORMAT = "mpq-q/1"
@@ -31,15 +31,6 @@ class ModelError(ValueError):
 
 def manifest_path(onnx_path: str | Path) -> Path:
     return Path(onnx_path).with_suffix(".json")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_q_model(
@@ -55,7 +46,7 @@ def save_q_model(
     """Write q.onnx and then its q.json (each atomically); returns the manifest's path."""
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(onnx_path, onnx_bytes)
+    write_atomic(onnx_path, onnx_bytes)
     manifest = {
         "format": MANIFEST_FORMAT,
         "task": task.name,
@@ -68,7 +59,7 @@ def save_q_model(
         **(extra or {}),
     }
     path = manifest_path(onnx_path)
-    _write_atomic(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 

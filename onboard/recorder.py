@@ -11,7 +11,6 @@ sha256. Standard MCAP with JSON schemas: Foxglove Studio opens the segments.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
+
+from onboard.fileio import fsync_dir, sha256_file
 
 log = logging.getLogger("mpq.recorder")
 
@@ -71,22 +72,6 @@ CHANNELS = {
         },
     },
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Recorder:
@@ -159,7 +144,7 @@ def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _complete_records(path: Path) -> list:

@@ -34,7 +34,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from onboard.service import ServiceSpec, get_service, wait_healthy, write_atomic
+from onboard.fileio import sha256_file, write_atomic
+from onboard.service import ServiceSpec, get_service, wait_healthy
 
 RELEASE_FILE = "RELEASE.json"
 REQUIREMENTS = "requirements.txt"
@@ -54,14 +55,6 @@ def say(line: str) -> None:
         pass
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_release(release_dir: Path) -> dict:
     try:
         return json.loads((release_dir / RELEASE_FILE).read_text())
@@ -77,7 +70,7 @@ def verify_files(release_dir: Path) -> list[str]:
         path = release_dir / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif file_sha256(path) != sha:
+        elif sha256_file(path) != sha:
             problems.append(f"{name}: sha256 does not match {RELEASE_FILE}")
     for path in sorted(release_dir.rglob("*")):
         name = path.relative_to(release_dir).as_posix()

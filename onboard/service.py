@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from onboard.fileio import write_atomic
+
 STOP_TIMEOUT = 30.0  # s from SIGTERM to SIGKILL: enough to close the open segment and disarm
 RESTART_DELAY = 2.0  # s before a failed run is started again
 START_LIMIT = (5, 60.0)  # this many failed starts within this many seconds: give up (failed)
@@ -68,12 +70,6 @@ class ServiceStatus:
     failed: bool  # crashed, or gave up restarting
     pid: int | None
     line: str  # one line for the operator
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def systemd_runs() -> bool:
