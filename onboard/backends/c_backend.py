@@ -21,32 +21,18 @@ import numpy as np
 
 from firmware_bridge.paths import build_once, cache_dir
 from onboard.backends import check_rollout_shapes
-from onboard.tasks.base import C_PRELUDE, Task
+from onboard.backends.source import task_program
+from onboard.tasks.base import Task
 
-ROLLOUT_SOURCE = Path(__file__).with_name("rollout.c")
 CFLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
-FFI = cffi.FFI()
-FFI.cdef(
-    "void mpq_rollout(long n_rollouts, long K, long H, const double *states, const double *actions,"
-    " const double *params, int params_per_rollout, double gamma, double *cost_out, double *last_state_out);"
+ROLLOUT_SIGNATURE = (
+    "void mpq_rollout(long n_rollouts, long K, long H, const {r} *states, const {r} *actions,"
+    " const {r} *params, int params_per_rollout, {r} gamma, {r} *cost_out, {r} *last_state_out);"
 )
-
-
-def task_c_program(task: Task) -> str:
-    """The whole C translation unit for one task: prelude, the task's functions, the rollout."""
-    return "\n".join(
-        [
-            "#define REAL double",
-            C_PRELUDE,
-            task.c_source,
-            f"#define STATE_DIM {task.state_dim}",
-            f"#define ACT_DIM {task.act_dim}",
-            f"#define PARAM_DIM {task.param_dim}",
-            f"#define TASK_STEP {task.name}_step",
-            f"#define TASK_COST {task.name}_cost",
-            ROLLOUT_SOURCE.read_text(),
-        ]
-    )
+FFIS = {}
+for _real in ("double", "float"):
+    FFIS[_real] = cffi.FFI()
+    FFIS[_real].cdef(ROLLOUT_SIGNATURE.format(r=_real))
 
 
 @functools.cache
@@ -84,14 +70,19 @@ def _compile(compiler: str, source: str, out: Path) -> None:
 
 
 class CBackend:
+    """real="double" is the backend; real="float" builds the same source as the GPU runs it (tests)."""
+
     name = "c"
     xp = np
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, real: str = "double"):
         self.task = task
-        library = build_library(task_c_program(task), f"mpq-{task.name}")
+        self.real = real
+        self.dtype = np.float64 if real == "double" else np.float32
+        self._ffi = FFIS[real]
+        library = build_library(task_program(task, real), f"mpq-{task.name}-{real}")
         try:
-            self._lib = FFI.dlopen(str(library))
+            self._lib = self._ffi.dlopen(str(library))
         except OSError as e:
             raise RuntimeError(f"cannot load {library} ({e}): delete it and let mpq build it again") from None
 
@@ -99,14 +90,14 @@ class CBackend:
         """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""
         check_rollout_shapes(self.task, states, actions, params)
         B, K, H, _ = actions.shape
-        states = np.ascontiguousarray(states, dtype=np.float64)
-        actions = np.ascontiguousarray(actions, dtype=np.float64)
-        params = np.ascontiguousarray(params, dtype=np.float64)
-        cost = np.empty((B, K))
-        last = np.empty((B, K, self.task.state_dim))
-        buffer = FFI.from_buffer
+        states = np.ascontiguousarray(states, dtype=self.dtype)
+        actions = np.ascontiguousarray(actions, dtype=self.dtype)
+        params = np.ascontiguousarray(params, dtype=self.dtype)
+        cost = np.empty((B, K), dtype=self.dtype)
+        last = np.empty((B, K, self.task.state_dim), dtype=self.dtype)
+        buffer, kind = self._ffi.from_buffer, f"{self.real}[]"
         self._lib.mpq_rollout(
-            B * K, K, H, buffer("double[]", states), buffer("double[]", actions), buffer("double[]", params),
-            params.ndim > 1, gamma, buffer("double[]", cost), buffer("double[]", last),
+            B * K, K, H, buffer(kind, states), buffer(kind, actions), buffer(kind, params),
+            params.ndim > 1, gamma, buffer(kind, cost), buffer(kind, last),
         )  # fmt: skip
         return cost, last

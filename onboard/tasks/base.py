@@ -25,9 +25,12 @@ def wrap_angle(theta):
     return (theta + math.pi) % TWO_PI - math.pi
 
 
-# C helpers every task's C source may use; REAL is double on the CPU and float on the GPU.
+# C helpers every task's C source may use; REAL is double on the CPU and float on the GPU (NVRTC has
+# its math functions built in, without headers).
 C_PRELUDE = r"""
+#ifndef __CUDACC_RTC__
 #include <math.h>
+#endif
 #ifndef REAL
 #define REAL double
 #endif
