@@ -4,7 +4,9 @@ The terminal value takes the LAST action: a horizon of H is H-1 simulated costs 
 gamma^(H-1) Q(s_{H-1}, a_{H-1}). Without a Q (plain MPPI) the last step's own cost stands in its
 place, so plain MPPI with horizon H sees H simulated costs. The same code acts on the robot
 (`act`, B = 1, warm-started) and computes the trainer's soft-Bellman targets (`plan` over a
-minibatch of states; `Plan.value` is the free energy V(s)).
+minibatch of states; `Plan.value` is the free energy V(s)). It runs on the backend's arrays (`xp`:
+NumPy, or CuPy on the GPU, where the whole plan stays on the device and one packed copy brings the
+plan to the host at the end: the only host synchronisation of a control step).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class Plan:
     min_cost: np.ndarray  # (B,) lowest sample cost S, last iteration
     nonfinite: np.ndarray  # (B,) samples whose cost was NaN or inf (given zero weight), all iterations
     seconds: float = 0.0
-    weights: np.ndarray = field(default=None, repr=False)  # (B, K), last iteration
+    weights: np.ndarray = field(default=None, repr=False)  # (B, K), last iteration, on the backend's arrays
+    device_actions: np.ndarray = field(default=None, repr=False)  # `actions` on the backend's arrays
 
 
 class MPPI:
@@ -77,45 +80,47 @@ class MPPI:
         self.task = task
         self.config = config or MPPIConfig.for_task(task)
         self.backend = get_backend(backend, task)
-        self.q = q
+        xp, dtype = self.xp, self.dtype = self.backend.xp, self.backend.dtype
+        self.q = self.backend.device_q(q) if q is not None and hasattr(self.backend, "device_q") else q
         m = task.act_dim
-        self.variance = np.broadcast_to(np.asarray(self.config.sigma, dtype=np.float64), (m,)).copy()
-        self.std = np.sqrt(self.variance)
-        self.sigma_inv = 1.0 / self.variance
+        variance = np.broadcast_to(np.asarray(self.config.sigma, dtype=np.float64), (m,))
+        self.std = xp.asarray(np.sqrt(variance), dtype=dtype)
+        self.sigma_inv = xp.asarray(1.0 / variance, dtype=dtype)
+        self.u_min, self.u_max = xp.asarray(task.u_min, dtype=dtype), xp.asarray(task.u_max, dtype=dtype)
         noise_seed, param_seed = np.random.SeedSequence(self.config.seed).spawn(2)
-        self.noise_rng = np.random.default_rng(noise_seed)
-        self.param_rng = np.random.default_rng(param_seed)
-        self.mean = np.zeros((self.config.H, m))  # warm start for `act`
+        self.noise_rng = self.backend.rng(noise_seed)
+        self.param_rng = self.backend.rng(param_seed)
+        self.mean = xp.zeros((self.config.H, m), dtype=dtype)  # warm start for `act`
         self.last_plan: Plan | None = None
 
     def reset(self) -> None:
         """Forget the warm start (a new episode)."""
         self.mean[:] = 0.0
 
-    def plan(self, states: np.ndarray, mean: np.ndarray | None = None) -> Plan:
+    def plan(self, states, mean=None) -> Plan:
         """Run n_iters MPPI iterations from each of states (B, n), starting from mean (B, H, m) or zeros."""
         started = time.perf_counter()
-        cfg, task = self.config, self.task
-        states = np.asarray(states, dtype=np.float64)
+        cfg, task, xp = self.config, self.task, self.xp
+        states = xp.asarray(states, dtype=self.dtype)
         if states.ndim != 2 or states.shape[1] != task.state_dim:
             raise ValueError(f"states must be (B, {task.state_dim}) for {task.name}, got shape {states.shape}")
         B, K, H, m = states.shape[0], cfg.K, cfg.H, task.act_dim
         if mean is None:
-            U = np.zeros((B, H, m))
+            U = xp.zeros((B, H, m), dtype=self.dtype)
         else:
-            U = np.array(mean, dtype=np.float64)
+            U = xp.array(mean, dtype=self.dtype)
             if U.shape != (B, H, m):
                 raise ValueError(f"mean must be (B, H, m) = {(B, H, m)}, got shape {U.shape}")
-        nonfinite = np.zeros(B, dtype=np.int64)
+        nonfinite = xp.zeros(B, dtype=xp.int64)
         for _ in range(cfg.n_iters):
             # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
-            eps = self.noise_rng.standard_normal((B, K, H, m))
+            eps = self.noise_rng.standard_normal((B, K, H, m), dtype=self.dtype)
             eps *= self.std
             actions = U[:, None] + eps
-            np.maximum(actions, task.u_min, out=actions)
-            np.minimum(actions, task.u_max, out=actions)
-            np.subtract(actions, U[:, None], out=eps)
-            params = task.planner_params(cfg.model, (B, K), self.param_rng)
+            xp.maximum(actions, self.u_min, out=actions)
+            xp.minimum(actions, self.u_max, out=actions)
+            xp.subtract(actions, U[:, None], out=eps)
+            params = task.planner_params(cfg.model, (B, K), self.param_rng, xp=xp, dtype=self.dtype)
 
             # S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1}) + control cost.
             running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
@@ -124,7 +129,7 @@ class MPPI:
                 terminal = task.cost(last_state, last_action)
             else:
                 obs = task.obs(last_state).reshape(B * K, task.obs_dim)
-                terminal = np.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=np.float64)
+                terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
                 terminal = terminal.reshape(B, K)
             # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (MPQ.md, appendix A).
             scaled_U = (U * self.sigma_inv).reshape(B, H * m, 1)
@@ -134,30 +139,32 @@ class MPPI:
             S = running + cfg.gamma ** (H - 1) * terminal + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
             # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
-            # a state with no finite sample keeps its mean and reports value inf.
-            finite = np.isfinite(S)
-            all_finite = finite.all()
-            if not all_finite:
-                nonfinite += K - finite.sum(axis=1)
-                S = np.where(finite, S, np.inf)
+            # a state with no finite sample keeps its mean and reports value inf. (No branch on the
+            # data: on the GPU a branch would wait for the device.)
+            finite = xp.isfinite(S)
+            nonfinite += K - finite.sum(axis=1)
+            S = xp.where(finite, S, xp.inf)
             S_min = S.min(axis=1, keepdims=True)
-            shift = S_min if all_finite else np.where(np.isfinite(S_min), S_min, 0.0)
-            z = np.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
-            z_sum = np.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
+            shift = xp.where(xp.isfinite(S_min), S_min, 0.0)
+            z = xp.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
+            z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
             weights = z / z_sum
             U = U + cfg.alpha * (weights[:, None, :] @ eps_flat).reshape(B, H, m)
 
-        value = S_min[:, 0] - cfg.lam * np.log(z_sum[:, 0] / K)
+        value = S_min[:, 0] - cfg.lam * xp.log(z_sum[:, 0] / K)
         sum_w2 = (weights[:, None, :] @ weights[:, :, None])[:, 0, 0]
-        ess = np.divide(1.0, sum_w2, out=np.zeros(B), where=sum_w2 > 0)
+        ess = xp.where(sum_w2 > 0, 1.0 / xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
+        U = xp.minimum(xp.maximum(U, self.u_min), self.u_max)
+        actions, value, ess, min_cost, nonfinite = self.backend.to_host(U, value, ess, S_min[:, 0], nonfinite)
         return Plan(
-            actions=np.minimum(np.maximum(U, task.u_min), task.u_max),
+            actions=actions,
             value=value,
             ess=ess,
-            min_cost=S_min[:, 0],
+            min_cost=min_cost,
             nonfinite=nonfinite,
             seconds=time.perf_counter() - started,
             weights=weights,
+            device_actions=U,
         )
 
     def act(self, state: np.ndarray) -> np.ndarray:
@@ -166,20 +173,23 @@ class MPPI:
 
     def propose(self, state: np.ndarray) -> Plan:
         """Plan from one state with the warm start, changing nothing yet (a realtime loop may drop it)."""
-        plan = self.plan(np.asarray(state, dtype=np.float64)[None], self.mean[None])
+        plan = self.plan(self.xp.asarray(state, dtype=self.dtype)[None], self.mean[None])
         self.last_plan = plan
         return plan
 
     def commit(self, plan: Plan) -> np.ndarray:
         """Act on a proposed plan: its first action; its rest becomes the warm start."""
-        return self._advance(plan.actions[0])
+        self._shift(plan.device_actions[0])
+        return plan.actions[0, 0].copy()
 
     def skip(self) -> np.ndarray:
         """Act without a new plan (the last one came too late): the previous plan's next action."""
-        return self._advance(self.mean.copy())
+        (action,) = self.backend.to_host(self.mean[0])
+        action = np.array(action)
+        self._shift(self.mean.copy())
+        return action
 
-    def _advance(self, sequence: np.ndarray) -> np.ndarray:
-        """Return sequence[0] and warm-start the next plan with the rest, shifted, zero-padded."""
+    def _shift(self, sequence) -> None:
+        """Warm-start the next plan with sequence[1:], zero-padded (on the backend's arrays)."""
         self.mean[:-1] = sequence[1:]
         self.mean[-1] = 0.0
-        return sequence[0].copy()

@@ -147,6 +147,7 @@ class OnnxQ:
 
         self.path = Path(onnx_path)
         self.manifest, onnx_bytes = load_verified(self.path)
+        self.model_bytes = onnx_bytes  # the verified bytes: a GPU session is built from these, not a re-read
         m = self.manifest
         if m["task"] != task.name:
             raise ModelError(

@@ -7,9 +7,27 @@ takes over). Everything else in MPPI is shared code on the backend's array modul
 
 from __future__ import annotations
 
+import numpy as np
+
 from onboard.tasks.base import Task
 
-BACKEND_NAMES = ("numpy", "c")
+BACKEND_NAMES = ("numpy", "c", "cupy")
+
+
+class HostArrays:
+    """What the CPU backends share: NumPy arrays and NumPy's generator in host memory, float64."""
+
+    xp = np
+    dtype = np.float64
+
+    @staticmethod
+    def rng(seed: np.random.SeedSequence):
+        return np.random.default_rng(seed)
+
+    @staticmethod
+    def to_host(*arrays):
+        """The arrays as NumPy arrays: here they already are."""
+        return arrays
 
 
 def check_rollout_shapes(task: Task, states, actions, params) -> None:
@@ -35,4 +53,8 @@ def get_backend(name: str, task: Task):
         from onboard.backends.c_backend import CBackend
 
         return CBackend(task)
+    if name == "cupy":
+        from onboard.backends.cupy_backend import CupyBackend
+
+        return CupyBackend(task)
     raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")

@@ -20,7 +20,7 @@ import cffi
 import numpy as np
 
 from firmware_bridge.paths import build_once, cache_dir
-from onboard.backends import check_rollout_shapes
+from onboard.backends import HostArrays, check_rollout_shapes
 from onboard.backends.source import task_program
 from onboard.tasks.base import Task
 
@@ -69,11 +69,10 @@ def _compile(compiler: str, source: str, out: Path) -> None:
         raise RuntimeError(f"compiling the 'c' backend ({out.stem}) failed: {first}")
 
 
-class CBackend:
+class CBackend(HostArrays):
     """real="double" is the backend; real="float" builds the same source as the GPU runs it (tests)."""
 
     name = "c"
-    xp = np
 
     def __init__(self, task: Task, real: str = "double"):
         self.task = task

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from onboard.backends import check_rollout_shapes
+from onboard.backends import HostArrays, check_rollout_shapes
 from onboard.tasks.base import Task
 
 
-class NumpyBackend:
+class NumpyBackend(HostArrays):
     name = "numpy"
-    xp = np
 
     def __init__(self, task: Task):
         self.task = task

@@ -70,22 +70,24 @@ class Task:
     def param_dim(self) -> int:
         return len(self.param_names)
 
-    def planner_params(self, model: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    def planner_params(self, model: str, shape: tuple[int, ...], rng, xp=np, dtype=np.float64):
         """Parameters for the planner's rollouts: (*shape, param_dim), or (param_dim,) shared by all.
 
         model: "biased" draws each rollout's parameters from U[bias_low, bias_high];
         "mean" fixes them at the middle of that range; "true" uses the plant's parameters
-        (the upper-bound baseline, only when a run asks for it).
+        (the upper-bound baseline, only when a run asks for it). `xp`, `rng` and `dtype` are the
+        backend's array module, generator and float type (NumPy's, or CuPy's on the GPU).
         """
         if model == "biased":
-            return self.bias_low + (self.bias_high - self.bias_low) * rng.random((*shape, self.param_dim))
+            low, high = xp.asarray(self.bias_low, dtype=dtype), xp.asarray(self.bias_high, dtype=dtype)
+            return low + (high - low) * rng.random((*shape, self.param_dim), dtype=dtype)
         if model == "mean":
             fixed = 0.5 * (self.bias_low + self.bias_high)
         elif model == "true":
             fixed = self.true_params
         else:
             raise ValueError(f"unknown planner model {model!r}: use 'biased', 'mean' or 'true'")
-        return np.asarray(fixed, dtype=np.float64)
+        return xp.asarray(fixed, dtype=dtype)
 
     # --- to be provided by each task -------------------------------------------------------
     def step(self, s: np.ndarray, u: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -31,6 +31,11 @@ def on_robot(profile_path: Path, command: str) -> subprocess.CompletedProcess:
     return subprocess.run([*remote.ssh_args(), remote.target, command], capture_output=True, text=True, timeout=120)
 
 
+def ctrl_c_enabled() -> None:
+    """In the child: SIGINT as a terminal delivers it (a job started with & in a script inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def robot_status(profile_path: Path) -> dict:
     out = offboard("robot-status", "--robot", str(profile_path))
     assert out.returncode == 0, out.stderr
@@ -139,7 +144,7 @@ def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback,
 
     deploy = subprocess.Popen(
         [sys.executable, "-m", "offboard", "deploy", "--robot", str(profile)], cwd=ROOT, stdout=subprocess.PIPE,
-        text=True, start_new_session=True,
+        text=True, start_new_session=True, preexec_fn=ctrl_c_enabled,
     )  # fmt: skip
     for line in deploy.stdout:  # interrupt it (as Ctrl-C does) while the release is still being staged
         if line.startswith("staging"):
@@ -202,6 +207,7 @@ def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_
         [sys.executable, "-m", "offboard", "pull-data", "--robot", str(profile_path), "--data-dir", str(data),
          "--bwlimit", str(max(1, total // 1024 // 8))],  # about 8 s at this limit
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=ctrl_c_enabled,
     )  # fmt: skip
     partial_dir = data / "loopback" / ".incoming" / "partial"
     deadline = time.monotonic() + 30

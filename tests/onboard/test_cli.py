@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onboard.backends import BACKEND_NAMES
+from tests.gpu import ALL_BACKENDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "onboard", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_plan_prints_a_plan_within_bounds(make_q, backend):
     path, _ = make_q("cartpole")
     out = run("plan", "--task", "cartpole", "--backend", backend, "--q", str(path), "--json")

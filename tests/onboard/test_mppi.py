@@ -7,12 +7,13 @@ import pytest
 
 from firmware_bridge.plant import MujocoPlant
 from offboard.onnx_mlp import random_mlp
-from onboard.backends import BACKEND_NAMES, get_backend
+from onboard.backends import get_backend
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
 from onboard.tasks import TASKS, get_task
 from onboard.tasks.base import wrap_angle
 from tests.conftest import NumpyQ
+from tests.gpu import ALL_BACKENDS, CPU_BACKENDS
 
 RTOL = 1e-6  # the fast backend against the float64 reference
 
@@ -89,12 +90,12 @@ class FixedNormal:
     def __init__(self, values):
         self.values = values
 
-    def standard_normal(self, shape):
+    def standard_normal(self, shape, dtype=np.float64):
         assert shape == self.values.shape
         return self.values.copy()
 
 
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)  # the GPU's float32 is held to numpy in test_cupy_backend.py
 @pytest.mark.parametrize("with_q", [True, False])
 def test_one_iteration_equals_mpq_equations_computed_by_hand(backend, with_q):
     """Eqs. 16-18 sample by sample: H-1 discounted costs, gamma^(H-1) Q on the LAST action (or the last
@@ -161,7 +162,7 @@ def test_a_nonfinite_q_gets_zero_weight_and_never_reaches_the_action():
     np.testing.assert_array_equal(plan.actions[0], before)  # nothing to learn from: the mean stands
 
 
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_misshapen_inputs_are_refused_not_misread(backend):
     task = get_task("cartpole")
     mppi = MPPI(task, MPPIConfig.for_task(task), backend)
@@ -216,7 +217,7 @@ def test_batched_plans_are_independent_per_state():
     assert not np.allclose(batched.value[0], batched.value[1])
 
 
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_every_sampled_action_is_clipped_to_the_bounds(backend):
     task = get_task("cartpole")
     seen = []
@@ -263,7 +264,7 @@ def test_seeds_and_planner_models_change_the_plan_reproducibly():
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("with_q", [False, True])
 def test_plans_for_every_task_and_backend_with_or_without_an_onnx_q(name, backend, with_q, make_q):
     task = get_task(name)
