@@ -2,12 +2,15 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := onboard,sim,offboard,dev,bench
-STAMP  := $(VENV)/.mpq-installed
+# GPU=1 adds the gpu extra (CuPy for CUDA 12, onnxruntime-gpu): `make setup GPU=1`, `make bench-gpu`.
+GPU    ?=
+comma  := ,
+EXTRAS := onboard,sim,offboard,dev,bench$(if $(filter 1,$(GPU)),$(comma)gpu)
+STAMP  := $(VENV)/.mpq-installed$(if $(filter 1,$(GPU)),-gpu)
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench demo reproduce sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
+.PHONY: setup test lint format bench bench-gpu demo reproduce sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
 
 setup: $(STAMP)
 
@@ -15,6 +18,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+ifeq ($(GPU),1)
+	@# onnxruntime and onnxruntime-gpu install the same module: the GPU build's files must be the ones left.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps onnxruntime-gpu
+endif
 	@touch $(STAMP)
 
 lint: setup
@@ -30,6 +37,11 @@ test: lint
 
 bench: setup
 	$(BIN)/python -m offboard.bench
+
+# The GPU backend against pytorch-mppi on CUDA (needs a CUDA GPU; sets up the gpu extra).
+bench-gpu:
+	$(MAKE) setup GPU=1
+	$(BIN)/python -m offboard.bench_gpu
 
 # The onboard loop against the local stand-in: `make sim TASK=pendulum EPISODES=5 MODE=realtime`.
 EPISODES ?= 5

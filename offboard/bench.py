@@ -55,17 +55,74 @@ def time_mpq(task, backend: str, K: int, H: int, q, steps: int) -> dict:
         u = mppi.act(state)
         seconds.append(time.perf_counter() - started)
         state = task.step(state, u, params)
-    return _summary(seconds)
+    summary = _summary(seconds)
+    if hasattr(mppi.q, "provider"):  # the GPU's Q: which ONNX Runtime provider ran it
+        summary["q_provider"] = mppi.q.provider
+    return summary
 
 
-def time_pytorch_mppi(task, K: int, H: int, layers, steps: int) -> dict:
-    """pytorch-mppi with the pendulum's dynamics and cost written in torch, and the same MLP."""
+def torch_model(task, params):
+    """The task's planner dynamics, running cost and obs restated in torch for pytorch-mppi (batched over
+    the leading axis; tests/offboard/test_bench.py holds them to the NumPy task)."""
     import torch
-    from pytorch_mppi import MPPI as TorchMPPI
 
-    from onboard.tasks.pendulum import DT, V_MAX, W_THETADOT, G
+    if task.name == "pendulum":
+        from onboard.tasks.pendulum import DT, V_MAX, W_THETADOT, G
 
-    mass, length = (float(v) for v in task.planner_params(MODEL, (), None))
+        mass, length = (float(v) for v in params)
+
+        def dynamics(s, u):
+            acc = 3 * G / (2 * length) * torch.sin(s[:, 0]) + 3 * u[:, 0] / (mass * length**2)
+            v = torch.clamp(s[:, 1] + DT * acc, -V_MAX, V_MAX)  # the speed limit before the position update
+            return torch.stack([s[:, 0] + DT * v, v], dim=1)
+
+        def running_cost(s, u):
+            theta = torch.remainder(s[:, 0] + np.pi, 2 * np.pi) - np.pi
+            return theta**2 + W_THETADOT * s[:, 1] ** 2
+
+        def obs(s):
+            return torch.cat([torch.cos(s[..., :1]), torch.sin(s[..., :1]), s[..., 1:]], dim=-1)
+
+    elif task.name == "cartpole":
+        from onboard.tasks.cartpole import CART_MASS, PHYSICS_DT, SUBSTEPS, W_HEIGHT, W_THETADOT, W_X, X_MAX, G
+
+        mp, length, b = (float(v) for v in params)
+        lc, m11, m22 = length / 2, CART_MASS + mp, mp * length * length / 3
+
+        def dynamics(s, u):
+            x, th, xd, thd = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+            for _ in range(SUBSTEPS):
+                sn, cs = torch.sin(th), torch.cos(th)
+                m12 = mp * lc * cs
+                f1 = u[:, 0] - b * xd + mp * lc * sn * thd * thd
+                f2 = mp * G * lc * sn
+                det = m11 * m22 - m12 * m12
+                xd = xd + PHYSICS_DT * (m22 * f1 - m12 * f2) / det
+                thd = thd + PHYSICS_DT * (m11 * f2 - m12 * f1) / det
+                x_next = x + PHYSICS_DT * xd
+                stop = (torch.clamp(x_next, -X_MAX, X_MAX) - x) / PHYSICS_DT
+                xd_stop = torch.where(torch.abs(x_next) > X_MAX, stop, xd)
+                thd = thd - m12 * (xd_stop - xd) / m22
+                xd = xd_stop
+                x = x + PHYSICS_DT * xd
+                th = th + PHYSICS_DT * thd
+            return torch.stack([x, th, xd, thd], dim=1)
+
+        def running_cost(s, u):
+            return W_HEIGHT * (1 - torch.cos(s[:, 1])) + W_X * s[:, 0] ** 2 + W_THETADOT * s[:, 3] ** 2
+
+        def obs(s):
+            th = s[..., 1:2]
+            return torch.cat([s[..., :1], torch.cos(th), torch.sin(th), s[..., 2:]], dim=-1)
+
+    else:
+        raise ValueError(f"no torch restatement of task {task.name!r} for pytorch-mppi")
+    return dynamics, running_cost, obs
+
+
+def torch_mlp(layers, device: str = "cpu"):
+    import torch
+
     net = torch.nn.Sequential()
     for i, (W, b) in enumerate(layers):
         linear = torch.nn.Linear(W.shape[0], W.shape[1])
@@ -74,35 +131,37 @@ def time_pytorch_mppi(task, K: int, H: int, layers, steps: int) -> dict:
         net.append(linear)
         if i < len(layers) - 1:
             net.append(torch.nn.Tanh())
+    return net.to(device)
 
-    def dynamics(s, u):
-        acc = 3 * G / (2 * length) * torch.sin(s[:, 0]) + 3 * u[:, 0] / (mass * length**2)
-        v = s[:, 1] + DT * acc
-        return torch.stack([s[:, 0] + DT * v, torch.clamp(v, -V_MAX, V_MAX)], dim=1)
 
-    def running_cost(s, u):
-        theta = torch.remainder(s[:, 0] + np.pi, 2 * np.pi) - np.pi
-        return theta**2 + W_THETADOT * s[:, 1] ** 2
+def time_pytorch_mppi(task, K: int, H: int, layers, steps: int, device: str = "cpu") -> dict:
+    """pytorch-mppi with the task's dynamics and cost written in torch, and the same MLP as terminal cost."""
+    import torch
+    from pytorch_mppi import MPPI as TorchMPPI
+
+    params = task.planner_params(MODEL, (), None)
+    dynamics, running_cost, obs = torch_model(task, params)
+    net = torch_mlp(layers, device)
 
     def terminal_cost(states, actions):
-        s, a = states[..., -1, :], actions[..., -1, :]
-        x = torch.cat([torch.cos(s[..., :1]), torch.sin(s[..., :1]), s[..., 1:], a], dim=-1)
+        x = torch.cat([obs(states[..., -1, :]), actions[..., -1, :]], dim=-1)
         with torch.no_grad():
             return net(x.float()).double()[..., 0]
 
     cfg = MPPIConfig.for_task(task, K=K, H=H)
+    sigma = torch.tensor(np.diag(np.broadcast_to(cfg.sigma, (task.act_dim,))), dtype=torch.float64)
     ctrl = TorchMPPI(
-        dynamics, running_cost, task.state_dim, noise_sigma=torch.tensor([[cfg.sigma]], dtype=torch.float64),
-        num_samples=K, horizon=H, lambda_=cfg.lam, u_min=torch.tensor(task.u_min), u_max=torch.tensor(task.u_max),
-        terminal_state_cost=terminal_cost,
+        dynamics, running_cost, task.state_dim, noise_sigma=sigma, num_samples=K, horizon=H, lambda_=cfg.lam,
+        u_min=torch.tensor(task.u_min), u_max=torch.tensor(task.u_max), terminal_state_cost=terminal_cost,
+        device=device,
     )  # fmt: skip
     state, seconds = task.hanging_state(), []
     for _ in range(steps + WARMUP):
         started = time.perf_counter()
         with torch.no_grad():
-            u = ctrl.command(torch.tensor(state)).numpy()
+            u = ctrl.command(torch.tensor(state, device=device)).cpu().numpy()  # .cpu(): waits for the GPU
         seconds.append(time.perf_counter() - started)
-        state = task.step(state, u, np.array([mass, length]))
+        state = task.step(state, u, params)
     return _summary(seconds)
 
 

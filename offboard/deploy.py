@@ -189,6 +189,8 @@ def requirements(profile: RobotProfile) -> str:
     lines = list(project.get("dependencies", []))
     for extra in extras:
         lines += [r for r in project["optional-dependencies"][extra] if r not in lines]
+    if "gpu" in extras:  # onnxruntime-gpu is the same module with the CUDA providers: never both
+        lines = [r for r in lines if not re.match(r"onnxruntime\s*[<>=!~;]|onnxruntime$", r)]
     return "\n".join(lines) + "\n"
 
 

@@ -334,13 +334,16 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     link=False is the check deploy runs on a staged release while the running service holds the port."""
     task = get_task(profile.task)
     lines = [f"robot {profile.name}: task {task.name}, backend {profile.backend}, mode {profile.mode}"]
+    q = None
     if profile.model:
         q = OnnxQ(profile.model_path, task, threads=profile.threads)
         lines.append(f"model {profile.model_path}: sha256 {q.sha256}, manifest and probe OK")
     else:
         lines.append("model: none (plain MPPI)")
-    MPPI(task, MPPIConfig.for_task(task, **profile.mppi), profile.backend)  # the backend builds and loads
-    lines.append(f"backend {profile.backend}: built and loaded")
+    planner = MPPI(task, MPPIConfig.for_task(task, **profile.mppi), profile.backend, q=q)
+    lines.append(f"backend {profile.backend}: built and loaded")  # (the C library, or the CUDA kernel)
+    if hasattr(planner.q, "provider"):
+        lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
     if profile.signing_key() is not None:  # read now: a missing key must not wait for the service's start
         lines.append(f"signing key {profile.path(profile.signing_key_file)}: read")
     if link:

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from onboard.tasks import TASKS, get_task
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,3 +40,22 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert loop["lockstep"]["steps"] == 200 and loop["lockstep"]["peak_rss_mb"] > 0
     assert set(loop["realtime"]) == {"20 Hz"} and "error" not in loop["realtime"]["20 Hz"]
     assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout and "round trip median us" in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_torch_restatement_for_pytorch_mppi_is_the_task(name):
+    """pytorch-mppi needs torch functions: the copy of each task's model it runs must be the task's."""
+    import torch
+
+    from offboard.bench import torch_model
+
+    task = get_task(name)
+    rng = np.random.default_rng(3)
+    params = task.planner_params("mean", (), None)
+    dynamics, running_cost, obs = torch_model(task, params)
+    states = np.stack([task.initial_state(rng) for _ in range(64)]) * 3.0  # fast and near the rails too
+    actions = rng.uniform(task.u_min, task.u_max, (64, task.act_dim))
+    s, u = torch.tensor(states), torch.tensor(actions)
+    np.testing.assert_allclose(dynamics(s, u).numpy(), task.step(states, actions, params), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(running_cost(s, u).numpy(), task.cost(states, actions), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(obs(s).numpy(), task.obs(states), rtol=1e-9, atol=1e-9)

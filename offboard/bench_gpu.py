@@ -1,0 +1,126 @@
+"""`make bench-gpu`: milliseconds per MPPI control step on the GPU, against pytorch-mppi on CUDA.
+
+Pendulum and cart-pole, K in {1024, 4096, 16384}, H = 32, one MPPI iteration per step, a 2x256 tanh
+MLP as the ONNX terminal Q, closed loop on the planner's model from the hanging start. `mpq cupy` is a
+whole control step as the robot runs it (state to the device, plan, the action back to the host);
+pytorch-mppi on CUDA gets the same dynamics, cost, K, H, sigma, lambda and MLP, in the same run.
+Targets on an H100: K=4096 H=32 under 0.5 ms median, and >= 5x faster than pytorch-mppi on CUDA.
+Prints JSON and a table and writes `runs/bench/gpu-<time>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from offboard.bench import time_mpq, time_pytorch_mppi
+from offboard.onnx_mlp import mlp_onnx, random_mlp
+from onboard.qfunction import OnnxQ, save_q_model
+from onboard.tasks import get_task
+
+TASK_NAMES = ("pendulum", "cartpole")
+SAMPLES = (1024, 4096, 16384)
+H = 32
+HIDDEN = (256, 256)
+
+
+def device_name() -> str:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def run(steps: int) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    torch_cuda = torch.cuda.is_available()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in TASK_NAMES:
+            task = get_task(name)
+            layers = random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, HIDDEN)
+            path = Path(tmp) / name / "q.onnx"
+            save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "offboard.bench_gpu"})
+            q = OnnxQ(path, task)
+            for K in SAMPLES:
+                result = time_mpq(task, "cupy", K, H, q, steps)
+                rows.append(dict(task=name, K=K, H=H, planner="mpq cupy", **result))
+                if torch_cuda:
+                    result = time_pytorch_mppi(task, K, H, layers, steps, device="cuda")
+                    rows.append(dict(task=name, K=K, H=H, planner="pytorch-mppi cuda", **result))
+
+    def median(task, K, planner):
+        return next((r["median_ms"] for r in rows if (r["task"], r["K"], r["planner"]) == (task, K, planner)), None)
+
+    ours, theirs = median("pendulum", 4096, "mpq cupy"), median("pendulum", 4096, "pytorch-mppi cuda")
+    targets = [dict(target="pendulum K=4096 H=32: mpq cupy under 0.5 ms median (H100)", measured=f"{ours:.3f} ms",
+                    met=ours < 0.5)]  # fmt: skip
+    if theirs is None:
+        targets.append(dict(target="pendulum K=4096 H=32: >= 5x faster than pytorch-mppi on CUDA",
+                            measured="not run: this torch has no CUDA", met=False))  # fmt: skip
+    else:
+        targets.append(dict(target="pendulum K=4096 H=32: >= 5x faster than pytorch-mppi on CUDA",
+                            measured=f"{theirs / ours:.1f}x", met=theirs / ours >= 5))  # fmt: skip
+    return dict(
+        benchmark="mppi_control_step_gpu",
+        device=device_name(),
+        q_provider=next(r["q_provider"] for r in rows if "q_provider" in r),
+        onnxruntime_providers=ort.get_available_providers(),
+        torch_cuda=torch_cuda,
+        machine=dict(platform=platform.platform(), python=platform.python_version()),
+        time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        rows=rows,
+        targets=targets,
+    )
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"MPPI control step on {report['device']}, H={H}, Q 2x256 via {report['q_provider']}")
+    for col in ("task", "K", "planner", "median ms", "p99 ms", "steps"):
+        table.add_column(col)
+    for r in report["rows"]:
+        table.add_row(r["task"], str(r["K"]), r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                      str(r["steps"]))  # fmt: skip
+    console = Console()
+    console.print(table)
+    for t in report["targets"]:
+        console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300, help="timed control steps per row (after warm-up)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args()
+    from onboard.backends.cupy_backend import _cupy
+
+    try:
+        _cupy()
+    except RuntimeError as e:
+        print(f"error: {e}: make bench-gpu needs a CUDA GPU", file=sys.stderr)
+        return 2
+    report = run(args.steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"gpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The cupy backend on a GPU: the NumPy reference on identical noise, swing-up, ORT CUDA with IO binding
+against CPU ORT, and a whole lockstep episode against the stand-in. Skipped, with the reason, where
+there is no GPU; without CuPy, asking for the backend is one clear error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from firmware_bridge.plant import MujocoPlant
+from offboard.onnx_mlp import random_mlp
+from onboard.backends import get_backend
+from onboard.loop import run
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.profile import ROOT, load_profile
+from onboard.qfunction import OnnxQ
+from onboard.recorder import verified_segments
+from onboard.tasks import TASKS, get_task
+from onboard.tasks.base import wrap_angle
+from tests.conftest import NumpyQ
+from tests.gpu import GPU_MISSING, needs_gpu
+
+FLOAT32 = dict(rtol=1e-4, atol=1e-4)
+
+
+class FixedDraws:
+    """The planner's generator replaced by given draws, on whichever array module the backend uses."""
+
+    def __init__(self, xp, normals, uniforms=None):
+        self.xp, self.normals, self.uniforms = xp, normals, uniforms
+
+    def standard_normal(self, shape, dtype=np.float64):
+        assert shape == self.normals.shape
+        return self.xp.array(self.normals, dtype=dtype)  # a copy: MPPI scales the draws in place
+
+    def random(self, shape, dtype=np.float64):
+        assert shape == self.uniforms.shape
+        return self.xp.array(self.uniforms, dtype=dtype)
+
+
+@pytest.mark.skipif(GPU_MISSING is None, reason="CuPy and a GPU are here: the backend loads")
+def test_without_cupy_or_a_gpu_the_backend_is_one_clear_error():
+    with pytest.raises(RuntimeError, match="backend 'cupy'") as error:
+        get_backend("cupy", get_task("pendulum"))
+    assert "use backend 'c'" in str(error.value)
+    out = subprocess.run([sys.executable, "-m", "onboard", "plan", "--backend", "cupy"], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode != 0 and out.stderr.count("\n") == 1 and "backend 'cupy'" in out.stderr
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_kernel_rollout_equals_numpy(name):
+    import cupy
+
+    task = get_task(name)
+    rng = np.random.default_rng(1)
+    B, K, H = 3, 1000, 32
+    states = np.stack([task.initial_state(rng) for _ in range(B)])
+    actions = rng.uniform(task.u_min, task.u_max, (B, K, H, task.act_dim))
+    for params in (task.planner_params("biased", (B, K), rng), task.planner_params("true", (B, K), rng)):
+        ref_cost, ref_last = get_backend("numpy", task).rollout(states, actions, params, 0.9)
+        cost, last = get_backend("cupy", task).rollout(cupy.asarray(states), cupy.asarray(actions),
+                                                       cupy.asarray(params), 0.9)  # fmt: skip
+        np.testing.assert_allclose(cost.get(), ref_cost, **FLOAT32)
+        np.testing.assert_allclose(last.get(), ref_last, **FLOAT32)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("with_q", [False, True])
+def test_a_plan_on_identical_noise_equals_numpy(name, with_q, make_q):
+    import cupy
+
+    task = get_task(name)
+    config = MPPIConfig.for_task(task, K=512, H=16, n_iters=2, seed=3)
+    B, shape = 2, (2, 512, 16, task.act_dim)
+    rng = np.random.default_rng(5)
+    normals = rng.standard_normal((config.n_iters, *shape))
+    uniforms = rng.random((config.n_iters, B, config.K, task.param_dim))
+    states = np.stack([task.initial_state(rng) for _ in range(B)])
+    q_path = make_q(name, hidden=(64, 64))[0] if with_q else None
+    plans = {}
+    for backend, xp in (("numpy", np), ("cupy", cupy)):
+        q = OnnxQ(q_path, task) if with_q else None
+        mppi = MPPI(task, config, backend, q=q)
+        draws = [FixedDraws(xp, normals[i], uniforms[i]) for i in range(config.n_iters)]
+        mppi.noise_rng = _Sequence(draws, "standard_normal")
+        mppi.param_rng = _Sequence(draws, "random")
+        plans[backend] = mppi.plan(states)
+    ref, gpu = plans["numpy"], plans["cupy"]
+    assert isinstance(gpu.actions, np.ndarray)  # the plan came back to the host
+    np.testing.assert_allclose(gpu.actions, ref.actions, **FLOAT32)
+    np.testing.assert_allclose(gpu.value, ref.value, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(gpu.ess, ref.ess, rtol=1e-3)
+
+
+class _Sequence:
+    """Hands out each iteration's draws in turn."""
+
+    def __init__(self, draws, method):
+        self.draws, self.method, self.i = draws, method, 0
+
+    def __getattr__(self, name):
+        def draw(shape, dtype=np.float64):
+            value = getattr(self.draws[self.i], self.method)(shape, dtype)
+            self.i += 1
+            return value
+
+        return draw
+
+
+@needs_gpu
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pendulum_swings_up_and_holds_on_the_gpu(seed):
+    task = get_task("pendulum")
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=1024, H=32, model="true", seed=seed), "cupy")
+    plant = MujocoPlant.for_task("pendulum")
+    state = plant.reset(task.hanging_state())
+    angles = []
+    for _ in range(task.episode_steps):
+        state = plant.step(mppi.act(state))
+        angles.append(wrap_angle(state[0]))
+    assert np.abs(angles[-round(2.0 / task.dt) :]).max() < 0.1
+
+
+@needs_gpu
+def test_ort_cuda_with_io_binding_equals_cpu_ort(make_q):
+    import cupy
+
+    from onboard.backends.cupy_backend import DeviceOnnxQ
+
+    task = get_task("cartpole")
+    host = OnnxQ(make_q("cartpole", hidden=(256, 256))[0], task)
+    device = DeviceOnnxQ(host, cupy.cuda.get_current_stream())
+    assert device.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    rng = np.random.default_rng(0)
+    obs, act = rng.standard_normal((4096, task.obs_dim)), rng.uniform(-10, 10, (4096, task.act_dim))
+    on_gpu = device(cupy.asarray(obs, dtype=cupy.float32), cupy.asarray(act, dtype=cupy.float32))
+    assert isinstance(on_gpu, cupy.ndarray)
+    np.testing.assert_allclose(on_gpu.get(), host(obs, act), rtol=1e-4, atol=1e-4)
+
+
+@needs_gpu
+def test_a_lockstep_episode_against_the_standin_with_backend_cupy(tmp_path, make_q):
+    q_path = make_q("pendulum")[0]
+    profile = load_profile("sim", backend="cupy", log_dir=str(tmp_path), model=str(q_path))
+    stats = run(profile, 1, show_status=False)
+    assert stats.episodes == 1 and stats.steps == get_task("pendulum").episode_steps
+    good, problems = verified_segments(tmp_path / "sim")
+    assert len(good) == 1 and problems == []
+
+
+@needs_gpu
+def test_a_python_q_still_works_on_the_gpu():
+    """The trainer's Q is any callable on the backend's arrays; MPPI hands it CuPy arrays."""
+    task = get_task("pendulum")
+    q = NumpyQ(random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, (8,)))
+    import cupy
+
+    mppi = MPPI(task, MPPIConfig.for_task(task), "cupy", q=lambda o, a: cupy.asarray(q(o.get(), a.get())))
+    assert np.all(np.isfinite(mppi.act(task.hanging_state())))
