@@ -386,13 +386,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps per row (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")
     args = parser.parse_args()
-    report = run(args.threads, args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"mppi-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    publish(run(args.threads, args.quick), args.out, "mppi", print_table)
+
+
+def publish(report: dict, out: Path, prefix: str, print_table) -> Path:
+    """The report as JSON on stdout and in `out/<prefix>-<time>.json`, then as tables."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print_table(report)
     print(f"report: {path}")
+    return path
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Prints JSON and a table and writes `runs/bench/gpu-<time>.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offboard.bench import time_mpq, time_pytorch_mppi
+from offboard.bench import publish, time_mpq, time_pytorch_mppi
 from offboard.onnx_mlp import mlp_onnx, random_mlp
 from onboard.qfunction import OnnxQ, save_q_model
 from onboard.tasks import get_task
@@ -112,13 +111,7 @@ def main() -> int:
     except RuntimeError as e:
         print(f"error: {e}: make bench-gpu needs a CUDA GPU", file=sys.stderr)
         return 2
-    report = run(args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gpu-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print_table(report)
-    print(f"report: {path}")
+    publish(run(args.steps), args.out, "gpu", print_table)
     return 0
 
 

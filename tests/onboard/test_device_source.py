@@ -1,6 +1,7 @@
 """The GPU backend's one source per task, checked on machines without a GPU.
 
-The float32 CPU build of the same translation unit the GPU runs must match the NumPy reference, and
+The float32 CPU build of the same translation unit the GPU runs must match the NumPy reference (and on a
+GPU, the CUDA kernel itself), and
 the CUDA program (task + rollout.c + rollout_kernel.cu) must compile with NVRTC (the dev extra installs
 it on Linux) or nvcc, whichever is here.
 """
@@ -14,24 +15,43 @@ import subprocess
 import numpy as np
 import pytest
 
+from onboard.backends import get_backend
 from onboard.backends.c_backend import CBackend
 from onboard.backends.numpy_backend import NumpyBackend
 from onboard.backends.source import KERNEL_NAME, task_program
 from onboard.tasks import TASKS, get_task
+from tests.gpu import needs_gpu
 
 ARCH = "compute_87"  # Jetson Orin; PTX for it also runs on newer GPUs (H100 is sm_90)
 
 
+def float32_rollout(build: str, task):
+    """The device source's rollout in float32: built for this CPU, or the CUDA kernel on the GPU."""
+    if build == "cpu":
+        return CBackend(task, real="float").rollout
+    import cupy
+
+    kernel = get_backend("cupy", task).rollout
+
+    def on_gpu(states, actions, params, gamma):
+        cost, last = kernel(cupy.asarray(states), cupy.asarray(actions), cupy.asarray(params), gamma)
+        return cost.get(), last.get()
+
+    return on_gpu
+
+
+@pytest.mark.parametrize("build", ["cpu", pytest.param("cuda", marks=needs_gpu)])
 @pytest.mark.parametrize("task_name", sorted(TASKS))
-def test_the_float32_build_of_the_device_source_matches_numpy(task_name):
+def test_the_float32_device_source_matches_numpy(task_name, build):
     task = get_task(task_name)
+    rollout = float32_rollout(build, task)
     rng = np.random.default_rng(7)
     B, K, H = 3, 512, 32
     states = np.stack([task.initial_state(rng) for _ in range(B)])
     actions = rng.uniform(task.u_min, task.u_max, (B, K, H, task.act_dim))
     for params in (task.planner_params("biased", (B, K), rng), task.planner_params("true", (B, K), rng)):
         cost64, last64 = NumpyBackend(task).rollout(states, actions, params, 0.9)
-        cost32, last32 = CBackend(task, real="float").rollout(states, actions, params, 0.9)
+        cost32, last32 = rollout(states, actions, params, 0.9)
         assert cost32.dtype == np.float32
         np.testing.assert_allclose(cost32, cost64, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(last32, last64, rtol=1e-4, atol=1e-4)

@@ -13,16 +13,19 @@ from onboard.qfunction import OnnxQ
 from onboard.tasks import TASKS, get_task
 from onboard.tasks.base import wrap_angle
 from tests.conftest import NumpyQ
-from tests.gpu import ALL_BACKENDS, CPU_BACKENDS
+from tests.gpu import ALL_BACKENDS, CPU_BACKENDS, needs_gpu
 
 RTOL = 1e-6  # the fast backend against the float64 reference
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pendulum_swings_up_and_holds_with_the_true_model(seed):
-    """numpy MPPI, true model, K=1024, H=32, on the MuJoCo plant from hanging down, 10 s."""
+SWING_UP_RUNS = [("numpy", 0), ("numpy", 1), ("numpy", 2), *(pytest.param("cupy", s, marks=needs_gpu) for s in (0, 1))]
+
+
+@pytest.mark.parametrize("backend, seed", SWING_UP_RUNS)
+def test_pendulum_swings_up_and_holds_with_the_true_model(backend, seed):
+    """MPPI, true model, K=1024, H=32, on the MuJoCo plant from hanging down, 10 s (float32 on the GPU)."""
     task = get_task("pendulum")
-    mppi = MPPI(task, MPPIConfig.for_task(task, K=1024, H=32, model="true", seed=seed), "numpy")
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=1024, H=32, model="true", seed=seed), backend)
     plant = MujocoPlant.for_task("pendulum")
     state = plant.reset(task.hanging_state())
     angles = []
