@@ -246,7 +246,7 @@ d = os.path.realpath(os.path.expanduser({dir!r}))
 for sub in ("releases", "data"):
     os.makedirs(os.path.join(d, sub), exist_ok=True)
 releases = os.path.join(d, "releases")
-stale = sorted(n for n in os.listdir(releases) if n.endswith(".partial"))
+stale = sorted(n for n in os.listdir(releases) if n.endswith(".partial")) if {clean} else []
 for name in stale:
     shutil.rmtree(os.path.join(releases, name))
 current = os.path.join(d, "current")
@@ -255,10 +255,11 @@ print(json.dumps(dict(dir=d, current=os.path.basename(os.readlink(current)) if o
 """
 
 
-def prepare_remote(remote: Remote) -> dict:
-    """The robot's absolute remote_dir and current release; removes releases left half-staged."""
+def prepare_remote(remote: Remote, clean: bool = False) -> dict:
+    """The robot's absolute remote_dir and current release; with clean, removes releases left half-staged
+    (a deploy only: a status or a pull must never touch a deploy that is staging right now)."""
     python = shlex.quote(remote.profile.python)
-    out = remote.run(f"{python} -", stdin=PREPARE.format(dir=remote.profile.remote_dir))
+    out = remote.run(f"{python} -", stdin=PREPARE.format(dir=remote.profile.remote_dir, clean=clean))
     info = json.loads(out.strip().splitlines()[-1])
     if tuple(int(v) for v in info["python"].split(".")[:2]) < (3, 10):
         raise DeployError(
@@ -294,7 +295,7 @@ def deploy(profile: RobotProfile, model: Path | None = None) -> str:
 
 
 def _deploy(remote: Remote, profile: RobotProfile, q: OnnxQ | None) -> str:
-    info = prepare_remote(remote)
+    info = prepare_remote(remote, clean=True)
     if info["stale"]:
         print(f"removed half-staged release(s) of an interrupted deploy: {', '.join(info['stale'])}")
     rid = release_id(info, q)
