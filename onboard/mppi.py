@@ -99,6 +99,10 @@ class MPPI:
 
     def plan(self, states, mean=None) -> Plan:
         """Run n_iters MPPI iterations from each of states (B, n), starting from mean (B, H, m) or zeros."""
+        with self.backend.scope():  # the GPU: the backend's stream, which ONNX Runtime shares
+            return self._plan(states, mean)
+
+    def _plan(self, states, mean) -> Plan:
         started = time.perf_counter()
         cfg, task, xp = self.config, self.task, self.xp
         states = xp.asarray(states, dtype=self.dtype)

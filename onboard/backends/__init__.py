@@ -7,6 +7,8 @@ takes over). Everything else in MPPI is shared code on the backend's array modul
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from onboard.tasks.base import Task
@@ -28,6 +30,11 @@ class HostArrays:
     def to_host(*arrays):
         """The arrays as NumPy arrays: here they already are."""
         return arrays
+
+    @staticmethod
+    def scope():
+        """Where the backend's work runs (a CUDA stream on the GPU); nothing to enter on the CPU."""
+        return contextlib.nullcontext()
 
 
 def check_rollout_shapes(task: Task, states, actions, params) -> None:

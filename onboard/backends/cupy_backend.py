@@ -5,8 +5,9 @@ cuRAND (CuPy's generator), clipping, the fused rollout-and-cost kernel (one thre
 by NVRTC from the same C the CPU backend and the tests use: onboard/backends/source.py), the ONNX Q
 through ONNX Runtime's TensorRT or CUDA provider with its inputs and output bound to CuPy buffers, the
 max-subtracted weights and the mean update (CuPy reductions), and the warm start. All of it runs on one
-CUDA stream, ONNX Runtime's work included, so nothing waits for the device until MPPI copies the plan
-to the host in one packed transfer at the end. Float32 throughout, as ONNX models and GPUs run.
+CUDA stream (MPPI.plan enters `scope()`), ONNX Runtime's work included, so nothing waits for the device
+until MPPI copies the plan to the host in one packed transfer at the end. Float32 throughout, as ONNX
+models and GPUs run.
 
 Install with `make setup GPU=1` (the gpu extra: cupy-cuda12x, onnxruntime-gpu).
 """
@@ -61,10 +62,14 @@ class CupyBackend:
     def __init__(self, task: Task):
         cupy = self.xp = _cupy()
         self.task = task
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.stream.use()  # MPPI's CuPy work and ONNX Runtime's on one stream: ordered without host waits
+        # MPPI's CuPy work and ONNX Runtime's on one stream: ordered without host waits. A blocking stream
+        # also orders against the default stream, where a caller's own CuPy work (the warm-start shift) runs.
+        self.stream = cupy.cuda.Stream()
         self.module = cupy.RawModule(code=task_program(task, "float", device=True), options=("--std=c++14",))
         self.kernel = self.module.get_function(KERNEL_NAME)
+
+    def scope(self):
+        return self.stream
 
     def rng(self, seed: np.random.SeedSequence) -> DeviceRNG:
         return DeviceRNG(self.xp, seed)
@@ -123,28 +128,33 @@ class DeviceOnnxQ:
         self.obs_name, self.act_name, self.out_name = q.obs_name, q.act_name, q.out_name
         self.device_id = cupy.cuda.Device().id
         stream_options = {"device_id": str(self.device_id), "user_compute_stream": str(stream.ptr)}
+        trt_cache = cache_dir() / "tensorrt"
+        trt_options = {**stream_options, "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache)}
         available = ort.get_available_providers()
-        providers = []
+        attempts = []  # the best first; an ORT build that refuses an option falls through to the next
         if "TensorrtExecutionProvider" in available:
-            trt_cache = cache_dir() / "tensorrt"
-            trt_cache.mkdir(parents=True, exist_ok=True)
-            providers.append(
-                ("TensorrtExecutionProvider",
-                 {**stream_options, "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache)})
-            )  # fmt: skip
+            attempts.append([("TensorrtExecutionProvider", trt_options), ("CUDAExecutionProvider", stream_options)])
         if "CUDAExecutionProvider" in available:
-            providers.append(("CUDAExecutionProvider", stream_options))
-        self.session = None
-        if providers:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self.session = ort.InferenceSession(q.model_bytes, options, providers=[*providers, "CPUExecutionProvider"])
-            self.provider = self.session.get_providers()[0]
-        if self.session is None or self.provider == "CPUExecutionProvider":
-            self.session, self.provider = None, "CPUExecutionProvider"
+            attempts.append([("CUDAExecutionProvider", stream_options)])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session, self.provider, why = None, "CPUExecutionProvider", f"providers here: {', '.join(available)}"
+        for providers in attempts:
+            if providers[0][0] == "TensorrtExecutionProvider":
+                trt_cache.mkdir(parents=True, exist_ok=True)
+            try:
+                session = ort.InferenceSession(q.model_bytes, options, providers=[*providers, "CPUExecutionProvider"])
+            except Exception as e:  # ORT's own error types: a provider that would not start
+                why = f"{providers[0][0]} did not start: {str(e).splitlines()[0]}"
+                log.warning("%s: %s; trying the next provider", q.path, why)
+                continue
+            if session.get_providers()[0] != "CPUExecutionProvider":
+                self.session, self.provider = session, session.get_providers()[0]
+                break
+        if self.session is None:
             log.warning(
-                "%s: ONNX Runtime has no CUDA provider here (%s): the Q runs on the CPU with a copy each way "
-                "per step; install onnxruntime-gpu (make setup GPU=1)", q.path, ", ".join(available)
+                "%s: the Q runs on the CPU with a copy each way per step (%s); install onnxruntime-gpu "
+                "(make setup GPU=1)", q.path, why,
             )  # fmt: skip
             return
         self.run_options = ort.RunOptions()
