@@ -42,7 +42,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CODE_PACKAGES = ("onboard", "firmware_bridge")
-CODE_SUFFIXES = {".py", ".c", ".h", ".xml"}
+CODE_SUFFIXES = {".py", ".c", ".cu", ".h", ".xml"}  # everything onboard and firmware_bridge run from
 CONNECT_TIMEOUT = 10  # s
 
 
@@ -191,6 +191,8 @@ def requirements(profile: RobotProfile) -> str:
         lines += [r for r in project["optional-dependencies"][extra] if r not in lines]
     if "gpu" in extras:  # onnxruntime-gpu is the same module with the CUDA providers: never both
         lines = [r for r in lines if not re.match(r"onnxruntime\s*[<>=!~;]|onnxruntime$", r)]
+    if profile.pip_extra_index_url:  # a pip option in the requirements file: part of the venv's identity too
+        lines.insert(0, f"--extra-index-url {profile.pip_extra_index_url}")
     return "\n".join(lines) + "\n"
 
 

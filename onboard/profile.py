@@ -48,6 +48,7 @@ class RobotProfile:
     remote_dir: str = "mpq"  # on the robot; relative to the login's home folder
     python: str = "python3"  # on the robot: creates the venv
     venv_dir: str = ""  # on the robot: one venv per set of requirements in it; empty: <remote_dir>/venvs
+    pip_extra_index_url: str = ""  # an extra package index for the robot's venv (JetPack's CUDA wheels)
     service: str = "auto"  # auto (systemd where it runs, else the pidfile supervisor) | systemd | supervisor
     root: Path = ROOT  # relative paths are resolved against this
 

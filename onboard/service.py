@@ -28,6 +28,7 @@ STOP_TIMEOUT = 30.0  # s from SIGTERM to SIGKILL: enough to close the open segme
 RESTART_DELAY = 2.0  # s before a failed run is started again
 START_LIMIT = (5, 60.0)  # this many failed starts within this many seconds: give up (failed)
 SPEC_FILE = "service-spec.json"
+LOG_KEEP_BYTES = 10 << 20  # the supervisor's log moves to .log.1 at a start once it is this big
 
 
 @dataclass
@@ -147,6 +148,8 @@ class Supervisor:
             return current
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.statefile.unlink(missing_ok=True)
+        if self.logfile.exists() and self.logfile.stat().st_size > LOG_KEEP_BYTES:
+            os.replace(self.logfile, self.logfile.with_name(self.logfile.name + ".1"))  # one old log kept
         with open(self.logfile, "ab") as log:
             supervisor = subprocess.Popen(
                 [sys.executable, "-m", "onboard.service", "supervise", "--dir", str(Path(self.spec.run_dir).parent)],
@@ -158,6 +161,8 @@ class Supervisor:
             if self._state().get("starts") and self.pidfile.exists():
                 return self.status()
             if supervisor.poll() is not None:
+                if self._state().get("starts"):  # the run was that short and is over: status says how it ended
+                    return self.status()
                 raise ServiceError(f"the supervisor exited at once ({supervisor.returncode}): see {self.logfile}")
             time.sleep(0.05)
         raise ServiceError(f"the supervisor did not start the runtime within 10 s: see {self.logfile}")

@@ -102,3 +102,16 @@ def test_release_and_service_need_only_the_standard_library():
     code = "import sys; sys.path.insert(0, sys.argv[1]); import onboard.release, onboard.service; print('ok')"
     out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_big_log_is_rotated_at_start(tmp_path, monkeypatch):
+    import onboard.service
+
+    monkeypatch.setattr(onboard.service, "LOG_KEEP_BYTES", 100)
+    service = supervisor(tmp_path, "print('hello from the runtime')\n")
+    service.logfile.parent.mkdir(parents=True, exist_ok=True)
+    service.logfile.write_text("old line\n" * 50)
+    service.start()
+    wait_until(lambda: not service.status().running)
+    assert (service.logfile.parent / (service.logfile.name + ".1")).read_text().startswith("old line")
+    assert "hello from the runtime" in service.logfile.read_text() and "old line" not in service.logfile.read_text()
