@@ -32,7 +32,7 @@ from onboard.fileio import sha256_file, write_atomic
 from onboard.loop import code_version
 from onboard.profile import ROOT, RobotProfile, profile_file
 from onboard.qfunction import ModelError, OnnxQ, manifest_path
-from onboard.recorder import MANIFEST, read_manifest, verified_segments
+from onboard.recorder import MANIFEST, SegmentError, read_manifest, verified_segments
 from onboard.release import RELEASE_FILE, REQUIREMENTS
 from onboard.tasks import get_task
 
@@ -74,7 +74,7 @@ class Remote:
 
     def ssh_args(self) -> list[str]:
         args = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", "PreferredAuthentications=publickey",
-                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", f'UserKnownHostsFile="{self.known_hosts}"',
                 "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=5",
                 "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
                 "-o", "ControlPersist=30"]  # fmt: skip
@@ -103,7 +103,7 @@ class Remote:
 
     def rsync(self, *args: str) -> list[str]:
         """rsync over this ssh; the names it transferred."""
-        argv = ["rsync", "-a", "--out-format=%n", "-e", shlex.join(self.ssh_args()), *args]
+        argv = ["rsync", "-a", "--protect-args", "--out-format=%n", "-e", shlex.join(self.ssh_args()), *args]
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             stdout, stderr = process.communicate()
@@ -341,6 +341,7 @@ class PullReport:
     verified: int = 0  # segments in the folder that match MANIFEST
     problems: list = field(default_factory=list)  # one line each: listed, kept out of training
     pruned: list = field(default_factory=list)  # segments deleted on the robot
+    gone: list = field(default_factory=list)  # listed by the robot, deleted there by an earlier pull's prune
 
 
 def pull_data(
@@ -367,27 +368,40 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
         print(f"{profile.name} has recorded no closed segment yet ({source})")
         return report
     remote.rsync(*limit, f"{remote.target}:{source}/{MANIFEST}", str(incoming / MANIFEST))
-    robot_entries = read_manifest(incoming)
-    local_entries = {e["segment"]: e for e in read_manifest(folder)}
-    # 2. The segments not here yet (or here but unverified): resumable through rsync's partial folder.
-    wanted = [
-        e["segment"] for e in robot_entries
-        if local_entries.get(e["segment"], {}).get("sha256") != e["sha256"] or not (folder / e["segment"]).is_file()
-    ]  # fmt: skip
+    text = (incoming / MANIFEST).read_text()
+    if not text.endswith("\n"):  # a line the recorder is appending right now: the next pull takes it
+        (incoming / MANIFEST).write_text(text[: text.rfind("\n") + 1])
+    try:
+        robot_entries = read_manifest(incoming)
+        local_entries = {e["segment"]: e for e in read_manifest(folder)}
+    except SegmentError as e:
+        raise DeployError(f"{e}: nothing was imported; repair or move that MANIFEST, then pull again") from None
+    # 2. The segments not here yet, or listed here but gone (moved to rejected/): resumable through rsync's
+    # partial folder. A name the robot uses for a different segment (its log folder was reset) is a problem:
+    # the one here is kept, never overwritten.
+    wanted, clashes = [], set()
+    for entry in robot_entries:
+        name, local = entry["segment"], local_entries.get(entry["segment"])
+        if local is None or (local["sha256"] == entry["sha256"] and not (folder / name).is_file()):
+            wanted.append(name)
+        elif local["sha256"] != entry["sha256"]:
+            clashes.add(name)
+            report.problems.append(
+                f"{folder / name}: the robot lists a different segment under this name (its log folder was reset?): "
+                "the one here is kept; pull into another --data-dir for the robot's"
+            )
     if wanted:
         (incoming / "wanted").write_text("\n".join(wanted) + "\n")
         report.transferred = remote.rsync(
-            *limit, "--partial-dir=.incoming/partial", f"--files-from={incoming / 'wanted'}",
+            *limit, "--partial-dir=.incoming/partial", "--ignore-missing-args", f"--files-from={incoming / 'wanted'}",
             f"{remote.target}:{source}/", f"{folder}/",
         )  # fmt: skip
-    # 3. MANIFEST here: what was here, plus the robot's lines (a clash of names is a problem, never merged).
+    report.gone = [name for name in wanted if not (folder / name).is_file()]  # pruned on the robot by an earlier pull
+    # 3. MANIFEST here: what was here, plus the robot's lines for the segments that arrived.
     merged = dict(local_entries)
     for entry in robot_entries:
-        known = merged.get(entry["segment"])
-        if known is not None and known["sha256"] != entry["sha256"] and entry["segment"] not in wanted:
-            report.problems.append(f"{folder / entry['segment']}: the robot's MANIFEST has another sha256 for it")
-            continue
-        merged[entry["segment"]] = entry
+        if entry["segment"] not in clashes and (folder / entry["segment"]).is_file():
+            merged.setdefault(entry["segment"], entry)
     write_atomic(folder / MANIFEST, "".join(json.dumps(merged[n], sort_keys=True) + "\n" for n in sorted(merged)))
     # 4. Verify every segment; one that fails goes to rejected/ (the next pull fetches it again).
     good, problems = verified_segments(folder)
@@ -437,6 +451,7 @@ def run_command(args, profile: RobotProfile) -> int:
         print(
             f"pulled {len(report.transferred)} new segment(s) into {report.folder}; {report.verified} verified"
             + (f"; pruned {len(report.pruned)} on the robot" if report.pruned else "")
+            + (f"; {len(report.gone)} listed by the robot were pruned there earlier" if report.gone else "")
         )
         for line in report.problems:
             print(f"kept out of training: {line}", file=sys.stderr)

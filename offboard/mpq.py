@@ -84,6 +84,10 @@ class TorchQ:
 
 def target_planner(config: Config, task, q) -> MPPI:
     """The MPPI that computes V_H(s'): the task's paper settings, the config's H and iterations."""
+    if config.backend not in ("numpy", "c"):  # the Q being trained is a CPU torch net fed NumPy arrays
+        raise ValueError(
+            f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c or numpy"
+        )
     mppi = MPPIConfig.for_task(task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model)
     mppi.seed = config.seed
     return MPPI(task, mppi, config.backend, q=q)

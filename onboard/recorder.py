@@ -84,7 +84,7 @@ class Recorder:
         self._file = None
         self._writer: Writer | None = None
         self._partial: Path | None = None
-        self.recovered = recover_partials(self.dir)
+        self.recovered = recover_partials(self.dir) + list_unlisted(self.dir)
 
     # --- one episode ----------------------------------------------------------------------------
     def start_episode(self, episode_id: int, metadata: dict) -> Path:
@@ -195,6 +195,17 @@ def recover_partials(directory: Path) -> list[Path]:
         log.warning("recovered %s: %d messages before the crash", segment, len(messages))
         recovered.append(segment)
     return recovered
+
+
+def list_unlisted(directory: Path) -> list[Path]:
+    """A crash between a segment's rename and its MANIFEST line leaves a complete, fsynced `.mcap` that
+    nothing lists: list it now (marked recovered), so a pull takes it. Never lost, never rewritten."""
+    listed = {entry["segment"] for entry in read_manifest(directory)}
+    unlisted = [path for path in sorted(directory.glob("*.mcap")) if path.name not in listed]
+    for path in unlisted:
+        append_manifest(directory, path, recovered=True)
+        log.warning("listed %s in MANIFEST: it was closed but not listed before a crash", path)
+    return unlisted
 
 
 # --- reading -------------------------------------------------------------------------------------

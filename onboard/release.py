@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from onboard.fileio import sha256_file, write_atomic
-from onboard.service import ServiceSpec, get_service, wait_healthy
+from onboard.service import ServiceError, ServiceSpec, get_service, wait_healthy
 
 RELEASE_FILE = "RELEASE.json"
 REQUIREMENTS = "requirements.txt"
@@ -81,7 +82,8 @@ def verify_files(release_dir: Path) -> list[str]:
 
 def venv_path(remote_dir: Path, release: dict) -> Path:
     """One venv per (requirements, python): a new set of requirements never touches the running release's."""
-    key = hashlib.sha256((release["requirements"] + sys.version).encode()).hexdigest()[:12]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}"  # a patch upgrade keeps the venvs
+    key = hashlib.sha256((release["requirements"] + python).encode()).hexdigest()[:12]
     base = Path(release.get("venv_dir") or "venvs").expanduser()
     return (base if base.is_absolute() else remote_dir / base) / key
 
@@ -163,30 +165,43 @@ def _switch(remote_dir: Path, release_id: str) -> None:
     os.replace(tmp, remote_dir / "current")
 
 
+def _start(service) -> tuple[bool, str]:
+    """(healthy, status line) of a start watched for 3 s; a service that cannot start is unhealthy."""
+    try:
+        service.start()
+        status = wait_healthy(service, settle=3.0)
+    except (ServiceError, OSError) as e:
+        return False, str(e)
+    return not status.failed, status.line
+
+
 def _run_release(remote_dir: Path, release_id: str, previous: str | None) -> str:
     """Stop the running release, switch to `release_id`, start it; back to `previous` when it fails."""
+    spec, service = service_for(remote_dir, release_id)  # a service this robot cannot run: refused before any stop
     if previous is not None:
         service_for(remote_dir, previous)[1].stop()
     _switch(remote_dir, release_id)
-    spec, service = service_for(remote_dir, release_id)
     spec.save()
-    service.start()
-    status = wait_healthy(service, settle=3.0)
-    if status.failed:
-        log_tail = ""
-        log_file = Path(spec.run_dir) / f"{spec.name}.log"
-        if log_file.exists():
-            lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
-            log_tail = f"; last log line: {lines[-1]}" if lines else ""
+    healthy, line = _start(service)
+    if healthy:
+        return line
+    log_file = Path(spec.run_dir) / f"{spec.name}.log"
+    lines = [x for x in log_file.read_text(errors="replace").splitlines() if x.strip()] if log_file.exists() else []
+    log_tail = f"; last log line: {lines[-1]}" if lines else ""
+    try:
         service.stop()
-        if previous is not None:
-            _switch(remote_dir, previous)
-            previous_spec, previous_service = service_for(remote_dir, previous)
-            previous_spec.save()
-            previous_service.start()
-        back = f"back on {previous}" if previous else "nothing running"
-        raise ReleaseError(f"release {release_id} failed to start ({status.line}{log_tail}): {back}")
-    return status.line
+    except (ServiceError, OSError):
+        pass
+    if previous is None:
+        (remote_dir / "current").unlink(missing_ok=True)  # nothing to go back to: no current, not a broken one
+        back = "nothing running"
+    else:
+        _switch(remote_dir, previous)
+        previous_spec, previous_service = service_for(remote_dir, previous)
+        previous_spec.save()
+        back_ok, back_line = _start(previous_service)
+        back = f"back on {previous}" + ("" if back_ok else f", which did not start either ({back_line})")
+    raise ReleaseError(f"release {release_id} failed to start ({line}{log_tail}): {back}")
 
 
 def activate(remote_dir: Path, release_id: str) -> None:
@@ -212,6 +227,8 @@ def rollback(remote_dir: Path) -> None:
         if not history:
             raise ReleaseError(f"no release before {current} is kept on the robot: deploy the one you want instead")
         target = history[-1]
+        target_dir = remote_dir / "releases" / target
+        ensure_venv(venv_path(remote_dir, read_release(target_dir)), target_dir / REQUIREMENTS)  # if it was removed
         line = _run_release(remote_dir, target, current)
         write_atomic(remote_dir / "HISTORY", "\n".join(history) + "\n")
     say(f"rolled back from {current} to {target}; service {line}")
@@ -260,7 +277,7 @@ def main(argv=None) -> int:
             rollback(remote_dir)
         else:
             say(json.dumps(status(remote_dir)))
-    except (ReleaseError, OSError, subprocess.CalledProcessError) as e:
+    except (ReleaseError, ServiceError, OSError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

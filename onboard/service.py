@@ -89,14 +89,26 @@ def get_service(spec: ServiceSpec) -> Supervisor | Systemd:
 
 
 # --- the pidfile supervisor ----------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    """A live (not zombie) supervisor process with this pid: a reused pid is not taken for ours."""
+def _alive(pid: int, marker: str) -> bool:
+    """A live (not zombie) process with this pid whose command line names `marker` (our supervisor's
+    remote_dir): a pid the system reused for another process is not taken for ours."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"onboard.service" in cmdline
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"onboard.service" in cmdline and marker.encode() in cmdline
+
+
+def _die_with_parent() -> None:
+    """In the runtime: SIGTERM when the supervisor dies (Linux), so a killed supervisor never leaves a
+    runtime holding the port; SIGTERM closes its segment and disarms the plant."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Supervisor:
@@ -108,6 +120,7 @@ class Supervisor:
         self.pidfile = self.run_dir / f"{spec.name}.pid"
         self.statefile = self.run_dir / f"{spec.name}.json"
         self.logfile = self.run_dir / f"{spec.name}.log"
+        self.remote_dir = str(self.run_dir.parent)
 
     def _state(self) -> dict:
         try:
@@ -120,7 +133,7 @@ class Supervisor:
             pid = int(self.pidfile.read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if _alive(pid, self.remote_dir) else None
 
     def status(self) -> ServiceStatus:
         pid, state = self._pid(), self._state()
@@ -152,7 +165,7 @@ class Supervisor:
             os.replace(self.logfile, self.logfile.with_name(self.logfile.name + ".1"))  # one old log kept
         with open(self.logfile, "ab") as log:
             supervisor = subprocess.Popen(
-                [sys.executable, "-m", "onboard.service", "supervise", "--dir", str(Path(self.spec.run_dir).parent)],
+                [sys.executable, "-m", "onboard.service", "supervise", "--dir", self.remote_dir],
                 cwd=self.spec.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the ssh session that started it
             )  # fmt: skip
@@ -170,9 +183,12 @@ class Supervisor:
     def stop(self) -> ServiceStatus:
         pid = self._pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:  # it ended on its own just now
+                return self.status()
             deadline = time.monotonic() + self.spec.stop_timeout + 5.0
-            while _alive(pid):
+            while _alive(pid, self.remote_dir):
                 if time.monotonic() > deadline:
                     raise ServiceError(
                         f"the supervisor (pid {pid}) did not stop within {self.spec.stop_timeout + 5:.0f} s"
@@ -204,7 +220,9 @@ class Supervisor:
         try:
             while stopping["at"] is None:
                 _log(f"starting {' '.join(self.spec.command)} in {os.getcwd()}")
-                child = subprocess.Popen(self.spec.command, cwd=self.spec.cwd)
+                child = subprocess.Popen(self.spec.command, cwd=self.spec.cwd, preexec_fn=_die_with_parent)
+                if stopping["at"] is not None:  # SIGTERM came while it was being started
+                    child.send_signal(signal.SIGTERM)
                 state.update(state="running", starts=state["starts"] + 1, child_pid=child.pid)
                 write_atomic(self.statefile, json.dumps(state))
                 while True:
@@ -304,6 +322,12 @@ class Systemd:
         return self.start()
 
 
+def _systemd_quote(arg: str) -> str:
+    """One ExecStart argument as systemd reads it: quoted, with its escapes and specifiers doubled."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
 def unit_text(spec: ServiceSpec, wanted_by: str = "multi-user.target") -> str:
     """The same behaviour as the supervisor's, in systemd's words."""
     return f"""[Unit]
@@ -314,8 +338,8 @@ StartLimitBurst={START_LIMIT[0]}
 
 [Service]
 Type=simple
-WorkingDirectory={spec.cwd}
-ExecStart={" ".join(spec.command)}
+WorkingDirectory={spec.cwd.replace("%", "%%")}
+ExecStart={" ".join(_systemd_quote(arg) for arg in spec.command)}
 Restart=on-failure
 RestartSec={RESTART_DELAY:.0f}
 KillSignal=SIGTERM

@@ -126,31 +126,40 @@ class DeviceOnnxQ:
 
         self.cupy, self.host_q, self.path, self.sha256 = cupy, q, q.path, q.sha256
         self.obs_name, self.act_name, self.out_name = q.obs_name, q.act_name, q.out_name
+        if stream.ptr == 0:
+            raise ValueError("DeviceOnnxQ needs a CUDA stream of its own (ONNX Runtime ignores the null stream)")
         self.device_id = cupy.cuda.Device().id
         stream_options = {"device_id": str(self.device_id), "user_compute_stream": str(stream.ptr)}
+        cuda_options = {**stream_options, "use_tf32": "0"}  # float32 matmuls, as the CPU computes them
         trt_cache = cache_dir() / "tensorrt"
         trt_options = {**stream_options, "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache)}
         available = ort.get_available_providers()
         attempts = []  # the best first; an ORT build that refuses an option falls through to the next
         if "TensorrtExecutionProvider" in available:
-            attempts.append([("TensorrtExecutionProvider", trt_options), ("CUDAExecutionProvider", stream_options)])
+            attempts.append([("TensorrtExecutionProvider", trt_options), ("CUDAExecutionProvider", cuda_options)])
         if "CUDAExecutionProvider" in available:
-            attempts.append([("CUDAExecutionProvider", stream_options)])
+            attempts.append([("CUDAExecutionProvider", cuda_options)])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session, self.provider, why = None, "CPUExecutionProvider", f"providers here: {', '.join(available)}"
         for providers in attempts:
             if providers[0][0] == "TensorrtExecutionProvider":
                 trt_cache.mkdir(parents=True, exist_ok=True)
-            try:
-                session = ort.InferenceSession(q.model_bytes, options, providers=[*providers, "CPUExecutionProvider"])
+            try:  # enable_fallback=0: ORT would otherwise retry silently without our options (and stream)
+                session = ort.InferenceSession(
+                    q.model_bytes, options, providers=[*providers, "CPUExecutionProvider"], enable_fallback=0
+                )
             except Exception as e:  # ORT's own error types: a provider that would not start
                 why = f"{providers[0][0]} did not start: {str(e).splitlines()[0]}"
                 log.warning("%s: %s; trying the next provider", q.path, why)
                 continue
-            if session.get_providers()[0] != "CPUExecutionProvider":
-                self.session, self.provider = session, session.get_providers()[0]
+            provider = session.get_providers()[0]
+            stream_used = session.get_provider_options().get(provider, {}).get("user_compute_stream")
+            if provider != "CPUExecutionProvider" and stream_used == str(stream.ptr):
+                self.session, self.provider = session, provider
                 break
+            why = f"{provider} did not take the shared CUDA stream"
+            log.warning("%s: %s; trying the next provider", q.path, why)
         if self.session is None:
             log.warning(
                 "%s: the Q runs on the CPU with a copy each way per step (%s); install onnxruntime-gpu "
@@ -160,7 +169,8 @@ class DeviceOnnxQ:
         self.run_options = ort.RunOptions()
         # ORT would otherwise wait for the device after each run: the stream keeps the order instead.
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self.out_rank = len(self.session.get_outputs()[0].shape)
+        (output,) = [o for o in self.session.get_outputs() if o.name == self.out_name]
+        self.out_rank = len(output.shape)
 
     def __call__(self, obs, act):
         cupy = self.cupy

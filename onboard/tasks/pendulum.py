@@ -61,11 +61,8 @@ MPQ_FN REAL pendulum_cost(const REAL *s, const REAL *u) {{
         return theta * theta + W_THETADOT * s[..., 1] * s[..., 1]
 
     def obs(self, s):
-        out = np.empty((*s.shape[:-1], 3))
-        np.cos(s[..., 0], out=out[..., 0])
-        np.sin(s[..., 0], out=out[..., 1])
-        out[..., 2] = s[..., 1]
-        return out
+        theta = s[..., 0]  # no preallocated NumPy output: on the GPU, s is a CuPy array and so is obs
+        return np.stack([np.cos(theta), np.sin(theta), s[..., 1]], axis=-1)
 
     def success(self, s):
         return np.abs(wrap_angle(s[..., 0])) < 0.1

@@ -310,3 +310,47 @@ def recorded_segments(tmp_path: Path) -> Path:
     folder = tmp_path / "local" / "sim"
     (folder / "standin.log").unlink(missing_ok=True)
     return folder
+
+
+def test_a_reset_robot_log_never_overwrites_what_was_pulled_and_pruned_segments_do_not_break_a_pull(loopback, tmp_path):
+    profile_path, profile, robot_data = robot_holding_segments(loopback, tmp_path)
+    data = tmp_path / "data"
+    first = pull_data(profile, data, prune=True)
+    assert first.verified == 4 and len(first.pruned) == 4 and first.problems == []
+    kept = {p.name: sha256_file(p) for p in (data / "loopback").glob("*.mcap")}
+
+    # Into a fresh folder: the robot still lists the pruned segments; the pull says so and goes on.
+    fresh = pull_data(profile, tmp_path / "elsewhere")
+    assert fresh.problems == [] and fresh.verified == 0 and len(fresh.gone) == 4
+
+    # The robot's log folder is reset and records again: the same names, other segments.
+    shutil.rmtree(robot_data)
+    shutil.copytree(recorded_segments(tmp_path / "second"), robot_data)
+    clash = pull_data(profile, data)
+    assert len(clash.problems) == 4 and all("different segment under this name" in p for p in clash.problems)
+    assert {p.name: sha256_file(p) for p in (data / "loopback").glob("*.mcap")} == kept  # nothing overwritten
+
+
+def test_a_manifest_line_being_written_is_left_for_the_next_pull_and_a_damaged_one_is_one_line(loopback, tmp_path):
+    profile_path, profile, robot_data = robot_holding_segments(loopback, tmp_path)
+    manifest = robot_data / "MANIFEST"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:3]) + lines[3][:20])  # the recorder is appending the 4th line
+    report = pull_data(profile, tmp_path / "data")
+    assert report.verified == 3 and report.problems == []
+    manifest.write_text("".join(lines[:2]) + "{not json\n" + "".join(lines[2:]))
+    out = offboard("pull-data", "--robot", str(profile_path), "--data-dir", str(tmp_path / "data"))
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "MANIFEST" in line and "nothing was imported" in line
+
+
+def test_a_service_the_robot_cannot_run_is_refused_before_the_running_one_stops(loopback, tmp_path):
+    profile = loopback(episodes=0, mode="realtime")
+    remote_dir = Path(deployed(profile))
+    old = (remote_dir / "current").resolve().name
+    out = offboard("deploy", "--robot", str(loopback(episodes=0, mode="realtime", service="systemd")))
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "systemd does not run here" in line
+    status = robot_status(profile)
+    assert status["current"] == old and status["service"].startswith("running"), status
+    on_robot(profile, f"cd {remote_dir}/current && python3 -m onboard.service stop --dir {remote_dir}")

@@ -219,3 +219,16 @@ def test_episode_ids_continue_past_segments_pruned_after_a_pull(tmp_path):
         segment.unlink()
     run(profile, 1, show_status=False)
     assert [entry["segment"] for entry in read_manifest(folder)] == ["000001.mcap", "000002.mcap", "000003.mcap"]
+
+
+def test_a_segment_closed_but_not_listed_before_a_crash_is_listed_at_the_next_start(tmp_path):
+    """A crash between the rename to .mcap and the MANIFEST line: the complete segment is listed, not lost."""
+    profile = load_profile("sim", log_dir=str(tmp_path))
+    run(profile, 1, show_status=False)
+    folder = tmp_path / "sim"
+    manifest = folder / "MANIFEST"
+    manifest.write_text("")  # as if the process died before appending the line
+    Recorder(tmp_path, "sim")
+    good, problems = verified_segments(folder)
+    assert [p.name for p in good] == ["000001.mcap"] and problems == []
+    assert read_manifest(folder)[0]["recovered"] is True

@@ -83,13 +83,16 @@ def test_systemd_unit_matches_the_supervisor():
     spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], "/opt/mpq/current", "/opt/mpq/run")
     text = unit_text(spec)
     for line in ("Restart=on-failure", "TimeoutStopSec=30", "KillSignal=SIGTERM", "WorkingDirectory=/opt/mpq/current",
-                 f"ExecStart={sys.executable} -m onboard run", "StartLimitBurst=5"):  # fmt: skip
+                 f'ExecStart="{sys.executable}" "-m" "onboard" "run"', "StartLimitBurst=5"):  # fmt: skip
         assert line in text.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_systemd_accepts_the_unit(tmp_path):
-    spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], str(tmp_path), str(tmp_path / "run"))
+def test_systemd_accepts_the_unit_even_with_spaces_and_percent_signs_in_paths(tmp_path):
+    folder = tmp_path / "mpq robot 100%"
+    folder.mkdir()
+    (folder / "python").symlink_to(sys.executable)
+    spec = ServiceSpec("jetson", [str(folder / "python"), "-m", "onboard", "run"], str(folder), str(folder / "run"))
     unit = tmp_path / "mpq-jetson.service"
     unit.write_text(unit_text(spec))
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
