@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,32 +244,74 @@ def build_release(profile: RobotProfile, q: OnnxQ | None, release_id: str, remot
 
 
 PREPARE = """
-import json, os, shutil, sys
+import fcntl, json, os, shutil, sys
 d = os.path.realpath(os.path.expanduser({dir!r}))
 for sub in ("releases", "data"):
     os.makedirs(os.path.join(d, sub), exist_ok=True)
 releases = os.path.join(d, "releases")
-stale = sorted(n for n in os.listdir(releases) if n.endswith(".partial")) if {clean} else []
+session = None
+if {deploy}:  # one deploy at a time: held until the deploy closes this ssh session (or its connection drops)
+    session = open(os.path.join(d, ".deploy-session.lock"), "w")
+    try:
+        fcntl.flock(session, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(json.dumps(dict(busy=True, dir=d)), flush=True)
+        sys.exit(0)
+stale = sorted(n for n in os.listdir(releases) if n.endswith(".partial")) if {deploy} else []
 for name in stale:
     shutil.rmtree(os.path.join(releases, name))
 current = os.path.join(d, "current")
 print(json.dumps(dict(dir=d, current=os.path.basename(os.readlink(current)) if os.path.islink(current) else None,
-                      releases=sorted(os.listdir(releases)), stale=stale, python=sys.version.split()[0])))
+                      releases=sorted(os.listdir(releases)), stale=stale, python=sys.version.split()[0])), flush=True)
+if session is not None:
+    sys.stdin.read()
 """
 
 
-def prepare_remote(remote: Remote, clean: bool = False) -> dict:
-    """The robot's absolute remote_dir and current release; with clean, removes releases left half-staged
-    (a deploy only: a status or a pull must never touch a deploy that is staging right now)."""
-    python = shlex.quote(remote.profile.python)
-    out = remote.run(f"{python} -", stdin=PREPARE.format(dir=remote.profile.remote_dir, clean=clean))
-    info = json.loads(out.strip().splitlines()[-1])
+def _prepare_command(remote: Remote, deploy: bool) -> str:
+    script = PREPARE.format(dir=remote.profile.remote_dir, deploy=deploy)
+    return f"{shlex.quote(remote.profile.python)} -c {shlex.quote(script)}"
+
+
+def _checked_info(remote: Remote, line: str) -> dict:
+    info = json.loads(line)
+    if info.get("busy"):
+        raise DeployError(
+            f"another deploy to {remote.profile.name} is running ({info['dir']}): wait for it to finish, then deploy"
+        )
     if tuple(int(v) for v in info["python"].split(".")[:2]) < (3, 10):
         raise DeployError(
             f"{remote.profile.python} on {remote.host} is Python {info['python']}: mpq needs 3.10 or newer; "
             "install one and set python in the robot's profile"
         )
     return info
+
+
+def prepare_remote(remote: Remote) -> dict:
+    """The robot's absolute remote_dir and current release (creating its folders on a first contact)."""
+    return _checked_info(remote, remote.run(_prepare_command(remote, deploy=False)).strip().splitlines()[-1])
+
+
+@contextmanager
+def deploy_session(remote: Remote):
+    """The robot's info, under its deploy lock for as long as the block runs; clears half-staged releases
+    (which, under the lock, can only be left by an interrupted deploy)."""
+    process = subprocess.Popen(
+        [*remote.ssh_args(), remote.target, _prepare_command(remote, deploy=True)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        if not line:
+            stderr = process.stderr.read()
+            raise DeployError(remote.explain(process.wait(), stderr, what="ssh"))
+        yield _checked_info(remote, line)
+    finally:
+        process.stdin.close()  # the robot side reads EOF and lets the lock go
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def release_id(info: dict, q: OnnxQ | None) -> str:
@@ -297,7 +340,11 @@ def deploy(profile: RobotProfile, model: Path | None = None) -> str:
 
 
 def _deploy(remote: Remote, profile: RobotProfile, q: OnnxQ | None) -> str:
-    info = prepare_remote(remote, clean=True)
+    with deploy_session(remote) as info:
+        return _deploy_locked(remote, profile, q, info)
+
+
+def _deploy_locked(remote: Remote, profile: RobotProfile, q: OnnxQ | None, info: dict) -> str:
     if info["stale"]:
         print(f"removed half-staged release(s) of an interrupted deploy: {', '.join(info['stale'])}")
     rid = release_id(info, q)

@@ -354,3 +354,19 @@ def test_a_service_the_robot_cannot_run_is_refused_before_the_running_one_stops(
     status = robot_status(profile)
     assert status["current"] == old and status["service"].startswith("running"), status
     on_robot(profile, f"cd {remote_dir}/current && python3 -m onboard.service stop --dir {remote_dir}")
+
+
+def test_a_second_deploy_while_one_runs_is_refused_in_one_line(loopback, tmp_path):
+    import fcntl
+
+    profile = loopback()
+    remote_dir = tmp_path / "robot"
+    remote_dir.mkdir()
+    with open(remote_dir / ".deploy-session.lock", "w") as held:  # a deploy in progress holds this
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (remote_dir / "releases").mkdir()
+        (remote_dir / "releases" / "20261126-000000-abc-nomodel.partial").mkdir()  # the one being staged
+        out = offboard("deploy", "--robot", str(profile))
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "another deploy to loopback is running" in line
+    assert (remote_dir / "releases" / "20261126-000000-abc-nomodel.partial").is_dir()  # its staging untouched
