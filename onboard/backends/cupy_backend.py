@@ -65,7 +65,7 @@ class CupyBackend:
         # MPPI's CuPy work and ONNX Runtime's on one stream: ordered without host waits. A blocking stream
         # also orders against the default stream, where a caller's own CuPy work (the warm-start shift) runs.
         self.stream = cupy.cuda.Stream()
-        self.module = cupy.RawModule(code=task_program(task, "float", device=True), options=("--std=c++14",))
+        self.module = cupy.RawModule(code=task_program(task, "float", device=True))  # NVRTC's default C++ dialect
         self.kernel = self.module.get_function(KERNEL_NAME)
 
     def scope(self):
