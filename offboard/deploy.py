@@ -14,6 +14,7 @@ pull-data  closed segments and MANIFEST into `data/<robot>/` with rsync --partia
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import re
 import shlex
@@ -59,7 +60,7 @@ class Remote:
         self.profile = profile
         self.host = profile.host
         self.port = profile.ssh_port
-        self.user = profile.user or _local_user()
+        self.user = profile.user or getpass.getuser()
         self.target = f"{self.user}@{self.host}"
         self.identity = profile.path(profile.identity_file)
         self.known_hosts = profile.path(profile.known_hosts_file) or Path("~/.ssh/known_hosts").expanduser()
@@ -83,15 +84,12 @@ class Remote:
             args += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
         return args
 
-    def run(self, command: str, stdin: str | None = None, echo: bool = False) -> str:
+    def run(self, command: str, echo: bool = False) -> str:
         """Run a shell command on the robot; its stdout, echoed line by line when asked. Raises DeployError."""
         process = subprocess.Popen(
-            [*self.ssh_args(), self.target, command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [*self.ssh_args(), self.target, command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        if stdin is not None:
-            process.stdin.write(stdin)
-        process.stdin.close()
         lines = []
         for line in process.stdout:
             lines.append(line)
@@ -144,12 +142,6 @@ class Remote:
         return f"{what} on {self.target} failed: {(specific or lines)[-1].removeprefix('error: ')}"
 
 
-def _local_user() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
 # --- preflight -----------------------------------------------------------------------------------
 def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
     """Everything that can be checked here, before anything on the robot changes."""
@@ -162,10 +154,10 @@ def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
             "set host (and user, identity_file) to deploy to it"
         )
     if profile.identity_file and not profile.path(profile.identity_file).is_file():
-        path = profile.path(profile.identity_file)
+        path, user = profile.path(profile.identity_file), profile.user or getpass.getuser()
         raise DeployError(
             f"identity file {path} not found: create a key (ssh-keygen -t ed25519 -f {path}) and install it on the "
-            f"robot (ssh-copy-id -i {path}.pub -p {profile.ssh_port} {profile.user or _local_user()}@{profile.host})"
+            f"robot (ssh-copy-id -i {path}.pub -p {profile.ssh_port} {user}@{profile.host})"
         )
     if profile.known_hosts_file and not profile.path(profile.known_hosts_file).is_file():
         raise DeployError(
@@ -207,7 +199,8 @@ def robot_profile(profile: RobotProfile, remote_dir: str, model_on_robot: str) -
     return data
 
 
-def build_release(profile: RobotProfile, q: OnnxQ | None, release_id: str, remote: dict, dest: Path) -> dict:
+def build_release(profile: RobotProfile, q: OnnxQ | None, release_id: str, remote: dict, dest: Path,
+                  version: str) -> dict:  # fmt: skip
     """The release folder: code, the task's models/ folder with the chosen model, the robot's profile."""
     for package in CODE_PACKAGES:
         for path in sorted((ROOT / package).rglob("*")):
@@ -235,9 +228,8 @@ def build_release(profile: RobotProfile, q: OnnxQ | None, release_id: str, remot
     files = {p.relative_to(dest).as_posix(): sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
     release = dict(
         id=release_id, robot=profile.name, task=profile.task, model_sha256=q.sha256 if q else None,
-        code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        requirements=requirements(profile), venv_dir=profile.venv_dir, service=profile.service,
-        episodes=profile.episodes, files=files,
+        code_version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        venv_dir=profile.venv_dir, service=profile.service, episodes=profile.episodes, files=files,
     )  # fmt: skip
     (dest / RELEASE_FILE).write_text(json.dumps(release, indent=2) + "\n")
     return release
@@ -314,8 +306,8 @@ def deploy_session(remote: Remote):
             process.kill()
 
 
-def release_id(info: dict, q: OnnxQ | None) -> str:
-    version = re.sub(r"[^A-Za-z0-9.-]", "_", code_version())
+def release_id(info: dict, q: OnnxQ | None, version: str) -> str:
+    version = re.sub(r"[^A-Za-z0-9.-]", "_", version)
     base = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{version}-{q.sha256[:8] if q else 'nomodel'}"
     candidate, n = base, 1
     while candidate in info["releases"]:
@@ -335,23 +327,19 @@ def deploy(profile: RobotProfile, model: Path | None = None) -> str:
     """Deploy the profile's model (or `model`) and this code to the robot; returns the release id."""
     model = model if model is not None else profile.model_path
     q = preflight(profile, model)
-    with Remote(profile) as remote:
-        return _deploy(remote, profile, q)
-
-
-def _deploy(remote: Remote, profile: RobotProfile, q: OnnxQ | None) -> str:
-    with deploy_session(remote) as info:
+    with Remote(profile) as remote, deploy_session(remote) as info:
         return _deploy_locked(remote, profile, q, info)
 
 
 def _deploy_locked(remote: Remote, profile: RobotProfile, q: OnnxQ | None, info: dict) -> str:
     if info["stale"]:
         print(f"removed half-staged release(s) of an interrupted deploy: {', '.join(info['stale'])}")
-    rid = release_id(info, q)
+    version = code_version()
+    rid = release_id(info, q, version)
     print(f"deploying release {rid} to {profile.name} ({remote.target}:{info['dir']}), "
           f"model {q.sha256 if q else 'none (plain MPPI)'}", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mpq-release-") as tmp:
-        release = build_release(profile, q, rid, info, Path(tmp))
+        release = build_release(profile, q, rid, info, Path(tmp), version)
         print(f"staging: rsync of {len(release['files'])} files", flush=True)
         remote.rsync("--delete", f"{tmp}/", f"{remote.target}:{info['dir']}/releases/{rid}.partial/")
     remote.run(robot_command(remote, info, rid + ".partial", "stage", rid), echo=True)
@@ -410,11 +398,10 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
     limit = [f"--bwlimit={bwlimit}"] if bwlimit else []
     # 1. The robot's MANIFEST as it is now: every segment it lists was closed and fsynced before its line.
     (incoming / MANIFEST).unlink(missing_ok=True)
-    has_manifest = remote.run(f"test -f {shlex.quote(source + '/' + MANIFEST)} && echo yes || echo no").strip()
-    if has_manifest != "yes":
+    remote.rsync(*limit, "--ignore-missing-args", f"{remote.target}:{source}/{MANIFEST}", str(incoming / MANIFEST))
+    if not (incoming / MANIFEST).exists():
         print(f"{profile.name} has recorded no closed segment yet ({source})")
         return report
-    remote.rsync(*limit, f"{remote.target}:{source}/{MANIFEST}", str(incoming / MANIFEST))
     text = (incoming / MANIFEST).read_text()
     if not text.endswith("\n"):  # a line the recorder is appending right now: the next pull takes it
         (incoming / MANIFEST).write_text(text[: text.rfind("\n") + 1])

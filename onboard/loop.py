@@ -26,7 +26,7 @@ from firmware_bridge.link import Link, LinkError
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import RobotProfile
 from onboard.qfunction import OnnxQ
-from onboard.recorder import Recorder, read_manifest
+from onboard.recorder import Recorder
 from onboard.tasks import get_task
 
 STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
@@ -144,13 +144,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def next_episode_id(log_path: Path) -> int:
-    """One past the highest id on disk or in MANIFEST: segments pruned after a pull never get reused names."""
-    names = [p.name for p in log_path.glob("*.mcap*")] + [entry["segment"] for entry in read_manifest(log_path)]
-    ids = [int(name.split(".")[0]) for name in names if name.split(".")[0].isdigit()]
-    return max(ids, default=0) + 1
-
-
 def make_planner(profile: RobotProfile, task):
     q = OnnxQ(profile.model_path, task, threads=profile.threads) if profile.model else None
     config = MPPIConfig.for_task(task, **profile.mppi)
@@ -175,7 +168,7 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
             for _ in range(episodes) if episodes else itertools.count():
                 if stop():
                     break
-                episode = next_episode_id(recorder.dir)
+                episode = recorder.next_episode
                 rng = np.random.default_rng(profile.seed + episode)
                 state = link.reset(episode, state=task.initial_state(rng))
                 planner.plan(state.state[None])  # warm up (caches, ONNX Runtime) before the watchdog runs
@@ -344,13 +337,12 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     lines.append(f"backend {profile.backend}: built and loaded")  # (the C library, or the CUDA kernel)
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
-    if profile.signing_key() is not None:  # read now: a missing key must not wait for the service's start
+    signing_key = profile.signing_key()  # read now: a missing key must not wait for the service's start
+    if signing_key is not None:
         lines.append(f"signing key {profile.path(profile.signing_key_file)}: read")
     if link:
         with PlantPort(profile) as url:
-            plant = Link(
-                url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key()
-            )
+            plant = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=signing_key)
             try:
                 plant.handshake(control_period=task.dt)
                 h = plant.plant_handshake

@@ -81,7 +81,7 @@ class MPPI:
         self.config = config or MPPIConfig.for_task(task)
         self.backend = get_backend(backend, task)
         xp, dtype = self.xp, self.dtype = self.backend.xp, self.backend.dtype
-        self.q = self.backend.device_q(q) if q is not None and hasattr(self.backend, "device_q") else q
+        self.q = None if q is None else self.backend.device_q(q)
         m = task.act_dim
         variance = np.broadcast_to(np.asarray(self.config.sigma, dtype=np.float64), (m,))
         self.std = xp.asarray(np.sqrt(variance), dtype=dtype)

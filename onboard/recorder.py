@@ -85,6 +85,10 @@ class Recorder:
         self._writer: Writer | None = None
         self._partial: Path | None = None
         self.recovered = recover_partials(self.dir) + list_unlisted(self.dir)
+        # After recovery every segment on disk is in MANIFEST: one past its highest id, read once here and
+        # counted on after. Segments pruned after a pull stay listed, so their names are never reused.
+        names = [entry["segment"].split(".")[0] for entry in read_manifest(self.dir)]
+        self.next_episode = max((int(n) for n in names if n.isdigit()), default=0) + 1
 
     # --- one episode ----------------------------------------------------------------------------
     def start_episode(self, episode_id: int, metadata: dict) -> Path:
@@ -92,6 +96,7 @@ class Recorder:
         if self._writer is not None:
             raise RuntimeError("end the current episode before starting another")
         self._partial = self.dir / f"{episode_id:06d}{PARTIAL}"
+        self.next_episode = max(self.next_episode, episode_id + 1)
         self._file = open(self._partial, "wb")
         self._writer = _start_writer(self._file)
         self._channels = {}

@@ -80,11 +80,11 @@ def verify_files(release_dir: Path) -> list[str]:
     return problems
 
 
-def venv_path(remote_dir: Path, release: dict) -> Path:
+def venv_path(remote_dir: Path, release_dir: Path) -> Path:
     """One venv per (requirements, python): a new set of requirements never touches the running release's."""
     python = f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}"  # a patch upgrade keeps the venvs
-    key = hashlib.sha256((release["requirements"] + python).encode()).hexdigest()[:12]
-    base = Path(release.get("venv_dir") or "venvs").expanduser()
+    key = hashlib.sha256(((release_dir / REQUIREMENTS).read_text() + python).encode()).hexdigest()[:12]
+    base = Path(read_release(release_dir).get("venv_dir") or "venvs").expanduser()
     return (base if base.is_absolute() else remote_dir / base) / key
 
 
@@ -122,7 +122,7 @@ def stage(remote_dir: Path, release_id: str) -> None:
             raise ReleaseError(f"release {release_id} arrived damaged ({problems[0]}, {len(problems)} problem(s))")
         release = read_release(staged)
         say(f"files: {len(release['files'])} verified against {RELEASE_FILE}")
-        venv = venv_path(remote_dir, release)
+        venv = venv_path(remote_dir, staged)
         ensure_venv(venv, staged / REQUIREMENTS)
         check = subprocess.run(
             [str(venv / "bin/python"), "-m", "onboard", "selfcheck", "--robot", f"robots/{release['robot']}.toml",
@@ -147,13 +147,12 @@ def read_history(remote_dir: Path) -> list[str]:
 
 
 def service_for(remote_dir: Path, release_id: str):
-    release = read_release(remote_dir / "releases" / release_id)
-    python = venv_path(remote_dir, release) / "bin/python"
+    release_dir = remote_dir / "releases" / release_id
+    release = read_release(release_dir)
+    python = venv_path(remote_dir, release_dir) / "bin/python"
     command = [str(python), "-m", "onboard", "run", "--robot", f"robots/{release['robot']}.toml",
                "--episodes", str(release["episodes"])]  # fmt: skip
-    spec = ServiceSpec(
-        release["robot"], command, str(remote_dir / "current"), str(remote_dir / "run"), release["service"]
-    )
+    spec = ServiceSpec(release["robot"], command, str(remote_dir), release["service"])
     return spec, get_service(spec)
 
 
@@ -185,7 +184,7 @@ def _run_release(remote_dir: Path, release_id: str, previous: str | None) -> str
     healthy, line = _start(service)
     if healthy:
         return line
-    log_file = Path(spec.run_dir) / f"{spec.name}.log"
+    log_file = spec.run_dir / f"{spec.name}.log"
     lines = [x for x in log_file.read_text(errors="replace").splitlines() if x.strip()] if log_file.exists() else []
     log_tail = f"; last log line: {lines[-1]}" if lines else ""
     try:
@@ -228,7 +227,7 @@ def rollback(remote_dir: Path) -> None:
             raise ReleaseError(f"no release before {current} is kept on the robot: deploy the one you want instead")
         target = history[-1]
         target_dir = remote_dir / "releases" / target
-        ensure_venv(venv_path(remote_dir, read_release(target_dir)), target_dir / REQUIREMENTS)  # if it was removed
+        ensure_venv(venv_path(remote_dir, target_dir), target_dir / REQUIREMENTS)  # if it was removed
         line = _run_release(remote_dir, target, current)
         write_atomic(remote_dir / "HISTORY", "\n".join(history) + "\n")
     say(f"rolled back from {current} to {target}; service {line}")
@@ -242,7 +241,7 @@ def prune_releases(remote_dir: Path, history: list[str]) -> None:
         if folder.is_dir() and not folder.name.endswith(PARTIAL) and folder.name not in keep:
             shutil.rmtree(folder)
             say(f"removed old release {folder.name}")
-    used = {venv_path(remote_dir, read_release(releases / r)) for r in keep if (releases / r).is_dir()}
+    used = {venv_path(remote_dir, releases / r) for r in keep if (releases / r).is_dir()}
     venvs = remote_dir / "venvs"
     for venv in sorted(venvs.iterdir()) if venvs.is_dir() else []:
         if venv not in used:

@@ -37,8 +37,7 @@ class ServiceSpec:
 
     robot: str
     command: list  # argv of the onboard runtime
-    cwd: str  # <remote_dir>/current: resolved when the process starts, so a restart picks up a new release
-    run_dir: str  # pidfile, state and log of the supervisor
+    remote_dir: str
     kind: str = "auto"  # auto | systemd | supervisor
     stop_timeout: float = STOP_TIMEOUT
 
@@ -46,8 +45,18 @@ class ServiceSpec:
     def name(self) -> str:
         return f"mpq-{self.robot}"
 
+    @property
+    def cwd(self) -> str:
+        """<remote_dir>/current: resolved when the process starts, so a restart picks up a new release."""
+        return str(Path(self.remote_dir) / "current")
+
+    @property
+    def run_dir(self) -> Path:
+        """The supervisor's pidfile, state and log, and this spec."""
+        return Path(self.remote_dir) / "run"
+
     def save(self) -> Path:
-        path = Path(self.run_dir) / SPEC_FILE
+        path = self.run_dir / SPEC_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(asdict(self), indent=2) + "\n")
         return path
@@ -116,11 +125,10 @@ class Supervisor:
 
     def __init__(self, spec: ServiceSpec):
         self.spec = spec
-        self.run_dir = Path(spec.run_dir)
+        self.run_dir = spec.run_dir  # pidfile, state and log
         self.pidfile = self.run_dir / f"{spec.name}.pid"
         self.statefile = self.run_dir / f"{spec.name}.json"
         self.logfile = self.run_dir / f"{spec.name}.log"
-        self.remote_dir = str(self.run_dir.parent)
 
     def _state(self) -> dict:
         try:
@@ -133,7 +141,7 @@ class Supervisor:
             pid = int(self.pidfile.read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid, self.remote_dir) else None
+        return pid if _alive(pid, self.spec.remote_dir) else None
 
     def status(self) -> ServiceStatus:
         pid, state = self._pid(), self._state()
@@ -165,7 +173,7 @@ class Supervisor:
             os.replace(self.logfile, self.logfile.with_name(self.logfile.name + ".1"))  # one old log kept
         with open(self.logfile, "ab") as log:
             supervisor = subprocess.Popen(
-                [sys.executable, "-m", "onboard.service", "supervise", "--dir", self.remote_dir],
+                [sys.executable, "-m", "onboard.service", "supervise", "--dir", self.spec.remote_dir],
                 cwd=self.spec.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the ssh session that started it
             )  # fmt: skip
@@ -188,7 +196,7 @@ class Supervisor:
             except ProcessLookupError:  # it ended on its own just now
                 return self.status()
             deadline = time.monotonic() + self.spec.stop_timeout + 5.0
-            while _alive(pid, self.remote_dir):
+            while _alive(pid, self.spec.remote_dir):
                 if time.monotonic() > deadline:
                     raise ServiceError(
                         f"the supervisor (pid {pid}) did not stop within {self.spec.stop_timeout + 5:.0f} s"

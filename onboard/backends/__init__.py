@@ -32,6 +32,11 @@ class HostArrays:
         return arrays
 
     @staticmethod
+    def device_q(q):
+        """The Q where this backend's arrays live: on the CPU, the Q as given."""
+        return q
+
+    @staticmethod
     def scope():
         """Where the backend's work runs (a CUDA stream on the GPU); nothing to enter on the CPU."""
         return contextlib.nullcontext()

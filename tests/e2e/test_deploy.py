@@ -15,7 +15,7 @@ from offboard.deploy import DeployError, Remote, pull_data
 from onboard.fileio import sha256_file
 from onboard.profile import ROOT, load_profile
 from onboard.recorder import read_manifest, verified_segments
-from onboard.release import read_release, venv_path
+from onboard.release import venv_path
 
 
 def offboard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -126,8 +126,7 @@ def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
 
 def venv_python(remote_dir: Path) -> str:
     """The python of the venv the current release uses (onboard.release picks it)."""
-    release = read_release(remote_dir / "current")
-    return str(venv_path(remote_dir, release) / "bin" / "python")
+    return str(venv_path(remote_dir, remote_dir / "current") / "bin" / "python")
 
 
 def deployed(profile_path: Path) -> str:

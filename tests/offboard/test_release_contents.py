@@ -36,7 +36,7 @@ def test_a_release_lists_every_file_with_its_sha256_and_rewrites_the_profile(tmp
     model, _ = make_q("pendulum")
     profile = load_profile("jetson", backend="c", signing_key_file="signing.key")
     q = OnnxQ(model, get_task("pendulum"))
-    release = build_release(profile, q, "r1", {"dir": "/home/mpq/mpq"}, tmp_path / "r1")
+    release = build_release(profile, q, "r1", {"dir": "/home/mpq/mpq"}, tmp_path / "r1", "v1")
     folder = tmp_path / "r1"
     assert json.loads((folder / RELEASE_FILE).read_text()) == release
     assert release["model_sha256"] == q.sha256 and release["robot"] == "jetson"
@@ -57,7 +57,7 @@ def test_a_release_lists_every_file_with_its_sha256_and_rewrites_the_profile(tmp
 @pytest.mark.parametrize("damage", ["changed", "missing", "extra"])
 def test_a_damaged_release_is_named_file_by_file(tmp_path, damage):
     folder = tmp_path / "r1"
-    build_release(load_profile("loopback"), None, "r1", {"dir": "/robot"}, folder)
+    build_release(load_profile("loopback"), None, "r1", {"dir": "/robot"}, folder, "v1")
     target = folder / "onboard" / "mppi.py"
     if damage == "changed":
         target.write_text(target.read_text() + "\n# edited on the robot\n")

@@ -20,8 +20,8 @@ def supervisor(tmp_path: Path, script: str, stop_timeout: float = 30.0) -> Super
     (tmp_path / "current").mkdir()
     (tmp_path / "runtime.py").write_text(script)
     spec = ServiceSpec(
-        robot="test", command=[sys.executable, str(tmp_path / "runtime.py")], cwd=str(tmp_path / "current"),
-        run_dir=str(tmp_path / "run"), kind="supervisor", stop_timeout=stop_timeout,
+        robot="test", command=[sys.executable, str(tmp_path / "runtime.py")], remote_dir=str(tmp_path),
+        kind="supervisor", stop_timeout=stop_timeout,
     )  # fmt: skip
     spec.save()
     return Supervisor(spec)
@@ -80,7 +80,7 @@ def test_a_crash_looping_runtime_is_reported_failed(tmp_path):
 
 
 def test_systemd_unit_matches_the_supervisor():
-    spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], "/opt/mpq/current", "/opt/mpq/run")
+    spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], "/opt/mpq")
     text = unit_text(spec)
     for line in ("Restart=on-failure", "TimeoutStopSec=30", "KillSignal=SIGTERM", "WorkingDirectory=/opt/mpq/current",
                  f'ExecStart="{sys.executable}" "-m" "onboard" "run"', "StartLimitBurst=5"):  # fmt: skip
@@ -92,7 +92,7 @@ def test_systemd_accepts_the_unit_even_with_spaces_and_percent_signs_in_paths(tm
     folder = tmp_path / "mpq robot 100%"
     folder.mkdir()
     (folder / "python").symlink_to(sys.executable)
-    spec = ServiceSpec("jetson", [str(folder / "python"), "-m", "onboard", "run"], str(folder), str(folder / "run"))
+    spec = ServiceSpec("jetson", [str(folder / "python"), "-m", "onboard", "run"], str(folder))
     unit = tmp_path / "mpq-jetson.service"
     unit.write_text(unit_text(spec))
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
