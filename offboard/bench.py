@@ -1,6 +1,7 @@
 """`make bench`: MPPI control steps and the serial link's round trip on this machine, as JSON and tables.
 
-Pendulum, closed loop on the planner's model from the hanging start, one MPPI iteration per step:
+Pendulum, closed loop on the planner's model from the hanging start, one MPPI iteration per step (as
+pytorch-mppi's command runs), plus one row at the 3 iterations the pendulum's MPQ acts with:
   1. K=1024, H=32 with a 2x256 tanh MLP as terminal Q: the numpy backend, the C backend, and the
      PyPI package pytorch-mppi given the same dynamics, cost, K, H, sigma, lambda and the same MLP
      (in torch) as its terminal cost, all in one run.
@@ -36,9 +37,12 @@ from onboard.tasks import get_task
 CASES = [
     dict(name="K=1024 H=32 Q=2x256", K=1024, H=32, hidden=(256, 256), steps=200),
     dict(name="K=24 H=8 Q=2x100", K=24, H=8, hidden=(100, 100), steps=2000),
+    # What the pendulum's MPQ runs on the robot (the task's 3 iterations per step); no pytorch-mppi row.
+    dict(name="K=24 H=8 Q=2x100 3 iters", K=24, H=8, hidden=(100, 100), steps=2000, n_iters=3),
 ]
 WARMUP = 20
 MODEL = "mean"  # fixed planner parameters, so every planner does the same work
+ITERS = 1  # one MPPI iteration per control step, as pytorch-mppi's command does (the demo's pendulum acts with 3)
 
 
 def _summary(seconds: list[float]) -> dict:
@@ -46,8 +50,8 @@ def _summary(seconds: list[float]) -> dict:
     return dict(median_ms=float(np.median(ms)), p99_ms=float(np.percentile(ms, 99)), steps=len(ms))
 
 
-def time_mpq(task, backend: str, K: int, H: int, q, steps: int) -> dict:
-    mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=H, model=MODEL), backend, q=q)
+def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = ITERS) -> dict:
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=H, n_iters=n_iters, model=MODEL), backend, q=q)
     params = task.planner_params(MODEL, (), None)
     state, seconds = task.hanging_state(), []
     for _ in range(steps + WARMUP):
@@ -256,7 +260,7 @@ def run_loop(quick: bool) -> dict:
         base = dict(task="pendulum", backend="c", log_dir=str(tmp / "data"), threads=1)
         lockstep = _onboard_run(
             dict(name="bench-lockstep", mode="lockstep", model=str(models[(100, 100)]), **base,
-                 mppi=dict(K=24, H=8, model="mean")),
+                 mppi=dict(K=24, H=8, n_iters=ITERS, model="mean")),
             1 if quick else 10, tmp,
         )  # fmt: skip
         seconds = 2 if quick else 60
@@ -267,7 +271,7 @@ def run_loop(quick: bool) -> dict:
             realtime[label] = _onboard_run(
                 dict(name=f"bench-rt{round(1 / period)}", mode="realtime", model=str(models[(256, 256)]),
                      standin_period=period, deadline_misses_max=1_000_000, **base,
-                     mppi=dict(K=1024, H=32, model="mean")),
+                     mppi=dict(K=1024, H=32, n_iters=ITERS, model="mean")),
                 episodes, tmp,
             )  # fmt: skip
     peak = max(r.get("peak_rss_mb", 0) for r in [lockstep, *realtime.values()])
@@ -305,13 +309,15 @@ def run(threads: int, quick: bool) -> dict:
             path = Path(tmp) / case["name"].replace(" ", "_") / "q.onnx"
             save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "offboard.bench"})
             q = OnnxQ(path, task, threads=threads)
+            n_iters = case.get("n_iters", ITERS)
             for backend in ("numpy", "c"):
-                result = time_mpq(task, backend, case["K"], case["H"], q, steps)
+                result = time_mpq(task, backend, case["K"], case["H"], q, steps, n_iters)
                 rows.append(dict(case=case["name"], planner=f"mpq {backend}", **result))
-            config = MPPIConfig.for_task(task, K=case["K"], H=case["H"], model=MODEL)
+            config = MPPIConfig.for_task(task, K=case["K"], H=case["H"], n_iters=n_iters, model=MODEL)
             case_configs[case["name"]] = dict(mppi=config.to_dict(), q_hidden=list(case["hidden"]))
-            result = time_pytorch_mppi(task, case["K"], case["H"], layers, steps)
-            rows.append(dict(case=case["name"], planner="pytorch-mppi", **result))
+            if n_iters == ITERS:  # pytorch-mppi's command runs one iteration
+                result = time_pytorch_mppi(task, case["K"], case["H"], layers, steps)
+                rows.append(dict(case=case["name"], planner="pytorch-mppi", **result))
 
     def median(case, planner):
         return next(r["median_ms"] for r in rows if r["case"] == case and r["planner"] == planner)

@@ -26,11 +26,15 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     (report_path,) = tmp_path.glob("mppi-*.json")
     report = json.loads(report_path.read_text())
     planners = {(r["case"], r["planner"]) for r in report["rows"]}
-    assert planners == {
+    one_iteration = {
         (case, planner)
         for case in ("K=1024 H=32 Q=2x256", "K=24 H=8 Q=2x100")
         for planner in ("mpq numpy", "mpq c", "pytorch-mppi")
     }
+    acting = {("K=24 H=8 Q=2x100 3 iters", planner) for planner in ("mpq numpy", "mpq c")}
+    assert planners == one_iteration | acting
+    assert report["cases"]["K=24 H=8 Q=2x100 3 iters"]["mppi"]["n_iters"] == 3
+    assert report["cases"]["K=24 H=8 Q=2x100"]["mppi"]["n_iters"] == 1
     assert all(0 < r["median_ms"] <= r["p99_ms"] for r in report["rows"])
     assert len(report["targets"]) == 2
     link = report["link"]

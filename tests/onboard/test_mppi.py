@@ -151,7 +151,7 @@ def test_a_nonfinite_q_gets_zero_weight_and_never_reaches_the_action():
         q[::2] = np.nan
         return q
 
-    mppi = MPPI(task, MPPIConfig.for_task(task, K=16), "numpy", q=half_broken_q)
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=16, n_iters=1), "numpy", q=half_broken_q)
     u = mppi.act(task.hanging_state())
     plan = mppi.last_plan
     assert np.isfinite(u).all() and np.isfinite(mppi.mean).all()
@@ -210,7 +210,7 @@ def test_the_value_is_a_soft_minimum_of_the_sample_costs():
 def test_batched_plans_are_independent_per_state():
     """Row b of a batched plan is the plan of state b alone on the same noise (one iteration)."""
     task = get_task("pendulum")
-    config = MPPIConfig.for_task(task, K=128, H=8, seed=5)
+    config = MPPIConfig.for_task(task, K=128, H=8, n_iters=1, seed=5)
     states = np.array([[3.0, 0.0], [0.2, -1.0], [-1.5, 2.0]])
     batched = MPPI(task, config, "numpy").plan(states)
     alone = MPPI(task, config, "numpy").plan(states[:1])
