@@ -22,7 +22,9 @@ def main(argv=None) -> int:
     t.add_argument("--data", nargs="+", default=["data/sim"], help="robot log folders")
     t.add_argument("--iterations", type=int, default=Config.iterations)
     t.add_argument("--updates", type=int, default=Config.updates_per_iteration, help="minibatches per iteration")
-    t.add_argument("--horizon", type=int, default=Config.horizon, help="H of the target MPPI (1: soft Q)")
+    t.add_argument(
+        "--horizon", type=int, default=Config.horizon, help="H of the target MPPI (default: the task's; 1: soft Q)"
+    )
     t.add_argument("--target-network", action="store_true", help="the soft-Q baseline's target network")
     t.add_argument("--window", type=int, default=0, help="train on the newest N transitions (0: all)")
     t.add_argument("--out", default=Config.out)

@@ -39,8 +39,8 @@ class DemoConfig:
     eval_episodes: int = 10
     updates_per_iteration: int = 500  # M minibatches of the training after each collection
     batch_size: int = 64
-    horizon: int = 8  # MPQ's H
-    long_horizon: int = 32  # the long MPPI baseline
+    horizon: int | None = None  # MPQ's H (None: the task's, the pendulum's 8)
+    long_horizon: int | None = None  # the long MPPI baseline (None: the task's, the pendulum's 32)
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
     out: str = "runs/demo"
     seed: int = 0
@@ -119,9 +119,8 @@ def plot(results: dict, path: Path, task) -> None:
         x = [p["training_episodes"] for p in learner["curve"]]
         y = [p["eval_cost_mean"] for p in learner["curve"]]
         ax.plot(x, y, marker="o", label=f"{label} (H={learner['horizon']})")
-    styles = {"MPPI H=8 biased": ":", "MPPI H=32 biased": "--", "MPPI H=32 TRUE model": "-."}
-    for label, baseline in results["baselines"].items():
-        ax.axhline(baseline["eval_cost_mean"], linestyle=styles.get(label, ":"), color="gray", label=label)
+    for (label, baseline), style in zip(results["baselines"].items(), (":", "--", "-."), strict=True):
+        ax.axhline(baseline["eval_cost_mean"], linestyle=style, color="gray", label=label)
     ax.set_xlabel("training episodes on the plant")
     ax.set_ylabel(f"mean episode cost over {results['config']['eval_episodes']} fixed-seed starts")
     ax.set_title(f"MPQ on the {task.name} stand-in (biased planner model)")
@@ -136,12 +135,15 @@ def plot(results: dict, path: Path, task) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
+    kinds = {"bool": lambda v: v.lower() in ("1", "true", "yes"), "int | None": int}  # the rest: as the default
     for field in dataclasses.fields(DemoConfig):
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if field.type in (bool, "bool") else type(field.default)
+        kind = kinds.get(str(field.type), type(field.default))
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
     args = parser.parse_args(argv)
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     task = get_task(cfg.task)
+    cfg.horizon = cfg.horizon or task.mppi_defaults["H"]
+    cfg.long_horizon = cfg.long_horizon or task.long_horizon
     run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     started = time.monotonic()
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
     log(f"demo in {run_dir}: {cfg}")
     baselines = {}
     for label, horizon, model in (
-        ("MPPI H=8 biased", cfg.horizon, "biased"),
+        (f"MPPI H={cfg.horizon} biased", cfg.horizon, "biased"),
         (f"MPPI H={cfg.long_horizon} biased", cfg.long_horizon, "biased"),
         (f"MPPI H={cfg.long_horizon} TRUE model", cfg.long_horizon, "true"),
     ):
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     acceptance = dict(
         mpq_final_eval_cost=final["eval_cost_mean"],
         training_episodes=final["training_episodes"],
-        beats_mppi_h8_biased=final["eval_cost_mean"] < baselines["MPPI H=8 biased"]["eval_cost_mean"],
+        beats_mppi_short_biased=final["eval_cost_mean"] < baselines[f"MPPI H={cfg.horizon} biased"]["eval_cost_mean"],
         beats_mppi_long_biased=final["eval_cost_mean"]
         < baselines[f"MPPI H={cfg.long_horizon} biased"]["eval_cost_mean"],
         within_10_percent_of_true_model=final["eval_cost_mean"] <= 1.1 * true_cost,

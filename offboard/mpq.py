@@ -39,8 +39,10 @@ class Config:
     buffer_window: int = 0  # train on the newest N transitions (0: all of them)
     hidden: tuple[int, ...] = (100, 100)  # paper: two hidden layers of 100 tanh units
     lr: float = 1e-3  # paper: Adam, 1e-3
-    horizon: int = 8  # H of the target MPPI (paper: 8 for the pendulum); 1 = soft Q-learning
-    target_iters: int = 3  # MPPI iterations per target (paper: 3)
+    # The target MPPI's H and iterations; None: the ones the task acts with (the pendulum: the paper's
+    # H=8 and 3 iterations), so the Q learns the value of the planner that will use it. H=1: soft Q.
+    horizon: int | None = None
+    target_iters: int | None = None
     planner_model: str = "biased"  # the planner's model: always the biased one when learning
     target_network: bool = False  # MPQ: no; the soft-Q baseline: yes
     target_sync_every: int = 100  # updates between target-network copies (baseline only)
@@ -48,6 +50,11 @@ class Config:
     backend: str = "c"
     seed: int = 0
     torch_threads: int = 2
+
+    def __post_init__(self):
+        acting = get_task(self.task).mppi_defaults
+        self.horizon = acting["H"] if self.horizon is None else self.horizon
+        self.target_iters = acting.get("n_iters", 1) if self.target_iters is None else self.target_iters
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

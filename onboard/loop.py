@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -29,7 +30,10 @@ from onboard.qfunction import OnnxQ
 from onboard.recorder import Recorder
 from onboard.tasks import get_task
 
+log = logging.getLogger("mpq.loop")
+
 STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
+TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma")  # what a Q's values depend on
 STATS_WINDOW = 200_000  # steps kept for the run's percentiles: a service that runs for days stays bounded
 
 
@@ -147,7 +151,27 @@ def peak_rss_mb() -> float:
 def make_planner(profile: RobotProfile, task):
     q = OnnxQ(profile.model_path, task, threads=profile.threads) if profile.model else None
     config = MPPIConfig.for_task(task, **profile.mppi)
+    if q is not None and (mismatch := trained_settings_mismatch(q, config)):
+        log.warning(mismatch)
     return MPPI(task, config, profile.backend, q=q)
+
+
+def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
+    """A Q's values are the free energy of the MPPI it was trained with (q.json's "mppi"); planning with
+    other settings gives the terminal value a meaning it was not trained for. One line, or None."""
+    trained = q.manifest.get("mppi") or {}
+    acting = config.to_dict()
+    differ = [
+        f"{key}={acting[key]!r} (trained with {trained[key]!r})"
+        for key in TRAINED_SETTINGS
+        if key in trained and not np.allclose(np.asarray(acting[key], float), np.asarray(trained[key], float))
+    ]
+    if not differ:
+        return None
+    return (
+        f"{q.path} was trained for other MPPI settings than this profile plans with: {', '.join(differ)}; "
+        "set them in the profile's [mppi] or retrain"
+    )
 
 
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
@@ -333,7 +357,11 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
         lines.append(f"model {profile.model_path}: sha256 {q.sha256}, manifest and probe OK")
     else:
         lines.append("model: none (plain MPPI)")
-    planner = MPPI(task, MPPIConfig.for_task(task, **profile.mppi), profile.backend, q=q)
+    config = MPPIConfig.for_task(task, **profile.mppi)
+    if q is not None:
+        lines.append(f"warning: {mismatch}" if (mismatch := trained_settings_mismatch(q, config)) else
+                     "model's MPPI settings: the ones this profile plans with")  # fmt: skip
+    planner = MPPI(task, config, profile.backend, q=q)
     lines.append(f"backend {profile.backend}: built and loaded")  # (the C library, or the CUDA kernel)
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")

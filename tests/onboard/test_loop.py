@@ -232,3 +232,22 @@ def test_a_segment_closed_but_not_listed_before_a_crash_is_listed_at_the_next_st
     good, problems = verified_segments(folder)
     assert [p.name for p in good] == ["000001.mcap"] and problems == []
     assert read_manifest(folder)[0]["recovered"] is True
+
+
+def test_a_model_trained_for_other_mppi_settings_is_named_before_it_plans(tmp_path, make_q, caplog):
+    """A Q's values are the free energy of the MPPI it was trained with: planning with other settings is
+    allowed (an experiment) but never silent."""
+    from onboard.loop import selfcheck
+    from onboard.mppi import MPPIConfig
+
+    task = get_task("pendulum")
+    path, _ = make_q("pendulum", extra={"mppi": MPPIConfig.for_task(task).to_dict()})
+    profile = load_profile("sim", model=str(path), log_dir=str(tmp_path))
+    assert "model's MPPI settings: the ones this profile plans with" in selfcheck(profile, link=False)
+    profile.mppi = {**profile.mppi, "H": 32, "n_iters": 1}
+    with caplog.at_level("WARNING", logger="mpq.loop"):
+        make_planner(profile, task)
+    (record,) = caplog.records
+    assert "H=32 (trained with 8)" in record.message and "n_iters=1 (trained with 3)" in record.message
+    assert "K=" not in record.message and "[mppi]" in record.message
+    assert any(line.startswith("warning: ") and "H=32" in line for line in selfcheck(profile, link=False))
