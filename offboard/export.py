@@ -1,13 +1,14 @@
 """torch Q -> q.onnx + q.json, checked before anyone can deploy it.
 
 Checks at export: onnx.checker passes; ONNX Runtime matches torch on 1000 random inputs within 1e-5
-(relative to 1 + |q|, float32); the batch axis is dynamic (batches of 1 and 1000 run); and onboard's
-loader (`onboard.qfunction.OnnxQ`) accepts the written files. Any failure raises ExportError and
-leaves no model behind.
+(relative to 1 + |q|, float32), or within 4x torch's own float32 rounding where that is larger; the
+batch axis is dynamic (batches of 1 and 1000 run); and onboard's loader (`onboard.qfunction.OnnxQ`)
+accepts the written files. Any failure raises ExportError and leaves no model behind.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -21,7 +22,11 @@ from onboard.mppi import MPPIConfig
 from onboard.qfunction import OnnxQ, manifest_path, save_q_model
 from onboard.tasks import get_task
 
-TOLERANCE = 1e-5
+TOLERANCE = 1e-5  # ORT against torch, relative to 1 + |q| ...
+# ... or, for weights whose float32 rounding is itself larger (a trained Q with large, cancelling
+# terms: torch float32 is then further than 1e-5 from the exact network), this many times that
+# rounding. An export that is wrong (a lost layer, swapped inputs, other weights) is off by far more.
+FLOOR_FACTOR = 4.0
 
 
 class ExportError(RuntimeError):
@@ -45,8 +50,10 @@ def onnx_bytes(net: QNetwork, obs_dim: int, act_dim: int) -> bytes:
     return buffer.getvalue()
 
 
-def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, rng: np.random.Generator) -> float:
-    """Largest |ORT - torch| / (1 + |torch|) over 1000 random inputs, run as one batch and as a single row."""
+def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, rng: np.random.Generator):
+    """(error, floor) over 1000 random inputs, run as one batch and as a single row: error is the largest
+    |ORT - torch| / (1 + |torch|); floor is the same measure for torch float32 against the exact (float64)
+    network, the rounding any float32 runner of these weights has."""
     import onnxruntime as ort
 
     onnx.checker.check_model(onnx.load_from_string(data))
@@ -58,11 +65,14 @@ def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, 
     act = rng.normal(0, 3, (1000, act_dim)).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(obs), torch.from_numpy(act)).numpy()
+        exact = copy.deepcopy(net).double()(torch.from_numpy(obs).double(), torch.from_numpy(act).double()).numpy()
     (got,) = session.run(["q"], {"obs": obs, "act": act})
     (one,) = session.run(["q"], {"obs": obs[:1], "act": act[:1]})
     if got.shape != (1000,) or one.shape != (1,):
         raise ExportError(f"exported Q returns shapes {got.shape} and {one.shape} for 1000 and 1 inputs")
-    return float(np.max(np.abs(got - expected) / (1 + np.abs(expected))))
+    error = float(np.max(np.abs(got - expected) / (1 + np.abs(expected))))
+    floor = float(np.max(np.abs(expected - exact) / (1 + np.abs(exact))))
+    return error, floor
 
 
 def export_extra(config: dict, segments: list[dict]) -> dict:
@@ -77,10 +87,14 @@ def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: i
     task = get_task(task_name)
     path = Path(path)
     data = onnx_bytes(net, task.obs_dim, task.act_dim)
-    error = check_against_torch(data, net, task.obs_dim, task.act_dim, np.random.default_rng(seed))
-    if error > TOLERANCE:
-        raise ExportError(f"ONNX Runtime differs from torch by {error:.2g} (> {TOLERANCE}): not exported")
-    producer = dict(name="offboard.export", torch=torch.__version__, onnx=onnx.__version__, max_relative_error=error)
+    error, floor = check_against_torch(data, net, task.obs_dim, task.act_dim, np.random.default_rng(seed))
+    allowed = max(TOLERANCE, FLOOR_FACTOR * floor)
+    if error > allowed:
+        raise ExportError(f"ONNX Runtime differs from torch by {error:.2g} (> {allowed:.2g}): not exported")
+    producer = dict(
+        name="offboard.export", torch=torch.__version__, onnx=onnx.__version__, max_relative_error=error,
+        float32_rounding=floor, allowed_error=allowed,
+    )  # fmt: skip
     manifest = save_q_model(data, path, task, producer, extra=extra)
     try:
         OnnxQ(path, task)
