@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -142,8 +143,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     task = get_task(cfg.task)
-    cfg.horizon = cfg.horizon or task.mppi_defaults["H"]
-    cfg.long_horizon = cfg.long_horizon or task.long_horizon
+    cfg.horizon = task.mppi_defaults["H"] if cfg.horizon is None else cfg.horizon
+    cfg.long_horizon = task.long_horizon if cfg.long_horizon is None else cfg.long_horizon
+    if not 1 <= cfg.horizon < cfg.long_horizon:
+        print(f"error: --horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
+              "MPQ's point is a short horizon against a long one", file=sys.stderr)  # fmt: skip
+        return 2
     run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
     started = time.monotonic()

@@ -27,6 +27,7 @@ TOLERANCE = 1e-5  # ORT against torch, relative to 1 + |q| ...
 # terms: torch float32 is then further than 1e-5 from the exact network), this many times that
 # rounding. An export that is wrong (a lost layer, swapped inputs, other weights) is off by far more.
 FLOOR_FACTOR = 4.0
+MAX_ROUNDING = 2.5e-4  # beyond this the net itself is badly conditioned in float32: refused, not exported
 
 
 class ExportError(RuntimeError):
@@ -88,6 +89,11 @@ def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: i
     path = Path(path)
     data = onnx_bytes(net, task.obs_dim, task.act_dim)
     error, floor = check_against_torch(data, net, task.obs_dim, task.act_dim, np.random.default_rng(seed))
+    if not (np.isfinite(error) and np.isfinite(floor)) or floor > MAX_ROUNDING:
+        raise ExportError(
+            f"the Q's float32 rounding is {floor:.2g} of its values (> {MAX_ROUNDING}): its weights are too large "
+            "to run in float32 faithfully; retrain (a lower learning rate, fewer updates) before exporting"
+        )
     allowed = max(TOLERANCE, FLOOR_FACTOR * floor)
     if error > allowed:
         raise ExportError(f"ONNX Runtime differs from torch by {error:.2g} (> {allowed:.2g}): not exported")

@@ -159,12 +159,21 @@ def make_planner(profile: RobotProfile, task):
 def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
     """A Q's values are the free energy of the MPPI it was trained with (q.json's "mppi"); planning with
     other settings gives the terminal value a meaning it was not trained for. One line, or None."""
-    trained = q.manifest.get("mppi") or {}
+    trained = q.manifest.get("mppi")
+    if not isinstance(trained, dict):  # a model from elsewhere may not record them
+        return None
     acting = config.to_dict()
+
+    def same(a, b) -> bool:
+        try:
+            return bool(np.allclose(np.asarray(a, float), np.asarray(b, float)))
+        except (TypeError, ValueError):  # not numbers, or shapes that do not broadcast
+            return False
+
     differ = [
         f"{key}={acting[key]!r} (trained with {trained[key]!r})"
         for key in TRAINED_SETTINGS
-        if key in trained and not np.allclose(np.asarray(acting[key], float), np.asarray(trained[key], float))
+        if key in trained and not same(acting[key], trained[key])
     ]
     if not differ:
         return None

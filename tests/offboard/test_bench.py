@@ -42,6 +42,7 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert link["link_counters"]["seq_gaps"] == 0 and link["link_counters"]["crc_errors"] == 0
     loop = report["loop"]
     assert loop["lockstep"]["steps"] == 200 and loop["lockstep"]["peak_rss_mb"] > 0
+    assert loop["lockstep_3_iters"]["steps"] == 200 and "error" not in loop["lockstep_3_iters"]
     assert set(loop["realtime"]) == {"20 Hz"} and "error" not in loop["realtime"]["20 Hz"]
     assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout and "round trip median us" in out.stdout
 

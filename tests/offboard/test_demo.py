@@ -33,3 +33,9 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     assert len(q.manifest["segments"]) == 10
     u = MPPI(task, MPPIConfig.for_task(task), "c", q=q).act(task.hanging_state())
     assert np.isfinite(u).all()
+
+
+def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["--horizon", "32", "--out", str(tmp_path / "runs")]) == 2
+    assert "--horizon 32 must be >= 1 and below --long-horizon 32" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

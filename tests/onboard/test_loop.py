@@ -251,3 +251,12 @@ def test_a_model_trained_for_other_mppi_settings_is_named_before_it_plans(tmp_pa
     assert "H=32 (trained with 8)" in record.message and "n_iters=1 (trained with 3)" in record.message
     assert "K=" not in record.message and "[mppi]" in record.message
     assert any(line.startswith("warning: ") and "H=32" in line for line in selfcheck(profile, link=False))
+
+
+@pytest.mark.parametrize("recorded, warned", [("not a table", False), ({"sigma": [1.0, 2.0, 3.0]}, True), ({}, False)])
+def test_odd_trained_settings_in_a_manifest_never_stop_the_loop(tmp_path, make_q, caplog, recorded, warned):
+    path, _ = make_q("pendulum", extra={"mppi": recorded})
+    profile = load_profile("sim", model=str(path), log_dir=str(tmp_path))
+    with caplog.at_level("WARNING", logger="mpq.loop"):
+        make_planner(profile, get_task("pendulum"))
+    assert bool(caplog.records) == warned
