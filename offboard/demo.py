@@ -25,6 +25,7 @@ import numpy as np
 from offboard.export import export, export_extra
 from offboard.mpq import Config, train
 from onboard.loop import run
+from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile
 from onboard.recorder import read_segment, verified_segments
 from onboard.tasks import get_task
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     task = get_task(cfg.task)
-    cfg.horizon = task.mppi_defaults["H"] if cfg.horizon is None else cfg.horizon
+    cfg.horizon = MPPIConfig.for_task(task).H if cfg.horizon is None else cfg.horizon
     cfg.long_horizon = task.long_horizon if cfg.long_horizon is None else cfg.long_horizon
     if not 1 <= cfg.horizon < cfg.long_horizon:
         print(f"error: --horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "

@@ -52,9 +52,9 @@ class Config:
     torch_threads: int = 2
 
     def __post_init__(self):
-        acting = get_task(self.task).mppi_defaults
-        self.horizon = acting["H"] if self.horizon is None else self.horizon
-        self.target_iters = acting.get("n_iters", 1) if self.target_iters is None else self.target_iters
+        acting = MPPIConfig.for_task(get_task(self.task))
+        self.horizon = acting.H if self.horizon is None else self.horizon
+        self.target_iters = acting.n_iters if self.target_iters is None else self.target_iters
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

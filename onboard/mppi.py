@@ -90,6 +90,9 @@ class MPPI:
         noise_seed, param_seed = np.random.SeedSequence(self.config.seed).spawn(2)
         self.noise_rng = self.backend.rng(noise_seed)
         self.param_rng = self.backend.rng(param_seed)
+        # "mean" and "true" parameters never change: made once, not once per iteration (a device copy on the GPU)
+        fixed = self.config.model != "biased"
+        self.fixed_params = task.planner_params(self.config.model, (), None, xp=xp, dtype=dtype) if fixed else None
         self.mean = xp.zeros((self.config.H, m), dtype=dtype)  # warm start for `act`
         self.last_plan: Plan | None = None
 
@@ -124,7 +127,9 @@ class MPPI:
             xp.maximum(actions, self.u_min, out=actions)
             xp.minimum(actions, self.u_max, out=actions)
             xp.subtract(actions, U[:, None], out=eps)
-            params = task.planner_params(cfg.model, (B, K), self.param_rng, xp=xp, dtype=self.dtype)
+            params = self.fixed_params
+            if params is None:  # "biased": each rollout draws its own
+                params = task.planner_params(cfg.model, (B, K), self.param_rng, xp=xp, dtype=self.dtype)
 
             # S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1}) + control cost.
             running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)

@@ -178,13 +178,14 @@ def _run_release(remote_dir: Path, release_id: str, previous: str | None) -> str
     """Stop the running release, switch to `release_id`, start it; back to `previous` when it fails."""
     spec, service = service_for(remote_dir, release_id)  # a service this robot cannot run: refused before any stop
     if previous is not None:
-        service_for(remote_dir, previous)[1].stop()
+        previous_spec, previous_service = service_for(remote_dir, previous)
+        previous_service.stop()
     _switch(remote_dir, release_id)
     spec.save()
     healthy, line = _start(service)
     if healthy:
         return line
-    log_file = spec.run_dir / f"{spec.name}.log"
+    log_file = spec.log_file
     lines = [x for x in log_file.read_text(errors="replace").splitlines() if x.strip()] if log_file.exists() else []
     log_tail = f"; last log line: {lines[-1]}" if lines else ""
     try:
@@ -196,7 +197,6 @@ def _run_release(remote_dir: Path, release_id: str, previous: str | None) -> str
         back = "nothing running"
     else:
         _switch(remote_dir, previous)
-        previous_spec, previous_service = service_for(remote_dir, previous)
         previous_spec.save()
         back_ok, back_line = _start(previous_service)
         back = f"back on {previous}" + ("" if back_ok else f", which did not start either ({back_line})")

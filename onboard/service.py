@@ -55,6 +55,11 @@ class ServiceSpec:
         """The supervisor's pidfile, state and log, and this spec."""
         return Path(self.remote_dir) / "run"
 
+    @property
+    def log_file(self) -> Path:
+        """The runtime's output under the supervisor (systemd keeps it in the journal instead)."""
+        return self.run_dir / f"{self.name}.log"
+
     def save(self) -> Path:
         path = self.run_dir / SPEC_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,7 @@ class Supervisor:
         self.run_dir = spec.run_dir  # pidfile, state and log
         self.pidfile = self.run_dir / f"{spec.name}.pid"
         self.statefile = self.run_dir / f"{spec.name}.json"
-        self.logfile = self.run_dir / f"{spec.name}.log"
+        self.logfile = spec.log_file
 
     def _state(self) -> dict:
         try:

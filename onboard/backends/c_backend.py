@@ -76,7 +76,7 @@ class CBackend(HostArrays):
 
     def __init__(self, task: Task, real: str = "double"):
         self.task = task
-        self.real = real
+        self.array_kind = f"{real}[]"  # what cffi's from_buffer views the arrays as
         self.dtype = np.float64 if real == "double" else np.float32
         self._ffi = FFIS[real]
         library = build_library(task_program(task, real), f"mpq-{task.name}-{real}")
@@ -94,7 +94,7 @@ class CBackend(HostArrays):
         params = np.ascontiguousarray(params, dtype=self.dtype)
         cost = np.empty((B, K), dtype=self.dtype)
         last = np.empty((B, K, self.task.state_dim), dtype=self.dtype)
-        buffer, kind = self._ffi.from_buffer, f"{self.real}[]"
+        buffer, kind = self._ffi.from_buffer, self.array_kind
         self._lib.mpq_rollout(
             B * K, K, H, buffer(kind, states), buffer(kind, actions), buffer(kind, params),
             params.ndim > 1, gamma, buffer(kind, cost), buffer(kind, last),

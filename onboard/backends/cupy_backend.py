@@ -80,9 +80,8 @@ class CupyBackend:
         flat = cupy.concatenate([cupy.asarray(a, dtype=cupy.float64).ravel() for a in arrays]).get()
         out, at = [], 0
         for a in arrays:
-            size = int(np.prod(a.shape))
-            out.append(flat[at : at + size].reshape(a.shape).astype(a.dtype))
-            at += size
+            out.append(flat[at : at + a.size].reshape(a.shape).astype(a.dtype))
+            at += a.size
         return tuple(out)
 
     def rollout(self, states, actions, params, gamma):
