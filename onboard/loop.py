@@ -4,6 +4,8 @@ lockstep runs as fast as the plant answers. realtime follows the plant's clock: 
 state every control period, and a plan that takes longer than the period is not used: the next action
 of the previous (shifted) plan goes out instead, the miss is counted and recorded, and after
 `deadline_misses_max` misses in a row the loop commands the safe action, disarms and stops.
+In realtime the loop runs at SCHED_FIFO priority (`realtime_priority`) so that other processes
+cannot delay a plan; where the system refuses, it says so once and runs at normal priority.
 Ctrl-C or SIGTERM ends the current segment cleanly and disarms the plant.
 """
 
@@ -16,8 +18,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +107,7 @@ class LoopStats:
     send_times: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))  # loop rate and jitter
     seconds: float = 0.0  # time in episodes (resets excluded)
     period: float = 0.0
+    scheduling: str = "normal"  # the loop's scheduling while it ran ("SCHED_FIFO 50" in realtime)
 
     def summary(self) -> dict:
         """The numbers of a run (benchmarks read them): rate, plan times, misses, period jitter, memory."""
@@ -119,6 +124,7 @@ class LoopStats:
             deadline_misses=self.deadline_misses,
             period_ms=self.period * 1e3,
             period_jitter_ms_p99=float(np.percentile(jitter, 99)),
+            scheduling=self.scheduling,
             peak_rss_mb=peak_rss_mb(),
         )
 
@@ -183,12 +189,72 @@ def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
     )
 
 
+@contextmanager
+def loop_scheduling(profile: RobotProfile):
+    """SCHED_FIFO at the profile's realtime_priority for this thread while the realtime loop runs; yields
+    what it got. Processes it starts (the stand-in) begin at normal priority (SCHED_RESET_ON_FORK)."""
+    priority = profile.realtime_priority if profile.mode == "realtime" else 0
+    if priority == 0:
+        yield "normal"
+        return
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except OSError as e:
+        log.warning(realtime_refused(priority, e))
+        yield "normal (SCHED_FIFO refused)"
+        return
+    try:
+        yield f"SCHED_FIFO {priority}"
+    finally:
+        try:
+            os.sched_setscheduler(0, *before)
+        except OSError:  # without CAP_SYS_NICE the reset-on-fork flag, once set, stays
+            os.sched_setscheduler(0, before[0] | os.SCHED_RESET_ON_FORK, before[1])
+
+
+def realtime_refused(priority: int, error: OSError) -> str:
+    return (
+        f"the control loop cannot run at realtime priority {priority} (SCHED_FIFO: {error.strerror}); it runs at "
+        "normal priority, where other processes can delay its plans: allow it (run as root, grant CAP_SYS_NICE, "
+        "or set an rtprio limit in /etc/security/limits.d), or set realtime_priority = 0 in the profile"
+    )
+
+
+def realtime_refusal(priority: int) -> OSError | None:
+    """The system's refusal to run a thread of this process at SCHED_FIFO `priority`; None where it may.
+    Tried on a short-lived thread, so the caller's own scheduling is never touched."""
+    refusal = []
+
+    def attempt():
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as e:
+            refusal.append(e)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return refusal[0] if refusal else None
+
+
+def _realtime_check(priority: int) -> str:
+    refusal = realtime_refusal(priority)
+    if refusal is None:
+        return f"realtime priority {priority} (SCHED_FIFO): permitted"
+    return f"warning: {realtime_refused(priority, refusal)}"
+
+
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
     """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
-    task = get_task(profile.task)
-    planner = planner or make_planner(profile, task)
+    with loop_scheduling(profile) as scheduling:  # before the planner: ONNX Runtime's threads inherit it
+        task = get_task(profile.task)
+        planner = planner or make_planner(profile, task)
+        return _run(profile, task, episodes, planner, show_status, stop, LoopStats(scheduling=scheduling))
+
+
+def _run(profile: RobotProfile, task, episodes: int, planner, show_status: bool, stop, stats: LoopStats) -> LoopStats:
     recorder = Recorder(profile.log_path, profile.name)
-    stats = LoopStats()
     stop = stop or _stop_on_signals()
     status_due = 0.0
     version = code_version()  # a git call: once per run, not per episode
@@ -374,6 +440,8 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     lines.append(f"backend {profile.backend}: built and loaded")  # (the C library, or the CUDA kernel)
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
+    if profile.mode == "realtime" and profile.realtime_priority:
+        lines.append(_realtime_check(profile.realtime_priority))
     signing_key = profile.signing_key()  # read now: a missing key must not wait for the service's start
     if signing_key is not None:
         lines.append(f"signing key {profile.path(profile.signing_key_file)}: read")

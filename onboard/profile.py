@@ -35,6 +35,7 @@ class RobotProfile:
     signing_key_file: str = ""
     threads: int = 1
     deadline_misses_max: int = 5
+    realtime_priority: int = 50  # realtime mode: the loop's SCHED_FIFO priority, 1-99 (0: normal scheduling)
     seed: int = 0
     standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
     episodes: int = 0  # the deployed service: episodes per start (0: until stopped)
@@ -116,6 +117,10 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         raise ProfileError(f'{path}: mode = {profile.mode!r}: use "lockstep" or "realtime"')
     if profile.service not in ("auto", "systemd", "supervisor"):
         raise ProfileError(f'{path}: service = {profile.service!r}: use "auto", "systemd" or "supervisor"')
+    if not 0 <= profile.realtime_priority <= 99:
+        raise ProfileError(
+            f"{path}: realtime_priority = {profile.realtime_priority}: use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"
+        )
     if profile.episodes < 0:
         raise ProfileError(f"{path}: episodes = {profile.episodes}: use 0 (until stopped) or a positive count")
     return profile

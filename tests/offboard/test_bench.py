@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onboard.loop import realtime_refusal
 from onboard.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,9 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert loop["lockstep"]["steps"] == 200 and loop["lockstep"]["peak_rss_mb"] > 0
     assert loop["lockstep_3_iters"]["steps"] == 200 and "error" not in loop["lockstep_3_iters"]
     assert set(loop["realtime"]) == {"20 Hz"} and "error" not in loop["realtime"]["20 Hz"]
+    assert set(loop["realtime_loaded"]) == {"SCHED_FIFO 50", "normal priority"}
+    if realtime_refusal(50) is None:  # at realtime priority the loop plans on, with a spinning process per core
+        assert loop["realtime_loaded"]["SCHED_FIFO 50"]["scheduling"] == "SCHED_FIFO 50"
     assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout and "round trip median us" in out.stdout
 
 

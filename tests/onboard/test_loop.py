@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onboard.loop import LoopError, make_planner, run
+from onboard.loop import LoopError, make_planner, realtime_refusal, run
 from onboard.profile import load_profile
 from onboard.recorder import Recorder, iter_transitions, read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
@@ -171,6 +172,7 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(service="cron"), "service = 'cron'"),
         (dict(episodes=-1), "episodes = -1"),
         (dict(ssh_port="22"), "ssh_port = '22' should be a int"),
+        (dict(realtime_priority=120), "realtime_priority = 120: use 1-99"),
     ],
 )
 def test_bad_profile_settings_exit_non_zero_with_one_clear_line(tmp_path, settings, message):
@@ -260,3 +262,76 @@ def test_odd_trained_settings_in_a_manifest_never_stop_the_loop(tmp_path, make_q
     with caplog.at_level("WARNING", logger="mpq.loop"):
         make_planner(profile, get_task("pendulum"))
     assert bool(caplog.records) == warned
+
+
+class PolicyRecorder:
+    """The profile's planner, noting the scheduling policy each plan runs under, and the stand-in's."""
+
+    def __init__(self, planner):
+        self.planner, self.seen, self.standin = planner, set(), set()
+
+    def __getattr__(self, name):
+        return getattr(self.planner, name)
+
+    def propose(self, state):
+        self.seen.add((os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK, os.sched_getparam(0).sched_priority))
+        if not self.standin:
+            self.standin = {os.sched_getscheduler(pid) for pid in children(os.getpid())}
+        return self.planner.propose(state)
+
+
+def children(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.skipif(
+    realtime_refusal(50) is not None, reason="SCHED_FIFO is not permitted here (needs root or CAP_SYS_NICE)"
+)
+def test_realtime_plans_run_at_fifo_priority_and_the_process_is_left_as_it_was(tmp_path):
+    """Other processes cannot delay a realtime plan; the stand-in it starts and the caller stay at normal priority."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    profile = load_profile("sim", log_dir=str(tmp_path), mode="realtime", standin_period=0.005)
+    planner = PolicyRecorder(make_planner(profile, get_task("pendulum")))
+    stats = run(profile, episodes=1, planner=planner, show_status=False)
+    assert planner.seen == {(os.SCHED_FIFO, 50)} and stats.summary()["scheduling"] == "SCHED_FIFO 50"
+    assert planner.standin == {os.SCHED_OTHER}
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+    lockstep = PolicyRecorder(make_planner(profile, get_task("pendulum")))
+    run(load_profile("sim", log_dir=str(tmp_path)), episodes=1, planner=lockstep, show_status=False)
+    assert lockstep.seen == {before}  # lockstep runs as fast as the plant answers: no realtime priority
+
+
+def without_realtime_rights() -> list[str]:
+    """A command prefix under which SCHED_FIFO is refused: as root, drop CAP_SYS_NICE and the rtprio limit."""
+    if realtime_refusal(50) is not None:
+        return []
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("prlimit") is None:
+        pytest.skip("cannot take the realtime right away here (needs root with setpriv and prlimit)")
+    return ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", "prlimit", "--rtprio=0"]
+
+
+def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path):
+    robot = str(write_profile(tmp_path, mode="realtime", standin_period=0.005))
+    prefix = without_realtime_rights()
+    out = subprocess.run([*prefix, sys.executable, "-m", "onboard", "run", "--robot", robot, "--quiet", "--json"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("\n") == 1 and "cannot run at realtime priority 50" in out.stderr, out.stderr
+    assert "realtime_priority = 0" in out.stderr  # the way to silence it, and (above it) the ways to allow it
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["steps"] == 200 and summary["scheduling"].startswith("normal")
+    out = subprocess.run([*prefix, sys.executable, "-m", "onboard", "selfcheck", "--robot", robot, "--offline"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0 and "warning: the control loop cannot run at realtime priority 50" in out.stdout
+    if prefix:  # and where it is allowed, selfcheck says so
+        assert (
+            "realtime priority 50 (SCHED_FIFO): permitted"
+            in onboard_cli("selfcheck", "--robot", robot, "--offline").stdout
+        )
