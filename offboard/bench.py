@@ -24,6 +24,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -174,9 +176,6 @@ def time_pytorch_mppi(task, K: int, H: int, layers, steps: int, device: str = "c
 
 def run_link(steps: int) -> dict:
     """Lockstep round trips host <-> stand-in over a real pty, pendulum, u = -0.5 thetadot."""
-    import subprocess
-    import sys
-
     from firmware_bridge.link import Link
 
     process = subprocess.Popen(
@@ -220,9 +219,6 @@ def run_link(steps: int) -> dict:
 
 
 def _onboard_run(profile: dict, episodes: int, tmp: Path) -> dict:
-    import subprocess
-    import sys
-
     path = tmp / "robots" / f"{profile['name']}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"{k} = {json.dumps(v)}" for k, v in profile.items() if k != "mppi"]
@@ -314,9 +310,6 @@ def _realtime_run(task, model: Path, base: dict, period: float, seconds: float, 
 @contextmanager
 def cpu_hogs(n: int):
     """n processes that spin at normal priority while the block runs."""
-    import subprocess
-    import sys
-
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
         yield
@@ -387,7 +380,7 @@ def print_table(report: dict) -> None:
         table.add_column(col)
     for r in report["rows"]:
         table.add_row(r["case"], r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", str(r["steps"]))
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # a log keeps the rows on one line each
     console.print(table)
     link = report["link"]
     table = Table(title="Serial link, lockstep over a pty, pendulum stand-in")
@@ -408,14 +401,17 @@ def print_table(report: dict) -> None:
             ("lockstep K=24 H=8 3 iters", loop["lockstep_3_iters"]),
         ]
         + [(f"realtime {k} K=1024 H=32", v) for k, v in loop["realtime"].items()]
-        + [(f"realtime 200 Hz K=1024 H=32, CPU hogs, {k}", v) for k, v in loop["realtime_loaded"].items()]
+        + [(f"realtime 200 Hz + CPU hogs, {k}", v) for k, v in loop["realtime_loaded"].items()]
     ):
         if "error" in r:
-            table.add_row(label, r["error"], "", "", "", "", "")
+            table.add_row(
+                label, r["error"].removeprefix("error: ").split(":")[0], "", "", "", "", ""
+            )  # the JSON has it all
             continue
         table.add_row(
             label, f"{r['steps_per_second']:.0f}", f"{r['plan_ms_p50']:.2f}", f"{r['plan_ms_p99']:.2f}",
-            str(r["deadline_misses"]), f"{r['period_jitter_ms_p99']:.2f}", f"{r['peak_rss_mb']:.0f}",
+            str(r["deadline_misses"]), "" if label.startswith("lockstep") else f"{r['period_jitter_ms_p99']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
         )  # fmt: skip
     console.print(table)
     for t in [*report["targets"], link["target"], *loop["targets"]]:
