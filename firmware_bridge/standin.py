@@ -39,6 +39,7 @@ from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
 
 PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
+MIN_CONTROL_PERIOD, MAX_CONTROL_PERIOD = 1e-4, 10.0  # s: outside, a typo (the handshake carries microseconds)
 STALE_STATES = 3  # realtime: a command answering a state older than this many periods is refused
 
 
@@ -61,6 +62,8 @@ class Firmware:
         self.state_dim = plant.model.nq + plant.model.nv
         self.act_dim = plant.model.nu
         self.period = plant.control_period
+        if not math.isfinite(watchdog_periods) or watchdog_periods <= 0:  # NaN would never trip: no failsafe
+            raise ValueError(f"watchdog periods {watchdog_periods!r}: use a finite number above 0 (default 3)")
         self.watchdog_timeout = watchdog_periods * self.period
         self.ctrl_low, self.ctrl_high = plant.ctrl_low.tolist(), plant.ctrl_high.tolist()
         self.reset_low = custom_numeric(plant.model, "reset_low")
@@ -308,7 +311,13 @@ class SerialEndpoint:
     def device(cls, path: str, baud: int) -> SerialEndpoint:
         import serial
 
-        port = serial.Serial(path, baudrate=baud, timeout=0)
+        try:
+            port = serial.Serial(path, baudrate=baud, timeout=0)
+        except (serial.SerialException, ValueError) as e:
+            raise ValueError(
+                f"cannot serve {path} at {baud} baud ({e}): give a serial device (/dev/ttyUSB0, /dev/ttyTHS1) and a "
+                "baud rate it takes, or leave --device out for a new pty"
+            ) from None
         return cls(port.fileno(), serial_port=port)
 
     def read(self) -> bytes | None:
@@ -382,6 +391,11 @@ def main(argv=None) -> int:
     parser.add_argument("--control-period", type=float, help="override the XML's control period, s (benchmarks)")
     args = parser.parse_args(argv)
     try:
+        if args.control_period is not None and not MIN_CONTROL_PERIOD <= args.control_period <= MAX_CONTROL_PERIOD:
+            limits = f"{MIN_CONTROL_PERIOD:g} to {MAX_CONTROL_PERIOD:g}"
+            raise ValueError(f"--control-period {args.control_period!r}: use seconds from {limits}")
+        if not math.isfinite(args.watchdog_periods) or args.watchdog_periods <= 0:
+            raise ValueError(f"--watchdog-periods {args.watchdog_periods!r}: use a finite number above 0 (default 3)")
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period)
         if plant.model.nq + plant.model.nv > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
             raise ValueError(

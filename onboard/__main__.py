@@ -26,6 +26,8 @@ def cmd_plan(args) -> int:
         state = np.array([float(v) for v in args.state.split(",")])
         if state.shape != (task.state_dim,):
             raise ValueError(f"--state has {state.size} values, task {task.name!r} needs {task.state_dim}")
+        if not np.all(np.isfinite(state)):
+            raise ValueError(f"--state {args.state}: every value must be a finite number")
     plan = MPPI(task, config, args.backend, q=q).plan(state[None])
     report = dict(
         task=task.name,
@@ -110,8 +112,12 @@ def main(argv=None) -> int:
     except (ModelError, ProfileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: not enough memory for these MPPI settings (K x H samples): lower K or H", file=sys.stderr)
+        return 2
     except (RuntimeError, OSError) as e:  # the link, the loop, the plant
-        print(f"\nerror: {e}" if args.command == "run" else f"error: {e}", file=sys.stderr)
+        after_status_line = args.command == "run" and sys.stderr.isatty()
+        print(f"{chr(10) if after_status_line else ''}error: {e}", file=sys.stderr)
         return 1
 
 

@@ -81,11 +81,14 @@ class PlantPort:
             args += ["--control-period", str(p.standin_period)]
         log_dir = p.log_path / p.name
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "standin.log", "a") as log:
+        log_file = log_dir / "standin.log"
+        with open(log_file, "a") as log:
             self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         line = self.process.stdout.readline()
         if not line:
-            raise LoopError(f"the stand-in for {p.task!r} did not start (exit {self.process.wait()})")
+            code = self.process.wait()
+            said = (log_file.read_text(errors="replace").strip().splitlines() or ["(nothing)"])[-1]
+            raise LoopError(f"the stand-in for {p.task!r} did not start (exit {code}): {said} (log: {log_file})")
         self.url = json.loads(line)["port"]
         return self.url
 
@@ -254,13 +257,19 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
 
 
 def _run(profile: RobotProfile, task, episodes: int, planner, show_status: bool, stop, stats: LoopStats) -> LoopStats:
-    recorder = Recorder(profile.log_path, profile.name)
+    try:
+        recorder = Recorder(profile.log_path, profile.name)
+    except OSError as e:
+        raise LoopError(
+            f"cannot keep segments in {profile.log_path / profile.name} ({e.strerror}): set another log_dir"
+        ) from None
+    signing_key = profile.signing_key()  # before the plant starts: a bad key is the profile's error, not the plant's
     stop = stop or _stop_on_signals()
     status_due = 0.0
     version = code_version()  # a git call: once per run, not per episode
     live = show_status and sys.stderr.isatty()  # the \r line only on a terminal; logs get one line per episode
     with PlantPort(profile) as url:
-        link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=profile.signing_key())
+        link = Link(url, task.name, task.state_dim, task.act_dim, baud=profile.baud, signing_key=signing_key)
         try:
             link.handshake(control_period=task.dt)
             period = stats.period = link.plant_handshake.control_period_us / 1e6 or task.dt
@@ -437,7 +446,9 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
         lines.append(f"warning: {mismatch}" if (mismatch := trained_settings_mismatch(q, config)) else
                      "model's MPPI settings: the ones this profile plans with")  # fmt: skip
     planner = MPPI(task, config, profile.backend, q=q)
-    lines.append(f"backend {profile.backend}: built and loaded")  # (the C library, or the CUDA kernel)
+    plan = planner.plan(task.hanging_state()[None])  # the whole path once: backend, Q, memory for K x H
+    lines.append(f"backend {profile.backend}: built and loaded; one plan (K={config.K}, H={config.H}, "
+                 f"{config.n_iters} iterations) in {plan.seconds * 1e3:.1f} ms")  # fmt: skip
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
     if profile.mode == "realtime" and profile.realtime_priority:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -21,6 +21,13 @@ from onboard.backends import get_backend
 from onboard.tasks.base import Task
 
 QFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs[N, d], act[N, m]) -> q[N]
+
+
+def _raise_problems(problems: list[tuple[str, str]], config) -> None:
+    if problems:
+        raise ValueError(
+            "MPPI settings: " + "; ".join(f"{name}={getattr(config, name)!r} must be {rule}" for name, rule in problems)
+        )
 
 
 @dataclass
@@ -38,26 +45,62 @@ class MPPIConfig:
     seed: int | None = 0
 
     def __post_init__(self):
-        problems = [
-            f"{name}={getattr(self, name)!r} must be {rule}"
-            for name, ok, rule in [
-                ("K", self.K >= 1, ">= 1"),
-                ("H", self.H >= 1, ">= 1"),
-                ("n_iters", self.n_iters >= 1, ">= 1"),
-                ("lam", self.lam > 0, "> 0"),
-                ("sigma", bool(np.all(np.asarray(self.sigma) > 0)), "> 0"),
-                ("alpha", 0 < self.alpha <= 1, "in (0, 1]"),
-                ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
-                ("model", self.model in ("biased", "mean", "true"), "'biased', 'mean' or 'true'"),
+        integer = (int, np.integer)
+        real = (int, float, np.integer, np.floating)
+        kinds = [
+            (name, isinstance(value, kind) and not isinstance(value, bool), rule)
+            for name, value, kind, rule in [
+                ("K", self.K, integer, "a whole number"),
+                ("H", self.H, integer, "a whole number"),
+                ("n_iters", self.n_iters, integer, "a whole number"),
+                ("lam", self.lam, real, "a number"),
+                ("alpha", self.alpha, real, "a number"),
+                ("gamma", self.gamma, real, "a number"),
+                ("model", self.model, str, "'biased', 'mean' or 'true'"),
             ]
-            if not ok
         ]
-        if problems:
-            raise ValueError("MPPI settings: " + "; ".join(problems))
+        if self.seed is not None:
+            kinds.append(("seed", isinstance(self.seed, integer) and not isinstance(self.seed, bool), "a whole number"))
+        try:
+            sigma_ok = np.asarray(self.sigma, dtype=np.float64).ndim <= 1 and not isinstance(self.sigma, bool)
+        except (TypeError, ValueError):
+            sigma_ok = False
+        kinds.append(("sigma", sigma_ok, "a number or a list of numbers (one per action dim)"))
+        _raise_problems([(name, rule) for name, ok, rule in kinds if not ok], self)
+        _raise_problems(
+            [
+                (name, rule)
+                for name, ok, rule in [
+                    ("K", self.K >= 1, ">= 1"),
+                    ("H", self.H >= 1, ">= 1"),
+                    ("n_iters", self.n_iters >= 1, ">= 1"),
+                    ("lam", self.lam > 0, "> 0"),
+                    ("sigma", bool(np.all(np.asarray(self.sigma) > 0)), "> 0"),
+                    ("alpha", 0 < self.alpha <= 1, "in (0, 1]"),
+                    ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+                    ("model", self.model in ("biased", "mean", "true"), "'biased', 'mean' or 'true'"),
+                    ("seed", self.seed is None or self.seed >= 0, ">= 0"),
+                ]
+                if not ok
+            ],
+            self,
+        )
 
     @classmethod
     def for_task(cls, task: Task, **overrides) -> MPPIConfig:
-        return cls(**{**task.mppi_defaults, **overrides})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown MPPI setting(s) {', '.join(unknown)}: the settings are {', '.join(sorted(known))}"
+            )
+        config = cls(**{**task.mppi_defaults, **overrides})
+        if np.size(config.sigma) not in (1, task.act_dim):
+            raise ValueError(
+                f"MPPI settings: sigma={config.sigma!r} has {np.size(config.sigma)} values: give one, or one per "
+                f"action dim ({task.act_dim} for {task.name})"
+            )
+        return config
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +13,12 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from firmware_bridge.frames import read_signing_key
-from onboard.tasks import TASKS
+from onboard.mppi import MPPIConfig
+from onboard.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBOTS_DIR = ROOT / "robots"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a robot's name is a folder name: no paths
 
 
 class ProfileError(ValueError):
@@ -89,10 +92,14 @@ def profile_file(robot: str) -> Path:
 def load_profile(robot: str, **overrides) -> RobotProfile:
     path = profile_file(robot)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         known = ", ".join(sorted(p.stem for p in ROBOTS_DIR.glob("*.toml")))
         raise ProfileError(f"no robot profile {path}: known robots are {known}") from None
+    except OSError as e:
+        raise ProfileError(f"cannot read robot profile {path} ({e.strerror}): give a readable TOML file") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path} is not UTF-8 text: save the profile as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path} is not valid TOML ({e}): fix the file") from None
     data.setdefault("name", path.stem)
@@ -110,17 +117,30 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
             value = data[key] = float(value)
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ProfileError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
-    profile = RobotProfile(**data, root=path.resolve().parent.parent)
+    folder = path.resolve().parent  # robots/ in the repository or in a release: paths start one level up
+    profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
-    if profile.mode not in ("lockstep", "realtime"):
-        raise ProfileError(f'{path}: mode = {profile.mode!r}: use "lockstep" or "realtime"')
-    if profile.service not in ("auto", "systemd", "supervisor"):
-        raise ProfileError(f'{path}: service = {profile.service!r}: use "auto", "systemd" or "supervisor"')
-    if not 0 <= profile.realtime_priority <= 99:
-        raise ProfileError(
-            f"{path}: realtime_priority = {profile.realtime_priority}: use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"
-        )
-    if profile.episodes < 0:
-        raise ProfileError(f"{path}: episodes = {profile.episodes}: use 0 (until stopped) or a positive count")
+    choices = dict(mode=("lockstep", "realtime"), service=("auto", "systemd", "supervisor"))
+    for key, allowed in choices.items():
+        if getattr(profile, key) not in allowed:
+            raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: use {' or '.join(map(repr, allowed))}")
+    for key, ok, fix in [
+        ("name", NAME.fullmatch(profile.name), "use letters, digits, '.', '_' or '-' (it names the log folder)"),
+        ("log_dir", profile.log_dir != "", "give the folder for the segments"),
+        ("threads", profile.threads >= 1, "use 1 or more"),
+        ("baud", profile.baud >= 1, "use the port's baud rate, e.g. 115200"),
+        ("deadline_misses_max", profile.deadline_misses_max >= 1, "use 1 or more"),
+        ("realtime_priority", 0 <= profile.realtime_priority <= 99, "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"),
+        ("seed", profile.seed >= 0, "use 0 or more"),
+        ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
+        ("standin_period", profile.standin_period == 0 or 1e-4 <= profile.standin_period <= 10,
+         "use 0 (the model's) or seconds from 0.0001 to 10"),
+    ]:  # fmt: skip
+        if not ok:
+            raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: {fix}")
+    try:
+        MPPIConfig.for_task(get_task(profile.task), **profile.mppi)
+    except ValueError as e:
+        raise ProfileError(f"{path}: [mppi] {e}") from None
     return profile

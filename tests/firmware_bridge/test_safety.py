@@ -144,6 +144,12 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
     [
         (["--task", "acrobot"], "no MuJoCo model for task 'acrobot'"),
         (["--task", "pendulum", "--device", "/dev/does-not-exist"], "/dev/does-not-exist"),
+        (["--task", "pendulum", "--device", "/dev/null"], "cannot serve /dev/null at 115200 baud"),
+        (["--task", "pendulum", "--control-period", "0"], "--control-period 0.0: use seconds from"),
+        (["--task", "pendulum", "--control-period", "nan"], "--control-period nan"),
+        (["--task", "pendulum", "--control-period", "1e12"], "--control-period 1000000000000.0"),
+        (["--task", "pendulum", "--watchdog-periods", "nan"], "--watchdog-periods nan"),  # NaN would never trip
+        (["--task", "pendulum", "--watchdog-periods", "-1"], "--watchdog-periods -1.0"),
     ],
 )
 def test_standin_refuses_bad_start_up_in_one_line(args, message):

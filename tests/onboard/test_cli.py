@@ -41,6 +41,9 @@ def test_plan_from_a_given_state_in_text():
         (["--q", "/nonexistent/q.onnx"], "missing model file /nonexistent/q.onnx"),
         (["--state", "1,2,3"], "--state has 3 values"),
         (["--K", "0"], "K=0 must be >= 1"),
+        (["--state", "nan,0"], "every value must be a finite number"),
+        (["--seed", "-1"], "seed=-1 must be >= 0"),
+        (["--K", "100000000000"], "not enough memory for these MPPI settings"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected):

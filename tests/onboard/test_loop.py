@@ -154,9 +154,11 @@ def write_profile(tmp_path, **settings) -> Path:
     robots = tmp_path / "robots"
     robots.mkdir(exist_ok=True)
     settings = {"task": "pendulum", "log_dir": str(tmp_path / "data"), **settings}
-    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+    mppi = settings.pop("mppi", {})
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    lines += ["[mppi]", *(f"{k} = {json.dumps(v)}" for k, v in mppi.items())] if mppi else []
     path = robots / "bench.toml"
-    path.write_text(text + "\n")
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -173,12 +175,44 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(episodes=-1), "episodes = -1"),
         (dict(ssh_port="22"), "ssh_port = '22' should be a int"),
         (dict(realtime_priority=120), "realtime_priority = 120: use 1-99"),
+        (dict(name=""), "name = '': use letters, digits"),
+        (dict(name="../../escape"), "name = '../../escape'"),  # the log folder stays inside log_dir
+        (dict(log_dir=""), "log_dir = '': give the folder"),
+        (dict(threads=0), "threads = 0: use 1 or more"),
+        (dict(deadline_misses_max=0), "deadline_misses_max = 0: use 1 or more"),
+        (dict(seed=-5), "seed = -5: use 0 or more"),
+        (dict(standin_period=-0.01), "standin_period = -0.01"),
+        (dict(standin_period=1e9), "standin_period = 1000000000.0"),
+        (dict(signing_key_file="/nonexistent/key"), "signing key file /nonexistent/key"),  # before the plant starts
+        (dict(mppi={"K": "24"}), "[mppi] MPPI settings: K='24' must be a whole number"),
+        (dict(mppi={"K": 24.5}), "K=24.5 must be a whole number"),
+        (dict(mppi={"foo": 1}), "[mppi] unknown MPPI setting(s) foo"),
+        (dict(mppi={"sigma": "x"}), "sigma='x' must be a number or a list of numbers"),
+        (dict(mppi={"sigma": [1.0, 2.0]}), "sigma=[1.0, 2.0] has 2 values: give one, or one per action dim"),
+        (dict(mppi={"K": 100_000_000_000}), "not enough memory for these MPPI settings"),
     ],
 )
 def test_bad_profile_settings_exit_non_zero_with_one_clear_line(tmp_path, settings, message):
     out = onboard_cli("run", "--robot", str(write_profile(tmp_path, **settings)), "--quiet")
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+
+
+def test_where_the_run_cannot_start_it_says_why_in_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    out = onboard_cli("run", "--robot", str(write_profile(tmp_path, log_dir=str(tmp_path / "a-file"))), "--quiet")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot keep segments in" in out.stderr
+    out = onboard_cli("run", "--robot", "sim", "--log-dir", str(tmp_path), "--task", "pendulum", "--quiet",
+                      env={**os.environ, "MPQ_MODELS_DIR": str(tmp_path / "no-models")})  # fmt: skip
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr  # the stand-in's own reason, and its log
+    assert "did not start (exit 2): error: no MuJoCo model" in out.stderr and "standin.log" in out.stderr
+
+
+def test_relative_paths_in_a_profile_outside_robots_start_at_the_repository(tmp_path):
+    """As the README says; a profile in a robots/ folder (the repository's, a release's) starts one level up."""
+    (tmp_path / "elsewhere.toml").write_text('task = "pendulum"\nmodel = "models/pendulum/q.onnx"\n')
+    assert load_profile(str(tmp_path / "elsewhere.toml")).model_path == ROOT / "models/pendulum/q.onnx"
+    assert load_profile(str(write_profile(tmp_path, model="m/q.onnx"))).model_path == tmp_path / "m/q.onnx"
 
 
 def test_malformed_toml_and_unknown_robot_are_one_line(tmp_path):
