@@ -8,10 +8,38 @@ from pathlib import Path
 
 from offboard.dataset import DatasetError
 from offboard.deploy import DeployError, add_commands, run_command
-from offboard.export import ExportError, export, export_extra, load_checkpoint
+from offboard.export import ExportError, blocking_file, check_model_path, export, export_extra, load_checkpoint
 from offboard.mpq import Config, train
 from onboard.profile import ProfileError, load_profile
 from onboard.tasks import get_task
+
+
+def model_path(model: str | None, task: str) -> Path:
+    """--model, or models/<task>/q.onnx; refused now if export could not write it."""
+    if model == "":
+        raise ValueError("--model is empty: give a path such as q.onnx, or leave --model out for models/<task>/q.onnx")
+    path = Path(model or f"models/{task}/q.onnx")
+    check_model_path(path)
+    return path
+
+
+def check_train_args(args) -> Path:
+    """Every refusal that needs no training, made before any: the model path to export to."""
+    get_task(args.task)
+    for option, value, least in (("iterations", args.iterations, 1), ("updates", args.updates, 1),
+                                 ("window", args.window, 0), ("seed", args.seed, 0)):  # fmt: skip
+        if value < least:
+            raise ValueError(f"--{option} {value}: use {least} or more")
+    if args.horizon is not None and args.horizon < 1:
+        raise ValueError(f"--horizon {args.horizon}: use 1 or more (1: soft Q)")
+    blocker = blocking_file(Path(args.out))
+    if blocker is not None:
+        raise ValueError(f"--out {args.out}: {blocker} is a file, not a folder; give a folder for the run folders")
+    for folder in args.data:
+        if not Path(folder).is_dir():
+            what = "is a file, not a log folder" if Path(folder).exists() else "does not exist"
+            raise ValueError(f"--data {folder} {what}: give a robot log folder such as data/sim (make sim records one)")
+    return model_path(args.model, args.task)
 
 
 def main(argv=None) -> int:
@@ -51,29 +79,31 @@ def main(argv=None) -> int:
             return 130
     try:
         if args.command == "train":
+            model = check_train_args(args)
             config = Config(
                 task=args.task, data=tuple(args.data), iterations=args.iterations, updates_per_iteration=args.updates,
                 horizon=args.horizon, target_network=args.target_network, buffer_window=args.window, out=args.out,
                 seed=args.seed,
             )  # fmt: skip
-            get_task(config.task)
             result = train(config)
             last = result.history[-1]
             print(f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
                   f"held-out Bellman error {result.history[0]['holdout_bellman_error']:.3g} -> "
                   f"{last['holdout_bellman_error']:.3g}; run in {result.run_dir}")  # fmt: skip
-            model = Path(args.model or f"models/{config.task}/q.onnx")
             export(result.net, config.task, model, export_extra(config.to_dict(), result.buffer.segments))
             print(f"exported {model} (+ {model.with_suffix('.json').name})")
         else:
             net, checkpoint = load_checkpoint(args.checkpoint)
             config = checkpoint["config"]
-            model = Path(args.model or f"models/{config['task']}/q.onnx")
+            model = model_path(args.model, config["task"])
             export(net, config["task"], model, export_extra(config, checkpoint.get("segments", [])))
             print(f"exported {model} (+ {model.with_suffix('.json').name}) from {args.checkpoint}")
     except (DatasetError, ExportError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.command} did not finish; run it again", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,7 +1,8 @@
 """Robot logs -> replay buffer arrays. Only segments that verify against their MANIFEST get in.
 
-Each problem (a segment failing its sha256, a segment of another task, non-finite numbers) is one
-line in `problems`, and that segment's transitions never reach training.
+Each problem (a segment failing its sha256, one cut short or damaged, a segment of another task,
+non-finite numbers) is one line in `problems`, and that segment's transitions never reach training; the
+good segments beside it still do.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, l
             continue
         problems += bad
         for path in good:
-            metadata, topics = read_segment(path)
+            try:
+                metadata, topics = read_segment(path)
+            except SegmentError as e:  # its sha256 matches, but it was cut short before it was listed
+                problems.append(f"{e}: left out")
+                continue
             seg_task = metadata.get("segment", {}).get("task")
             if seg_task != task.name:
                 problems.append(f"{path}: recorded for task {seg_task!r}, not {task.name!r}: left out")
@@ -65,7 +70,13 @@ def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, l
             if not steps:
                 problems.append(f"{path}: no transitions: left out")
                 continue
-            arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in columns}
+            try:
+                arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in columns}
+            except (KeyError, TypeError, ValueError):  # a field missing, ragged or not a number
+                problems.append(
+                    f"{path}: a transition's state, obs, action, cost or next_state is missing or not numbers: left out"
+                )
+                continue
             shapes_ok = (
                 arrays["state"].shape[1:] == (task.state_dim,)
                 and arrays["next_state"].shape[1:] == (task.state_dim,)
@@ -83,8 +94,10 @@ def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, l
             segments.append(dict(segment=str(path), sha256=checked[path.name], transitions=len(steps)))
     if not segments:
         where = ", ".join(str(f) for f in folders)
-        detail = f" ({problems[0]}{' and more' if len(problems) > 1 else ''})" if problems else ""
-        raise DatasetError(f"no usable {task.name} segments in {where}{detail}: record some with `make sim`")
+        if problems:  # the first problem names its own fix
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise DatasetError(f"no usable {task.name} segments in {where}: {problems[0]}{more}")
+        raise DatasetError(f"no usable {task.name} segments in {where}: record some with `make sim`")
     joined = {k: np.concatenate(v) for k, v in columns.items()}
     # Episodes end on a time limit: the plant could go on, so every transition bootstraps from s'.
     terminal = np.zeros(len(joined["cost"]), dtype=bool)

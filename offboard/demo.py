@@ -16,13 +16,14 @@ import argparse
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from offboard.export import export, export_extra
+from offboard.export import blocking_file, export, export_extra
 from offboard.mpq import Config, train
 from onboard.loop import run
 from onboard.mppi import MPPIConfig
@@ -55,22 +56,48 @@ def episode_costs(log_folder: Path) -> list[float]:
     return [sum(t["cost"] for t in read_segment(s)[1]["/transition"]) for s in segments]
 
 
-def run_episodes(robot_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict) -> list[float]:
+class Stop:
+    """One Ctrl-C or SIGTERM stops the whole demo. While episodes run, the loop sees it at its next step, ends its
+    segment cleanly and disarms, and the demo stops after it; elsewhere (training, export) it interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.in_episodes = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handler(self, signum, frame) -> None:
+        first = not self.requested
+        self.requested = True
+        if not (first and self.in_episodes):
+            raise KeyboardInterrupt
+
+
+def run_episodes(
+    robot_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict, stop: Stop
+) -> list[float]:
     """Episodes on the stand-in through the onboard loop; returns their costs (from the verified logs)."""
     profile = load_profile("sim", task=task, log_dir=str(robot_dir), model=q, seed=seed)
     profile.name = name
     profile.mppi = {**profile.mppi, **mppi}
-    run(profile, episodes, show_status=False)
+    stop.in_episodes = True
+    try:
+        run(profile, episodes, show_status=False, stop=stop)
+    finally:
+        stop.in_episodes = False
+    if stop():  # the stage was cut short: its costs are no result
+        raise KeyboardInterrupt
     return episode_costs(robot_dir / name)
 
 
-def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_network: bool, log) -> dict:
+def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_network: bool, log, stop: Stop) -> dict:
     """The closed loop for one learner; returns its learning curve."""
     data, models = run_dir / label / "data", run_dir / label / "models"
     curve, model, net = [], "", None
     for iteration in range(1, cfg.iterations + 1):
         started = time.monotonic()
-        run_episodes(data, "robot", cfg.task, cfg.episodes_per_iteration, cfg.seed, model, dict(H=horizon))
+        run_episodes(data, "robot", cfg.task, cfg.episodes_per_iteration, cfg.seed, model, dict(H=horizon), stop)
         config = Config(
             task=cfg.task, data=(str(data / "robot"),), out=str(run_dir / label / "train"), iterations=1,
             updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
@@ -89,6 +116,7 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_netwo
             EVAL_SEED,
             model,
             dict(H=horizon),
+            stop,
         )
         point = dict(
             iteration=iteration,
@@ -135,6 +163,25 @@ def plot(results: dict, path: Path, task) -> None:
     plt.close(fig)
 
 
+def config_problem(cfg: DemoConfig) -> str | None:
+    """What is wrong with the settings (None: nothing), found before anything runs: the loop reads 0 episodes as
+    "until stopped", so a count below 1 would run forever."""
+    for name in ("iterations", "episodes_per_iteration", "eval_episodes", "updates_per_iteration", "batch_size"):
+        if getattr(cfg, name) < 1:
+            return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 1 or more"
+    if cfg.seed < 0:
+        return f"--seed {cfg.seed}: use 0 or more"
+    if not 1 <= cfg.horizon < cfg.long_horizon:
+        return (
+            f"--horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
+            "MPQ's point is a short horizon against a long one"
+        )
+    blocker = blocking_file(Path(cfg.out))
+    if blocker is not None:
+        return f"--out {cfg.out}: {blocker} is a file, not a folder; give a folder for the demo's run folders"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
     kinds = {"bool": lambda v: v.lower() in ("1", "true", "yes"), "int | None": int}  # the rest: as the default
@@ -143,15 +190,35 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
     args = parser.parse_args(argv)
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
-    task = get_task(cfg.task)
+    try:
+        task = get_task(cfg.task)
+    except ValueError as e:
+        print(f"error: --task: {e}", file=sys.stderr)
+        return 2
     cfg.horizon = MPPIConfig.for_task(task).H if cfg.horizon is None else cfg.horizon
     cfg.long_horizon = task.long_horizon if cfg.long_horizon is None else cfg.long_horizon
-    if not 1 <= cfg.horizon < cfg.long_horizon:
-        print(f"error: --horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
-              "MPQ's point is a short horizon against a long one", file=sys.stderr)  # fmt: skip
+    problem = config_problem(cfg)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True)
+    stop = Stop()
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        demo(cfg, task, run_dir, stop)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the demo stopped; its partial run is in {run_dir} (no results.json)", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
+    """Baselines, learners, the final model, then the plot and results.json: results.json last, so that a run
+    folder holding it is a complete run."""
     started = time.monotonic()
 
     def log(line: str) -> None:
@@ -166,13 +233,13 @@ def main(argv=None) -> int:
     ):
         name = label.replace(" ", "_").replace("=", "")
         mppi = dict(H=horizon, model=model)
-        costs = run_episodes(run_dir / "baselines", name, cfg.task, cfg.eval_episodes, EVAL_SEED, "", mppi)
+        costs = run_episodes(run_dir / "baselines", name, cfg.task, cfg.eval_episodes, EVAL_SEED, "", mppi, stop)
         baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
                                 eval_cost_std=float(np.std(costs)), eval_costs=costs)  # fmt: skip
         log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}")
-    learners = {"MPQ": learn(cfg, run_dir, "MPQ", cfg.horizon, False, log)}
+    learners = {"MPQ": learn(cfg, run_dir, "MPQ", cfg.horizon, False, log, stop)}
     if cfg.soft_q:
-        learners["soft-Q"] = learn(cfg, run_dir, "soft-Q", 1, True, log)
+        learners["soft-Q"] = learn(cfg, run_dir, "soft-Q", 1, True, log, stop)
 
     final = learners["MPQ"]["curve"][-1]
     shutil.copy(final["model"], run_dir / "q.onnx")
@@ -190,11 +257,10 @@ def main(argv=None) -> int:
         config=dataclasses.asdict(cfg), task=cfg.task, baselines=baselines, learners=learners,
         acceptance=acceptance, seconds=time.monotonic() - started,
     )  # fmt: skip
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, run_dir / "learning_curve.png", task)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"acceptance: {json.dumps(acceptance)}")
     log(f"wrote {run_dir}/learning_curve.png, results.json, q.onnx, q.json")
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from onboard.fileio import sha256_file, write_atomic
 from onboard.loop import code_version
 from onboard.profile import ROOT, RobotProfile, profile_file
 from onboard.qfunction import ModelError, OnnxQ, manifest_path
-from onboard.recorder import MANIFEST, SegmentError, read_manifest, verified_segments
+from onboard.recorder import MANIFEST, SegmentError, read_manifest, split_torn_tail, verified_segments
 from onboard.release import RELEASE_FILE, REQUIREMENTS
 from onboard.tasks import get_task
 
@@ -143,14 +143,14 @@ class Remote:
 
 
 # --- preflight -----------------------------------------------------------------------------------
-def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
-    """Everything that can be checked here, before anything on the robot changes."""
+def preflight(profile: RobotProfile, model: Path | None, source: Path | None = None) -> OnnxQ | None:
+    """Everything that can be checked here, before anything on the robot changes; `source`: the profile's file."""
     for tool in ("ssh", "rsync"):
         if shutil.which(tool) is None:
             raise DeployError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
     if not profile.host:
         raise DeployError(
-            f"robot {profile.name!r} has no host in {profile_file(profile.name)}: it runs here (make sim); "
+            f"robot {profile.name!r} has no host in {source or profile_file(profile.name)}: it runs here (make sim); "
             "set host (and user, identity_file) to deploy to it"
         )
     if profile.identity_file and not profile.path(profile.identity_file).is_file():
@@ -402,14 +402,18 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
     if not (incoming / MANIFEST).exists():
         print(f"{profile.name} has recorded no closed segment yet ({source})")
         return report
-    text = (incoming / MANIFEST).read_text()
-    if not text.endswith("\n"):  # a line the recorder is appending right now: the next pull takes it
-        (incoming / MANIFEST).write_text(text[: text.rfind("\n") + 1])
+    complete, appending = split_torn_tail((incoming / MANIFEST).read_bytes())
+    if appending:  # a line the recorder is appending right now: the next pull takes it
+        (incoming / MANIFEST).write_bytes(complete)
     try:
-        robot_entries = read_manifest(incoming)
         local_entries = {e["segment"]: e for e in read_manifest(folder)}
     except SegmentError as e:
-        raise DeployError(f"{e}: nothing was imported; repair or move that MANIFEST, then pull again") from None
+        raise DeployError(f"{e} (nothing was imported)") from None
+    try:
+        robot_entries = read_manifest(incoming)
+    except SegmentError as e:  # the copy here names the line; the file to repair is the robot's
+        robots = str(e).replace(str(incoming / MANIFEST), f"the robot's {source}/{MANIFEST}")
+        raise DeployError(f"{robots} (nothing was imported)") from None
     # 2. The segments not here yet, or listed here but gone (moved to rejected/): resumable through rsync's
     # partial folder. A name the robot uses for a different segment (its log folder was reset) is a problem:
     # the one here is kept, never overwritten.
@@ -461,7 +465,7 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
 def add_commands(sub) -> None:
     d = sub.add_parser("deploy", help="code, robot profile and model to the robot; restart its service")
     d.add_argument("--robot", required=True, help="robots/<name>.toml, or a path to a profile")
-    d.add_argument("--model", type=Path, help="q.onnx to deploy (q.json beside it); default: the profile's model")
+    d.add_argument("--model", help="q.onnx to deploy (q.json beside it); default: the profile's model")
     r = sub.add_parser("rollback", help="back to the robot's previous release")
     r.add_argument("--robot", required=True)
     p = sub.add_parser("pull-data", help="closed segments + MANIFEST from the robot into data/<robot>/, verified")
@@ -473,9 +477,19 @@ def add_commands(sub) -> None:
     s.add_argument("--robot", required=True)
 
 
+def check_command(args, profile: RobotProfile) -> None:
+    """The command line's refusals, made before any connection; messages name the profile file given."""
+    if getattr(args, "model", None) == "":
+        raise DeployError("--model is empty: give a q.onnx path, or leave --model out to deploy the profile's model")
+    if getattr(args, "bwlimit", 0) < 0:
+        raise DeployError(f"--bwlimit {args.bwlimit}: give a limit in KiB/s above 0, or 0 for none")
+    preflight(profile, None, profile_file(args.robot))
+
+
 def run_command(args, profile: RobotProfile) -> int:
+    check_command(args, profile)
     if args.command == "deploy":
-        deploy(profile, args.model)
+        deploy(profile, Path(args.model) if args.model else None)
     elif args.command == "rollback":
         rollback(profile)
     elif args.command == "robot-status":

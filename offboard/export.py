@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +85,31 @@ def export_extra(config: dict, segments: list[dict]) -> dict:
     return dict(mppi=mppi.to_dict(), segments=segments, training=config)
 
 
+def blocking_file(folder: Path) -> Path | None:
+    """The file standing where `folder` or one of its parents must be a folder, if any: creating it would fail."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def check_model_path(path: Path) -> None:
+    """Refuse a model path that q.onnx + q.json cannot be written to, before any training is spent on it."""
+    if manifest_path(path) == path:
+        raise ExportError(f"model path {path} ends in .json, its manifest's name: give a .onnx path, e.g. q.onnx")
+    for target in (path, manifest_path(path)):
+        if target.is_dir():
+            raise ExportError(f"model path {target} is a folder: give the model's file path, e.g. {path / 'q.onnx'}")
+    blocker = blocking_file(path.parent)
+    if blocker is not None:
+        raise ExportError(f"cannot write the model to {path}: {blocker} is a file, not a folder; choose another path")
+
+
 def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: int = 0) -> Path:
     """Write and verify `path` (q.onnx) and its manifest; returns the manifest's path."""
     task = get_task(task_name)
     path = Path(path)
+    check_model_path(path)
     data = onnx_bytes(net, task.obs_dim, task.act_dim)
     error, floor = check_against_torch(data, net, task.obs_dim, task.act_dim, np.random.default_rng(seed))
     if not (np.isfinite(error) and np.isfinite(floor)) or floor > MAX_ROUNDING:
@@ -111,10 +134,41 @@ def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: i
     return manifest
 
 
+CHECKPOINT_KEYS = ("task", "hidden", "horizon", "target_iters", "planner_model")  # what export reads from config
+
+
 def load_checkpoint(path: str | Path) -> tuple[QNetwork, dict]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = checkpoint["config"]
-    task = get_task(config["task"])
-    net = QNetwork(task.obs_dim, task.act_dim, tuple(config["hidden"]))
-    net.load_state_dict(checkpoint["state_dict"])
+    """A training checkpoint as data only (weights_only: loading it runs no code); ExportError names what is wrong."""
+    path = Path(path)
+    fix = "give a runs/train/<time>/checkpoint-NNN.pt written by training"
+    if path.is_dir():
+        raise ExportError(f"checkpoint {path} is a folder: {fix}")
+    if not path.exists():
+        raise ExportError(f"checkpoint {path} does not exist: {fix}")
+    unreadable = ExportError(f"{path} is not a readable checkpoint (truncated, damaged, or not a torch file): {fix}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch.load's errors on others say little
+        raise unreadable
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's zip and pickle readers raise whatever they met
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            raise ExportError(
+                f"{path} holds Python objects, not only a checkpoint's data (not loaded: that could run code): {fix}"
+            ) from None
+        raise unreadable from None
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict) or not all(k in config for k in CHECKPOINT_KEYS):
+        raise ExportError(f"{path} is not a training checkpoint (no config with {', '.join(CHECKPOINT_KEYS)}): {fix}")
+    try:
+        task = get_task(config["task"])
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{path}: {e}") from None
+    try:
+        net = QNetwork(task.obs_dim, task.act_dim, tuple(config["hidden"]))
+        net.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, KeyError, RuntimeError):  # torch's mismatch report runs to many lines: name the cause here
+        raise ExportError(
+            f"{path}: its weights do not fit a {task.name} Q with hidden layers {config['hidden']} (another task or "
+            f"shape, or edited): {fix}"
+        ) from None
     return net, checkpoint

@@ -5,8 +5,11 @@ reaches the file as it is written (flushed each step); on `end_episode` it is fi
 renamed to `.mcap`, and a line with its sha256 is appended to MANIFEST (fsynced too). On start, a
 `.partial` left by a crash is rewritten from its complete records into a segment marked `recovered`
 in MANIFEST, or, when nothing in it is readable, moved to `quarantine/` with a log line: never lost,
-never taken for a complete segment. Readers trust only segments that MANIFEST lists with a matching
-sha256. Standard MCAP with JSON schemas: Foxglove Studio opens the segments.
+never taken for a complete segment. A MANIFEST line that a power cut left unfinished is cut off into
+MANIFEST.torn, and a `.mcap` that no line lists is listed again if it reads as a complete segment, else
+quarantined. Readers trust only segments that MANIFEST lists with a matching sha256; a listed segment
+that cannot be read is one problem line, never a crash. Standard MCAP with JSON schemas: Foxglove Studio
+opens the segments.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from onboard.fileio import fsync_dir, sha256_file
 log = logging.getLogger("mpq.recorder")
 
 MANIFEST = "MANIFEST"
+TORN = "MANIFEST.torn"
 QUARANTINE = "quarantine"
 PARTIAL = ".mcap.partial"
 
@@ -84,10 +88,13 @@ class Recorder:
         self._file = None
         self._writer: Writer | None = None
         self._partial: Path | None = None
+        self.torn = repair_manifest(self.dir)
         self.recovered = recover_partials(self.dir) + list_unlisted(self.dir)
-        # After recovery every segment on disk is in MANIFEST: one past its highest id, read once here and
-        # counted on after. Segments pruned after a pull stay listed, so their names are never reused.
+        # After recovery every segment on disk is in MANIFEST or quarantine/: one past the highest id of
+        # both, read once here and counted on after. Segments pruned after a pull stay listed, so their
+        # names are never reused.
         names = [entry["segment"].split(".")[0] for entry in read_manifest(self.dir)]
+        names += [path.name.split(".")[0] for path in (self.dir / QUARANTINE).glob("*")]
         self.next_episode = max((int(n) for n in names if n.isdigit()), default=0) + 1
 
     # --- one episode ----------------------------------------------------------------------------
@@ -164,6 +171,20 @@ def _complete_records(path: Path) -> list:
     return records
 
 
+def _quarantine(directory: Path, path: Path, why: str) -> None:
+    """Move a file no reader may trust out of the log folder, never over an earlier one: kept, never deleted."""
+    folder = directory / QUARANTINE
+    folder.mkdir(exist_ok=True)
+    target, copies = folder / path.name, 1
+    while target.exists():
+        copies += 1
+        target = folder / f"{path.name}.{copies}"
+    shutil.move(path, target)
+    fsync_dir(folder)
+    fsync_dir(directory)
+    log.warning("quarantined %s as %s: %s", path, target, why)
+
+
 def recover_partials(directory: Path) -> list[Path]:
     """Rewrite each `.mcap.partial` from its complete records, marked recovered; quarantine the rest."""
     recovered = []
@@ -171,9 +192,7 @@ def recover_partials(directory: Path) -> list[Path]:
         records = _complete_records(partial)
         messages = [r for r in records if isinstance(r, Message)]
         if not messages:
-            (directory / QUARANTINE).mkdir(exist_ok=True)
-            shutil.move(partial, directory / QUARANTINE / partial.name)
-            log.warning("quarantined %s: no complete message in it", partial)
+            _quarantine(directory, partial, "no complete message in it")
             continue
         segment = partial.with_name(partial.name[: -len(".partial")])
         tmp = segment.with_name(segment.name + ".recovering")
@@ -204,13 +223,60 @@ def recover_partials(directory: Path) -> list[Path]:
 
 def list_unlisted(directory: Path) -> list[Path]:
     """A crash between a segment's rename and its MANIFEST line leaves a complete, fsynced `.mcap` that
-    nothing lists: list it now (marked recovered), so a pull takes it. Never lost, never rewritten."""
+    nothing lists: list it now (marked recovered), so a pull takes it. One that does not read as a complete
+    segment (cut short, damaged) would break every reader: it goes to quarantine/. Never lost, never rewritten."""
     listed = {entry["segment"] for entry in read_manifest(directory)}
-    unlisted = [path for path in sorted(directory.glob("*.mcap")) if path.name not in listed]
-    for path in unlisted:
+    recovered = []
+    for path in sorted(directory.glob("*.mcap")):
+        if path.name in listed:
+            continue
+        try:
+            read_segment(path)
+        except SegmentError as e:
+            _quarantine(directory, path, f"not listed in MANIFEST, and {str(e).removeprefix(f'{path}: ')}")
+            continue
         append_manifest(directory, path, recovered=True)
         log.warning("listed %s in MANIFEST: it was closed but not listed before a crash", path)
-    return unlisted
+        recovered.append(path)
+    return recovered
+
+
+def split_torn_tail(data: bytes) -> tuple[bytes, bytes]:
+    """(the complete lines, what follows the last newline): an append that a power cut, or a writer still at
+    work, has not finished leaves its line without the newline that ends it."""
+    cut = data.rfind(b"\n") + 1
+    return data[:cut], data[cut:]
+
+
+def repair_manifest(directory: Path) -> bytes:
+    """A power cut mid-append leaves MANIFEST ending in a torn line that would stop every later start. A
+    whole entry that only lost its newline gets it back; anything else is cut off into MANIFEST.torn (kept,
+    never deleted), and list_unlisted then lists its segment again if that is complete. Returns what was cut."""
+    path = directory / MANIFEST
+    if not path.exists():
+        return b""
+    complete, tail = split_torn_tail(path.read_bytes())
+    if not tail.strip():
+        return b""
+    if _manifest_entry(tail) is not None:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("ended the last line of %s: a power cut took only its newline", path)
+        return b""
+    with open(directory / TORN, "ab") as f:
+        f.write(tail + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "r+b") as f:
+        f.truncate(len(complete))
+        os.fsync(f.fileno())
+    fsync_dir(directory)
+    log.warning(
+        "cut a torn last line (%d bytes) off %s into %s: a power cut while it was appended", len(tail), path, TORN
+    )
+    return tail
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -218,16 +284,41 @@ class SegmentError(ValueError):
     """A segment that must not be trusted; the message names it and why."""
 
 
+def _manifest_entry(line: bytes) -> dict | None:
+    """The entry on one MANIFEST line, or None when the line is not one: a name in this folder and a sha256."""
+    try:
+        entry = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return None
+    name = entry.get("segment")
+    if not isinstance(name, str) or not name.endswith(".mcap") or Path(name).name != name:
+        return None
+    return entry
+
+
 def read_manifest(directory: Path) -> list[dict]:
+    """The entries of MANIFEST; blank lines are skipped, any other line that is not an entry is a SegmentError."""
     path = Path(directory) / MANIFEST
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")  # the last is b"" when the file ends with its newline
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise SegmentError(f"{path}:{number} is not a manifest line: the MANIFEST is damaged") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        entry = _manifest_entry(line)
+        if entry is None:
+            shown = line[:60].decode(errors="replace")
+            if number == len(lines):  # no newline after it: an append cut short
+                why = "this last line was cut short by a power cut mid-append; fix: start `python -m onboard run` on "
+                why += "this folder (it repairs that), or delete that line"
+            else:
+                why = "the MANIFEST is damaged; fix: delete that line (the robot's next `python -m onboard run`, or "
+                why += "the next pull-data, lists its segment again)"
+            raise SegmentError(f"{path}:{number} is not a segment entry ({shown!r}): {why}")
+        entries.append(entry)
     return entries
 
 
@@ -253,22 +344,27 @@ def verified_segments(directory: Path) -> tuple[list[Path], list[str]]:
 
 
 def read_segment(path: Path) -> tuple[dict, dict[str, list[dict]]]:
-    """(metadata by name, records by topic) of one closed segment."""
+    """(metadata by name, records by topic) of one closed segment, read to its footer: a segment cut short
+    or damaged is a SegmentError naming it, so a reader can leave it out and go on with the others."""
     metadata, topics = {}, {topic: [] for topic in CHANNELS}
     channels = {}
-    with open(path, "rb") as f:
-        for record in StreamReader(f).records:
-            if isinstance(record, Channel):
-                channels[record.id] = record.topic
-            elif isinstance(record, Metadata):
-                metadata[record.name] = {k: json.loads(v) for k, v in record.metadata.items()}
-            elif isinstance(record, Message):
-                topics.setdefault(channels[record.channel_id], []).append(json.loads(record.data))
+    try:
+        with open(path, "rb") as f:
+            for record in StreamReader(f).records:
+                if isinstance(record, Channel):
+                    channels[record.id] = record.topic
+                elif isinstance(record, Metadata):
+                    metadata[record.name] = {k: json.loads(v) for k, v in record.metadata.items()}
+                elif isinstance(record, Message):
+                    topics.setdefault(channels[record.channel_id], []).append(json.loads(record.data))
+    except Exception as e:  # mcap, struct, JSON, key and OS errors alike: this segment cannot be trusted
+        raise SegmentError(f"{path}: not a complete segment (cut short or damaged: {e or type(e).__name__})") from None
     return metadata, topics
 
 
 def iter_transitions(directory: Path) -> Iterator[dict]:
-    """Every transition of every verified segment, in episode order; raises SegmentError on a bad one."""
+    """Every transition of every verified segment, in episode order; raises SegmentError (one line naming the
+    segment) on one that fails its sha256 or cannot be read."""
     good, problems = verified_segments(directory)
     if problems:
         raise SegmentError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

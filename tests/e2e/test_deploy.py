@@ -340,7 +340,8 @@ def test_a_manifest_line_being_written_is_left_for_the_next_pull_and_a_damaged_o
     manifest.write_text("".join(lines[:2]) + "{not json\n" + "".join(lines[2:]))
     out = offboard("pull-data", "--robot", str(profile_path), "--data-dir", str(tmp_path / "data"))
     (line,) = out.stderr.strip().splitlines()
-    assert out.returncode == 1 and "MANIFEST" in line and "nothing was imported" in line
+    assert out.returncode == 1 and "the robot's" in line and "MANIFEST:3 is not a segment entry" in line
+    assert "nothing was imported" in line and "delete that line" in line
 
 
 def test_a_service_the_robot_cannot_run_is_refused_before_the_running_one_stops(loopback, tmp_path):

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from offboard.demo import main
+from offboard.demo import Stop, main
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
+from onboard.recorder import verified_segments
 from onboard.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
@@ -39,3 +48,65 @@ def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_p
     assert main(["--horizon", "32", "--out", str(tmp_path / "runs")]) == 2
     assert "--horizon 32 must be >= 1 and below --long-horizon 32" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--iterations", "0"], "--iterations 0"),
+        (["--episodes-per-iteration", "0"], "--episodes-per-iteration 0"),
+        (["--eval-episodes", "0"], "--eval-episodes 0"),
+        (["--eval-episodes", "-1"], "--eval-episodes -1"),
+        (["--updates-per-iteration", "0"], "--updates-per-iteration 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--task", "acrobot"], "unknown task 'acrobot'"),
+        (["--out", "{tmp}/a_file"], "a_file is a file, not a folder"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys, args, says):
+    """0 episodes means "until stopped" to the loop: a 0 here would run forever."""
+    (tmp_path / "a_file").write_text("keep me\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert main(["--out", str(tmp_path / "runs"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and says in err, err
+    assert not (tmp_path / "runs").exists() and (tmp_path / "a_file").read_text() == "keep me\n"
+
+
+def test_a_signal_stops_the_loop_cleanly_while_episodes_run_and_at_once_elsewhere():
+    stop = Stop()
+    with pytest.raises(KeyboardInterrupt):  # training, export: at once
+        stop.handler(signal.SIGINT, None)
+    stop = Stop()
+    stop.in_episodes = True
+    stop.handler(signal.SIGTERM, None)  # the loop ends its segment at its next step ...
+    assert stop()
+    with pytest.raises(KeyboardInterrupt):  # ... and a second Ctrl-C does not wait for it
+        stop.handler(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_one_ctrl_c_stops_the_whole_demo_and_reports_no_result(tmp_path, signum):
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "offboard.demo", "--eval-episodes", "1000", "--out", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*/baselines/*/*.mcap")):  # the first baseline is in its episodes
+            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
+            time.sleep(0.05)
+        demo.send_signal(signum)
+        stdout, stderr = demo.communicate(timeout=30)
+    finally:
+        demo.kill()
+    (run_dir,) = tmp_path.iterdir()
+    assert demo.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last == f"interrupted: the demo stopped; its partial run is in {run_dir} (no results.json)", stderr
+    assert "eval cost" not in stdout  # the interrupted baseline is no result, and no later stage ran
+    assert not (run_dir / "results.json").exists()
+    (folder,) = (run_dir / "baselines").iterdir()
+    segments, problems = verified_segments(folder)  # the loop closed its segment cleanly
+    assert 1 <= len(segments) < 1000 and not problems and not list(folder.glob("*.partial"))

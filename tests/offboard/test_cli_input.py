@@ -1,0 +1,126 @@
+"""Bad input on `python -m offboard`: one `error:` line naming the problem and the fix; nothing trained or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from offboard.__main__ import main
+from offboard.mpq import Config, QNetwork
+from onboard.recorder import Recorder
+
+
+@pytest.fixture(scope="module")
+def tiny_logs(tmp_path_factory) -> Path:
+    """Four verified five-step pendulum segments: enough for a training run of seconds."""
+    folder = tmp_path_factory.mktemp("data") / "robot"
+    for episode in range(1, 5):
+        recorder = Recorder(folder.parent, folder.name)
+        recorder.start_episode(episode, dict(task="pendulum", robot=folder.name))
+        for t in range(5):
+            step = dict(t=t, state=[0.1 * t, 0.0], obs=[1.0, 0.0, 0.0], action=[0.5], cost=1.0, next_state=[0.1, 0.0])
+            recorder.write("/transition", dict(step, done=t == 4))
+        recorder.end_episode()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_logs, tmp_path_factory) -> Path:
+    """A checkpoint written by a real (tiny) training run."""
+    out = tmp_path_factory.mktemp("runs")
+    model = out / "q.onnx"
+    argv = ["train", "--data", str(tiny_logs), "--out", str(out), "--model", str(model), "--iterations", "1"]
+    assert main([*argv, "--updates", "2"]) == 0 and model.is_file()
+    (path,) = out.glob("*/checkpoint-001.pt")
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def written(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--iterations", "0"], "--iterations 0"),
+        (["--iterations", "-1"], "--iterations -1"),
+        (["--updates", "0"], "--updates 0"),
+        (["--updates", "-5"], "--updates -5"),
+        (["--window", "-1"], "--window -1"),
+        (["--horizon", "0"], "--horizon 0"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--model", ""], "--model is empty"),
+        (["--task", "acrobot"], "unknown task 'acrobot'"),
+        (["--model", "{tmp}/q.json"], "ends in .json"),
+        (["--model", "{tmp}/a_folder"], "is a folder"),
+        (["--model", "{tmp}/a_file/q.onnx"], "a_file is a file, not a folder"),
+        (["--out", "{tmp}/a_file"], "a_file is a file, not a folder"),
+        (["--data", "{tmp}/nonexistent"], "nonexistent does not exist"),
+    ],
+)
+def test_bad_train_input_is_refused_before_anything_is_trained_or_written(tiny_logs, tmp_path, capsys, args, says):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("keep me\n")
+    before = written(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    defaults = ["--data", str(tiny_logs), "--out", str(tmp_path / "runs"), "--model", str(tmp_path / "q.onnx")]
+    assert main(["train", *defaults, "--updates", "2", *args]) == 2  # later options win over the defaults
+    assert says in one_error_line(capsys)
+    assert written(tmp_path) == before  # no run folder, no model, no .partial
+    assert (tmp_path / "a_file").read_text() == "keep me\n"
+
+
+def test_the_checkpoint_training_writes_exports_again(checkpoint, tmp_path, capsys):
+    """The checkpoint loads as data only (weights_only) and exports."""
+    assert main(["export", str(checkpoint), "--model", str(tmp_path / "q.onnx")]) == 0
+    assert (tmp_path / "q.onnx").is_file() and (tmp_path / "q.json").is_file()
+
+
+def bad_checkpoints(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    data = good.read_bytes()
+    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (folder / "text.pt").write_text("not a checkpoint\n")
+    torch.save(dict(state_dict=QNetwork(3, 1).state_dict()), folder / "no_config.pt")
+    other = dict(state_dict=QNetwork(5, 1).state_dict(), config=Config(task="pendulum").to_dict(), segments=[])
+    torch.save(other, folder / "other_shape.pt")  # a cart-pole sized Q under a pendulum config
+    (folder / "a_folder").mkdir()
+    return {
+        "truncated": (folder / "truncated.pt", "not a readable checkpoint"),
+        "text": (folder / "text.pt", "not a readable checkpoint"),
+        "no config": (folder / "no_config.pt", "not a training checkpoint"),
+        "other shape": (folder / "other_shape.pt", "do not fit a pendulum Q"),
+        "folder": (folder / "a_folder", "is a folder"),
+        "missing": (folder / "missing.pt", "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "text", "no config", "other shape", "folder", "missing"])
+def test_a_bad_checkpoint_is_one_line_naming_the_file(checkpoint, tmp_path, capsys, case):
+    path, says = bad_checkpoints(tmp_path, checkpoint)[case]
+    assert main(["export", str(path), "--model", str(tmp_path / "out" / "q.onnx")]) == 2
+    line = one_error_line(capsys)
+    assert str(path) in line and says in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_deploy_commands_name_the_profile_file_given_and_check_their_options(tmp_path, capsys):
+    profile = tmp_path / "x" / "x.toml"
+    profile.parent.mkdir()
+    profile.write_text('task = "pendulum"\n')  # no host: runs here, not deployable
+    for command in ("deploy", "pull-data", "robot-status", "rollback"):
+        assert main([command, "--robot", str(profile)]) == 1
+        line = one_error_line(capsys)
+        assert f"no host in {profile}:" in line, line
+    assert main(["deploy", "--robot", str(profile), "--model", ""]) == 1
+    assert "--model is empty" in one_error_line(capsys)
+    assert main(["pull-data", "--robot", str(profile), "--bwlimit", "-5", "--data-dir", str(tmp_path / "d")]) == 1
+    assert "--bwlimit -5" in one_error_line(capsys)
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,190 @@
+"""The recorder's start after a crash or a power cut: what it lists, quarantines and repairs, never loses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onboard.recorder import (
+    Recorder,
+    SegmentError,
+    append_manifest,
+    iter_transitions,
+    read_manifest,
+    read_segment,
+    verified_segments,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_segment(folder: Path, episode: int, steps: int = 20) -> Path:
+    """A closed pendulum segment of `steps` transitions, listed in MANIFEST, as the loop leaves one."""
+    recorder = Recorder(folder.parent, folder.name)
+    recorder.start_episode(episode, dict(task="pendulum", robot=folder.name))
+    for t in range(steps):
+        transition = dict(t=t, state=[0.1, 0.2], obs=[1.0, 0.0, 0.2], action=[0.5], cost=1.0, next_state=[0.1, 0.2])
+        recorder.write("/transition", dict(transition, done=t == steps - 1))
+    return recorder.end_episode()
+
+
+def cut(segment: Path, keep: int) -> bytes:
+    """Keep the first `keep` bytes of a segment, as a crash mid-copy or a bad disk does; returns them."""
+    data = segment.read_bytes()[:keep]
+    segment.write_bytes(data)
+    return data
+
+
+def onboard_run(log_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "onboard", "run", "--episodes", "1", "--quiet", "--log-dir", str(log_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("keep", [0.5, -9, -1])  # mid-messages, the footer's magic gone, its last byte gone
+def test_an_unlisted_segment_cut_short_is_quarantined_at_start_not_listed(tmp_path, keep):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    second = write_segment(folder, 2)
+    size = second.stat().st_size
+    data = cut(second, int(size * keep) if keep > 0 else size + keep)
+    (folder / "MANIFEST").write_text((folder / "MANIFEST").read_text().splitlines(keepends=True)[0])
+
+    recorder = Recorder(tmp_path, "robot")
+    assert recorder.recovered == []
+    assert [e["segment"] for e in read_manifest(folder)] == ["000001.mcap"]
+    assert (folder / "quarantine" / "000002.mcap").read_bytes() == data  # kept as it was, never deleted
+    good, problems = verified_segments(folder)
+    assert [p.name for p in good] == ["000001.mcap"] and problems == []
+    assert recorder.next_episode == 3  # the quarantined name is not used again
+
+
+def test_a_second_quarantined_file_of_the_same_name_never_overwrites_the_first(tmp_path):
+    folder = tmp_path / "robot"
+    first = cut(write_segment(folder, 1), 100)
+    (folder / "MANIFEST").unlink()
+    Recorder(tmp_path, "robot")
+    second = cut(write_segment(folder, 1), 200)
+    (folder / "MANIFEST").unlink()
+    Recorder(tmp_path, "robot")
+    assert (folder / "quarantine" / "000001.mcap").read_bytes() == first
+    assert (folder / "quarantine" / "000001.mcap.2").read_bytes() == second
+
+
+def test_a_listed_segment_cut_short_is_one_segment_error_not_a_crash(tmp_path):
+    """A segment cut short and listed with its own sha256 (by an older recorder) verifies, but cannot be read."""
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    second = write_segment(folder, 2)
+    (folder / "MANIFEST").write_text((folder / "MANIFEST").read_text().splitlines(keepends=True)[0])
+    cut(second, second.stat().st_size // 2)
+    append_manifest(folder, second, recovered=True)
+
+    with pytest.raises(SegmentError, match=r"000002\.mcap: not a complete segment \(cut short or damaged"):
+        read_segment(second)
+    assert len(read_segment(folder / "000001.mcap")[1]["/transition"]) == 20
+    with pytest.raises(SegmentError, match=r"000002\.mcap: not a complete segment"):
+        list(iter_transitions(folder))
+
+
+NOT_ENTRIES = ["1", '{"sha256": "x"}', "[]", "null", '"000001.mcap"', '{"segment": 1, "sha256": "x"}',
+               '{"segment": "../other/000001.mcap", "sha256": "x"}', "{not json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("line", NOT_ENTRIES)
+def test_a_manifest_line_that_is_not_a_segment_entry_is_one_line_naming_it_and_the_fix(tmp_path, line):
+    folder = tmp_path / "sim"
+    write_segment(folder, 1)
+    write_segment(folder, 2)
+    manifest = folder / "MANIFEST"
+    first, second = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text(first + line + "\n" + second)
+    with pytest.raises(SegmentError, match=r"MANIFEST:2 is not a segment entry .*fix: delete that line"):
+        read_manifest(folder)
+    out = onboard_run(tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "MANIFEST:2 is not a segment entry" in out.stderr and "fix: delete that line" in out.stderr
+    assert manifest.read_text().splitlines()[1] == line  # a damaged line in the middle is not touched
+
+
+def test_blank_manifest_lines_are_ignored(tmp_path):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    write_segment(folder, 2)
+    manifest = folder / "MANIFEST"
+    first, second = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("\n" + first + "  \n" + second + "\n\n")
+    assert [e["segment"] for e in read_manifest(folder)] == ["000001.mcap", "000002.mcap"]
+    assert len(list(iter_transitions(folder))) == 40
+
+
+def tear_last_line(folder: Path, keep: int) -> bytes:
+    """MANIFEST as a power cut mid-append leaves it: its last line cut to `keep` characters, no newline."""
+    manifest = folder / "MANIFEST"
+    *lines, last = manifest.read_bytes().splitlines(keepends=True)
+    torn = last[:keep].rstrip(b"\n")
+    manifest.write_bytes(b"".join(lines) + torn)
+    return torn
+
+
+def test_a_torn_last_manifest_line_is_cut_off_into_a_copy_and_its_segment_listed_again(tmp_path):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    write_segment(folder, 2)
+    torn = tear_last_line(folder, 30)
+    with pytest.raises(
+        SegmentError, match="MANIFEST:2 .*last line was cut short by a power cut mid-append; fix: start"
+    ):
+        read_manifest(folder)  # a reader never guesses: it names the repair
+
+    recorder = Recorder(tmp_path, "robot")
+    assert recorder.torn == torn and (folder / "MANIFEST.torn").read_bytes() == torn + b"\n"
+    assert [p.name for p in recorder.recovered] == ["000002.mcap"]
+    entry = read_manifest(folder)[-1]
+    assert entry["segment"] == "000002.mcap" and entry["recovered"] is True
+    good, problems = verified_segments(folder)
+    assert [p.name for p in good] == ["000001.mcap", "000002.mcap"] and problems == []
+    before = (folder / "MANIFEST").read_bytes()
+    assert Recorder(tmp_path, "robot").torn == b"" and (folder / "MANIFEST").read_bytes() == before
+
+
+def test_a_last_manifest_line_that_lost_only_its_newline_is_kept_as_written(tmp_path):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    whole = (folder / "MANIFEST").read_bytes()
+    tear_last_line(folder, len(whole))
+    recorder = Recorder(tmp_path, "robot")
+    assert recorder.recovered == [] and not (folder / "MANIFEST.torn").exists()
+    assert (folder / "MANIFEST").read_bytes() == whole
+    write_segment(folder, 2)  # the next line goes on a line of its own
+    assert [e.get("recovered", False) for e in read_manifest(folder)] == [False, False]
+
+
+def test_a_torn_manifest_line_whose_segment_is_cut_short_too_quarantines_the_segment(tmp_path):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    second = write_segment(folder, 2)
+    tear_last_line(folder, 10)
+    cut(second, 500)
+    assert Recorder(tmp_path, "robot").recovered == []
+    assert (folder / "quarantine" / "000002.mcap").exists()
+    assert verified_segments(folder)[1] == []
+
+
+def test_onboard_run_starts_on_a_torn_manifest_and_keeps_every_segment(tmp_path):
+    """The reported failure: after a power cut mid-append every start, the service's too, exited 2."""
+    folder = tmp_path / "sim"
+    write_segment(folder, 1)
+    write_segment(folder, 2)
+    tear_last_line(folder, 40)
+    out = onboard_run(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "MANIFEST.torn" in out.stderr and "listed" in out.stderr and "000002.mcap" in out.stderr
+    good, problems = verified_segments(folder)
+    assert [p.name for p in good] == ["000001.mcap", "000002.mcap", "000003.mcap"] and problems == []
+    assert json.loads((folder / "MANIFEST").read_text().splitlines()[1])["recovered"] is True
