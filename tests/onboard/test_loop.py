@@ -352,7 +352,9 @@ def without_realtime_rights() -> list[str]:
 
 
 def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path):
-    robot = str(write_profile(tmp_path, mode="realtime", standin_period=0.005))
+    robot = str(
+        write_profile(tmp_path, mode="realtime", standin_period=0.01, deadline_misses_max=50)
+    )  # no priority: margin
     prefix = without_realtime_rights()
     out = subprocess.run([*prefix, sys.executable, "-m", "onboard", "run", "--robot", robot, "--quiet", "--json"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
