@@ -8,8 +8,9 @@ from pathlib import Path
 
 from offboard.dataset import DatasetError
 from offboard.deploy import DeployError, add_commands, run_command
-from offboard.export import ExportError, blocking_file, check_model_path, export, export_extra, load_checkpoint
+from offboard.export import ExportError, check_model_path, export, export_extra, load_checkpoint
 from offboard.mpq import Config, train
+from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
 from onboard.tasks import get_task
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offboard.export import blocking_file, export, export_extra
+from offboard.export import export, export_extra
 from offboard.mpq import Config, train
+from onboard.fileio import blocking_file
 from onboard.loop import run
 from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile

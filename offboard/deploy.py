@@ -30,7 +30,7 @@ from pathlib import Path
 
 import tomli_w
 
-from onboard.fileio import sha256_file, write_atomic
+from onboard.fileio import blocking_file, sha256_file, write_atomic
 from onboard.loop import code_version
 from onboard.profile import ROOT, RobotProfile, profile_file
 from onboard.qfunction import ModelError, OnnxQ, manifest_path
@@ -483,6 +483,11 @@ def check_command(args, profile: RobotProfile) -> None:
         raise DeployError("--model is empty: give a q.onnx path, or leave --model out to deploy the profile's model")
     if getattr(args, "bwlimit", 0) < 0:
         raise DeployError(f"--bwlimit {args.bwlimit}: give a limit in KiB/s above 0, or 0 for none")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None and (blocker := blocking_file(Path(data_dir) / profile.name)) is not None:
+        raise DeployError(
+            f"--data-dir {data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
+        )
     preflight(profile, None, profile_file(args.robot))
 
 

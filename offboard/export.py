@@ -20,6 +20,7 @@ import onnx
 import torch
 
 from offboard.mpq import QNetwork
+from onboard.fileio import blocking_file
 from onboard.mppi import MPPIConfig
 from onboard.qfunction import OnnxQ, manifest_path, save_q_model
 from onboard.tasks import get_task
@@ -83,14 +84,6 @@ def export_extra(config: dict, segments: list[dict]) -> dict:
     task = get_task(config["task"])
     mppi = MPPIConfig.for_task(task, H=config["horizon"], n_iters=config["target_iters"], model=config["planner_model"])
     return dict(mppi=mppi.to_dict(), segments=segments, training=config)
-
-
-def blocking_file(folder: Path) -> Path | None:
-    """The file standing where `folder` or one of its parents must be a folder, if any: creating it would fail."""
-    for p in (folder, *folder.parents):
-        if p.exists():
-            return None if p.is_dir() else p
-    return None
 
 
 def check_model_path(path: Path) -> None:

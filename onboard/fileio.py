@@ -34,3 +34,11 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def blocking_file(folder: Path) -> Path | None:
+    """The file standing where `folder` or one of its parents must be a folder, if any: creating it would fail."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None

@@ -124,3 +124,6 @@ def test_deploy_commands_name_the_profile_file_given_and_check_their_options(tmp
     assert main(["pull-data", "--robot", str(profile), "--bwlimit", "-5", "--data-dir", str(tmp_path / "d")]) == 1
     assert "--bwlimit -5" in one_error_line(capsys)
     assert not (tmp_path / "d").exists()
+    (tmp_path / "a-file").write_text("")
+    assert main(["pull-data", "--robot", str(profile), "--data-dir", str(tmp_path / "a-file")]) == 1
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in one_error_line(capsys)  # before any connection
