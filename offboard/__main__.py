@@ -73,6 +73,10 @@ def main(argv=None) -> int:
         except DeployError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except OSError as e:  # this machine's side: a data folder that is read-only or full
+            print(f"error: {args.command}: {e.strerror}: {e.filename or ''} (free space there, or fix its permissions)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         except KeyboardInterrupt:
             print(
                 f"\ninterrupted: run {args.command} again (a deploy restarts cleanly, a pull resumes)", file=sys.stderr

@@ -11,6 +11,7 @@ Ctrl-C or SIGTERM ends the current segment cleanly and disarms the plant.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -253,16 +254,22 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
     with loop_scheduling(profile) as scheduling:  # before the planner: ONNX Runtime's threads inherit it
         task = get_task(profile.task)
         planner = planner or make_planner(profile, task)
-        return _run(profile, task, episodes, planner, show_status, stop, LoopStats(scheduling=scheduling))
+        try:
+            recorder = Recorder(profile.log_path, profile.name)
+        except OSError as e:
+            raise LoopError(
+                f"cannot keep segments in {profile.log_path / profile.name} ({e.strerror}): set another log_dir"
+            ) from None
+        try:
+            stats = LoopStats(scheduling=scheduling)
+            return _run(profile, task, episodes, planner, recorder, show_status, stop, stats)
+        finally:
+            recorder.close()  # the folder's lock: another run may record into it now
 
 
-def _run(profile: RobotProfile, task, episodes: int, planner, show_status: bool, stop, stats: LoopStats) -> LoopStats:
-    try:
-        recorder = Recorder(profile.log_path, profile.name)
-    except OSError as e:
-        raise LoopError(
-            f"cannot keep segments in {profile.log_path / profile.name} ({e.strerror}): set another log_dir"
-        ) from None
+def _run(
+    profile: RobotProfile, task, episodes: int, planner, recorder: Recorder, show_status: bool, stop, stats: LoopStats
+) -> LoopStats:
     signing_key = profile.signing_key()  # before the plant starts: a bad key is the profile's error, not the plant's
     stop = stop or _stop_on_signals()
     status_due = 0.0
@@ -354,14 +361,25 @@ def _run(profile: RobotProfile, task, episodes: int, planner, show_status: bool,
                     print(
                         ("\r" if live else "") + stats.line(episode, t, episode_cost, link), file=sys.stderr, flush=True
                     )
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # the log folder, not the link
+                raise LoopError(
+                    f"cannot write the log in {profile.log_path / profile.name} ({e.strerror}): the plant is disarmed; "
+                    "free space there (pull-data --prune) or set another log_dir"
+                ) from None
+            raise
         finally:
-            if recorder.in_episode:  # an error mid-episode: keep what was recorded, as a complete segment
-                recorder.end_episode(dict(interrupted=True, error=True))
-            try:
-                link.disarm(timeout=0.5)  # zero actuation
+            try:  # zero actuation first: nothing the recorder raises may keep the plant armed
+                link.disarm(timeout=0.5)
             except LinkError:
                 pass
-            link.close()
+            try:
+                if recorder.in_episode:  # an error mid-episode: keep what was recorded, as a complete segment
+                    recorder.end_episode(dict(interrupted=True, error=True))
+            except OSError as e:  # the disk that failed mid-episode: the error above says so; the .partial stays
+                log.warning("could not close the segment (%s): the next start recovers its .partial", e.strerror)
+            finally:
+                link.close()
     return stats
 
 
@@ -382,13 +400,12 @@ def _newest(link: Link, state):
 
 def _safe_stop(link: Link, state, recorder: Recorder, stats: LoopStats, episode_cost: float, why: str) -> None:
     """The safe action, disarm, and close the segment as it is."""
-    link.send_command(np.zeros(link.act_dim), state.seq)
     try:
+        link.send_command(np.zeros(link.act_dim), state.seq)
         link.disarm(timeout=1.0)
     except LinkError:
         pass  # a plant in failsafe is already at zero actuation
-    finally:
-        recorder.end_episode(dict(cost=episode_cost, interrupted=True, safe_stop=why))
+    recorder.end_episode(dict(cost=episode_cost, interrupted=True, safe_stop=why))
 
 
 def _failsafe_name(code: int) -> str:

@@ -14,6 +14,7 @@ opens the segments.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from onboard.fileio import fsync_dir, sha256_file
 log = logging.getLogger("mpq.recorder")
 
 MANIFEST = "MANIFEST"
+LOCK = ".lock"  # held (flock) by the one recorder of the folder
 TORN = "MANIFEST.torn"
 QUARANTINE = "quarantine"
 PARTIAL = ".mcap.partial"
@@ -84,6 +86,7 @@ class Recorder:
     def __init__(self, log_dir: str | Path, robot: str):
         self.dir = Path(log_dir) / robot
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_folder(self.dir)
         self.robot = robot
         self._file = None
         self._writer: Writer | None = None
@@ -96,6 +99,12 @@ class Recorder:
         names = [entry["segment"].split(".")[0] for entry in read_manifest(self.dir)]
         names += [path.name.split(".")[0] for path in (self.dir / QUARANTINE).glob("*")]
         self.next_episode = max((int(n) for n in names if n.isdigit()), default=0) + 1
+
+    def close(self) -> None:
+        """Let another run record into this folder (the lock also goes when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # --- one episode ----------------------------------------------------------------------------
     def start_episode(self, episode_id: int, metadata: dict) -> Path:
@@ -169,6 +178,31 @@ def _complete_records(path: Path) -> list:
         except Exception:  # truncated or garbled tail: keep what came before it
             pass
     return records
+
+
+class FolderInUse(RuntimeError):
+    """Another process records into this log folder."""
+
+
+def _lock_folder(directory: Path):
+    """One recorder per log folder. A second one would take the first's live `.partial` for a crash's and
+    "recover" it, and number its episodes as the first does: a listed segment would be overwritten."""
+    f = open(directory / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise FolderInUse(
+            f"another run (pid {holder}) is recording into {directory}: stop it first, or give this run another "
+            "log_dir or robot name"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _quarantine(directory: Path, path: Path, why: str) -> None:

@@ -11,6 +11,7 @@ library only: it runs on a robot where nothing else may be installed yet.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -73,6 +74,10 @@ class ServiceSpec:
             return cls(**json.loads(path.read_text()))
         except FileNotFoundError:
             raise ServiceError(f"no service installed under {remote_dir}: deploy a release first") from None
+        except OSError as e:
+            raise ServiceError(f"cannot read {path} ({e.strerror}): give the robot's remote_dir with --dir") from None
+        except (ValueError, TypeError) as e:  # not JSON, or not the spec's keys
+            raise ServiceError(f"{path} is damaged ({e}): deploy again to rewrite it") from None
 
 
 class ServiceError(RuntimeError):
@@ -100,6 +105,11 @@ def get_service(spec: ServiceSpec) -> Supervisor | Systemd:
             raise ServiceError('the profile asks for service = "systemd" but systemd does not run here: use "auto"')
         return Systemd(spec)
     return Supervisor(spec)
+
+
+def _check_release(spec: ServiceSpec) -> None:
+    if not Path(spec.cwd).is_dir():
+        raise ServiceError(f"no current release in {spec.remote_dir}: deploy one (make deploy) before starting")
 
 
 # --- the pidfile supervisor ----------------------------------------------------------------------
@@ -172,6 +182,7 @@ class Supervisor:
         current = self.status()
         if current.running:
             return current
+        _check_release(self.spec)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.statefile.unlink(missing_ok=True)
         if self.logfile.exists() and self.logfile.stat().st_size > LOG_KEEP_BYTES:
@@ -227,6 +238,12 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        lock = open(self.run_dir / "supervisor.lock", "a")  # held while this supervisor lives
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # two starts at once: the first one supervises, this one leaves
+            _log("another supervisor already runs this service: this one exits")
+            return 0
         write_atomic(self.pidfile, f"{os.getpid()}\n")
         state = dict(state="starting", starts=0, last_exit=None, release=_release(self.spec.cwd), child_pid=None)
         failures = deque()
@@ -319,6 +336,7 @@ class Systemd:
         return ServiceStatus(active, failed, pid, line)
 
     def start(self) -> ServiceStatus:
+        _check_release(self.spec)
         self.unit_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.unit_path, self.unit_text())
         self._checked("daemon-reload")

@@ -25,7 +25,9 @@ def write_segment(folder: Path, episode: int, steps: int = 20, **fields) -> Path
     for t in range(steps):
         step = {k: v for k, v in dict(STEP, t=t, **fields).items() if v is not None}
         recorder.write("/transition", step)
-    return recorder.end_episode()
+    segment = recorder.end_episode()
+    recorder.close()
+    return segment
 
 
 def test_a_listed_segment_cut_short_is_left_out_and_the_others_still_train(tmp_path):

@@ -78,6 +78,7 @@ def write_segment(folder: Path, episode: int, task: str, cost: float, state_dim:
             "/transition", dict(t=t, state=state, obs=obs, action=[0.5], cost=cost, next_state=state, done=t == 2)
         )
     recorder.end_episode()
+    recorder.close()
 
 
 def test_bad_segments_are_reported_and_never_trained_on(robot_logs, tmp_path):

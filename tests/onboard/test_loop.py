@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -371,3 +372,33 @@ def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path
             "realtime priority 50 (SCHED_FIFO): permitted"
             in onboard_cli("selfcheck", "--robot", robot, "--offline").stdout
         )
+
+
+def test_a_full_disk_mid_episode_still_disarms_the_plant_first(tmp_path, monkeypatch):
+    """The recorder failing (ENOSPC), even again while it closes the segment, must not keep the plant armed."""
+    from firmware_bridge.link import Link
+    from onboard.recorder import Recorder
+
+    calls = []
+    write, disarm = Recorder.write, Link.disarm
+
+    def full_disk(self, topic, record, *args, **kwargs):
+        if topic == "/transition" and record["t"] == 50:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, topic, record, *args, **kwargs)
+
+    def failing_close(self, summary=None):
+        calls.append("end_episode")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def recorded_disarm(self, *args, **kwargs):
+        calls.append("disarm")
+        return disarm(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "write", full_disk)
+    monkeypatch.setattr(Recorder, "end_episode", failing_close)
+    monkeypatch.setattr(Link, "disarm", recorded_disarm)
+    with pytest.raises(LoopError, match=f"cannot write the log in {tmp_path / 'sim'} .*: the plant is disarmed; free"):
+        run(load_profile("sim", log_dir=str(tmp_path)), episodes=1, show_status=False)
+    assert calls == ["disarm", "end_episode"]  # zero actuation first, then the segment
+    assert (tmp_path / "sim" / "000001.mcap.partial").exists()  # kept for the next start to recover

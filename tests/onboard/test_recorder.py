@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from onboard.recorder import (
+    FolderInUse,
     Recorder,
     SegmentError,
     append_manifest,
@@ -29,7 +31,9 @@ def write_segment(folder: Path, episode: int, steps: int = 20) -> Path:
     for t in range(steps):
         transition = dict(t=t, state=[0.1, 0.2], obs=[1.0, 0.0, 0.2], action=[0.5], cost=1.0, next_state=[0.1, 0.2])
         recorder.write("/transition", dict(transition, done=t == steps - 1))
-    return recorder.end_episode()
+    segment = recorder.end_episode()
+    recorder.close()
+    return segment
 
 
 def cut(segment: Path, keep: int) -> bytes:
@@ -150,6 +154,7 @@ def test_a_torn_last_manifest_line_is_cut_off_into_a_copy_and_its_segment_listed
     good, problems = verified_segments(folder)
     assert [p.name for p in good] == ["000001.mcap", "000002.mcap"] and problems == []
     before = (folder / "MANIFEST").read_bytes()
+    recorder.close()
     assert Recorder(tmp_path, "robot").torn == b"" and (folder / "MANIFEST").read_bytes() == before
 
 
@@ -161,6 +166,7 @@ def test_a_last_manifest_line_that_lost_only_its_newline_is_kept_as_written(tmp_
     recorder = Recorder(tmp_path, "robot")
     assert recorder.recovered == [] and not (folder / "MANIFEST.torn").exists()
     assert (folder / "MANIFEST").read_bytes() == whole
+    recorder.close()
     write_segment(folder, 2)  # the next line goes on a line of its own
     assert [e.get("recovered", False) for e in read_manifest(folder)] == [False, False]
 
@@ -188,3 +194,17 @@ def test_onboard_run_starts_on_a_torn_manifest_and_keeps_every_segment(tmp_path)
     good, problems = verified_segments(folder)
     assert [p.name for p in good] == ["000001.mcap", "000002.mcap", "000003.mcap"] and problems == []
     assert json.loads((folder / "MANIFEST").read_text().splitlines()[1])["recovered"] is True
+
+
+def test_one_recorder_per_folder_at_a_time(tmp_path):
+    """A second run on a folder would take the first's live .partial for a crash's and reuse its episode ids."""
+    first = Recorder(tmp_path, "robot")
+    first.start_episode(first.next_episode, dict(task="pendulum"))
+    with pytest.raises(
+        FolderInUse, match=f"another run \\(pid {os.getpid()}\\) is recording into {tmp_path / 'robot'}"
+    ):
+        Recorder(tmp_path, "robot")
+    assert (tmp_path / "robot" / "000001.mcap.partial").exists()  # the live segment was left alone
+    first.end_episode()
+    first.close()
+    assert Recorder(tmp_path, "robot").next_episode == 2

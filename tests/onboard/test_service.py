@@ -118,3 +118,37 @@ def test_a_big_log_is_rotated_at_start(tmp_path, monkeypatch):
     wait_until(lambda: not service.status().running)
     assert (service.logfile.parent / (service.logfile.name + ".1")).read_text().startswith("old line")
     assert "hello from the runtime" in service.logfile.read_text() and "old line" not in service.logfile.read_text()
+
+
+def service_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onboard.service", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_two_starts_at_once_leave_one_supervisor_and_one_runtime(tmp_path):
+    """Two runtimes would record into one log folder; the second supervisor sees the first's lock and leaves."""
+    service = supervisor(tmp_path, "import time\ntime.sleep(60)\n")
+    starts = [subprocess.Popen([sys.executable, "-m", "onboard.service", "start", "--dir", str(tmp_path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    for start in starts:
+        assert start.wait(timeout=30) == 0
+    try:
+        wait_until(lambda: "another supervisor already runs this service" in service.logfile.read_text())
+        supervisors = subprocess.run(["pgrep", "-f", f"onboard.service supervise --dir {tmp_path}"],
+                                     capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(supervisors) == 1 and service.status().running
+    finally:
+        service.stop()
+    assert not service.status().running
+
+
+def test_a_damaged_spec_or_a_missing_release_is_one_line(tmp_path):
+    service = supervisor(tmp_path, "import time\ntime.sleep(60)\n")
+    (tmp_path / "current").rmdir()  # as a rollback with nothing to go back to leaves it
+    out = service_cli("start", "--dir", str(tmp_path))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no current release in" in out.stderr
+    service.spec_path = tmp_path / "run" / "service-spec.json"
+    service.spec_path.write_text('{"robot": "test"')
+    out = service_cli("status", "--dir", str(tmp_path))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "is damaged" in out.stderr
+    out = service_cli("status", "--dir", str(tmp_path / "run" / "service-spec.json"))  # a file, not remote_dir
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "give the robot's remote_dir" in out.stderr
