@@ -27,6 +27,7 @@ DIALECT_XML = Path(__file__).with_name("mpq.xml")
 INCLUDED_XML = ("common.xml", "standard.xml", "minimal.xml")
 MAX_STATE = 16  # MPQ_STATE.state and MPQ_EPISODE_CONTROL.state
 MAX_ACT = 8  # MPQ_COMMAND.u
+CONTROL_PERIOD_LIMITS = (1e-4, 10.0)  # s: outside, a typo (the handshake carries the period in microseconds)
 
 
 def _definitions() -> list[Path]:

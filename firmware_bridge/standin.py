@@ -32,14 +32,20 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_ACT, MAX_STATE, mavlink
+from firmware_bridge.dialect import (
+    CONTROL_PERIOD_LIMITS,
+    DIALECT_CHECKSUM,
+    DIALECT_VERSION,
+    MAX_ACT,
+    MAX_STATE,
+    mavlink,
+)
 from firmware_bridge.frames import FrameParser, enable_signing, read_signing_key
 from firmware_bridge.paths import MODELS_DIR
 from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
 
 PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
-MIN_CONTROL_PERIOD, MAX_CONTROL_PERIOD = 1e-4, 10.0  # s: outside, a typo (the handshake carries microseconds)
 STALE_STATES = 3  # realtime: a command answering a state older than this many periods is refused
 
 
@@ -63,7 +69,7 @@ class Firmware:
         self.act_dim = plant.model.nu
         self.period = plant.control_period
         if not math.isfinite(watchdog_periods) or watchdog_periods <= 0:  # NaN would never trip: no failsafe
-            raise ValueError(f"watchdog periods {watchdog_periods!r}: use a finite number above 0 (default 3)")
+            raise ValueError(f"--watchdog-periods {watchdog_periods!r}: use a finite number above 0 (default 3)")
         self.watchdog_timeout = watchdog_periods * self.period
         self.ctrl_low, self.ctrl_high = plant.ctrl_low.tolist(), plant.ctrl_high.tolist()
         self.reset_low = custom_numeric(plant.model, "reset_low")
@@ -391,11 +397,9 @@ def main(argv=None) -> int:
     parser.add_argument("--control-period", type=float, help="override the XML's control period, s (benchmarks)")
     args = parser.parse_args(argv)
     try:
-        if args.control_period is not None and not MIN_CONTROL_PERIOD <= args.control_period <= MAX_CONTROL_PERIOD:
-            limits = f"{MIN_CONTROL_PERIOD:g} to {MAX_CONTROL_PERIOD:g}"
-            raise ValueError(f"--control-period {args.control_period!r}: use seconds from {limits}")
-        if not math.isfinite(args.watchdog_periods) or args.watchdog_periods <= 0:
-            raise ValueError(f"--watchdog-periods {args.watchdog_periods!r}: use a finite number above 0 (default 3)")
+        low, high = CONTROL_PERIOD_LIMITS
+        if args.control_period is not None and not low <= args.control_period <= high:
+            raise ValueError(f"--control-period {args.control_period!r}: use seconds from {low:g} to {high:g}")
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period)
         if plant.model.nq + plant.model.nv > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
             raise ValueError(
@@ -407,12 +411,12 @@ def main(argv=None) -> int:
             endpoint, port = SerialEndpoint.device(args.device, args.baud), args.device
         else:
             endpoint, port = SerialEndpoint.pty()
+        mav = make_mav(key)
+        mav.file = endpoint
+        firmware = Firmware(plant, args.task, args.mode, mav.send, args.watchdog_periods)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    mav = make_mav(key)
-    mav.file = endpoint
-    firmware = Firmware(plant, args.task, args.mode, mav.send, args.watchdog_periods)
     frames = FrameParser(make_mav(key))
     firmware.link_counters = frames.counters
     stop = {"now": False}

@@ -143,15 +143,15 @@ class Remote:
 
 
 # --- preflight -----------------------------------------------------------------------------------
-def preflight(profile: RobotProfile, model: Path | None, source: Path | None = None) -> OnnxQ | None:
-    """Everything that can be checked here, before anything on the robot changes; `source`: the profile's file."""
+def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
+    """Everything that can be checked here, before anything on the robot changes."""
     for tool in ("ssh", "rsync"):
         if shutil.which(tool) is None:
             raise DeployError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
     if not profile.host:
         raise DeployError(
-            f"robot {profile.name!r} has no host in {source or profile_file(profile.name)}: it runs here (make sim); "
-            "set host (and user, identity_file) to deploy to it"
+            f"robot {profile.name!r} has no host in {profile.source or profile_file(profile.name)}: it runs here "
+            "(make sim); set host (and user, identity_file) to deploy to it"
         )
     if profile.identity_file and not profile.path(profile.identity_file).is_file():
         path, user = profile.path(profile.identity_file), profile.user or getpass.getuser()
@@ -191,7 +191,7 @@ def requirements(profile: RobotProfile) -> str:
 
 def robot_profile(profile: RobotProfile, remote_dir: str, model_on_robot: str) -> dict:
     """The profile as the robot reads it: paths point into the release or the robot's own folders."""
-    data = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name != "root"}
+    data = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name not in ("root", "source")}
     data["model"] = model_on_robot
     data["log_dir"] = f"{remote_dir}/data"  # outside the releases: logs outlive deploys and rollbacks
     if profile.signing_key_file and not Path(profile.signing_key_file).expanduser().is_absolute():
@@ -478,7 +478,7 @@ def add_commands(sub) -> None:
 
 
 def check_command(args, profile: RobotProfile) -> None:
-    """The command line's refusals, made before any connection; messages name the profile file given."""
+    """The command line's refusals, made before any connection (each command's preflight follows)."""
     if getattr(args, "model", None) == "":
         raise DeployError("--model is empty: give a q.onnx path, or leave --model out to deploy the profile's model")
     if getattr(args, "bwlimit", 0) < 0:
@@ -488,7 +488,6 @@ def check_command(args, profile: RobotProfile) -> None:
         raise DeployError(
             f"--data-dir {data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
         )
-    preflight(profile, None, profile_file(args.robot))
 
 
 def run_command(args, profile: RobotProfile) -> int:

@@ -3,6 +3,7 @@ robot's release and service code uses it before its venv exists)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -42,3 +43,19 @@ def blocking_file(folder: Path) -> Path | None:
         if p.exists():
             return None if p.is_dir() else p
     return None
+
+
+def hold_lock(path: Path):
+    """An exclusive lock on `path` (created if missing) for as long as the returned file stays open, with this
+    process's pid in it; None when another process holds it (the file then names that process's pid)."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f

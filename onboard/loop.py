@@ -197,7 +197,7 @@ def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
 def loop_scheduling(profile: RobotProfile):
     """SCHED_FIFO at the profile's realtime_priority for this thread while the realtime loop runs; yields
     what it got. Processes it starts (the stand-in) begin at normal priority (SCHED_RESET_ON_FORK)."""
-    priority = profile.realtime_priority if profile.mode == "realtime" else 0
+    priority = profile.fifo_priority
     if priority == 0:
         yield "normal"
         return
@@ -240,13 +240,6 @@ def realtime_refusal(priority: int) -> OSError | None:
     thread.start()
     thread.join()
     return refusal[0] if refusal else None
-
-
-def _realtime_check(priority: int) -> str:
-    refusal = realtime_refusal(priority)
-    if refusal is None:
-        return f"realtime priority {priority} (SCHED_FIFO): permitted"
-    return f"warning: {realtime_refused(priority, refusal)}"
 
 
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
@@ -364,7 +357,7 @@ def _run(
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # the log folder, not the link
                 raise LoopError(
-                    f"cannot write the log in {profile.log_path / profile.name} ({e.strerror}): the plant is disarmed; "
+                    f"cannot write the log in {recorder.dir} ({e.strerror}): the plant is disarmed; "
                     "free space there (pull-data --prune) or set another log_dir"
                 ) from None
             raise
@@ -468,8 +461,10 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
                  f"{config.n_iters} iterations) in {plan.seconds * 1e3:.1f} ms")  # fmt: skip
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
-    if profile.mode == "realtime" and profile.realtime_priority:
-        lines.append(_realtime_check(profile.realtime_priority))
+    if profile.fifo_priority:
+        refusal = realtime_refusal(profile.fifo_priority)
+        lines.append(f"realtime priority {profile.fifo_priority} (SCHED_FIFO): permitted" if refusal is None
+                     else f"warning: {realtime_refused(profile.fifo_priority, refusal)}")  # fmt: skip
     signing_key = profile.signing_key()  # read now: a missing key must not wait for the service's start
     if signing_key is not None:
         lines.append(f"signing key {profile.path(profile.signing_key_file)}: read")

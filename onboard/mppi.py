@@ -56,7 +56,6 @@ class MPPIConfig:
                 ("lam", self.lam, real, "a number"),
                 ("alpha", self.alpha, real, "a number"),
                 ("gamma", self.gamma, real, "a number"),
-                ("model", self.model, str, "'biased', 'mean' or 'true'"),
             ]
         ]
         if self.seed is not None:

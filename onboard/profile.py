@@ -12,6 +12,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from firmware_bridge.dialect import CONTROL_PERIOD_LIMITS
 from firmware_bridge.frames import read_signing_key
 from onboard.mppi import MPPIConfig
 from onboard.tasks import TASKS, get_task
@@ -55,6 +56,7 @@ class RobotProfile:
     pip_extra_index_url: str = ""  # an extra package index for the robot's venv (JetPack's CUDA wheels)
     service: str = "auto"  # auto (systemd where it runs, else the pidfile supervisor) | systemd | supervisor
     root: Path = ROOT  # relative paths are resolved against this
+    source: Path | None = None  # the file it was read from (messages name it)
 
     def path(self, value: str) -> Path | None:
         """A profile path, resolved against the root; None when empty."""
@@ -62,6 +64,11 @@ class RobotProfile:
             return None
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
+
+    @property
+    def fifo_priority(self) -> int:
+        """The loop's SCHED_FIFO priority: realtime_priority in realtime, 0 (normal scheduling) in lockstep."""
+        return self.realtime_priority if self.mode == "realtime" else 0
 
     @property
     def model_path(self) -> Path | None:
@@ -105,7 +112,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     data.setdefault("name", path.stem)
     data.update({k: v for k, v in overrides.items() if v is not None})
     fields = {f.name: f for f in dataclasses.fields(RobotProfile)}
-    unknown = sorted(set(data) - set(fields) - {"root"})
+    unknown = sorted(set(data) - set(fields) | set(data) & {"root", "source"})
     if unknown:
         raise ProfileError(f"{path}: unknown setting(s) {', '.join(unknown)}: check the spelling")
     if "task" not in data:
@@ -118,13 +125,14 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ProfileError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
     folder = path.resolve().parent  # robots/ in the repository or in a release: paths start one level up
-    profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT)
+    profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT, source=path)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
     choices = dict(mode=("lockstep", "realtime"), service=("auto", "systemd", "supervisor"))
     for key, allowed in choices.items():
         if getattr(profile, key) not in allowed:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: use {' or '.join(map(repr, allowed))}")
+    low, high = CONTROL_PERIOD_LIMITS
     for key, ok, fix in [
         ("name", NAME.fullmatch(profile.name), "use letters, digits, '.', '_' or '-' (it names the log folder)"),
         ("log_dir", profile.log_dir != "", "give the folder for the segments"),
@@ -134,8 +142,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("realtime_priority", 0 <= profile.realtime_priority <= 99, "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"),
         ("seed", profile.seed >= 0, "use 0 or more"),
         ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
-        ("standin_period", profile.standin_period == 0 or 1e-4 <= profile.standin_period <= 10,
-         "use 0 (the model's) or seconds from 0.0001 to 10"),
+        ("standin_period", profile.standin_period == 0 or low <= profile.standin_period <= high,
+         f"use 0 (the model's) or seconds from {low:g} to {high:g}"),
     ]:  # fmt: skip
         if not ok:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: {fix}")

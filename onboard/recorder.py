@@ -14,7 +14,6 @@ opens the segments.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
-from onboard.fileio import fsync_dir, sha256_file
+from onboard.fileio import fsync_dir, hold_lock, sha256_file
 
 log = logging.getLogger("mpq.recorder")
 
@@ -187,22 +186,14 @@ class FolderInUse(RuntimeError):
 def _lock_folder(directory: Path):
     """One recorder per log folder. A second one would take the first's live `.partial` for a crash's and
     "recover" it, and number its episodes as the first does: a listed segment would be overwritten."""
-    f = open(directory / LOCK, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
+    lock = hold_lock(directory / LOCK)
+    if lock is None:
+        holder = (directory / LOCK).read_text().strip() or "?"
         raise FolderInUse(
             f"another run (pid {holder}) is recording into {directory}: stop it first, or give this run another "
             "log_dir or robot name"
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+        )
+    return lock
 
 
 def _quarantine(directory: Path, path: Path, why: str) -> None:

@@ -11,7 +11,6 @@ library only: it runs on a robot where nothing else may be installed yet.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from onboard.fileio import write_atomic
+from onboard.fileio import hold_lock, write_atomic
 
 STOP_TIMEOUT = 30.0  # s from SIGTERM to SIGKILL: enough to close the open segment and disarm
 RESTART_DELAY = 2.0  # s before a failed run is started again
@@ -238,10 +237,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        lock = open(self.run_dir / "supervisor.lock", "a")  # held while this supervisor lives
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # two starts at once: the first one supervises, this one leaves
+        lock = hold_lock(self.run_dir / "supervisor.lock")  # held while this supervisor lives
+        if lock is None:  # two starts at once: the first one supervises, this one leaves
             _log("another supervisor already runs this service: this one exits")
             return 0
         write_atomic(self.pidfile, f"{os.getpid()}\n")
