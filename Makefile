@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# GPU=1 adds the gpu extra (CuPy for CUDA 12, onnxruntime-gpu): `make setup GPU=1`, `make bench-gpu`.
+# GPU=1 adds the gpu extra (CuPy and onnxruntime-gpu for CUDA 13): `make setup GPU=1`, `make bench-gpu`.
 GPU    ?=
 comma  := ,
 EXTRAS := onboard,sim,offboard,dev,bench$(if $(filter 1,$(GPU)),$(comma)gpu)
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 ifeq ($(GPU),1)
 	@# onnxruntime and onnxruntime-gpu install the same module: the GPU build's files must be the ones left.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps onnxruntime-gpu
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps 'onnxruntime-gpu>=1.31'
 endif
 	@touch $(STAMP)
 

@@ -55,8 +55,10 @@ def _summary(seconds: list[float]) -> dict:
     return dict(median_ms=float(np.median(ms)), p99_ms=float(np.percentile(ms, 99)), steps=len(ms))
 
 
-def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = ITERS) -> dict:
+def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = ITERS, graphs: bool = True) -> dict:
     mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=H, n_iters=n_iters, model=MODEL), backend, q=q)
+    if hasattr(mppi.backend, "graphs"):  # the GPU: replay each plan as CUDA graphs, or launch kernel by kernel
+        mppi.backend.graphs = graphs
     params = task.planner_params(MODEL, (), None)
     state, seconds = task.hanging_state(), []
     for _ in range(steps + WARMUP):
@@ -67,6 +69,8 @@ def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = I
     summary = _summary(seconds)
     if hasattr(mppi.q, "provider"):  # the GPU's Q: which ONNX Runtime provider ran it
         summary["q_provider"] = mppi.q.provider
+    if hasattr(mppi.backend, "captured"):
+        summary["cuda_graph"] = bool(mppi.backend.captured) and None not in mppi.backend.captured.values()
     return summary
 
 

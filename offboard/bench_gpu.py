@@ -14,20 +14,44 @@ import argparse
 import platform
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from offboard.bench import publish, time_mpq, time_pytorch_mppi
+from offboard.bench import WARMUP, publish, time_mpq, time_pytorch_mppi
 from offboard.onnx_mlp import mlp_onnx, random_mlp
 from onboard.qfunction import OnnxQ, save_q_model
 from onboard.tasks import get_task
 
 TASK_NAMES = ("pendulum", "cartpole")
 SAMPLES = (1024, 4096, 16384)
+TARGET_K = 4096
 H = 32
 HIDDEN = (256, 256)
+
+
+def time_q(task, q, K: int, steps: int) -> dict:
+    """One call of the device Q on K samples (ONNX Runtime with IO binding), waited for: its share of a step."""
+    import cupy
+
+    from offboard.bench import _summary
+    from onboard.backends.cupy_backend import CupyBackend
+
+    backend = CupyBackend(task)
+    device_q = backend.device_q(q)
+    rng = np.random.default_rng(0)
+    with backend.scope():
+        obs = cupy.asarray(rng.standard_normal((K, task.obs_dim)), dtype=cupy.float32)
+        act = cupy.asarray(rng.standard_normal((K, task.act_dim)), dtype=cupy.float32)
+        seconds = []
+        for _ in range(steps + WARMUP):
+            started = time.perf_counter()
+            device_q(obs, act)
+            backend.stream.synchronize()
+            seconds.append(time.perf_counter() - started)
+    return _summary(seconds)
 
 
 def device_name() -> str:
@@ -54,6 +78,10 @@ def run(steps: int) -> dict:
             for K in SAMPLES:
                 result = time_mpq(task, "cupy", K, H, q, steps)
                 rows.append(dict(task=name, K=K, H=H, planner="mpq cupy", **result))
+                if K == TARGET_K:  # what the CUDA graphs save: the same plan launched kernel by kernel
+                    result = time_mpq(task, "cupy", K, H, q, steps, graphs=False)
+                    rows.append(dict(task=name, K=K, H=H, planner="mpq cupy, no graph", **result))
+                    rows.append(dict(task=name, K=K, H=H, planner="its Q alone", **time_q(task, q, K, steps)))
                 if torch_cuda:
                     result = time_pytorch_mppi(task, K, H, layers, steps, device="cuda")
                     rows.append(dict(task=name, K=K, H=H, planner="pytorch-mppi cuda", **result))
@@ -61,7 +89,7 @@ def run(steps: int) -> dict:
     def median(task, K, planner):
         return next((r["median_ms"] for r in rows if (r["task"], r["K"], r["planner"]) == (task, K, planner)), None)
 
-    ours, theirs = median("pendulum", 4096, "mpq cupy"), median("pendulum", 4096, "pytorch-mppi cuda")
+    ours, theirs = median("pendulum", TARGET_K, "mpq cupy"), median("pendulum", TARGET_K, "pytorch-mppi cuda")
     targets = [dict(target="pendulum K=4096 H=32: mpq cupy under 0.5 ms median (H100)", measured=f"{ours:.3f} ms",
                     met=ours < 0.5)]  # fmt: skip
     if theirs is None:
@@ -88,11 +116,12 @@ def print_table(report: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"MPPI control step on {report['device']}, H={H}, Q 2x256 via {report['q_provider']}")
-    for col in ("task", "K", "planner", "median ms", "p99 ms", "steps"):
+    for col in ("task", "K", "planner", "median ms", "p99 ms", "steps", "CUDA graph"):
         table.add_column(col)
     for r in report["rows"]:
+        graph = {True: "yes", False: "no"}.get(r.get("cuda_graph"), "")
         table.add_row(r["task"], str(r["K"]), r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                      str(r["steps"]))  # fmt: skip
+                      str(r["steps"]), graph)  # fmt: skip
     console = Console()
     console.print(table)
     for t in report["targets"]:

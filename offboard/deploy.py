@@ -174,15 +174,15 @@ def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
 
 # --- the release -----------------------------------------------------------------------------------
 def requirements(profile: RobotProfile) -> str:
-    """The robot's pip requirements: the onboard extra, sim when it runs a stand-in, gpu for cupy."""
+    """The robot's pip requirements: the onboard extra, sim when it runs a stand-in, the profile's gpu extra
+    for cupy (gpu: CUDA 13 from PyPI; gpu-cuda12: JetPack 6, onnxruntime-gpu from pip_extra_index_url)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = (
-        ["onboard"] + (["sim"] if profile.serial == "standin" else []) + (["gpu"] if profile.backend == "cupy" else [])
-    )
+    gpu = [profile.gpu_extra] if profile.backend == "cupy" else []
+    extras = ["onboard"] + (["sim"] if profile.serial == "standin" else []) + gpu
     lines = list(project.get("dependencies", []))
     for extra in extras:
         lines += [r for r in project["optional-dependencies"][extra] if r not in lines]
-    if "gpu" in extras:  # onnxruntime-gpu is the same module with the CUDA providers: never both
+    if gpu:  # onnxruntime-gpu is the same module with the CUDA providers: never both
         lines = [r for r in lines if not re.match(r"onnxruntime\s*[<>=!~;]|onnxruntime$", r)]
     if profile.pip_extra_index_url:  # a pip option in the requirements file: part of the venv's identity too
         lines.insert(0, f"--extra-index-url {profile.pip_extra_index_url}")

@@ -113,8 +113,9 @@ class Plan:
     min_cost: np.ndarray  # (B,) lowest sample cost S, last iteration
     nonfinite: np.ndarray  # (B,) samples whose cost was NaN or inf (given zero weight), all iterations
     seconds: float = 0.0
-    weights: np.ndarray = field(default=None, repr=False)  # (B, K), last iteration, on the backend's arrays
-    device_actions: np.ndarray = field(default=None, repr=False)  # `actions` on the backend's arrays
+    # On the backend's arrays; on the GPU these two are overwritten by the next plan of the same shape.
+    weights: np.ndarray = field(default=None, repr=False)  # (B, K), last iteration
+    device_actions: np.ndarray = field(default=None, repr=False)  # `actions`, where the backend computed them
 
 
 class MPPI:
@@ -140,7 +141,8 @@ class MPPI:
 
     def reset(self) -> None:
         """Forget the warm start (a new episode)."""
-        self.mean[:] = 0.0
+        with self.backend.scope():
+            self.mean[:] = 0.0
 
     def plan(self, states, mean=None) -> Plan:
         """Run n_iters MPPI iterations from each of states (B, n), starting from mean (B, H, m) or zeros."""
@@ -153,13 +155,41 @@ class MPPI:
         states = xp.asarray(states, dtype=self.dtype)
         if states.ndim != 2 or states.shape[1] != task.state_dim:
             raise ValueError(f"states must be (B, {task.state_dim}) for {task.name}, got shape {states.shape}")
-        B, K, H, m = states.shape[0], cfg.K, cfg.H, task.act_dim
+        B, H, m = states.shape[0], cfg.H, task.act_dim
         if mean is None:
             U = xp.zeros((B, H, m), dtype=self.dtype)
         else:
             U = xp.array(mean, dtype=self.dtype)
             if U.shape != (B, H, m):
                 raise ValueError(f"mean must be (B, H, m) = {(B, H, m)}, got shape {U.shape}")
+        # Refused before allocating: where the system overcommits memory, the allocation would succeed and
+        # the process be killed mid-plan instead.
+        per_sample = 4 * H * m + task.param_dim + 2 * task.state_dim + task.obs_dim + 16
+        if B * cfg.K * per_sample * np.dtype(self.dtype).itemsize > self.backend.memory_bytes:
+            raise MemoryError(f"B={B} x K={cfg.K} x H={H} samples do not fit in {self.backend.memory_bytes} bytes")
+        # The backend runs the iterations (on the GPU: replays them as a CUDA graph) and brings the first
+        # five results to the host in one copy. What the graph reads besides its inputs is named in `uses`.
+        host, device = self.backend.run(
+            self._iterate, (states, U), host_outputs=5, uses=(self.noise_rng, self.param_rng, self.q)
+        )
+        actions, value, ess, min_cost, nonfinite = host
+        return Plan(
+            actions=actions,
+            value=value,
+            ess=ess,
+            min_cost=min_cost,
+            nonfinite=nonfinite,
+            seconds=time.perf_counter() - started,
+            weights=device[5],
+            device_actions=device[0],
+        )
+
+    def _iterate(self, states, U):
+        """n_iters MPPI iterations from states (B, n) and the mean U (B, H, m), on the backend's arrays.
+
+        Returns the new mean, value, ESS, lowest cost, non-finite count and the last weights."""
+        cfg, task, xp = self.config, self.task, self.xp
+        B, K, H, m = states.shape[0], cfg.K, cfg.H, task.act_dim
         nonfinite = xp.zeros(B, dtype=xp.int64)
         for _ in range(cfg.n_iters):
             # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
@@ -182,11 +212,12 @@ class MPPI:
                 obs = task.obs(last_state).reshape(B * K, task.obs_dim)
                 terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
                 terminal = terminal.reshape(B, K)
-            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (MPQ.md, appendix A).
-            scaled_U = (U * self.sigma_inv).reshape(B, H * m, 1)
+            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (MPQ.md, appendix A). Products and sums
+            # rather than matmuls: CuPy cannot put cuBLAS calls in a CUDA graph.
+            scaled_U = (U * self.sigma_inv).reshape(B, 1, H * m)
             eps_flat = eps.reshape(B, K, H * m)
-            quadratic = (U.reshape(B, 1, H * m) @ scaled_U)[:, :, 0]  # (B, 1)
-            cross = (eps_flat @ scaled_U)[:, :, 0]  # (B, K)
+            quadratic = (U.reshape(B, 1, H * m) * scaled_U).sum(axis=2)  # (B, 1)
+            cross = (eps_flat * scaled_U).sum(axis=2)  # (B, K)
             S = running + cfg.gamma ** (H - 1) * terminal + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
             # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
@@ -200,23 +231,13 @@ class MPPI:
             z = xp.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
             z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
             weights = z / z_sum
-            U = U + cfg.alpha * (weights[:, None, :] @ eps_flat).reshape(B, H, m)
+            U = U + cfg.alpha * (weights[:, :, None] * eps_flat).sum(axis=1).reshape(B, H, m)
 
         value = S_min[:, 0] - cfg.lam * xp.log(z_sum[:, 0] / K)
-        sum_w2 = (weights[:, None, :] @ weights[:, :, None])[:, 0, 0]
+        sum_w2 = (weights * weights).sum(axis=1)
         ess = xp.where(sum_w2 > 0, 1.0 / xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
         U = xp.minimum(xp.maximum(U, self.u_min), self.u_max)
-        actions, value, ess, min_cost, nonfinite = self.backend.to_host(U, value, ess, S_min[:, 0], nonfinite)
-        return Plan(
-            actions=actions,
-            value=value,
-            ess=ess,
-            min_cost=min_cost,
-            nonfinite=nonfinite,
-            seconds=time.perf_counter() - started,
-            weights=weights,
-            device_actions=U,
-        )
+        return U, value, ess, S_min[:, 0], nonfinite, weights
 
     def act(self, state: np.ndarray) -> np.ndarray:
         """Plan from one state with the warm start, return the first action, shift the mean."""
@@ -235,12 +256,14 @@ class MPPI:
 
     def skip(self) -> np.ndarray:
         """Act without a new plan (the last one came too late): the previous plan's next action."""
-        (action,) = self.backend.to_host(self.mean[0])
-        action = np.array(action)
-        self._shift(self.mean.copy())
+        with self.backend.scope():
+            (action,) = self.backend.to_host(self.mean[0])
+            action = np.array(action)
+            self._shift(self.mean.copy())
         return action
 
     def _shift(self, sequence) -> None:
-        """Warm-start the next plan with sequence[1:], zero-padded (on the backend's arrays)."""
-        self.mean[:-1] = sequence[1:]
-        self.mean[-1] = 0.0
+        """Warm-start the next plan with sequence[1:], zero-padded (on the backend's arrays and stream)."""
+        with self.backend.scope():
+            self.mean[:-1] = sequence[1:]
+            self.mean[-1] = 0.0

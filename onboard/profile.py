@@ -54,6 +54,7 @@ class RobotProfile:
     python: str = "python3"  # on the robot: creates the venv
     venv_dir: str = ""  # on the robot: one venv per set of requirements in it; empty: <remote_dir>/venvs
     pip_extra_index_url: str = ""  # an extra package index for the robot's venv (JetPack's CUDA wheels)
+    gpu_extra: str = "gpu"  # backend cupy: the pip extra deploy installs: gpu (CUDA 13) or gpu-cuda12 (JetPack 6)
     service: str = "auto"  # auto (systemd where it runs, else the pidfile supervisor) | systemd | supervisor
     root: Path = ROOT  # relative paths are resolved against this
     source: Path | None = None  # the file it was read from (messages name it)
@@ -128,7 +129,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT, source=path)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
-    choices = dict(mode=("lockstep", "realtime"), service=("auto", "systemd", "supervisor"))
+    choices = dict(mode=("lockstep", "realtime"), service=("auto", "systemd", "supervisor"),
+                   gpu_extra=("gpu", "gpu-cuda12"))  # fmt: skip
     for key, allowed in choices.items():
         if getattr(profile, key) not in allowed:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: use {' or '.join(map(repr, allowed))}")

@@ -8,6 +8,8 @@ takes over). Everything else in MPPI is shared code on the backend's array modul
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 
 import numpy as np
 
@@ -22,6 +24,11 @@ class HostArrays:
     xp = np
     dtype = np.float64
 
+    @functools.cached_property
+    def memory_bytes(self) -> int:
+        """The machine's physical memory: what a plan's arrays must fit in."""
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
     @staticmethod
     def rng(seed: np.random.SeedSequence):
         return np.random.default_rng(seed)
@@ -30,6 +37,14 @@ class HostArrays:
     def to_host(*arrays):
         """The arrays as NumPy arrays: here they already are."""
         return arrays
+
+    @staticmethod
+    def run(fn, inputs, host_outputs, uses=()):
+        """fn(*inputs) -> outputs: the first host_outputs of them on the host, and all of them as computed.
+
+        `uses` names what else fn reads (the GPU backend captures fn as a CUDA graph per input shape)."""
+        outputs = fn(*inputs)
+        return outputs[:host_outputs], outputs
 
     @staticmethod
     def device_q(q):

@@ -1,19 +1,27 @@
 """The GPU backend: CuPy arrays, cuRAND noise, the task's rollout as one CUDA kernel, the Q on the device.
 
 Everything MPPI does between receiving a state and sending an action stays on the GPU: noise from
-cuRAND (CuPy's generator), clipping, the fused rollout-and-cost kernel (one thread per sample, compiled
-by NVRTC from the same C the CPU backend and the tests use: onboard/backends/source.py), the ONNX Q
-through ONNX Runtime's TensorRT or CUDA provider with its inputs and output bound to CuPy buffers, the
-max-subtracted weights and the mean update (CuPy reductions), and the warm start. All of it runs on one
-CUDA stream (MPPI.plan enters `scope()`), ONNX Runtime's work included, so nothing waits for the device
-until MPPI copies the plan to the host in one packed transfer at the end. Float32 throughout, as ONNX
-models and GPUs run.
+cuRAND (CuPy's XORWOW generator, its state on the device), clipping, the fused rollout-and-cost kernel
+(one thread per sample, compiled by NVRTC from the same C the CPU backend and the tests use:
+onboard/backends/source.py), the ONNX Q through ONNX Runtime's TensorRT or CUDA provider with its inputs
+and output bound to CuPy buffers, the max-subtracted weights and the mean update (CuPy reductions), and
+the warm start. All of it runs on one CUDA stream (MPPI enters `scope()`), ONNX Runtime's work included.
 
-Install with `make setup GPU=1` (the gpu extra: cupy-cuda12x, onnxruntime-gpu).
+A control step is some fifty small kernels, and launching them one by one from Python costs more than
+running them. So from its second call per input shape a plan is a CUDA graph: captured once, then
+replayed with the new state copied into its input buffer, and the results come back in one packed copy
+(the step's only synchronisation). ONNX Runtime runs between two graph segments, on its IO binding to
+the graph's buffers. Where capture fails the plan runs kernel by kernel, with one warning.
+Float32 throughout, as ONNX models and GPUs run.
+
+Install with `make setup GPU=1` (the gpu extra: cupy-cuda13x, onnxruntime-gpu with CUDA 13 and cuDNN).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 
 import numpy as np
@@ -30,9 +38,7 @@ def _cupy():
     try:
         import cupy
     except ImportError:
-        raise RuntimeError(
-            "backend 'cupy' needs CuPy for CUDA 12: make setup GPU=1 (the gpu extra), or use backend 'c'"
-        ) from None
+        raise RuntimeError("backend 'cupy' needs CuPy: make setup GPU=1 (the gpu extra), or use backend 'c'") from None
     try:
         devices = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, no device: CuPy raises its own CUDA errors
@@ -43,16 +49,19 @@ def _cupy():
 
 
 class DeviceRNG:
-    """cuRAND through CuPy, with the two draws MPPI makes (NumPy Generator's names)."""
+    """cuRAND's XORWOW through CuPy, with the two draws MPPI makes (NumPy Generator's names).
+
+    The generator's state lives on the device and each draw's kernel advances it, so a draw replayed
+    in a CUDA graph gives new numbers every time (cuRAND's host API would repeat the captured ones)."""
 
     def __init__(self, cupy, seed: np.random.SeedSequence):
-        self._state = cupy.random.RandomState(int(seed.generate_state(1, dtype=np.uint64)[0]))
+        self._generator = cupy.random.Generator(cupy.random.XORWOW(seed))
 
     def standard_normal(self, shape, dtype=np.float32):
-        return self._state.standard_normal(shape, dtype=dtype)
+        return self._generator.standard_normal(shape, dtype=dtype)
 
     def random(self, shape, dtype=np.float32):
-        return self._state.random_sample(shape, dtype=dtype)
+        return self._generator.random(shape, dtype=dtype)
 
 
 class CupyBackend:
@@ -63,26 +72,55 @@ class CupyBackend:
         cupy = self.xp = _cupy()
         self.task = task
         # MPPI's CuPy work and ONNX Runtime's on one stream: ordered without host waits. A blocking stream
-        # also orders against the default stream, where a caller's own CuPy work (the warm-start shift) runs.
+        # also orders against the default stream, where a caller's own CuPy work runs.
         self.stream = cupy.cuda.Stream()
         self.module = cupy.RawModule(code=task_program(task, "float", device=True))  # NVRTC's default C++ dialect
         self.kernel = self.module.get_function(KERNEL_NAME)
+        self.graphs = True  # False: every plan kernel by kernel (the tests compare the two)
+        self.captured: dict[tuple, CapturedCall | None] = {}  # None: capture failed, run kernel by kernel
+        self.capture: CapturedCall | None = None  # the capture under way, which the Q interrupts
+        self._warm: set[tuple] = set()  # input shapes that have run once
 
     def scope(self):
         return self.stream
+
+    @functools.cached_property
+    def memory_bytes(self) -> int:
+        """The GPU's memory: what a plan's arrays must fit in."""
+        return self.xp.cuda.Device().mem_info[1]
 
     def rng(self, seed: np.random.SeedSequence) -> DeviceRNG:
         return DeviceRNG(self.xp, seed)
 
     def to_host(self, *arrays):
         """One device-to-host copy for all of them (the step's only synchronisation), split again."""
-        cupy = self.xp
-        flat = cupy.concatenate([cupy.asarray(a, dtype=cupy.float64).ravel() for a in arrays]).get()
-        out, at = [], 0
-        for a in arrays:
-            out.append(flat[at : at + a.size].reshape(a.shape).astype(a.dtype))
-            at += a.size
-        return tuple(out)
+        return unpack(pack(self.xp, arrays).get(), arrays)
+
+    def run(self, fn, inputs, host_outputs, uses=()):
+        """fn(*inputs) -> outputs, the first host_outputs of them brought to the host in one copy.
+
+        The first call per input shape (and per object in `uses`) runs kernel by kernel, which also
+        compiles kernels and lets ONNX Runtime and cuBLAS set up. The second captures fn as a CUDA graph
+        and every later one replays it."""
+        key = (fn.__name__, tuple((x.shape, x.dtype.str) for x in inputs), tuple(id(u) for u in uses))
+        if self.graphs and key in self.captured and self.captured[key] is None:
+            pass  # capture failed before: kernel by kernel
+        elif self.graphs and key in self.captured:
+            return self.captured[key].replay(inputs)
+        elif self.graphs and key in self._warm:
+            try:
+                self.captured[key] = CapturedCall(self, fn, inputs, host_outputs)
+            except Exception as e:  # CUDA and CuPy errors of an operation that cannot be captured
+                self.captured[key] = None
+                log.warning(
+                    "the plan runs kernel by kernel, not as a CUDA graph (%s: %s): each control step costs more",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "",
+                )  # fmt: skip
+            else:
+                return self.captured[key].replay(inputs)
+        self._warm.add(key)
+        outputs = fn(*inputs)
+        return self.to_host(*outputs[:host_outputs]), outputs
 
     def rollout(self, states, actions, params, gamma):
         """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""
@@ -107,7 +145,67 @@ class CupyBackend:
         """The verified ONNX Q (onboard.qfunction.OnnxQ) on this GPU; any other Q callable as it is."""
         if not hasattr(q, "model_bytes"):
             return q
-        return DeviceOnnxQ(q, self.stream)
+        return DeviceOnnxQ(q, self.stream, self)
+
+
+def pack(cupy, arrays):
+    """The arrays in one float64 device buffer, for one copy to the host."""
+    return cupy.concatenate([cupy.asarray(a, dtype=cupy.float64).ravel() for a in arrays])
+
+
+def unpack(flat: np.ndarray, arrays) -> tuple:
+    """pack's host copy split again into arrays of the original shapes and dtypes."""
+    out, at = [], 0
+    for a in arrays:
+        out.append(flat[at : at + a.size].reshape(a.shape).astype(a.dtype))
+        at += a.size
+    return tuple(out)
+
+
+class CapturedCall:
+    """fn captured as CUDA graphs for one shape of inputs, replayed with new inputs copied in.
+
+    Its buffers come from a memory pool of its own, so nothing else is ever handed the memory a replay
+    writes. A call that cannot be captured (ONNX Runtime's run) interrupts the capture: it is recorded
+    as a step run between two graphs on the same stream, with the same buffers every time."""
+
+    def __init__(self, backend: CupyBackend, fn, inputs, host_outputs: int):
+        cupy = backend.xp
+        self.cupy, self.stream, self.steps = cupy, backend.stream, []
+        self.host_outputs = host_outputs
+        self.pool = cupy.cuda.MemoryPool()
+        with cupy.cuda.using_allocator(self.pool.malloc):
+            self.inputs = [cupy.empty(x.shape, x.dtype) for x in inputs]
+            backend.capture = self
+            self.stream.begin_capture()
+            try:
+                self.outputs = fn(*self.inputs)
+                self.packed = pack(cupy, self.outputs[:host_outputs])
+            except BaseException:
+                with contextlib.suppress(Exception):  # the capture is void; the first error says why
+                    self.stream.end_capture()
+                raise
+            finally:
+                backend.capture = None
+            self._close_graph()
+
+    def _close_graph(self) -> None:
+        graph = self.stream.end_capture()  # raises where the capture was invalidated
+        self.steps.append(functools.partial(graph.launch, self.stream))
+
+    def interrupt(self, step) -> None:
+        """Close the graph so far; at replay, run step() (on the stream) before the next graph."""
+        self._close_graph()
+        self.steps.append(step)
+        self.stream.begin_capture()
+
+    def replay(self, inputs):
+        for buffer, x in zip(self.inputs, inputs, strict=True):
+            buffer[...] = x
+        for step in self.steps:
+            step()
+        host = unpack(self.packed.get(), self.outputs[: self.host_outputs])
+        return host, self.outputs
 
 
 class DeviceOnnxQ:
@@ -117,13 +215,14 @@ class DeviceOnnxQ:
     on the CPU with a copy each way per step: announced once as a warning, never silent.
     """
 
-    def __init__(self, q, stream):
+    def __init__(self, q, stream, backend: CupyBackend | None = None):
         import cupy
         import onnxruntime as ort
 
         from firmware_bridge.paths import cache_dir
 
         self.cupy, self.host_q, self.path, self.sha256 = cupy, q, q.path, q.sha256
+        self.backend = backend  # its capture under way, if any, is interrupted for ONNX Runtime's run
         self.obs_name, self.act_name, self.out_name = q.obs_name, q.act_name, q.out_name
         if stream.ptr == 0:
             raise ValueError("DeviceOnnxQ needs a CUDA stream of its own (ONNX Runtime ignores the null stream)")
@@ -141,6 +240,14 @@ class DeviceOnnxQ:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session, self.provider, why = None, "CPUExecutionProvider", f"providers here: {', '.join(available)}"
+        if attempts and hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+            # onnxruntime-gpu[cuda,cudnn] brings CUDA and cuDNN as pip packages, off the loader's path: load
+            # them now. ORT prints what it could not load; that is kept for the warning if CUDA then fails.
+            with contextlib.redirect_stdout(io.StringIO()) as said:
+                ort.preload_dlls()
+            missing = [line for line in said.getvalue().splitlines() if line.startswith("Failed to load")]
+            if missing:
+                why = f"{missing[0]} ({len(missing)} CUDA libraries missing)"
         for providers in attempts:
             if providers[0][0] == "TensorrtExecutionProvider":
                 trt_cache.mkdir(parents=True, exist_ok=True)
@@ -172,16 +279,31 @@ class DeviceOnnxQ:
         self.out_rank = len(output.shape)
 
     def __call__(self, obs, act):
+        """q (N,) for obs (N, d) and act (N, m), CuPy arrays. Inside a CUDA graph capture the run is
+        recorded as a step between two graphs, on these same buffers, and runs at each replay."""
         cupy = self.cupy
-        if self.session is None:  # the announced CPU fallback
-            return cupy.asarray(self.host_q(cupy.asnumpy(obs), cupy.asnumpy(act)), dtype=cupy.float32)
         obs = cupy.ascontiguousarray(cupy.asarray(obs, dtype=cupy.float32))
         act = cupy.ascontiguousarray(cupy.asarray(act, dtype=cupy.float32))
         n = obs.shape[0]
-        out = cupy.empty((n, 1) if self.out_rank == 2 else (n,), dtype=cupy.float32)
-        binding = self.session.io_binding()
-        for name, array in ((self.obs_name, obs), (self.act_name, act)):
-            binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(array.shape), array.data.ptr)
-        binding.bind_output(self.out_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
-        self.session.run_with_iobinding(binding, self.run_options)
+        if self.session is None:  # the announced CPU fallback
+            out = cupy.empty((n,), dtype=cupy.float32)
+
+            def run():
+                out.set(np.asarray(self.host_q(obs.get(), act.get()), dtype=np.float32).reshape(n))
+
+        else:
+            out = cupy.empty((n, 1) if self.out_rank == 2 else (n,), dtype=cupy.float32)
+            binding = self.session.io_binding()
+            for name, array in ((self.obs_name, obs), (self.act_name, act)):
+                binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(array.shape), array.data.ptr)
+            binding.bind_output(self.out_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
+
+            def run():
+                self.session.run_with_iobinding(binding, self.run_options)
+
+        capture = self.backend.capture if self.backend is not None else None
+        if capture is None:
+            run()
+        else:
+            capture.interrupt(run)
         return out.reshape(n)

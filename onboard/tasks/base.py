@@ -6,18 +6,25 @@ success wrap them to [-pi, pi).
 
 The dynamics exist twice, from one set of Python constants: `step` in NumPy (the float64 reference,
 vectorised over any leading axes) and `c_source`, per-sample C functions `<name>_step` and
-`<name>_cost` that the fast CPU backend compiles (and the GPU backend will reuse). Both integrate
+`<name>_cost` that the fast CPU backend compiles and the GPU backend reuses. Both integrate
 exactly as the MuJoCo plant does, semi-implicit Euler at the XML's timestep, so "true model" means
 the same thing here and in the stand-in; tests/onboard/test_tasks.py holds them to it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 TWO_PI = 2.0 * math.pi
+
+
+@functools.cache
+def constant(xp, values: tuple[float, ...], dtype):
+    """values as an array of xp, made once: a CUDA graph capture may not copy from the host."""
+    return xp.asarray(values, dtype=dtype)
 
 
 def wrap_angle(theta):
@@ -79,7 +86,7 @@ class Task:
         backend's array module, generator and float type (NumPy's, or CuPy's on the GPU).
         """
         if model == "biased":
-            low, high = xp.asarray(self.bias_low, dtype=dtype), xp.asarray(self.bias_high, dtype=dtype)
+            low, high = constant(xp, tuple(self.bias_low), dtype), constant(xp, tuple(self.bias_high), dtype)
             return low + (high - low) * rng.random((*shape, self.param_dim), dtype=dtype)
         if model == "mean":
             fixed = 0.5 * (self.bias_low + self.bias_high)

@@ -1,9 +1,11 @@
-"""The cupy backend on a GPU: the NumPy reference on identical noise, ORT CUDA with IO binding against
-CPU ORT, and a whole lockstep episode against the stand-in. Skipped, with the reason, where
-there is no GPU; without CuPy, asking for the backend is one clear error."""
+"""The cupy backend on a GPU: the NumPy reference on identical noise, a plan replayed as a CUDA graph
+against the same plan kernel by kernel, ORT CUDA with IO binding against CPU ORT, and a whole lockstep
+episode against the stand-in. Skipped, with the reason, where there is no GPU; without CuPy, asking
+for the backend is one clear error."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -106,6 +108,48 @@ class _Sequence:
             return value
 
         return draw
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_control_steps_replayed_as_cuda_graphs_equal_kernel_by_kernel(name, make_q):
+    """Same seed, same states: the replayed graphs draw fresh noise each step, as the eager run does."""
+    from onboard.backends.cupy_backend import CapturedCall
+
+    task = get_task(name)
+    q_path = make_q(name, hidden=(64, 64))[0]
+    config = MPPIConfig.for_task(task, K=256, H=16, n_iters=2, model="biased", seed=4)
+    true_params = task.planner_params("true", (), None)
+    runs = {}
+    for graphs in (True, False):
+        mppi = MPPI(task, config, "cupy", q=OnnxQ(q_path, task))
+        mppi.backend.graphs = graphs
+        state, actions = task.initial_state(np.random.default_rng(1)), []
+        for _ in range(6):
+            actions.append(mppi.act(state))
+            state = task.step(state, actions[-1], true_params)
+        runs[graphs] = np.array(actions), list(mppi.backend.captured.values())
+    captured = runs[True][1]
+    assert len(captured) == 1 and isinstance(captured[0], CapturedCall)  # captured, not fallen back
+    assert len(captured[0].steps) == 2 * config.n_iters + 1  # a graph before, between and after the Q runs
+    assert runs[False][1] == []
+    assert np.ptp(runs[True][0]) > 0  # the actions move: each replay drew new noise
+    np.testing.assert_allclose(runs[True][0], runs[False][0], **q_tolerance(mppi.q.provider))
+
+
+@needs_gpu
+def test_a_plan_that_cannot_be_captured_runs_kernel_by_kernel_with_a_warning(caplog):
+    """A Q that reads its input on the host (a sync) cannot be in a CUDA graph: announced, and it still plans."""
+    import cupy
+
+    task = get_task("pendulum")
+    q = NumpyQ(random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, (8,)))
+    mppi = MPPI(task, MPPIConfig.for_task(task), "cupy", q=lambda o, a: cupy.asarray(q(o.get(), a.get())))
+    with caplog.at_level(logging.WARNING, logger="mpq.backends.cupy"):
+        actions = [mppi.act(task.hanging_state()) for _ in range(3)]
+    assert list(mppi.backend.captured.values()) == [None]
+    assert sum("not as a CUDA graph" in r.getMessage() for r in caplog.records) == 1
+    assert np.all(np.isfinite(actions))
 
 
 @needs_gpu

@@ -9,6 +9,7 @@ it on Linux) or nvcc, whichever is here.
 from __future__ import annotations
 
 import ctypes
+import glob
 import shutil
 import subprocess
 
@@ -58,16 +59,24 @@ def test_the_float32_device_source_matches_numpy(task_name, build):
 
 
 def _nvrtc_library():
+    """NVRTC from the dev extra (nvidia/cuda_nvrtc, CUDA 12), CUDA 13's wheels (nvidia/cu13), or the system."""
+    candidates = []
     try:
-        import nvidia.cuda_nvrtc
+        import nvidia
     except ImportError:
-        return None
-    for folder in nvidia.cuda_nvrtc.__path__:
-        for name in ("libnvrtc.so.12", "libnvrtc.so"):
-            try:
-                return ctypes.CDLL(f"{folder}/lib/{name}")
-            except OSError:
-                continue
+        pass
+    else:
+        for folder in nvidia.__path__:
+            candidates += sorted(glob.glob(f"{folder}/cuda_nvrtc/lib/libnvrtc.so*"))
+            candidates += sorted(glob.glob(f"{folder}/cu*/lib/libnvrtc.so*"))
+    candidates += ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
+    for candidate in candidates:
+        if "builtins" in candidate or "alt" in candidate:
+            continue
+        try:
+            return ctypes.CDLL(candidate)
+        except OSError:
+            continue
     return None
 
 

@@ -173,6 +173,7 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(episodez=3), "unknown setting(s) episodez"),
         (dict(baud="fast"), "baud = 'fast' should be a int"),
         (dict(service="cron"), "service = 'cron'"),
+        (dict(gpu_extra="cuda"), "gpu_extra = 'cuda': use 'gpu' or 'gpu-cuda12'"),
         (dict(episodes=-1), "episodes = -1"),
         (dict(ssh_port="22"), "ssh_port = '22' should be a int"),
         (dict(realtime_priority=120), "realtime_priority = 120: use 1-99"),

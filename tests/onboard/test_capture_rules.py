@@ -1,0 +1,90 @@
+"""The GPU plan can be captured as CUDA graphs: checked everywhere, against CuPy's capture rules.
+
+GPU machines are rare here, and a host copy or a matmul slipped into MPPI's iterations would quietly
+turn every control step on the robot back into fifty Python launches (one warning, then slow). So
+the plan runs on tests/fake_cupy, NumPy arrays that raise where CuPy raises during stream capture
+(a host-to-device or device-to-host copy, a cuBLAS call), in a process of its own so that a real
+CuPy is never shadowed. It checks what gets captured and replayed, not numbers: those come from the
+GPU tests (test_cupy_backend.py) on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from onboard.profile import ROOT
+from onboard.tasks import TASKS
+
+FAKE_CUPY = ROOT / "tests" / "fake_cupy"
+N_ITERS, STEPS = 2, 4
+
+SCRIPT = r"""
+import json, logging, sys
+import numpy as np
+import cupy
+from onboard.backends import cupy_backend
+from onboard.backends.numpy_backend import NumpyBackend
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.qfunction import OnnxQ
+from onboard.tasks import get_task
+
+def rollout(self, states, actions, params, gamma):  # the CUDA kernel's stand-in, on "device" arrays
+    host = [np.asarray(a, dtype=np.float64) for a in (states, actions, params)]
+    cost, last = NumpyBackend(self.task).rollout(*host, gamma)
+    return cost.astype(np.float32).view(cupy.ndarray), last.astype(np.float32).view(cupy.ndarray)
+
+cupy_backend.CupyBackend.rollout = rollout
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("mpq").addHandler(handler)
+task_name, q_path, q_kind, n_iters, steps = sys.argv[1:]
+task = get_task(task_name)
+mppi = MPPI(task, MPPIConfig.for_task(task, K=32, H=8, n_iters=int(n_iters)), "cupy",
+            q=OnnxQ(q_path, task) if q_kind == "onnx" else None)
+if q_kind == "host":  # a Q that reads its input on the host: that cannot be in a graph
+    mppi.q = lambda obs, act: cupy.asarray(obs.get()[:, 0])
+for _ in range(int(steps)):
+    mppi.act(task.hanging_state())
+captured = list(mppi.backend.captured.values())
+print(json.dumps(dict(
+    captured=[c is not None for c in captured],
+    steps=[len(c.steps) for c in captured if c is not None],
+    launches=len(cupy.cuda.LAUNCHES),
+    warnings=[w for w in warnings if "CUDA graph" in w],
+)))
+"""
+
+
+def plan_on_fake_cupy(task_name: str, q_kind: str, q_path="") -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, task_name, str(q_path), q_kind, str(N_ITERS), str(STEPS)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_CUPY), str(ROOT)])},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("q_kind", ["onnx", "none"])
+@pytest.mark.parametrize("task_name", sorted(TASKS))
+def test_the_plan_is_captured_once_and_replayed_after_its_first_run(task_name, q_kind, make_q):
+    q_path = make_q(task_name)[0] if q_kind == "onnx" else ""
+    result = plan_on_fake_cupy(task_name, q_kind, q_path)
+    assert result["captured"] == [True] and result["warnings"] == []
+    # With a Q: a graph before, between and after ONNX Runtime's runs; without one, a single graph.
+    graphs = N_ITERS + 1 if q_kind == "onnx" else 1
+    assert result["steps"] == [2 * N_ITERS + 1 if q_kind == "onnx" else 1]
+    assert result["launches"] == graphs * (STEPS - 1)  # the first step runs kernel by kernel
+
+
+def test_a_plan_that_breaks_the_capture_rules_is_announced_and_not_captured():
+    """The check can fail: a Q that copies its input to the host is refused by the capture."""
+    result = plan_on_fake_cupy("pendulum", "host")
+    assert result["captured"] == [False] and result["launches"] == 0
+    assert len(result["warnings"]) == 1 and "device-to-host copy" in result["warnings"][0]
