@@ -137,6 +137,9 @@ class MPPI:
         fixed = self.config.model != "biased"
         self.fixed_params = task.planner_params(self.config.model, (), None, xp=xp, dtype=dtype) if fixed else None
         self.mean = xp.zeros((self.config.H, m), dtype=dtype)  # warm start for `act`
+        # About what one sample's arrays take in a plan (noise, actions, their copies, params, states, obs).
+        per_sample = 4 * self.config.H * m + task.param_dim + 2 * task.state_dim + task.obs_dim + 16
+        self.sample_bytes = per_sample * np.dtype(dtype).itemsize
         self.last_plan: Plan | None = None
 
     def reset(self) -> None:
@@ -159,13 +162,12 @@ class MPPI:
         if mean is None:
             U = xp.zeros((B, H, m), dtype=self.dtype)
         else:
-            U = xp.array(mean, dtype=self.dtype)
+            U = xp.asarray(mean, dtype=self.dtype)  # read, never written: the iterations make new arrays
             if U.shape != (B, H, m):
                 raise ValueError(f"mean must be (B, H, m) = {(B, H, m)}, got shape {U.shape}")
         # Refused before allocating: where the system overcommits memory, the allocation would succeed and
         # the process be killed mid-plan instead.
-        per_sample = 4 * H * m + task.param_dim + 2 * task.state_dim + task.obs_dim + 16
-        if B * cfg.K * per_sample * np.dtype(self.dtype).itemsize > self.backend.memory_bytes:
+        if B * cfg.K * self.sample_bytes > self.backend.memory_bytes:
             raise MemoryError(f"B={B} x K={cfg.K} x H={H} samples do not fit in {self.backend.memory_bytes} bytes")
         # The backend runs the iterations (on the GPU: replays them as a CUDA graph) and brings the first
         # five results to the host in one copy. What the graph reads besides its inputs is named in `uses`.

@@ -103,21 +103,17 @@ class CupyBackend:
         compiles kernels and lets ONNX Runtime and cuBLAS set up. The second captures fn as a CUDA graph
         and every later one replays it."""
         key = (fn.__name__, tuple((x.shape, x.dtype.str) for x in inputs), tuple(id(u) for u in uses))
-        if self.graphs and key in self.captured and self.captured[key] is None:
-            pass  # capture failed before: kernel by kernel
-        elif self.graphs and key in self.captured:
-            return self.captured[key].replay(inputs)
-        elif self.graphs and key in self._warm:
+        if self.graphs and key in self._warm and key not in self.captured:
             try:
                 self.captured[key] = CapturedCall(self, fn, inputs, host_outputs)
             except Exception as e:  # CUDA and CuPy errors of an operation that cannot be captured
-                self.captured[key] = None
+                self.captured[key] = None  # kernel by kernel from now on
                 log.warning(
                     "the plan runs kernel by kernel, not as a CUDA graph (%s: %s): each control step costs more",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "",
                 )  # fmt: skip
-            else:
-                return self.captured[key].replay(inputs)
+        if self.graphs and self.captured.get(key) is not None:
+            return self.captured[key].replay(inputs)
         self._warm.add(key)
         outputs = fn(*inputs)
         return self.to_host(*outputs[:host_outputs]), outputs
