@@ -69,8 +69,8 @@ def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = I
     summary = _summary(seconds)
     if hasattr(mppi.q, "provider"):  # the GPU's Q: which ONNX Runtime provider ran it
         summary["q_provider"] = mppi.q.provider
-    if hasattr(mppi.backend, "captured"):
-        summary["cuda_graph"] = bool(mppi.backend.captured) and None not in mppi.backend.captured.values()
+    if hasattr(mppi.backend, "replays_graphs"):
+        summary["cuda_graph"] = mppi.backend.replays_graphs
     return summary
 
 

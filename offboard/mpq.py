@@ -95,8 +95,9 @@ def target_planner(config: Config, task, q) -> MPPI:
         raise ValueError(
             f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c or numpy"
         )
-    mppi = MPPIConfig.for_task(task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model)
-    mppi.seed = config.seed
+    mppi = MPPIConfig.for_task(
+        task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model, seed=config.seed
+    )
     return MPPI(task, mppi, config.backend, q=q)
 
 

@@ -279,7 +279,7 @@ def _run(
                 episode = recorder.next_episode
                 rng = np.random.default_rng(profile.seed + episode)
                 state = link.reset(episode, state=task.initial_state(rng))
-                planner.plan(state.state[None])  # warm up (caches, ONNX Runtime) before the watchdog runs
+                planner.warm_up(state.state[None])  # before the watchdog runs: no control step pays for it
                 planner.reset()
                 recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, version))
                 link.arm()
@@ -456,9 +456,13 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
         lines.append(f"warning: {mismatch}" if (mismatch := trained_settings_mismatch(q, config)) else
                      "model's MPPI settings: the ones this profile plans with")  # fmt: skip
     planner = MPPI(task, config, profile.backend, q=q)
-    plan = planner.plan(task.hanging_state()[None])  # the whole path once: backend, Q, memory for K x H
-    lines.append(f"backend {profile.backend}: built and loaded; one plan (K={config.K}, H={config.H}, "
+    planner.warm_up(task.hanging_state()[None])  # the whole path as `run` sets it up: backend, Q, memory
+    plan = planner.plan(task.hanging_state()[None])
+    lines.append(f"backend {profile.backend}: built and loaded; a warm plan (K={config.K}, H={config.H}, "
                  f"{config.n_iters} iterations) in {plan.seconds * 1e3:.1f} ms")  # fmt: skip
+    if getattr(planner.backend, "graphs", False):
+        lines.append("plans replayed as CUDA graphs" if planner.backend.replays_graphs
+                     else "warning: plans run kernel by kernel, not as CUDA graphs: each step costs more")  # fmt: skip
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
     if profile.fifo_priority:

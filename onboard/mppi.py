@@ -30,9 +30,11 @@ def _raise_problems(problems: list[tuple[str, str]], config) -> None:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class MPPIConfig:
-    """MPPI settings; `for_task` starts from the paper's values for the task (MPQ.md, Table 3)."""
+    """MPPI settings; `for_task` starts from the paper's values for the task (MPQ.md, Table 3).
+
+    Frozen: a planner's settings are fixed when it is made (on the GPU they are baked into its CUDA graphs)."""
 
     K: int = 24  # samples per start state
     H: int = 8  # horizon, counting the terminal step
@@ -146,6 +148,13 @@ class MPPI:
         """Forget the warm start (a new episode)."""
         with self.backend.scope():
             self.mean[:] = 0.0
+
+    def warm_up(self, states) -> None:
+        """Plan twice from states (B, n), changing nothing, so that no control step pays for a first
+        plan: kernels compiled, ONNX Runtime set up, and on the GPU the plan captured as CUDA graphs
+        (on a shape's second plan). Acting then plans with B = 1."""
+        for _ in range(2):
+            self.plan(states)
 
     def plan(self, states, mean=None) -> Plan:
         """Run n_iters MPPI iterations from each of states (B, n), starting from mean (B, H, m) or zeros."""

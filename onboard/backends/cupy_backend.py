@@ -84,6 +84,11 @@ class CupyBackend:
     def scope(self):
         return self.stream
 
+    @property
+    def replays_graphs(self) -> bool:
+        """Whether plans so far replay as CUDA graphs (False before any was captured, or if one failed)."""
+        return bool(self.captured) and None not in self.captured.values()
+
     @functools.cached_property
     def memory_bytes(self) -> int:
         """The GPU's memory: what a plan's arrays must fit in."""
@@ -105,7 +110,7 @@ class CupyBackend:
         key = (fn.__name__, tuple((x.shape, x.dtype.str) for x in inputs), tuple(id(u) for u in uses))
         if self.graphs and key in self._warm and key not in self.captured:
             try:
-                self.captured[key] = CapturedCall(self, fn, inputs, host_outputs)
+                self.captured[key] = CapturedCall(self, fn, inputs, host_outputs, uses)
             except Exception as e:  # CUDA and CuPy errors of an operation that cannot be captured
                 self.captured[key] = None  # kernel by kernel from now on
                 log.warning(
@@ -145,8 +150,14 @@ class CupyBackend:
 
 
 def pack(cupy, arrays):
-    """The arrays in one float64 device buffer, for one copy to the host."""
-    return cupy.concatenate([cupy.asarray(a, dtype=cupy.float64).ravel() for a in arrays])
+    """The arrays in one float64 device buffer, for one copy to the host. Copied in one by one: CuPy's
+    concatenate of more than eight arrays copies their addresses from the host, which a capture refuses."""
+    flat = cupy.empty(sum(a.size for a in arrays), dtype=cupy.float64)
+    at = 0
+    for a in arrays:
+        flat[at : at + a.size] = a.ravel()
+        at += a.size
+    return flat
 
 
 def unpack(flat: np.ndarray, arrays) -> tuple:
@@ -158,18 +169,33 @@ def unpack(flat: np.ndarray, arrays) -> tuple:
     return tuple(out)
 
 
+def capture_malloc(cupy):
+    """cudaMalloc for a capture's memory pool, failing with MemoryError. On CUDA's out-of-memory error
+    CuPy's pool frees its cached blocks and retries, and during a capture those blocks are still in the
+    graph: a replay would then write into memory handed to someone else. This way the capture fails."""
+
+    def malloc(size: int):
+        try:
+            return cupy.cuda.MemoryPointer(cupy.cuda.Memory(size), 0)
+        except cupy.cuda.runtime.CUDARuntimeError as e:
+            raise MemoryError(f"the CUDA graph's buffers do not fit in the GPU's memory ({e})") from None
+
+    return malloc
+
+
 class CapturedCall:
     """fn captured as CUDA graphs for one shape of inputs, replayed with new inputs copied in.
 
     Its buffers come from a memory pool of its own, so nothing else is ever handed the memory a replay
     writes. A call that cannot be captured (ONNX Runtime's run) interrupts the capture: it is recorded
-    as a step run between two graphs on the same stream, with the same buffers every time."""
+    as a step run between two graphs on the same stream, with the same buffers every time. The graphs
+    also write device state that fn's objects own (the generators' states): `uses` keeps them alive."""
 
-    def __init__(self, backend: CupyBackend, fn, inputs, host_outputs: int):
+    def __init__(self, backend: CupyBackend, fn, inputs, host_outputs: int, uses=()):
         cupy = backend.xp
         self.cupy, self.stream, self.steps = cupy, backend.stream, []
-        self.host_outputs = host_outputs
-        self.pool = cupy.cuda.MemoryPool()
+        self.host_outputs, self.uses = host_outputs, (fn, *uses)
+        self.pool = cupy.cuda.MemoryPool(capture_malloc(cupy))
         with cupy.cuda.using_allocator(self.pool.malloc):
             self.inputs = [cupy.empty(x.shape, x.dtype) for x in inputs]
             backend.capture = self
@@ -189,10 +215,11 @@ class CapturedCall:
         graph = self.stream.end_capture()  # raises where the capture was invalidated
         self.steps.append(functools.partial(graph.launch, self.stream))
 
-    def interrupt(self, step) -> None:
-        """Close the graph so far; at replay, run step() (on the stream) before the next graph."""
+    def interrupt(self, make_step) -> None:
+        """Close the graph so far, then make_step() -> step outside the capture (it may call CUDA freely);
+        at replay, step() runs (on the stream) before the next graph."""
         self._close_graph()
-        self.steps.append(step)
+        self.steps.append(make_step())
         self.stream.begin_capture()
 
     def replay(self, inputs):
@@ -284,22 +311,22 @@ class DeviceOnnxQ:
         if self.session is None:  # the announced CPU fallback
             out = cupy.empty((n,), dtype=cupy.float32)
 
-            def run():
-                out.set(np.asarray(self.host_q(obs.get(), act.get()), dtype=np.float32).reshape(n))
+            def make_run():
+                return lambda: out.set(np.asarray(self.host_q(obs.get(), act.get()), dtype=np.float32).reshape(n))
 
         else:
             out = cupy.empty((n, 1) if self.out_rank == 2 else (n,), dtype=cupy.float32)
-            binding = self.session.io_binding()
-            for name, array in ((self.obs_name, obs), (self.act_name, act)):
-                binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(array.shape), array.data.ptr)
-            binding.bind_output(self.out_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
 
-            def run():
-                self.session.run_with_iobinding(binding, self.run_options)
+            def make_run():  # the binding is ONNX Runtime's business: made outside any capture
+                binding = self.session.io_binding()
+                for name, array in ((self.obs_name, obs), (self.act_name, act)):
+                    binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(array.shape), array.data.ptr)
+                binding.bind_output(self.out_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
+                return functools.partial(self.session.run_with_iobinding, binding, self.run_options)
 
         capture = self.backend.capture if self.backend is not None else None
         if capture is None:
-            run()
+            make_run()()
         else:
-            capture.interrupt(run)
+            capture.interrupt(make_run)
         return out.reshape(n)

@@ -110,8 +110,8 @@ def test_no_usable_data_is_one_clear_error(tmp_path):
         text=True,
         cwd=ROOT,
     )
-    assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments")
-    assert out.stderr.count("\n") == 1
+    assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments"), out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
 
 
 def test_segments_of_another_task_alone_are_refused(robot_logs):

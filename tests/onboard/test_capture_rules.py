@@ -43,16 +43,22 @@ warnings = []
 handler = logging.Handler()
 handler.emit = lambda record: warnings.append(record.getMessage())
 logging.getLogger("mpq").addHandler(handler)
-task_name, q_path, q_kind, n_iters, steps = sys.argv[1:]
+task_name, q_path, q_kind, n_iters, steps, warm_up = sys.argv[1:]
 task = get_task(task_name)
 mppi = MPPI(task, MPPIConfig.for_task(task, K=32, H=8, n_iters=int(n_iters)), "cupy",
             q=OnnxQ(q_path, task) if q_kind == "onnx" else None)
 if q_kind == "host":  # a Q that reads its input on the host: that cannot be in a graph
     mppi.q = lambda obs, act: cupy.asarray(obs.get()[:, 0])
+warmed = {}
+if warm_up == "1":  # as the control loop starts an episode
+    mppi.warm_up(task.hanging_state()[None])
+    warmed = dict(captured_before_acting=mppi.backend.replays_graphs, mean_untouched=not mppi.mean.any(),
+                  launches_before_acting=len(cupy.cuda.LAUNCHES))
 for _ in range(int(steps)):
     mppi.act(task.hanging_state())
 captured = list(mppi.backend.captured.values())
 print(json.dumps(dict(
+    **warmed,
     captured=[c is not None for c in captured],
     steps=[len(c.steps) for c in captured if c is not None],
     launches=len(cupy.cuda.LAUNCHES),
@@ -61,9 +67,9 @@ print(json.dumps(dict(
 """
 
 
-def plan_on_fake_cupy(task_name: str, q_kind: str, q_path="") -> dict:
+def plan_on_fake_cupy(task_name: str, q_kind: str, q_path="", warm_up=False) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, task_name, str(q_path), q_kind, str(N_ITERS), str(STEPS)],
+        [sys.executable, "-c", SCRIPT, task_name, str(q_path), q_kind, str(N_ITERS), str(STEPS), str(int(warm_up))],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_CUPY), str(ROOT)])},
     )  # fmt: skip
@@ -88,3 +94,12 @@ def test_a_plan_that_breaks_the_capture_rules_is_announced_and_not_captured():
     result = plan_on_fake_cupy("pendulum", "host")
     assert result["captured"] == [False] and result["launches"] == 0
     assert len(result["warnings"]) == 1 and "device-to-host copy" in result["warnings"][0]
+
+
+def test_warming_up_captures_the_plan_so_that_every_control_step_replays_it(make_q):
+    """The control loop warms up before arming: the capture must not land in a control step."""
+    result = plan_on_fake_cupy("pendulum", "onnx", make_q("pendulum")[0], warm_up=True)
+    assert result["captured_before_acting"] and result["mean_untouched"]
+    graphs = N_ITERS + 1
+    assert result["launches_before_acting"] == graphs  # the capture's replay
+    assert result["launches"] == graphs * (STEPS + 1)  # and one replay per control step after it

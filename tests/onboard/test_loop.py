@@ -140,6 +140,33 @@ def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safel
     assert metadata["summary"]["safe_stop"] == "deadline misses"
 
 
+class CallLog:
+    """The profile's planner, noting when the loop warms it up and when it plans a control step."""
+
+    def __init__(self, planner):
+        self.planner, self.calls = planner, []
+
+    def __getattr__(self, name):
+        return getattr(self.planner, name)
+
+    def warm_up(self, states):
+        self.calls.append("W")
+        self.planner.warm_up(states)
+
+    def propose(self, state):
+        self.calls.append("p")
+        return self.planner.propose(state)
+
+
+def test_each_episode_warms_the_planner_up_before_its_first_control_step(tmp_path):
+    """A plan's first runs compile kernels and, on the GPU, capture CUDA graphs: no control step pays for it."""
+    profile = load_profile("sim", log_dir=str(tmp_path))
+    task = get_task("pendulum")
+    planner = CallLog(make_planner(profile, task))
+    run(profile, episodes=2, planner=planner, show_status=False)
+    assert "".join(planner.calls) == ("W" + "p" * task.episode_steps) * 2
+
+
 def test_sigterm_ends_the_segment_cleanly(tmp_path):
     process, _ = start_run_into_episode_2(tmp_path, 5_000)
     process.send_signal(signal.SIGTERM)

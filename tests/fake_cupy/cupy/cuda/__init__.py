@@ -47,6 +47,9 @@ Stream.null.ptr = 0
 
 
 class MemoryPool:
+    def __init__(self, allocator=None):
+        self.allocator = allocator
+
     def malloc(self, size):
         return None
 

@@ -4,7 +4,7 @@ import numpy as _np
 
 
 class XORWOW:
-    def __init__(self, seed):
+    def __init__(self, seed, size=-1):
         self.seed = seed
 
 
