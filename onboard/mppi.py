@@ -150,9 +150,10 @@ class MPPI:
             self.mean[:] = 0.0
 
     def warm_up(self, states) -> None:
-        """Plan twice from states (B, n), changing nothing, so that no control step pays for a first
-        plan: kernels compiled, ONNX Runtime set up, and on the GPU the plan captured as CUDA graphs
-        (on a shape's second plan). Acting then plans with B = 1."""
+        """Plan twice from states (B, n), leaving the warm start as it is, so that no control step pays
+        for a first plan: kernels compiled, ONNX Runtime set up, and on the GPU the plan captured as CUDA
+        graphs (on a shape's second plan; on the CPU the second plan only costs its time). Acting plans
+        with B = 1."""
         for _ in range(2):
             self.plan(states)
 

@@ -150,8 +150,9 @@ class CupyBackend:
 
 
 def pack(cupy, arrays):
-    """The arrays in one float64 device buffer, for one copy to the host. Copied in one by one: CuPy's
-    concatenate of more than eight arrays copies their addresses from the host, which a capture refuses."""
+    """The arrays in one float64 device buffer, for one copy to the host. Copied in one by one, as
+    `concatenate` does for up to eight arrays: for more it copies their addresses from the host, which
+    a capture refuses, so this holds for any number of host outputs."""
     flat = cupy.empty(sum(a.size for a in arrays), dtype=cupy.float64)
     at = 0
     for a in arrays:
@@ -178,6 +179,8 @@ def capture_malloc(cupy):
         try:
             return cupy.cuda.MemoryPointer(cupy.cuda.Memory(size), 0)
         except cupy.cuda.runtime.CUDARuntimeError as e:
+            if e.status != cupy.cuda.runtime.errorMemoryAllocation:
+                raise
             raise MemoryError(f"the CUDA graph's buffers do not fit in the GPU's memory ({e})") from None
 
     return malloc
@@ -194,7 +197,7 @@ class CapturedCall:
     def __init__(self, backend: CupyBackend, fn, inputs, host_outputs: int, uses=()):
         cupy = backend.xp
         self.cupy, self.stream, self.steps = cupy, backend.stream, []
-        self.host_outputs, self.uses = host_outputs, (fn, *uses)
+        self.host_outputs, self.uses = host_outputs, tuple(uses)
         self.pool = cupy.cuda.MemoryPool(capture_malloc(cupy))
         with cupy.cuda.using_allocator(self.pool.malloc):
             self.inputs = [cupy.empty(x.shape, x.dtype) for x in inputs]

@@ -52,8 +52,7 @@ if q_kind == "host":  # a Q that reads its input on the host: that cannot be in 
 warmed = {}
 if warm_up == "1":  # as the control loop starts an episode
     mppi.warm_up(task.hanging_state()[None])
-    warmed = dict(captured_before_acting=mppi.backend.replays_graphs, mean_untouched=not mppi.mean.any(),
-                  launches_before_acting=len(cupy.cuda.LAUNCHES))
+    warmed = dict(captured_before_acting=mppi.backend.replays_graphs, launches_before_acting=len(cupy.cuda.LAUNCHES))
 for _ in range(int(steps)):
     mppi.act(task.hanging_state())
 captured = list(mppi.backend.captured.values())
@@ -99,7 +98,7 @@ def test_a_plan_that_breaks_the_capture_rules_is_announced_and_not_captured():
 def test_warming_up_captures_the_plan_so_that_every_control_step_replays_it(make_q):
     """The control loop warms up before arming: the capture must not land in a control step."""
     result = plan_on_fake_cupy("pendulum", "onnx", make_q("pendulum")[0], warm_up=True)
-    assert result["captured_before_acting"] and result["mean_untouched"]
+    assert result["captured_before_acting"]
     graphs = N_ITERS + 1
     assert result["launches_before_acting"] == graphs  # the capture's replay
     assert result["launches"] == graphs * (STEPS + 1)  # and one replay per control step after it

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from firmware_bridge.link import Link
 from onboard.loop import LoopError, make_planner, realtime_refusal, run
 from onboard.profile import load_profile
 from onboard.recorder import Recorder, iter_transitions, read_manifest, read_segment, verified_segments
@@ -158,13 +159,21 @@ class CallLog:
         return self.planner.propose(state)
 
 
-def test_each_episode_warms_the_planner_up_before_its_first_control_step(tmp_path):
-    """A plan's first runs compile kernels and, on the GPU, capture CUDA graphs: no control step pays for it."""
+def test_each_episode_warms_the_planner_up_before_arming(tmp_path, monkeypatch):
+    """A plan's first runs compile kernels and, on the GPU, capture CUDA graphs: done before the plant is
+    armed (and its watchdog runs), so no control step pays for it."""
     profile = load_profile("sim", log_dir=str(tmp_path))
     task = get_task("pendulum")
     planner = CallLog(make_planner(profile, task))
+    arm = Link.arm
+
+    def logged_arm(link):
+        planner.calls.append("A")
+        return arm(link)
+
+    monkeypatch.setattr(Link, "arm", logged_arm)
     run(profile, episodes=2, planner=planner, show_status=False)
-    assert "".join(planner.calls) == ("W" + "p" * task.episode_steps) * 2
+    assert "".join(planner.calls) == ("WA" + "p" * task.episode_steps) * 2
 
 
 def test_sigterm_ends_the_segment_cleanly(tmp_path):

@@ -75,7 +75,7 @@ def replay_parts(mppi, call, state) -> None:
     state32 = np.asarray(state[None], dtype=np.float32)
     parts = {"state to the device": lambda: call.inputs[0].__setitem__(Ellipsis, state32)}
     for i, step in enumerate(call.steps):
-        kind = "graph" if isinstance(step, functools.partial) else "ONNX Runtime run"
+        kind = "graph" if getattr(getattr(step, "func", None), "__name__", "") == "launch" else "the Q's run"
         parts[f"step {i}: {kind}"] = step
     parts["packed copy to the host"] = call.packed.get
     with stream:
