@@ -460,7 +460,7 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     plan = planner.plan(task.hanging_state()[None])
     lines.append(f"backend {profile.backend}: built and loaded; a warm plan (K={config.K}, H={config.H}, "
                  f"{config.n_iters} iterations) in {plan.seconds * 1e3:.1f} ms")  # fmt: skip
-    if getattr(planner.backend, "graphs", False):
+    if hasattr(planner.backend, "replays_graphs"):  # the GPU
         lines.append("plans replayed as CUDA graphs" if planner.backend.replays_graphs
                      else "warning: plans run kernel by kernel, not as CUDA graphs: each step costs more")  # fmt: skip
     if hasattr(planner.q, "provider"):

@@ -304,6 +304,20 @@ class DeviceOnnxQ:
         (output,) = [o for o in self.session.get_outputs() if o.name == self.out_name]
         self.out_rank = len(output.shape)
 
+    def output(self, n: int):
+        """A CuPy buffer for the Q of n samples, shaped as the model's output."""
+        return self.cupy.empty((n, 1) if self.out_rank == 2 else (n,), dtype=self.cupy.float32)
+
+    def bound_run(self, obs, act, out, session=None):
+        """The Q of obs and act into out (CuPy buffers) as one call: session.run (by default this Q's) on
+        an IO binding to them, made now. Made outside any capture: the binding is ONNX Runtime's business."""
+        session = session or self.session
+        binding = session.io_binding()
+        for name, array in ((self.obs_name, obs), (self.act_name, act)):
+            binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(array.shape), array.data.ptr)
+        binding.bind_output(self.out_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
+        return functools.partial(session.run_with_iobinding, binding, self.run_options)
+
     def __call__(self, obs, act):
         """q (N,) for obs (N, d) and act (N, m), CuPy arrays. Inside a CUDA graph capture the run is
         recorded as a step between two graphs, on these same buffers, and runs at each replay."""
@@ -318,14 +332,8 @@ class DeviceOnnxQ:
                 return lambda: out.set(np.asarray(self.host_q(obs.get(), act.get()), dtype=np.float32).reshape(n))
 
         else:
-            out = cupy.empty((n, 1) if self.out_rank == 2 else (n,), dtype=cupy.float32)
-
-            def make_run():  # the binding is ONNX Runtime's business: made outside any capture
-                binding = self.session.io_binding()
-                for name, array in ((self.obs_name, obs), (self.act_name, act)):
-                    binding.bind_input(name, "cuda", self.device_id, np.float32, tuple(array.shape), array.data.ptr)
-                binding.bind_output(self.out_name, "cuda", self.device_id, np.float32, tuple(out.shape), out.data.ptr)
-                return functools.partial(self.session.run_with_iobinding, binding, self.run_options)
+            out = self.output(n)
+            make_run = functools.partial(self.bound_run, obs, act, out)
 
         capture = self.backend.capture if self.backend is not None else None
         if capture is None:

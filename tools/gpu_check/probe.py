@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPEATS, WARMUP = 200, 20
+from offboard.bench import WARMUP, _summary
+
+REPEATS = 200
 
 
 def ms(fn, stream=None) -> float:
@@ -34,7 +36,7 @@ def ms(fn, stream=None) -> float:
         if stream is not None:
             stream.synchronize()
         seconds.append(time.perf_counter() - started)
-    return 1e3 * float(np.median(seconds[WARMUP:]))
+    return _summary(seconds)["median_ms"]
 
 
 def section(title: str) -> None:
@@ -129,12 +131,8 @@ def q_levers(mppi, K: int) -> None:
         act = cupy.asarray(rng.standard_normal((K, task.act_dim)), dtype=cupy.float32)
 
         def bound(session):
-            out = cupy.zeros((K, 1) if q.out_rank == 2 else (K,), dtype=cupy.float32)
-            binding = session.io_binding()
-            for name, array in ((q.obs_name, obs), (q.act_name, act)):
-                binding.bind_input(name, "cuda", q.device_id, np.float32, tuple(array.shape), array.data.ptr)
-            binding.bind_output(q.out_name, "cuda", q.device_id, np.float32, tuple(out.shape), out.data.ptr)
-            return out, functools.partial(session.run_with_iobinding, binding, q.run_options)
+            out = q.output(K)
+            return out, q.bound_run(obs, act, out, session)
 
         reference, run = bound(q.session)
         run()
