@@ -71,6 +71,7 @@ def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = I
         summary["q_provider"] = mppi.q.provider
     if hasattr(mppi.backend, "replays_graphs"):
         summary["cuda_graph"] = mppi.backend.replays_graphs
+        summary["graph_steps"] = mppi.backend.replay_steps  # 1: the Q's run inside the one graph
     return summary
 
 

@@ -124,7 +124,8 @@ def print_table(report: dict) -> None:
     for col in ("task", "K", "planner", "median ms", "p99 ms", "steps", "CUDA graph"):
         table.add_column(col)
     for r in report["rows"]:
-        graph = {True: "yes", False: "no"}.get(r.get("cuda_graph"), "")
+        parts = "one graph" if r.get("graph_steps") == 1 else f"{r.get('graph_steps')} parts"  # graphs, ORT runs
+        graph = {True: f"yes, {parts}", False: "no"}.get(r.get("cuda_graph"), "")
         table.add_row(r["task"], str(r["K"]), r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
                       str(r["steps"]), graph)  # fmt: skip
     console = Console()

@@ -144,15 +144,16 @@ class Remote:
 
 # --- preflight -----------------------------------------------------------------------------------
 def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
-    """Everything that can be checked here, before anything on the robot changes."""
-    for tool in ("ssh", "rsync"):
-        if shutil.which(tool) is None:
-            raise DeployError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
+    """Everything that can be checked here, before anything on the robot changes: the profile first (a
+    profile without a host needs no ssh), then the tools."""
     if not profile.host:
         raise DeployError(
             f"robot {profile.name!r} has no host in {profile.source or profile_file(profile.name)}: it runs here "
             "(make sim); set host (and user, identity_file) to deploy to it"
         )
+    for tool in ("ssh", "rsync"):
+        if shutil.which(tool) is None:
+            raise DeployError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
     if profile.identity_file and not profile.path(profile.identity_file).is_file():
         path, user = profile.path(profile.identity_file), profile.user or getpass.getuser()
         raise DeployError(

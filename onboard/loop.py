@@ -461,8 +461,13 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     lines.append(f"backend {profile.backend}: built and loaded; a warm plan (K={config.K}, H={config.H}, "
                  f"{config.n_iters} iterations) in {plan.seconds * 1e3:.1f} ms")  # fmt: skip
     if hasattr(planner.backend, "replays_graphs"):  # the GPU
-        lines.append("plans replayed as CUDA graphs" if planner.backend.replays_graphs
-                     else "warning: plans run kernel by kernel, not as CUDA graphs: each step costs more")  # fmt: skip
+        if not planner.backend.replays_graphs:
+            lines.append("warning: plans run kernel by kernel, not as CUDA graphs: each step costs more")
+        elif planner.backend.replay_steps == 1:
+            lines.append("plans replayed as CUDA graphs: one launch per control step")
+        else:
+            lines.append(f"plans replayed as CUDA graphs, the Q's runs between them ({planner.backend.replay_steps} "
+                         "parts per control step)")  # fmt: skip
     if hasattr(planner.q, "provider"):
         lines.append(f"Q on the GPU through ONNX Runtime's {planner.q.provider}")
     if profile.fifo_priority:

@@ -10,8 +10,10 @@ the warm start. All of it runs on one CUDA stream (MPPI enters `scope()`), ONNX 
 A control step is some fifty small kernels, and launching them one by one from Python costs more than
 running them. So from its second call per input shape a plan is a CUDA graph: captured once, then
 replayed with the new state copied into its input buffer, and the results come back in one packed copy
-(the step's only synchronisation). ONNX Runtime runs between two graph segments, on its IO binding to
-the graph's buffers. Where capture fails the plan runs kernel by kernel, with one warning.
+(the step's only synchronisation). ONNX Runtime's run is captured inside the graph too, so a control
+step is one graph launch. Where ONNX Runtime's provider cannot be captured, its run interrupts the
+capture instead: it runs between two graphs, on its IO binding to the graph's buffers (one warning).
+Where capture fails altogether the plan runs kernel by kernel, with one warning.
 Float32 throughout, as ONNX models and GPUs run.
 
 Install with `make setup GPU=1` (the gpu extra: cupy-cuda13x, onnxruntime-gpu with CUDA 13 and cuDNN).
@@ -52,16 +54,30 @@ class DeviceRNG:
     """cuRAND's XORWOW through CuPy, with the two draws MPPI makes (NumPy Generator's names).
 
     The generator's state lives on the device and each draw's kernel advances it, so a draw replayed
-    in a CUDA graph gives new numbers every time (cuRAND's host API would repeat the captured ones)."""
+    in a CUDA graph gives new numbers every time (cuRAND's host API would repeat the captured ones).
+    A draw launches one thread per generator state, each loading and storing its 48 bytes: CuPy's
+    default of 8 x 256 states per SM (270k on an H100) costs 0.02 ms a draw whatever its size, so the
+    states are sized to the first draw, about VALUES_PER_STATE values each (0.003 ms for K=4096, H=32)."""
+
+    VALUES_PER_STATE = 8
 
     def __init__(self, cupy, seed: np.random.SeedSequence):
-        self._generator = cupy.random.Generator(cupy.random.XORWOW(seed))
+        self.cupy, self.seed, self._generator = cupy, seed, None
+
+    def generator(self, shape):
+        """The generator, made at the first draw (always outside a capture: a plan is captured on its second run)."""
+        if self._generator is None:
+            cupy = self.cupy
+            most = 8 * 256 * cupy.cuda.Device().attributes["MultiProcessorCount"]  # CuPy's default
+            states = min(most, max(1024, -(-int(np.prod(shape)) // self.VALUES_PER_STATE)))
+            self._generator = cupy.random.Generator(cupy.random.XORWOW(self.seed, size=states))
+        return self._generator
 
     def standard_normal(self, shape, dtype=np.float32):
-        return self._generator.standard_normal(shape, dtype=dtype)
+        return self.generator(shape).standard_normal(shape, dtype=dtype)
 
     def random(self, shape, dtype=np.float32):
-        return self._generator.random(shape, dtype=dtype)
+        return self.generator(shape).random(shape, dtype=dtype)
 
 
 class CupyBackend:
@@ -78,7 +94,7 @@ class CupyBackend:
         self.kernel = self.module.get_function(KERNEL_NAME)
         self.graphs = True  # False: every plan kernel by kernel (the tests compare the two)
         self.captured: dict[tuple, CapturedCall | None] = {}  # None: capture failed, run kernel by kernel
-        self.capture: CapturedCall | None = None  # the capture under way, which the Q interrupts
+        self.capture: CapturedCall | None = None  # the capture under way, which the Q may interrupt
         self._warm: set[tuple] = set()  # input shapes that have run once
 
     def scope(self):
@@ -88,6 +104,11 @@ class CupyBackend:
     def replays_graphs(self) -> bool:
         """Whether plans so far replay as CUDA graphs (False before any was captured, or if one failed)."""
         return bool(self.captured) and None not in self.captured.values()
+
+    @property
+    def replay_steps(self) -> int:
+        """Graph launches and ONNX Runtime runs per replayed plan, the most over shapes (1: all in one graph)."""
+        return max((len(c.steps) for c in self.captured.values() if c is not None), default=0)
 
     @functools.cached_property
     def memory_bytes(self) -> int:
@@ -106,17 +127,24 @@ class CupyBackend:
 
         The first call per input shape (and per object in `uses`) runs kernel by kernel, which also
         compiles kernels and lets ONNX Runtime and cuBLAS set up. The second captures fn as a CUDA graph
-        and every later one replays it."""
+        and every later one replays it: one graph with ONNX Runtime's runs inside, or where that capture
+        fails, graphs with ONNX Runtime's runs between them."""
         key = (fn.__name__, tuple((x.shape, x.dtype.str) for x in inputs), tuple(id(u) for u in uses))
         if self.graphs and key in self._warm and key not in self.captured:
-            try:
-                self.captured[key] = CapturedCall(self, fn, inputs, host_outputs, uses)
-            except Exception as e:  # CUDA and CuPy errors of an operation that cannot be captured
-                self.captured[key] = None  # kernel by kernel from now on
-                log.warning(
-                    "the plan runs kernel by kernel, not as a CUDA graph (%s: %s): each control step costs more",
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else "",
-                )  # fmt: skip
+            self.captured[key] = None  # kernel by kernel from now on, unless a capture below succeeds
+            calls_onnx_runtime = any(isinstance(u, DeviceOnnxQ) and u.session is not None for u in uses)
+            for inline in (True, False) if calls_onnx_runtime else (True,):
+                try:
+                    self.captured[key] = CapturedCall(self, fn, inputs, host_outputs, uses, inline=inline)
+                    break
+                except Exception as e:  # CUDA and CuPy errors of an operation that cannot be captured
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    if inline and calls_onnx_runtime:
+                        log.warning("the plan with ONNX Runtime's run inside is not captured as one CUDA graph "
+                                    "(%s): captured again with the run between graphs", why)  # fmt: skip
+                    else:
+                        log.warning("the plan runs kernel by kernel, not as a CUDA graph (%s): each control step "
+                                    "costs more", why)  # fmt: skip
         if self.graphs and self.captured.get(key) is not None:
             return self.captured[key].replay(inputs)
         self._warm.add(key)
@@ -190,13 +218,14 @@ class CapturedCall:
     """fn captured as CUDA graphs for one shape of inputs, replayed with new inputs copied in.
 
     Its buffers come from a memory pool of its own, so nothing else is ever handed the memory a replay
-    writes. A call that cannot be captured (ONNX Runtime's run) interrupts the capture: it is recorded
-    as a step run between two graphs on the same stream, with the same buffers every time. The graphs
-    also write device state that fn's objects own (the generators' states): `uses` keeps them alive."""
+    writes. With `inline`, ONNX Runtime's run is captured into the graph like any kernel. Without, it
+    interrupts the capture: it is recorded as a step run between two graphs on the same stream, with
+    the same buffers every time. The graphs also write device state that fn's objects own (the
+    generators' states, ONNX Runtime's session and its memory): `uses` keeps them alive."""
 
-    def __init__(self, backend: CupyBackend, fn, inputs, host_outputs: int, uses=()):
+    def __init__(self, backend: CupyBackend, fn, inputs, host_outputs: int, uses=(), inline: bool = True):
         cupy = backend.xp
-        self.cupy, self.stream, self.steps = cupy, backend.stream, []
+        self.cupy, self.stream, self.steps, self.inline = cupy, backend.stream, [], inline
         self.host_outputs, self.uses = host_outputs, tuple(uses)
         self.pool = cupy.cuda.MemoryPool(capture_malloc(cupy))
         with cupy.cuda.using_allocator(self.pool.malloc):
@@ -220,7 +249,7 @@ class CapturedCall:
 
     def interrupt(self, make_step) -> None:
         """Close the graph so far, then make_step() -> step outside the capture (it may call CUDA freely);
-        at replay, step() runs (on the stream) before the next graph."""
+        at replay, step() runs (on the stream) before the next graph. Not `inline` captures only."""
         self._close_graph()
         self.steps.append(make_step())
         self.stream.begin_capture()
@@ -319,8 +348,9 @@ class DeviceOnnxQ:
         return functools.partial(session.run_with_iobinding, binding, self.run_options)
 
     def __call__(self, obs, act):
-        """q (N,) for obs (N, d) and act (N, m), CuPy arrays. Inside a CUDA graph capture the run is
-        recorded as a step between two graphs, on these same buffers, and runs at each replay."""
+        """q (N,) for obs (N, d) and act (N, m), CuPy arrays. Inside an `inline` CUDA graph capture ONNX
+        Runtime's GPU run is captured with the rest; in any other capture, and for the CPU fallback (its
+        copies cannot be captured), the run is recorded as a step between two graphs, on these buffers."""
         cupy = self.cupy
         obs = cupy.ascontiguousarray(cupy.asarray(obs, dtype=cupy.float32))
         act = cupy.ascontiguousarray(cupy.asarray(act, dtype=cupy.float32))
@@ -336,7 +366,7 @@ class DeviceOnnxQ:
             make_run = functools.partial(self.bound_run, obs, act, out)
 
         capture = self.backend.capture if self.backend is not None else None
-        if capture is None:
+        if capture is None or (capture.inline and self.session is not None):
             make_run()()
         else:
             capture.interrupt(make_run)

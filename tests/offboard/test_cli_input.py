@@ -128,3 +128,14 @@ def test_deploy_commands_name_the_profile_file_given_and_check_their_options(tmp
     (tmp_path / "a-file").write_text("")
     assert main(["pull-data", "--robot", str(profile), "--data-dir", str(tmp_path / "a-file")]) == 1
     assert f"{tmp_path / 'a-file'} is a file, not a folder" in one_error_line(capsys)  # before any connection
+
+
+def test_deploy_without_ssh_on_the_workstation_says_what_to_install(tmp_path, capsys, monkeypatch):
+    profile = tmp_path / "x.toml"
+    profile.write_text('task = "pendulum"\nhost = "127.0.0.1"\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
+    assert main(["deploy", "--robot", str(profile)]) == 1
+    assert (
+        one_error_line(capsys)
+        == "error: ssh is not installed on this workstation: apt-get install openssh-client rsync"
+    )

@@ -46,9 +46,17 @@ logging.getLogger("mpq").addHandler(handler)
 task_name, q_path, q_kind, n_iters, steps, warm_up = sys.argv[1:]
 task = get_task(task_name)
 mppi = MPPI(task, MPPIConfig.for_task(task, K=32, H=8, n_iters=int(n_iters)), "cupy",
-            q=OnnxQ(q_path, task) if q_kind == "onnx" else None)
+            q=OnnxQ(q_path, task) if "onnx" in q_kind else None)
 if q_kind == "host":  # a Q that reads its input on the host: that cannot be in a graph
     mppi.q = lambda obs, act: cupy.asarray(obs.get()[:, 0])
+if q_kind.startswith("gpu-onnx"):  # as if ONNX Runtime ran on the GPU (here it has only its CPU provider)
+    q = mppi.q
+    q.session, q.out_rank = "a GPU session", 1
+    def bound_run(obs, act, out, session=None):
+        if q_kind == "gpu-onnx-uncapturable":  # a provider whose run copies to the host: no capture takes it
+            return lambda: out.set(np.asarray(q.host_q(obs.get(), act.get()), dtype=np.float32))
+        return lambda: out.__setitem__(Ellipsis, obs[:, 0])  # device work only: a capture takes it
+    q.bound_run = bound_run
 warmed = {}
 if warm_up == "1":  # as the control loop starts an episode
     mppi.warm_up(task.hanging_state()[None])
@@ -59,6 +67,7 @@ captured = list(mppi.backend.captured.values())
 print(json.dumps(dict(
     **warmed,
     captured=[c is not None for c in captured],
+    inline=[c.inline for c in captured if c is not None],
     steps=[len(c.steps) for c in captured if c is not None],
     launches=len(cupy.cuda.LAUNCHES),
     warnings=[w for w in warnings if "CUDA graph" in w],
@@ -76,16 +85,25 @@ def plan_on_fake_cupy(task_name: str, q_kind: str, q_path="", warm_up=False) -> 
     return json.loads(out.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("q_kind", ["onnx", "none"])
+@pytest.mark.parametrize("q_kind", ["gpu-onnx", "onnx", "none"])
 @pytest.mark.parametrize("task_name", sorted(TASKS))
 def test_the_plan_is_captured_once_and_replayed_after_its_first_run(task_name, q_kind, make_q):
-    q_path = make_q(task_name)[0] if q_kind == "onnx" else ""
+    q_path = make_q(task_name)[0] if "onnx" in q_kind else ""
     result = plan_on_fake_cupy(task_name, q_kind, q_path)
-    assert result["captured"] == [True] and result["warnings"] == []
-    # With a Q: a graph before, between and after ONNX Runtime's runs; without one, a single graph.
+    assert result["captured"] == [True] and result["inline"] == [True] and result["warnings"] == []
+    # ONNX Runtime on the GPU, or no Q: one graph. The Q on the CPU (ONNX Runtime without its CUDA
+    # provider): a graph before, between and after its runs.
     graphs = N_ITERS + 1 if q_kind == "onnx" else 1
     assert result["steps"] == [2 * N_ITERS + 1 if q_kind == "onnx" else 1]
     assert result["launches"] == graphs * (STEPS - 1)  # the first step runs kernel by kernel
+
+
+def test_an_onnx_runtime_run_that_cannot_be_captured_runs_between_graphs(make_q):
+    """A provider whose run the capture refuses costs one warning, and the plan is still graphs."""
+    result = plan_on_fake_cupy("pendulum", "gpu-onnx-uncapturable", make_q("pendulum")[0])
+    assert result["captured"] == [True] and result["inline"] == [False]
+    assert result["steps"] == [2 * N_ITERS + 1] and result["launches"] == (N_ITERS + 1) * (STEPS - 1)
+    assert len(result["warnings"]) == 1 and "captured again with the run between graphs" in result["warnings"][0]
 
 
 def test_a_plan_that_breaks_the_capture_rules_is_announced_and_not_captured():
@@ -97,8 +115,7 @@ def test_a_plan_that_breaks_the_capture_rules_is_announced_and_not_captured():
 
 def test_warming_up_captures_the_plan_so_that_every_control_step_replays_it(make_q):
     """The control loop warms up before arming: the capture must not land in a control step."""
-    result = plan_on_fake_cupy("pendulum", "onnx", make_q("pendulum")[0], warm_up=True)
+    result = plan_on_fake_cupy("pendulum", "gpu-onnx", make_q("pendulum")[0], warm_up=True)
     assert result["captured_before_acting"]
-    graphs = N_ITERS + 1
-    assert result["launches_before_acting"] == graphs  # the capture's replay
-    assert result["launches"] == graphs * (STEPS + 1)  # and one replay per control step after it
+    assert result["launches_before_acting"] == 1  # the capture's replay
+    assert result["launches"] == 1 + STEPS  # and one replay per control step after it

@@ -110,31 +110,62 @@ class _Sequence:
         return draw
 
 
+def act_six_steps(task, config, q_path, graphs: bool, uncapturable_q: bool = False):
+    """Six closed-loop actions from one start, and what the backend captured."""
+    mppi = MPPI(task, config, "cupy", q=OnnxQ(q_path, task))
+    mppi.backend.graphs = graphs
+    if uncapturable_q:  # a provider whose run waits for its stream, as some do: no capture takes it
+        bound_run, stream = mppi.q.bound_run, mppi.backend.stream
+
+        def waiting_run(*args, **kwargs):
+            run = bound_run(*args, **kwargs)
+            return lambda: (stream.synchronize(), run())
+
+        mppi.q.bound_run = waiting_run
+    true_params = task.planner_params("true", (), None)
+    state, actions = task.initial_state(np.random.default_rng(1)), []
+    for _ in range(6):
+        actions.append(mppi.act(state))
+        state = task.step(state, actions[-1], true_params)
+    return np.array(actions), list(mppi.backend.captured.values()), mppi.q.provider
+
+
 @needs_gpu
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_control_steps_replayed_as_cuda_graphs_equal_kernel_by_kernel(name, make_q):
-    """Same seed, same states: the replayed graphs draw fresh noise each step, as the eager run does."""
+    """Same seed, same states: the replayed graph draws fresh noise and runs the Q each step, as the
+    eager run does. With ONNX Runtime on the GPU a control step is one graph launch; with the Q's CPU
+    fallback (no onnxruntime-gpu), a graph before, between and after its runs."""
     from onboard.backends.cupy_backend import CapturedCall
 
     task = get_task(name)
     q_path = make_q(name, hidden=(64, 64))[0]
     config = MPPIConfig.for_task(task, K=256, H=16, n_iters=2, model="biased", seed=4)
-    true_params = task.planner_params("true", (), None)
-    runs = {}
-    for graphs in (True, False):
-        mppi = MPPI(task, config, "cupy", q=OnnxQ(q_path, task))
-        mppi.backend.graphs = graphs
-        state, actions = task.initial_state(np.random.default_rng(1)), []
-        for _ in range(6):
-            actions.append(mppi.act(state))
-            state = task.step(state, actions[-1], true_params)
-        runs[graphs] = np.array(actions), list(mppi.backend.captured.values())
-    captured = runs[True][1]
+    replayed, captured, provider = act_six_steps(task, config, q_path, graphs=True)
+    eager, not_captured, _ = act_six_steps(task, config, q_path, graphs=False)
     assert len(captured) == 1 and isinstance(captured[0], CapturedCall)  # captured, not fallen back
-    assert len(captured[0].steps) == 2 * config.n_iters + 1  # a graph before, between and after the Q runs
-    assert runs[False][1] == []
-    assert np.ptp(runs[True][0]) > 0  # the actions move: each replay drew new noise
-    np.testing.assert_allclose(runs[True][0], runs[False][0], **q_tolerance(mppi.q.provider))
+    assert captured[0].inline
+    assert len(captured[0].steps) == (1 if provider != "CPUExecutionProvider" else 2 * config.n_iters + 1)
+    assert not_captured == []
+    assert np.ptp(replayed) > 0  # the actions move: each replay drew new noise
+    np.testing.assert_allclose(replayed, eager, **q_tolerance(provider))
+
+
+@needs_gpu
+def test_an_onnx_runtime_run_that_cannot_be_captured_runs_between_graphs_with_a_warning(make_q, caplog):
+    if ort_cuda_missing():
+        pytest.skip(ort_cuda_missing())
+    task = get_task("pendulum")
+    q_path = make_q("pendulum", hidden=(64, 64))[0]
+    config = MPPIConfig.for_task(task, K=256, H=16, n_iters=2, model="biased", seed=4)
+    with caplog.at_level(logging.WARNING, logger="mpq.backends.cupy"):
+        replayed, captured, provider = act_six_steps(task, config, q_path, graphs=True, uncapturable_q=True)
+    eager = act_six_steps(task, config, q_path, graphs=False)[0]
+    assert len(captured) == 1 and captured[0] is not None and not captured[0].inline
+    assert len(captured[0].steps) == 2 * config.n_iters + 1  # a graph before, between and after the Q's runs
+    warnings = [r.getMessage() for r in caplog.records if "CUDA graph" in r.getMessage()]
+    assert len(warnings) == 1 and "captured again with the run between graphs" in warnings[0]
+    np.testing.assert_allclose(replayed, eager, **q_tolerance(provider))
 
 
 @needs_gpu

@@ -9,7 +9,7 @@ pip_download() {
 }
 rm -rf .whl .ortA .ortB && mkdir -p .whl .ortA .ortB
 pip_download -d .whl mujoco mujoco-core mujoco-studio glfw pyopengl websockets pymavlink==2.4.50 fastcrc \
-    pyserial mcap lz4 zstandard cffi pycparser pytorch-mppi==0.9.1 arm-pytorch-utilities pytorch-seed
+    pyserial mcap lz4 zstandard cffi pycparser pytorch-mppi==0.9.1 arm-pytorch-utilities pytorch-seed tomli-w
 work=$(mktemp -d)
 pip_download -d "$work" "onnxruntime-gpu==1.31.1"
 (cd "$work" && unzip -q onnxruntime_gpu-*.whl && rm onnxruntime_gpu-*.whl)

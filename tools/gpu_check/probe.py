@@ -59,7 +59,8 @@ def capture(mppi, state):
     mppi.act(state)  # captured, then replayed
     (call,) = mppi.backend.captured.values()
     if call is not None:
-        print(f"captured: {len(call.steps)} steps (graphs and ONNX Runtime runs)")
+        how = "one graph, the Q's run inside it" if len(call.steps) == 1 else "graphs, the Q's runs between them"
+        print(f"captured: {len(call.steps)} steps per replay ({how})")
         return call
     print("not captured; a direct capture says why:")
     with mppi.backend.scope():
@@ -75,7 +76,7 @@ def replay_parts(mppi, call, state) -> None:
     section("a replayed control step, part by part: median ms waited for / the call alone on the host")
     stream = mppi.backend.stream
     state32 = np.asarray(state[None], dtype=np.float32)
-    parts = {"state to the device": lambda: call.inputs[0].__setitem__(Ellipsis, state32)}
+    parts = {"state to the device": lambda: call.inputs[0].set(state32)}
     for i, step in enumerate(call.steps):
         kind = "graph" if getattr(getattr(step, "func", None), "__name__", "") == "launch" else "the Q's run"
         parts[f"step {i}: {kind}"] = step
@@ -160,6 +161,7 @@ def q_levers(mppi, K: int) -> None:
             report_failure("ONNX Runtime with enable_cuda_graph")
 
         out, run_again = bound(q.session)
+        out.fill(cupy.nan)  # what the graph's launch must overwrite
         try:
             stream.begin_capture()
             try:

@@ -62,3 +62,4 @@ def using_allocator(allocator=None):
 class Device:
     id = 0
     mem_info = (1 << 33, 1 << 34)
+    attributes = {"MultiProcessorCount": 132}  # an H100's
