@@ -249,7 +249,7 @@ class CapturedCall:
 
     def interrupt(self, make_step) -> None:
         """Close the graph so far, then make_step() -> step outside the capture (it may call CUDA freely);
-        at replay, step() runs (on the stream) before the next graph. Not `inline` captures only."""
+        at replay, step() runs (on the stream) before the next graph."""
         self._close_graph()
         self.steps.append(make_step())
         self.stream.begin_capture()
@@ -339,7 +339,8 @@ class DeviceOnnxQ:
 
     def bound_run(self, obs, act, out, session=None):
         """The Q of obs and act into out (CuPy buffers) as one call: session.run (by default this Q's) on
-        an IO binding to them, made now. Made outside any capture: the binding is ONNX Runtime's business."""
+        an IO binding to them, made now. Binding records the buffers' addresses on the host, so it may be
+        made during a capture (the `inline` one); an interrupted capture makes it outside."""
         session = session or self.session
         binding = session.io_binding()
         for name, array in ((self.obs_name, obs), (self.act_name, act)):
