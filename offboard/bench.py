@@ -55,18 +55,36 @@ def _summary(seconds: list[float]) -> dict:
     return dict(median_ms=float(np.median(ms)), p99_ms=float(np.percentile(ms, 99)), steps=len(ms))
 
 
+def time_calls(call, steps: int, between=None) -> dict:
+    """Median and p99 ms of call() over `steps` calls after WARMUP ones; between(result), if given, runs untimed
+    after each."""
+    seconds = []
+    for _ in range(steps + WARMUP):
+        started = time.perf_counter()
+        result = call()
+        seconds.append(time.perf_counter() - started)
+        if between is not None:
+            between(result)
+    return _summary(seconds)
+
+
+def time_closed_loop(task, policy, steps: int) -> dict:
+    """time_calls of policy(state) -> action from the hanging start, the planner's model stepping the state."""
+    params = task.planner_params(MODEL, (), None)
+    state = task.hanging_state()
+
+    def step(action) -> None:
+        nonlocal state
+        state = task.step(state, action, params)
+
+    return time_calls(lambda: policy(state), steps, between=step)
+
+
 def time_mpq(task, backend: str, K: int, H: int, q, steps: int, n_iters: int = ITERS, graphs: bool = True) -> dict:
     mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=H, n_iters=n_iters, model=MODEL), backend, q=q)
     if hasattr(mppi.backend, "graphs"):  # the GPU: replay each plan as CUDA graphs, or launch kernel by kernel
         mppi.backend.graphs = graphs
-    params = task.planner_params(MODEL, (), None)
-    state, seconds = task.hanging_state(), []
-    for _ in range(steps + WARMUP):
-        started = time.perf_counter()
-        u = mppi.act(state)
-        seconds.append(time.perf_counter() - started)
-        state = task.step(state, u, params)
-    summary = _summary(seconds)
+    summary = time_closed_loop(task, mppi.act, steps)
     if hasattr(mppi.q, "provider"):  # the GPU's Q: which ONNX Runtime provider ran it
         summary["q_provider"] = mppi.q.provider
     if hasattr(mppi.backend, "replays_graphs"):
@@ -169,14 +187,12 @@ def time_pytorch_mppi(task, K: int, H: int, layers, steps: int, device: str = "c
         u_min=torch.tensor(task.u_min), u_max=torch.tensor(task.u_max), terminal_state_cost=terminal_cost,
         device=device,
     )  # fmt: skip
-    state, seconds = task.hanging_state(), []
-    for _ in range(steps + WARMUP):
-        started = time.perf_counter()
+
+    def policy(state):
         with torch.no_grad():
-            u = ctrl.command(torch.tensor(state, device=device)).cpu().numpy()  # .cpu(): waits for the GPU
-        seconds.append(time.perf_counter() - started)
-        state = task.step(state, u, params)
-    return _summary(seconds)
+            return ctrl.command(torch.tensor(state, device=device)).cpu().numpy()  # .cpu(): waits for the GPU
+
+    return time_closed_loop(task, policy, steps)
 
 
 def run_link(steps: int) -> dict:

@@ -15,13 +15,12 @@ import functools
 import platform
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from offboard.bench import WARMUP, publish, time_mpq, time_pytorch_mppi
+from offboard.bench import publish, time_calls, time_mpq, time_pytorch_mppi
 from offboard.onnx_mlp import mlp_onnx, random_mlp
 from onboard.qfunction import OnnxQ, save_q_model
 from onboard.tasks import get_task
@@ -37,7 +36,6 @@ def time_q(task, q, K: int, steps: int) -> dict:
     """The device Q on K samples as a replayed step runs it (ONNX Runtime on one IO binding), waited for."""
     import cupy
 
-    from offboard.bench import _summary
     from onboard.backends.cupy_backend import CupyBackend
 
     backend = CupyBackend(task)
@@ -50,13 +48,7 @@ def time_q(task, q, K: int, steps: int) -> dict:
             run = functools.partial(device_q, obs, act)
         else:
             run = device_q.bound_run(obs, act, device_q.output(K))
-        seconds = []
-        for _ in range(steps + WARMUP):
-            started = time.perf_counter()
-            run()
-            backend.stream.synchronize()
-            seconds.append(time.perf_counter() - started)
-    return _summary(seconds)
+        return time_calls(lambda: (run(), backend.stream.synchronize()), steps)
 
 
 def device_name() -> str:

@@ -28,6 +28,14 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def append_durable(path: Path, data: bytes) -> None:
+    """Append data to path and fsync it: the bytes survive a power cut (a new file's name needs fsync_dir too)."""
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in `path` survive a power cut."""
     fd = os.open(path, os.O_RDONLY)

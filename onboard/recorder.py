@@ -26,7 +26,7 @@ from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
-from onboard.fileio import fsync_dir, hold_lock, sha256_file
+from onboard.fileio import append_durable, fsync_dir, hold_lock, sha256_file
 
 log = logging.getLogger("mpq.recorder")
 
@@ -160,10 +160,7 @@ def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
     entry = {"segment": segment.name, "sha256": sha256_file(segment), "bytes": segment.stat().st_size}
     if recovered:
         entry["recovered"] = True
-    with open(directory / MANIFEST, "a") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_durable(directory / MANIFEST, (json.dumps(entry, sort_keys=True) + "\n").encode())
     fsync_dir(directory)
 
 
@@ -284,16 +281,10 @@ def repair_manifest(directory: Path) -> bytes:
     if not tail.strip():
         return b""
     if _manifest_entry(tail) is not None:
-        with open(path, "ab") as f:
-            f.write(b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durable(path, b"\n")
         log.warning("ended the last line of %s: a power cut took only its newline", path)
         return b""
-    with open(directory / TORN, "ab") as f:
-        f.write(tail + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_durable(directory / TORN, tail + b"\n")
     with open(path, "r+b") as f:
         f.truncate(len(complete))
         os.fsync(f.fileno())

@@ -16,27 +16,25 @@ from __future__ import annotations
 import functools
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 
-from offboard.bench import WARMUP, _summary
+from offboard.bench import time_calls
 
 REPEATS = 200
 
 
 def ms(fn, stream=None) -> float:
     """Median milliseconds of fn(), followed by a wait for the stream when one is given."""
-    seconds = []
-    for _ in range(REPEATS + WARMUP):
-        started = time.perf_counter()
+
+    def call():
         fn()
         if stream is not None:
             stream.synchronize()
-        seconds.append(time.perf_counter() - started)
-    return _summary(seconds)["median_ms"]
+
+    return time_calls(call, REPEATS)["median_ms"]
 
 
 def section(title: str) -> None:
