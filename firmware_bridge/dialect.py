@@ -25,7 +25,7 @@ from firmware_bridge.paths import build_once, cache_dir
 DIALECT_XML = Path(__file__).with_name("mpq.xml")
 # mpq.xml includes common.xml, which includes standard.xml and minimal.xml: pymavlink ships them.
 INCLUDED_XML = ("common.xml", "standard.xml", "minimal.xml")
-MAX_STATE = 16  # MPQ_STATE.state and MPQ_EPISODE_CONTROL.state
+MAX_STATE = 48  # MPQ_STATE.state and MPQ_EPISODE_CONTROL.state: a full physics state fits one frame
 MAX_ACT = 8  # MPQ_COMMAND.u
 CONTROL_PERIOD_LIMITS = (1e-4, 10.0)  # s: outside, a typo (the handshake carries the period in microseconds)
 

@@ -1,10 +1,17 @@
-"""The TRUE plant: a task's MuJoCo model with its true parameters, stepped one control period at a time.
+"""A task's MJCF: what it says about the task, and the TRUE plant stepped one control period at a time.
 
-The stand-in is the only code that steps the true plant, and it steps it through this class. It
-needs nothing but models/<task>/<task>.xml: the control period and an optional joint speed limit
-come from the MJCF <custom> numerics `control_period` and `qvel_max`, the actuator limits from
-ctrlrange (MuJoCo clamps ctrl to it). The speed limit acts like a motor driver's governor and like Gym's
-Pendulum: the velocity is limited before it moves the position.
+The MJCF under models/<task>/ is the single source of a task's dynamics. Besides the physics, it says
+with <custom> numerics what MuJoCo has no field for: `control_period` (s), an optional joint speed
+limit `qvel_max`, the start box `reset_low`/`reset_high` (over qpos then qvel) and `episode_seconds`.
+The actuator limits are its ctrlrange (MuJoCo clamps ctrl to it).
+
+A state is MuJoCo's full physics state (`mjSTATE_FULLPHYSICS`: time, qpos, qvel, act, and the few
+other things MuJoCo needs to continue a simulation exactly), so the plant, the wire, the logs and every
+planner mean the same vector, and a planner that steps MuJoCo starts from exactly what the plant reports.
+
+The stand-in is the only code that steps the true plant, through `MujocoPlant`. The speed limit acts
+like a motor driver's governor and like Gym's Pendulum: the velocity is limited before it moves the
+position (`limit_speed`, which the MuJoCo planner backends apply the same way).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from firmware_bridge.paths import MODELS_DIR
 log = logging.getLogger("mpq.plant")
 # MuJoCo's warnings go to our log, not to MUJOCO_LOG.TXT in whatever folder the plant runs from.
 mujoco.set_mju_user_warning(lambda message: log.warning("mujoco: %s", message))
+
+STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
 
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
@@ -37,28 +46,116 @@ def custom_numeric(model: mujoco.MjModel, name: str) -> np.ndarray | None:
     return None
 
 
-class MujocoPlant:
-    """One MuJoCo model and its data; state = concat(qpos, qvel)."""
+def state_size(model: mujoco.MjModel) -> int:
+    return mujoco.mj_stateSize(model, STATE_SPEC)
+
+
+def state_layout(model: mujoco.MjModel) -> tuple[slice, slice, slice]:
+    """Where time, qpos and qvel sit in a full physics state (MuJoCo's order: time, qpos, qvel, act, ...)."""
+    nq, nv = model.nq, model.nv
+    return slice(0, 1), slice(1, 1 + nq), slice(1 + nq, 1 + nq + nv)
+
+
+def limit_speed(qpos: np.ndarray, qvel: np.ndarray, limit: float, timestep: float) -> None:
+    """In place: Euler moved qpos by timestep * qvel; move it by the limited velocity instead (Gym's order).
+    Works on one state or a batch (leading axes); needs nq == nv."""
+    limited = np.clip(qvel, -limit, limit)
+    qpos += timestep * (limited - qvel)
+    qvel[...] = limited
+
+
+# The object that the first axis of an MjModel field counts, by the field's prefix: so rows may be named.
+FIELD_OBJECTS = {
+    "body": mujoco.mjtObj.mjOBJ_BODY,
+    "jnt": mujoco.mjtObj.mjOBJ_JOINT,
+    "dof": mujoco.mjtObj.mjOBJ_JOINT,  # a dof is named by its joint (the joint's first dof)
+    "geom": mujoco.mjtObj.mjOBJ_GEOM,
+    "site": mujoco.mjtObj.mjOBJ_SITE,
+    "tendon": mujoco.mjtObj.mjOBJ_TENDON,
+    "actuator": mujoco.mjtObj.mjOBJ_ACTUATOR,
+    "eq": mujoco.mjtObj.mjOBJ_EQUALITY,
+}
+
+
+def field_row(model: mujoco.MjModel, field: str, row: str) -> int:
+    """The row of MjModel.<field> that `row` names (an object's name, or a number); -1 if there is none."""
+    if row.isdigit():
+        return int(row)
+    kind = FIELD_OBJECTS.get(field.split("_")[0])
+    number = -1 if kind is None else mujoco.mj_name2id(model, kind, row)
+    if number >= 0 and field.startswith("dof_"):
+        number = int(model.jnt_dofadr[number])
+    return number
+
+
+class TaskModel:
+    """A task's MjModel and what its MJCF says about the task (the numbers in the module docstring)."""
 
     def __init__(self, xml_path: str | Path, control_period: float | None = None):
         """control_period overrides the XML's (benchmarks of fast loops); physics then steps at most that long."""
-        self.model = mujoco.MjModel.from_xml_path(str(xml_path))
-        self.data = mujoco.MjData(self.model)
-        period = custom_numeric(self.model, "control_period")
-        if period is None:
-            raise ValueError(f"{xml_path}: missing <custom><numeric name='control_period' .../>")
+        self.xml_path = Path(xml_path)
+        try:
+            self.model = mujoco.MjModel.from_xml_path(str(xml_path))
+        except ValueError as e:  # MuJoCo's compiler error: names the file, line and element
+            raise ValueError(f"{xml_path}: {str(e).strip().splitlines()[0]}") from None
+        model = self.model
+        period = self.numeric("control_period", required=True)
         self.control_period = period = float(period[0]) if control_period is None else control_period
-        if self.model.opt.timestep > period:
-            self.model.opt.timestep = period
-        self.substeps = round(period / self.model.opt.timestep)
-        if abs(self.substeps * self.model.opt.timestep - period) > 1e-9:
+        if model.opt.timestep > period:
+            model.opt.timestep = period
+        self.substeps = round(period / model.opt.timestep)
+        if self.substeps < 1 or abs(self.substeps * model.opt.timestep - period) > 1e-9:
             raise ValueError(f"{xml_path}: control_period {period} is not a multiple of timestep")
-        qvel_max = custom_numeric(self.model, "qvel_max")
+        qvel_max = self.numeric("qvel_max")
         self.qvel_max = None if qvel_max is None else float(qvel_max[0])
-        if self.qvel_max is not None and self.model.nq != self.model.nv:
+        if self.qvel_max is not None and model.nq != model.nv:
             raise ValueError(f"{xml_path}: qvel_max needs nq == nv (hinge and slide joints only)")
-        self.ctrl_low = self.model.actuator_ctrlrange[:, 0].copy()
-        self.ctrl_high = self.model.actuator_ctrlrange[:, 1].copy()
+        self.ctrl_low = model.actuator_ctrlrange[:, 0].copy()
+        self.ctrl_high = model.actuator_ctrlrange[:, 1].copy()
+        self.state_dim = state_size(model)
+        self.time_slice, self.qpos_slice, self.qvel_slice = state_layout(model)
+        self.reset_low, self.reset_high = self.numeric("reset_low"), self.numeric("reset_high")
+        for name, box in (("reset_low", self.reset_low), ("reset_high", self.reset_high)):
+            if box is not None and box.shape != (model.nq + model.nv,):
+                raise ValueError(f"{xml_path}: {name} has {box.size} values, qpos and qvel have {model.nq + model.nv}")
+        seconds = self.numeric("episode_seconds")
+        self.episode_steps = None if seconds is None else max(1, round(float(seconds[0]) / period))
+
+    def numeric(self, name: str, required: bool = False) -> np.ndarray | None:
+        value = custom_numeric(self.model, name)
+        if value is None and required:
+            raise ValueError(f"{self.xml_path}: missing <custom><numeric name='{name}' .../>")
+        return value
+
+    def full_state(self, qpos, qvel) -> np.ndarray:
+        """The full physics state with this qpos and qvel, time 0 and everything else at MuJoCo's default."""
+        data = mujoco.MjData(self.model)
+        data.qpos[:], data.qvel[:] = qpos, qvel
+        state = np.empty(self.state_dim)
+        mujoco.mj_getState(self.model, data, state, STATE_SPEC)
+        return state
+
+    def keyframe_state(self, name: str) -> np.ndarray | None:
+        """The full state of the MJCF's <key name=...>, or None where it has no such key."""
+        key = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_KEY, name)
+        if key < 0:
+            return None
+        return self.full_state(self.model.key_qpos[key], self.model.key_qvel[key])
+
+    def seeded_start(self, seed: int) -> np.ndarray | None:
+        """The firmware's own random start: qpos, qvel uniform in the reset box (None without a box)."""
+        if self.reset_low is None or self.reset_high is None:
+            return None
+        box = np.random.default_rng(seed).uniform(self.reset_low, self.reset_high)
+        return self.full_state(box[: self.model.nq], box[self.model.nq :])
+
+
+class MujocoPlant(TaskModel):
+    """The TRUE plant: one MjModel and its MjData, stepped one control period at a time."""
+
+    def __init__(self, xml_path: str | Path, control_period: float | None = None):
+        super().__init__(xml_path, control_period)
+        self.data = mujoco.MjData(self.model)
 
     @classmethod
     def for_task(cls, task: str, models_dir: Path = MODELS_DIR) -> MujocoPlant:
@@ -67,20 +164,20 @@ class MujocoPlant:
     def invalid_state(self, state) -> str | None:
         """Why `state` cannot be a start state of this plant (wrong size, non-finite, out of its limits)."""
         state = np.asarray(state, dtype=np.float64)
-        nq, nv = self.model.nq, self.model.nv
-        if state.shape != (nq + nv,):
-            return f"{state.size} values for a state of {nq + nv}"
+        if state.shape != (self.state_dim,):
+            return f"{state.size} values for a state of {self.state_dim}"
         if not np.all(np.isfinite(state)):
             return "non-finite values"
-        if self.qvel_max is not None and np.any(np.abs(state[nq:]) > self.qvel_max):
+        qpos, qvel = state[self.qpos_slice], state[self.qvel_slice]
+        if self.qvel_max is not None and np.any(np.abs(qvel) > self.qvel_max):
             return f"a joint speed beyond {self.qvel_max}"
         for j in range(self.model.njnt):
             if self.model.jnt_limited[j]:
                 lo, hi = self.model.jnt_range[j]
-                q = state[self.model.jnt_qposadr[j]]
+                q = qpos[self.model.jnt_qposadr[j]]
                 if not lo <= q <= hi:
                     return f"joint {j} at {q:.3g}, outside its range [{lo}, {hi}]"
-        if np.any(np.abs(state) > 1e3):
+        if np.any(np.abs(state[1:]) > 1e3):  # time, state[0], may pass 1e3 s
             return "values beyond 1e3"
         return None
 
@@ -101,13 +198,13 @@ class MujocoPlant:
 
     @property
     def state(self) -> np.ndarray:
-        return np.concatenate([self.data.qpos, self.data.qvel])
+        state = np.empty(self.state_dim)
+        mujoco.mj_getState(self.model, self.data, state, STATE_SPEC)
+        return state
 
     def reset(self, state) -> np.ndarray:
         mujoco.mj_resetData(self.model, self.data)
-        nq = self.model.nq
-        self.data.qpos[:] = state[:nq]
-        self.data.qvel[:] = state[nq:]
+        mujoco.mj_setState(self.model, self.data, np.asarray(state, dtype=np.float64), STATE_SPEC)
         mujoco.mj_forward(self.model, self.data)
         return self.state
 
@@ -121,9 +218,9 @@ class MujocoPlant:
         return self.state
 
     def _limit_speed(self) -> None:
-        """Euler moved qpos by timestep * qvel; move it by the limited velocity instead (Gym's order)."""
+        """limit_speed for one state, in plain Python: a few joints, and numpy's call overhead would dominate."""
         qpos, qvel, limit = self.data.qpos, self.data.qvel, self.qvel_max
-        for i in range(qvel.shape[0]):  # a few joints: plain Python beats numpy's call overhead here
+        for i in range(qvel.shape[0]):
             v = qvel[i]
             if v > limit or v < -limit:
                 limited = limit if v > 0 else -limit

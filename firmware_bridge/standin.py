@@ -12,7 +12,7 @@ serves a real serial device instead. Behaviour (the same rules a real firmware f
 - Commands outside the actuator range are clipped and counted; non-finite ones are rejected and latch
   the failsafe (zero actuation). Commands of the wrong size, stale or out-of-order ones, and any while
   disarmed are rejected and counted.
-- Reset to a given state or a seeded random one (the box in the XML's `reset_low`/`reset_high`).
+- Reset to a given full physics state or a seeded random one (qpos, qvel in the XML's `reset_low`/`reset_high`).
 - HEARTBEAT and MPQ_STATUS at 1 Hz; exits cleanly on SIGTERM/SIGINT, and when the host closes the pty.
 """
 
@@ -42,7 +42,7 @@ from firmware_bridge.dialect import (
 )
 from firmware_bridge.frames import FrameParser, enable_signing, read_signing_key
 from firmware_bridge.paths import MODELS_DIR
-from firmware_bridge.plant import MujocoPlant, custom_numeric, model_xml
+from firmware_bridge.plant import MujocoPlant, model_xml
 
 PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
@@ -65,15 +65,13 @@ class Firmware:
 
     def __init__(self, plant: MujocoPlant, task: str, mode: str, send, watchdog_periods: float = 3.0):
         self.plant, self.task, self.mode, self.send = plant, task, mode, send
-        self.state_dim = plant.model.nq + plant.model.nv
+        self.state_dim = plant.state_dim
         self.act_dim = plant.model.nu
         self.period = plant.control_period
         if not math.isfinite(watchdog_periods) or watchdog_periods <= 0:  # NaN would never trip: no failsafe
             raise ValueError(f"--watchdog-periods {watchdog_periods!r}: use a finite number above 0 (default 3)")
         self.watchdog_timeout = watchdog_periods * self.period
         self.ctrl_low, self.ctrl_high = plant.ctrl_low.tolist(), plant.ctrl_high.tolist()
-        self.reset_low = custom_numeric(plant.model, "reset_low")
-        self.reset_high = custom_numeric(plant.model, "reset_high")
         self.handshake_ok = False
         self.armed = False
         self.failsafe = mavlink.MPQ_FAILSAFE_NONE
@@ -190,11 +188,9 @@ class Firmware:
         """The requested start state, or None when the plant must refuse it."""
         if msg.action == mavlink.MPQ_EPISODE_RESET_GIVEN:
             state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
-        elif self.reset_low is None or self.reset_high is None:
-            return None
         else:
-            state = np.random.default_rng(msg.seed).uniform(self.reset_low, self.reset_high)
-        return None if self.plant.invalid_state(state) else state
+            state = self.plant.seeded_start(msg.seed)
+        return None if state is None or self.plant.invalid_state(state) else state
 
     def _arm(self, now: float) -> None:
         if self.handshake_ok and self.failsafe == mavlink.MPQ_FAILSAFE_NONE:
@@ -401,10 +397,11 @@ def main(argv=None) -> int:
         if args.control_period is not None and not low <= args.control_period <= high:
             raise ValueError(f"--control-period {args.control_period!r}: use seconds from {low:g} to {high:g}")
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period)
-        if plant.model.nq + plant.model.nv > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
+        if plant.state_dim > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
             raise ValueError(
-                f"task {args.task!r} does not fit the dialect (state <= {MAX_STATE}, commands <= {MAX_ACT}, "
-                "name <= 16 characters): widen mpq.xml and bump MPQ_DIALECT_VERSION"
+                f"task {args.task!r} does not fit the dialect (its state has {plant.state_dim} values, at most "
+                f"{MAX_STATE} fit one frame; commands <= {MAX_ACT}, name <= 16 characters): widen mpq.xml and "
+                "bump MPQ_DIALECT_VERSION"
             )
         key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
         if args.device:

@@ -101,28 +101,28 @@ def torch_model(task, params):
     if task.name == "pendulum":
         from onboard.tasks.pendulum import DT, V_MAX, W_THETADOT, G
 
-        mass, length = (float(v) for v in params)
+        mass, length = float(params[0]), 2 * float(params[1])  # the rod's mass and its centre of mass
 
-        def dynamics(s, u):
-            acc = 3 * G / (2 * length) * torch.sin(s[:, 0]) + 3 * u[:, 0] / (mass * length**2)
-            v = torch.clamp(s[:, 1] + DT * acc, -V_MAX, V_MAX)  # the speed limit before the position update
-            return torch.stack([s[:, 0] + DT * v, v], dim=1)
+        def dynamics(s, u):  # s: [time, theta, thetadot]
+            acc = 3 * G / (2 * length) * torch.sin(s[:, 1]) + 3 * u[:, 0] / (mass * length**2)
+            v = torch.clamp(s[:, 2] + DT * acc, -V_MAX, V_MAX)  # the speed limit before the position update
+            return torch.stack([s[:, 0] + DT, s[:, 1] + DT * v, v], dim=1)
 
         def running_cost(s, u):
-            theta = torch.remainder(s[:, 0] + np.pi, 2 * np.pi) - np.pi
-            return theta**2 + W_THETADOT * s[:, 1] ** 2
+            theta = torch.remainder(s[:, 1] + np.pi, 2 * np.pi) - np.pi
+            return theta**2 + W_THETADOT * s[:, 2] ** 2
 
         def obs(s):
-            return torch.cat([torch.cos(s[..., :1]), torch.sin(s[..., :1]), s[..., 1:]], dim=-1)
+            return torch.cat([torch.cos(s[..., 1:2]), torch.sin(s[..., 1:2]), s[..., 2:]], dim=-1)
 
     elif task.name == "cartpole":
         from onboard.tasks.cartpole import CART_MASS, PHYSICS_DT, SUBSTEPS, W_HEIGHT, W_THETADOT, W_X, X_MAX, G
 
-        mp, length, b = (float(v) for v in params)
-        lc, m11, m22 = length / 2, CART_MASS + mp, mp * length * length / 3
+        mp, lc, b = (float(v) for v in params)  # the pole's mass, its centre of mass, the rail friction
+        m11, m22 = CART_MASS + mp, 4 * mp * lc * lc / 3
 
-        def dynamics(s, u):
-            x, th, xd, thd = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+        def dynamics(s, u):  # s: [time, x, theta, xdot, thetadot]
+            x, th, xd, thd = s[:, 1], s[:, 2], s[:, 3], s[:, 4]
             for _ in range(SUBSTEPS):
                 sn, cs = torch.sin(th), torch.cos(th)
                 m12 = mp * lc * cs
@@ -138,14 +138,14 @@ def torch_model(task, params):
                 xd = xd_stop
                 x = x + PHYSICS_DT * xd
                 th = th + PHYSICS_DT * thd
-            return torch.stack([x, th, xd, thd], dim=1)
+            return torch.stack([s[:, 0] + PHYSICS_DT * SUBSTEPS, x, th, xd, thd], dim=1)
 
         def running_cost(s, u):
-            return W_HEIGHT * (1 - torch.cos(s[:, 1])) + W_X * s[:, 0] ** 2 + W_THETADOT * s[:, 3] ** 2
+            return W_HEIGHT * (1 - torch.cos(s[:, 2])) + W_X * s[:, 1] ** 2 + W_THETADOT * s[:, 4] ** 2
 
         def obs(s):
-            th = s[..., 1:2]
-            return torch.cat([s[..., :1], torch.cos(th), torch.sin(th), s[..., 2:]], dim=-1)
+            th = s[..., 2:3]
+            return torch.cat([s[..., 1:2], torch.cos(th), torch.sin(th), s[..., 3:]], dim=-1)
 
     else:
         raise ValueError(f"no torch restatement of task {task.name!r} for pytorch-mppi")
@@ -205,15 +205,15 @@ def run_link(steps: int) -> dict:
     link = None
     try:
         port = json.loads(process.stdout.readline())["port"]
-        link = Link(port, "pendulum", 2, 1)
+        link = Link(port, "pendulum", 3, 1)
         link.handshake()
-        state = link.reset(1, state=[np.pi - 0.1, 0.0])
+        state = link.reset(1, state=[0.0, np.pi - 0.1, 0.0])
         link.arm()
         seconds = []
         started = time.perf_counter()
         for _ in range(steps + WARMUP):
             sent = time.perf_counter()
-            link.send_command([-0.5 * state.state[1]], state.seq)
+            link.send_command([-0.5 * state.state[2]], state.seq)
             state = link.recv_state(timeout=1.0)
             if state is None:
                 raise RuntimeError("the stand-in stopped answering during the link benchmark")

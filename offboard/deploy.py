@@ -175,11 +175,13 @@ def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
 
 # --- the release -----------------------------------------------------------------------------------
 def requirements(profile: RobotProfile) -> str:
-    """The robot's pip requirements: the onboard extra, sim when it runs a stand-in, the profile's gpu extra
-    for cupy (gpu: CUDA 13 from PyPI; gpu-cuda12: JetPack 6, onnxruntime-gpu from pip_extra_index_url)."""
+    """The robot's pip requirements: the onboard extra, sim when it runs a stand-in, warp for the warp backend,
+    and the profile's gpu extra for cupy and warp (gpu: CUDA 13 from PyPI; gpu-cuda12: JetPack 6,
+    onnxruntime-gpu from pip_extra_index_url)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    gpu = [profile.gpu_extra] if profile.backend == "cupy" else []
-    extras = ["onboard"] + (["sim"] if profile.serial == "standin" else []) + gpu
+    gpu = [profile.gpu_extra] if profile.backend in ("cupy", "warp") else []
+    warp = ["warp"] if profile.backend == "warp" else []
+    extras = ["onboard"] + (["sim"] if profile.serial == "standin" else []) + warp + gpu
     lines = list(project.get("dependencies", []))
     for extra in extras:
         lines += [r for r in project["optional-dependencies"][extra] if r not in lines]

@@ -75,7 +75,9 @@ class PlantPort:
         p = self.profile
         if p.serial != "standin":
             return self.url
+        models = get_task(p.task).xml_path.parents[1]  # the stand-in runs the very MJCF the task plans with
         args = [sys.executable, "-m", "firmware_bridge.standin", "--task", p.task, "--mode", p.mode]
+        args += ["--models", str(models)]
         if p.signing_key_file:
             args += ["--signing-key-file", str(p.path(p.signing_key_file))]
         if p.standin_period:

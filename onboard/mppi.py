@@ -121,10 +121,13 @@ class Plan:
 
 
 class MPPI:
-    def __init__(self, task: Task, config: MPPIConfig | None = None, backend: str = "numpy", q=None):
+    def __init__(
+        self, task: Task, config: MPPIConfig | None = None, backend: str = "numpy", q=None, threads: int | None = None
+    ):
+        """threads: the CPU threads the MuJoCo backend steps with (None: every core)."""
         self.task = task
         self.config = config or MPPIConfig.for_task(task)
-        self.backend = get_backend(backend, task)
+        self.backend = get_backend(backend, task, threads)
         xp, dtype = self.xp, self.dtype = self.backend.xp, self.backend.dtype
         self.q = None if q is None else self.backend.device_q(q)
         m = task.act_dim

@@ -21,5 +21,5 @@ def gpu_missing() -> str | None:
 
 GPU_MISSING = gpu_missing()
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=GPU_MISSING or "")
-CPU_BACKENDS = ("numpy", "c")
+CPU_BACKENDS = ("numpy", "c", "mujoco")
 ALL_BACKENDS = (*CPU_BACKENDS, pytest.param("cupy", marks=needs_gpu))

@@ -3,6 +3,9 @@
 A backend rolls B x K action sequences of length H through a task's planner model and returns the
 discounted running cost of steps 0..H-2 and the state reached at step H-1 (where the terminal value
 takes over). Everything else in MPPI is shared code on the backend's array module `xp`.
+
+mujoco (CPU) and warp (MuJoCo Warp; GPU, or the CPU for tests) step the task's MJCF and serve every
+task; numpy (the float64 reference), c and cupy run a task's optional closed-form model, faster.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 
 from onboard.tasks.base import Task
 
-BACKEND_NAMES = ("numpy", "c", "cupy")
+BACKEND_NAMES = ("numpy", "c", "cupy", "mujoco", "warp")
+ANALYTIC_BACKENDS = ("numpy", "c", "cupy")  # these run a task's closed-form model: only tasks that have one
 
 
 class HostArrays:
@@ -71,7 +75,20 @@ def check_rollout_shapes(task: Task, states, actions, params) -> None:
         raise ValueError(f"{task.name} rollout: " + "; ".join(problems))
 
 
-def get_backend(name: str, task: Task):
+def get_backend(name: str, task: Task, threads: int | None = None):
+    """The backend `name` for the task; `threads`: the CPU threads a MuJoCo backend steps with (None: all)."""
+    if name in ANALYTIC_BACKENDS and not task.has_analytic_model:
+        raise ValueError(
+            f"task {task.name!r} has no analytic model for backend {name!r}: use backend mujoco (CPU) or warp (GPU)"
+        )
+    if name == "mujoco":
+        from onboard.backends.mujoco_backend import MujocoBackend
+
+        return MujocoBackend(task, threads)
+    if name == "warp":
+        from onboard.backends.warp_backend import WarpBackend
+
+        return WarpBackend(task)
     if name == "numpy":
         from onboard.backends.numpy_backend import NumpyBackend
 

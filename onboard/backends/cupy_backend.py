@@ -84,14 +84,16 @@ class CupyBackend:
     name = "cupy"
     dtype = np.float32
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, kernel: bool = True):
+        """kernel=False: no analytic rollout kernel (the warp backend steps the MJCF and uses the rest)."""
         cupy = self.xp = _cupy()
         self.task = task
         # MPPI's CuPy work and ONNX Runtime's on one stream: ordered without host waits. A blocking stream
         # also orders against the default stream, where a caller's own CuPy work runs.
         self.stream = cupy.cuda.Stream()
-        self.module = cupy.RawModule(code=task_program(task, "float", device=True))  # NVRTC's default C++ dialect
-        self.kernel = self.module.get_function(KERNEL_NAME)
+        if kernel:
+            self.module = cupy.RawModule(code=task_program(task, "float", device=True))  # NVRTC's default dialect
+            self.kernel = self.module.get_function(KERNEL_NAME)
         self.graphs = True  # False: every plan kernel by kernel (the tests compare the two)
         self.captured: dict[tuple, CapturedCall | None] = {}  # None: capture failed, run kernel by kernel
         self.capture: CapturedCall | None = None  # the capture under way, which the Q may interrupt

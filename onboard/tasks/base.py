@@ -1,22 +1,38 @@
-"""What a task is: dimensions, bounds, cost, and its analytic dynamics in NumPy and in C.
+"""What a task is: its MJCF, a running cost and an observation, its MPPI settings, and the planner's bias.
 
-A state is MuJoCo's qpos followed by qvel, in SI units, so a state means the same thing on the wire,
-in the logs and in the planner. Angles are kept unwrapped in the state (as MuJoCo does); cost and
-success wrap them to [-pi, pi).
+The MJCF (models/<task>/<task>.xml) is the single source of the task's dynamics: the control period,
+the action bounds, the state size, the start box and the episode length come from it (its <custom>
+numerics where MuJoCo has no field; firmware_bridge/plant.py reads them), never restated here.
 
-The dynamics exist twice, from one set of Python constants: `step` in NumPy (the float64 reference,
-vectorised over any leading axes) and `c_source`, per-sample C functions `<name>_step` and
-`<name>_cost` that the fast CPU backend compiles and the GPU backend reuses. Both integrate
-exactly as the MuJoCo plant does, semi-implicit Euler at the XML's timestep, so "true model" means
-the same thing here and in the stand-in; tests/onboard/test_tasks.py holds them to it.
+A state is MuJoCo's full physics state (time, qpos, qvel, act, ...: `mjSTATE_FULLPHYSICS`), so a state
+means the same thing on the wire, in the logs and in every planner. Angles stay unwrapped in the state
+(as MuJoCo keeps them); cost and success wrap them to [-pi, pi).
+
+The planner's bias is a tuple of `Parameter`s: model fields the planner gets wrong, each drawn from
+U[low, high] (one draw per rollout), with the TRUE value read from the MJCF. A planner model is the
+MjModel with those fields written (`write_params`): "biased", "mean" (the middle of each range) or
+"true" (the MJCF's own values, only when a run asks for that baseline).
+
+Optional fast path: a task with closed-form dynamics may add `step` in NumPy (the float64 reference,
+vectorised over any leading axes) and `c_source` (per-sample C functions `<name>_step` and `<name>_cost`
+that the C backend compiles and the GPU backend reuses). They integrate exactly as MuJoCo steps the
+MJCF, and tests/onboard/test_tasks.py holds them to it. A task without them plans with the MuJoCo
+backends (`mujoco` on the CPU, `warp` on the GPU).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+
+from firmware_bridge.paths import MODELS_DIR
+from firmware_bridge.plant import TaskModel, field_row, model_xml
 
 TWO_PI = 2.0 * math.pi
 
@@ -52,30 +68,141 @@ MPQ_FN REAL mpq_wrap_angle(REAL a) {
 MPQ_FN REAL mpq_clip(REAL x, REAL lo, REAL hi) { return x < lo ? lo : (x > hi ? hi : x); }
 """
 
+FIELD_ADDRESS = re.compile(r"^(?P<field>[a-z_0-9]+)(\[(?P<row>[^\]]+)\])?(\[(?P<col>\d+)\])?$")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One number the planner's model gets wrong, and its biased distribution U[low, high].
+
+    `field` addresses MjModel values: "body_mass[ball]" (a row named by its object), "body_inertia[ball]"
+    (all three values of the row), "body_ipos[pole][2]" (one column), "tendon_stiffness[0]" (a row by
+    index), "dof_damping" (every row). Writing the parameter sets every value it addresses; its TRUE
+    value is what the MJCF gives (all the addressed values must agree)."""
+
+    field: str
+    low: float
+    high: float
+
+
+class FieldWriter:
+    """A Parameter's field address resolved against one MjModel: read and write its values fast."""
+
+    def __init__(self, model, parameter: Parameter, where: str):
+        match = FIELD_ADDRESS.match(parameter.field)
+        if match is None:
+            raise ValueError(f"{where}: bias field {parameter.field!r} is not field, field[row] or field[row][col]")
+        field, row, col = match["field"], match["row"], match["col"]
+        values = getattr(model, field, None)
+        if not isinstance(values, np.ndarray):
+            raise ValueError(f"{where}: bias field {parameter.field!r}: MjModel has no array field {field!r}")
+        index: tuple = (slice(None),)
+        if row is not None:
+            number = field_row(model, field, row)
+            if not 0 <= number < values.shape[0]:
+                raise ValueError(f"{where}: bias field {parameter.field!r}: the MJCF has no {row!r} in {field}")
+            index = (number,)
+        if col is not None:
+            if values.ndim < 2 or int(col) >= values.shape[1]:
+                raise ValueError(f"{where}: bias field {parameter.field!r}: {field} has no column {col}")
+            index = (*index, int(col))
+        self.field, self.index = field, index
+        addressed = np.asarray(values[index])
+        if addressed.size == 0:
+            raise ValueError(f"{where}: bias field {parameter.field!r} addresses no values")
+        if not np.all(addressed == addressed.flat[0]):
+            raise ValueError(
+                f"{where}: bias field {parameter.field!r} addresses values that differ ({addressed.ravel()}): "
+                "address one of them"
+            )
+
+    def read(self, model) -> float:
+        return float(np.asarray(getattr(model, self.field)[self.index]).flat[0])
+
+    def write(self, model, value: float) -> None:
+        getattr(model, self.field)[self.index] = value
+
+    def write_batch(self, values, draws) -> None:
+        """values: the field for n worlds (n, *field shape); draws (n,): world i's value, in place."""
+        addressed = values[(slice(None), *self.index)]
+        addressed[...] = draws.reshape(draws.shape + (1,) * (addressed.ndim - 1))
+
+
+def set_uniform_rod_inertia(fields, body: int, mass, com) -> None:
+    """A uniform rod along the body's z axis, its centre of mass `com` from its end: m (2 com)^2 / 12 about x, y.
+    fields.body_inertia: (n, nbody, 3); mass, com: (n,)."""
+    fields.body_inertia[:, body, :2] = (mass * com * com / 3.0)[:, None]
+
 
 class Task:
-    """A control task: data plus a small cost and its dynamics. Subclasses fill in every field."""
+    """A control task. Subclasses give name, obs_dim, parameters, mppi_defaults, long_horizon, cost, obs
+    and success; everything physical comes from the MJCF."""
 
     name: str
-    state_dim: int
     obs_dim: int
-    act_dim: int
-    dt: float  # control period, s
-    u_min: np.ndarray
-    u_max: np.ndarray
-    episode_steps: int
-    param_names: tuple[str, ...]
-    true_params: np.ndarray  # the plant's parameters (the same as in models/<name>/<name>.xml)
-    bias_low: np.ndarray  # the planner's biased distribution: U[bias_low, bias_high] per parameter
-    bias_high: np.ndarray
-    # The paper's MPPI settings for this task (MPQ.md, Table 3): K, H, sigma, lam, alpha, gamma.
+    parameters: tuple[Parameter, ...]  # the planner's bias
+    # The paper's MPPI settings for this task (Table 3): K, H, sigma, lam, alpha, gamma, n_iters.
     mppi_defaults: dict
     long_horizon: int  # the "long MPPI" baseline horizon
-    c_source: str  # defines `MPQ_FN void <name>_step(s, u, p, out)` and `MPQ_FN REAL <name>_cost(s, u)`
+    # Model fields that follow from the parameters (a rod's inertia from its mass and length): `derive` sets them.
+    derived_fields: tuple[str, ...] = ()
+    c_source: str | None = None  # analytic fast path: `MPQ_FN void <name>_step(s, u, p, out)`, `<name>_cost(s, u)`
+    models_dir: Path = MODELS_DIR  # where models/<name>/<name>.xml lives (a test may put a task elsewhere)
+
+    def __init__(self):
+        self.xml_path = model_xml(self.name, self.models_dir)
+        self.mjcf = mjcf = TaskModel(self.xml_path)
+        model = mjcf.model
+        self.dt = mjcf.control_period
+        self.u_min, self.u_max = mjcf.ctrl_low, mjcf.ctrl_high
+        self.state_dim, self.act_dim = mjcf.state_dim, model.nu
+        self.qpos, self.qvel = mjcf.qpos_slice, mjcf.qvel_slice  # where they sit in a state
+        if mjcf.episode_steps is None:
+            raise ValueError(f"{self.xml_path}: missing <custom><numeric name='episode_seconds' .../>")
+        if mjcf.reset_low is None or mjcf.reset_high is None:
+            raise ValueError(f"{self.xml_path}: missing the start box <custom><numeric name='reset_low'/'reset_high'>")
+        self.episode_steps = mjcf.episode_steps
+        self.param_names = tuple(p.field for p in self.parameters)
+        self.bias_low = np.array([p.low for p in self.parameters], dtype=np.float64)
+        self.bias_high = np.array([p.high for p in self.parameters], dtype=np.float64)
+        self._writers = [FieldWriter(model, p, f"task {self.name}") for p in self.parameters]
+        self.true_params = self.read_params(model)  # the plant's: the MJCF is the truth
 
     @property
     def param_dim(self) -> int:
-        return len(self.param_names)
+        return len(self.parameters)
+
+    @property
+    def has_analytic_model(self) -> bool:
+        return self.c_source is not None
+
+    # --- the planner's models -----------------------------------------------------------------
+    def read_params(self, model) -> np.ndarray:
+        """The parameters as the MjModel has them."""
+        return np.array([w.read(model) for w in self._writers])
+
+    @property
+    def batched_fields(self) -> tuple[str, ...]:
+        """Every MjModel field a draw writes: the parameters' own, then the derived ones."""
+        return tuple(dict.fromkeys([w.field for w in self._writers] + list(self.derived_fields)))
+
+    def write_params(self, model, params) -> None:
+        """Make the MjModel the planner model with these parameters (one draw, (param_dim,))."""
+        for writer, value in zip(self._writers, params, strict=True):
+            writer.write(model, float(value))
+        if self.derived_fields:  # views with a leading axis of one world: derive writes through them
+            views = SimpleNamespace(**{f: getattr(model, f)[None] for f in self.derived_fields})
+            self.derive(views, np.asarray(params, dtype=np.float64)[None])
+
+    def write_batch(self, fields, params) -> None:
+        """The planner models of n worlds at once (MuJoCo Warp's batched fields): fields.<field> (n, ...)
+        for every name in batched_fields, written in place from params (n, param_dim), on NumPy or CuPy."""
+        for j, writer in enumerate(self._writers):
+            writer.write_batch(getattr(fields, writer.field), params[:, j])
+        self.derive(fields, params)
+
+    def derive(self, fields, params) -> None:
+        """Set derived_fields from params (n, param_dim) on fields with a leading world axis (none by default)."""
 
     def planner_params(self, model: str, shape: tuple[int, ...], rng, xp=np, dtype=np.float64):
         """Parameters for the planner's rollouts: (*shape, param_dim), or (param_dim,) shared by all.
@@ -96,24 +223,29 @@ class Task:
             raise ValueError(f"unknown planner model {model!r}: use 'biased', 'mean' or 'true'")
         return xp.asarray(fixed, dtype=dtype)
 
-    # --- to be provided by each task -------------------------------------------------------
-    def step(self, s: np.ndarray, u: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Next state after one control period; u must already be within [u_min, u_max]."""
-        raise NotImplementedError
-
-    def cost(self, s: np.ndarray, u: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def obs(self, s: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def success(self, s: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
+    # --- starts -------------------------------------------------------------------------------
     def initial_state(self, rng: np.random.Generator) -> np.ndarray:
-        """A random start from the task's start distribution."""
-        raise NotImplementedError
+        """A random start: qpos, qvel uniform in the MJCF's start box, time 0."""
+        box = rng.uniform(self.mjcf.reset_low, self.mjcf.reset_high)
+        return self.mjcf.full_state(box[: self.mjcf.model.nq], box[self.mjcf.model.nq :])
 
     def hanging_state(self) -> np.ndarray:
-        """The hardest fixed start: at rest, hanging down."""
+        """The hardest fixed start: the MJCF's keyframe "hanging", else its rest pose (qpos0, at rest)."""
+        state = self.mjcf.keyframe_state("hanging")
+        if state is None:
+            state = self.mjcf.full_state(self.mjcf.model.qpos0, np.zeros(self.mjcf.model.nv))
+        return state
+
+    # --- to be provided by each task (vectorised over leading axes; xp arrays on the GPU) -------
+    def cost(self, s, u):
         raise NotImplementedError
+
+    def obs(self, s):
+        raise NotImplementedError
+
+    def success(self, s):
+        raise NotImplementedError
+
+    def step(self, s, u, p):
+        """Analytic fast path only: the next state after one control period; u within [u_min, u_max]."""
+        raise NotImplementedError(f"task {self.name} has no analytic model: plan with the mujoco or warp backend")

@@ -1,44 +1,44 @@
 """Cart-pole swing-up: a force on the cart, a uniform pole hinged on it, theta = 0 upright.
 
-Classic constants (Barto et al. / Gym CartPole): cart 1 kg, pole 0.1 kg and 1 m long (0.5 m to its
-centre), g = 9.8, |force| <= 10 N, rails at |x| <= 2.4 m; plus a little viscous rail friction on
-the cart. State [x, theta, xdot, thetadot] (MuJoCo's qpos then qvel). The exact rigid-body
-equations, integrated with semi-implicit Euler at 10 ms, five substeps per 50 ms control period,
-exactly as the MuJoCo plant steps: between the rails the two agree to rounding. At a rail the analytic
-model stops the cart with an inelastic impulse that also acts on the pole; MuJoCo's joint limit is a
-stiff soft constraint that spreads the same stop over a few milliseconds, so there the two agree to a
-few centimetres and hundredths of a radian (tests/onboard/test_tasks.py states the tolerance).
-Cost on the pole's height, the cart's distance from the centre and a little on spin.
+models/cartpole/cartpole.xml is the plant. Classic constants (Barto et al. / Gym CartPole): cart 1 kg,
+pole 0.1 kg and 1 m long (0.5 m to its centre), g = 9.8, |force| <= 10 N, rails at |x| <= 2.4 m; plus
+a little viscous rail friction on the cart. State [time, x, theta, xdot, thetadot] (MuJoCo's full
+physics state). The optional fast path: the exact rigid-body equations, integrated with semi-implicit
+Euler at 10 ms, five substeps per 50 ms control period, exactly as MuJoCo steps the MJCF: between the
+rails the two agree to rounding. At a rail the analytic model stops the cart with an inelastic impulse
+that also acts on the pole; MuJoCo's joint limit is a stiff soft constraint that spreads the same stop
+over a few milliseconds, so there the two agree to a few centimetres and hundredths of a radian
+(tests/onboard/test_tasks.py states the tolerance). Cost on the pole's height, the cart's distance from
+the centre and a little on spin.
+
+The planner's bias: the pole's mass, its length (as its centre of mass, half the length; the pole's
+inertia follows both) and the cart's rail friction.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from onboard.tasks.base import Task, wrap_angle
+from onboard.tasks.base import Parameter, Task, set_uniform_rod_inertia, wrap_angle
 
+# The analytic model's constants; tests/onboard/test_tasks.py holds them to the MJCF.
 G = 9.8
 CART_MASS = 1.0
 PHYSICS_DT = 0.01
 SUBSTEPS = 5
-F_MAX = 10.0
 X_MAX = 2.4
 W_HEIGHT, W_X, W_THETADOT = 5.0, 0.5, 0.01
+POLE = 2  # the pole's body id in the MJCF
 
 
 class CartPole(Task):
     name = "cartpole"
-    state_dim = 4
     obs_dim = 5
-    act_dim = 1
-    dt = PHYSICS_DT * SUBSTEPS
-    u_min = np.array([-F_MAX])
-    u_max = np.array([F_MAX])
-    episode_steps = 100  # 5 s
-    param_names = ("pole_mass", "pole_length", "cart_friction")
-    true_params = np.array([0.1, 1.0, 0.1])
-    bias_low = np.array([0.08, 0.9, 0.0])
-    bias_high = np.array([0.2, 1.5, 0.5])
+    parameters = (
+        Parameter("body_mass[pole]", 0.08, 0.2),
+        Parameter("body_ipos[pole][2]", 0.45, 0.75),
+        Parameter("dof_damping[slider]", 0.0, 0.5),
+    )
     # Not in the paper (it has no cart-pole). Like the pendulum's H=8, H=12 is too short to swing up
     # without a terminal value, even with the true model; the long baseline, H=24, does it. 3 MPPI
     # iterations per plan, as the pendulum: the iterations of the paper's soft-Bellman targets.
@@ -47,9 +47,9 @@ class CartPole(Task):
 
     c_source = f"""
 MPQ_FN void cartpole_step(const REAL *s, const REAL *u, const REAL *p, REAL *out) {{
-    REAL mp = p[0], lc = p[1] / 2, b = p[2];
-    REAL m11 = (REAL){CART_MASS!r} + mp, m22 = mp * p[1] * p[1] / 3;
-    REAL x = s[0], th = s[1], xd = s[2], thd = s[3];
+    REAL mp = p[0], lc = p[1], b = p[2];
+    REAL m11 = (REAL){CART_MASS!r} + mp, m22 = 4 * mp * lc * lc / 3;
+    REAL x = s[1], th = s[2], xd = s[3], thd = s[4];
     for (int i = 0; i < {SUBSTEPS}; ++i) {{
         REAL sn = sin(th), cs = cos(th);
         REAL m12 = mp * lc * cs;
@@ -68,18 +68,24 @@ MPQ_FN void cartpole_step(const REAL *s, const REAL *u, const REAL *p, REAL *out
         x += (REAL){PHYSICS_DT!r} * xd;
         th += (REAL){PHYSICS_DT!r} * thd;
     }}
-    out[0] = x; out[1] = th; out[2] = xd; out[3] = thd;
+    out[0] = s[0] + (REAL){PHYSICS_DT * SUBSTEPS!r};
+    out[1] = x; out[2] = th; out[3] = xd; out[4] = thd;
 }}
 MPQ_FN REAL cartpole_cost(const REAL *s, const REAL *u) {{
-    return (REAL){W_HEIGHT!r} * (1 - cos(s[1])) + (REAL){W_X!r} * s[0] * s[0]
-         + (REAL){W_THETADOT!r} * s[3] * s[3];
+    return (REAL){W_HEIGHT!r} * (1 - cos(s[2])) + (REAL){W_X!r} * s[1] * s[1]
+         + (REAL){W_THETADOT!r} * s[4] * s[4];
 }}
 """
 
+    derived_fields = ("body_inertia",)  # a uniform rod's, from its mass and length
+
+    def derive(self, fields, params):
+        set_uniform_rod_inertia(fields, POLE, params[:, 0], params[:, 1])
+
     def step(self, s, u, p):
-        mp, lc, b = p[..., 0], p[..., 1] / 2, p[..., 2]
-        m11, m22 = CART_MASS + mp, mp * p[..., 1] * p[..., 1] / 3
-        x, th, xd, thd = s[..., 0], s[..., 1], s[..., 2], s[..., 3]
+        mp, lc, b = p[..., 0], p[..., 1], p[..., 2]
+        m11, m22 = CART_MASS + mp, 4 * mp * lc * lc / 3
+        time, x, th, xd, thd = s[..., 0], s[..., 1], s[..., 2], s[..., 3], s[..., 4]
         force = u[..., 0]
         for _ in range(SUBSTEPS):
             sn, cs = np.sin(th), np.cos(th)
@@ -96,22 +102,14 @@ MPQ_FN REAL cartpole_cost(const REAL *s, const REAL *u) {{
             xd = xd_stop
             x = x + PHYSICS_DT * xd
             th = th + PHYSICS_DT * thd
-        return np.stack([x, th, xd, thd], axis=-1)
+        return np.stack(np.broadcast_arrays(time + PHYSICS_DT * SUBSTEPS, x, th, xd, thd), axis=-1)
 
     def cost(self, s, u):
-        return W_HEIGHT * (1 - np.cos(s[..., 1])) + W_X * s[..., 0] ** 2 + W_THETADOT * s[..., 3] ** 2
+        return W_HEIGHT * (1 - np.cos(s[..., 2])) + W_X * s[..., 1] ** 2 + W_THETADOT * s[..., 4] ** 2
 
     def obs(self, s):
-        th = s[..., 1]
-        return np.stack([s[..., 0], np.cos(th), np.sin(th), s[..., 2], s[..., 3]], axis=-1)
+        th = s[..., 2]
+        return np.stack([s[..., 1], np.cos(th), np.sin(th), s[..., 3], s[..., 4]], axis=-1)
 
     def success(self, s):
-        return (np.abs(wrap_angle(s[..., 1])) < 0.2) & (np.abs(s[..., 0]) < X_MAX)
-
-    def initial_state(self, rng):
-        return np.array(
-            [rng.uniform(-0.5, 0.5), np.pi + rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)]
-        )
-
-    def hanging_state(self):
-        return np.array([0.0, np.pi, 0.0, 0.0])
+        return (np.abs(wrap_angle(s[..., 2])) < 0.2) & (np.abs(s[..., 1]) < X_MAX)

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, mavlink
+from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, mavlink
 from firmware_bridge.plant import MujocoPlant
 from firmware_bridge.standin import Firmware
 
 HOST = mavlink.MAVLink(None, srcSystem=255, srcComponent=191)
 
 
-def armed_firmware(task="pendulum", mode="realtime", state=(0.2, 0.0)):
+def armed_firmware(task="pendulum", mode="realtime", state=(0.0, 0.2, 0.0)):
     sent = []
     plant = MujocoPlant.for_task(task)
     firmware = Firmware(plant, task, mode, send=sent.append)
-    dims = (plant.model.nq + plant.model.nv, plant.model.nu)
+    dims = (plant.state_dim, plant.model.nu)
     firmware.handle(
         HOST.mpq_handshake_encode(DIALECT_VERSION, DIALECT_CHECKSUM, task.encode(), *dims, 0, 0, 0), now=0.0
     )
-    state = list(state) + [0.0] * (16 - len(state))
+    state = list(state) + [0.0] * (MAX_STATE - len(state))
     firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_RESET_GIVEN, dims[0], state, 1), 0.0)
-    firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_ARM, 0, [0.0] * 16, 2), now=0.0)
+    firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_ARM, 0, [0.0] * MAX_STATE, 2), now=0.0)
     assert firmware.armed
     return firmware, sent
 
@@ -70,7 +70,7 @@ def test_lockstep_refuses_a_duplicated_command_so_it_never_steps_twice():
 
 
 def test_a_plant_fault_latches_the_safe_state():
-    firmware, sent = armed_firmware(task="cartpole", mode="lockstep", state=(0.0, 0.1, 0.0, 0.0))
+    firmware, sent = armed_firmware(task="cartpole", mode="lockstep", state=(0.0, 0.0, 0.1, 0.0, 0.0))
     firmware.plant.data.qvel[:] = [1e20, 1e20]  # a diverging simulation (or a sensor gone mad)
     firmware.handle(command(1, firmware.state_seq), now=0.0)
     assert firmware.plant.fault() is not None

@@ -10,7 +10,7 @@ from firmware_bridge.plant import MujocoPlant
 
 def controller(state):
     """A simple energy-pumping swing-up with a PD catch: enough to visit the whole state space."""
-    theta, thetadot = state
+    _, theta, thetadot = state  # time, qpos, qvel
     if np.cos(theta) > 0.8:
         return np.clip([-8.0 * np.sin(theta) - 1.5 * thetadot], -2, 2)
     return np.clip([2.0 * np.sign(thetadot * np.cos(theta) + 1e-9)], -2, 2)
@@ -18,9 +18,9 @@ def controller(state):
 
 def test_1000_lockstep_pendulum_steps_every_state_answered_and_equal_to_direct_mujoco(standin):
     plant_process = standin("--task", "pendulum")
-    link = Link(plant_process.port, "pendulum", state_dim=2, act_dim=1)
+    link = Link(plant_process.port, "pendulum", state_dim=3, act_dim=1)
     link.handshake()
-    first = link.reset(episode_id=7, state=[np.pi - 0.1, 0.0])
+    first = link.reset(episode_id=7, state=[0.0, np.pi - 0.1, 0.0])
     link.arm()
 
     direct = MujocoPlant.for_task("pendulum")

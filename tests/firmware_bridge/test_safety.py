@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from firmware_bridge.dialect import mavlink
+from firmware_bridge.dialect import DIALECT_VERSION, mavlink
 from firmware_bridge.link import HandshakeError, Link, LinkError
 
 PERIOD = 0.05  # pendulum control period
@@ -20,7 +20,7 @@ WATCHDOG = 3 * PERIOD
 def drive(link, steps: int, u: float = 0.3):
     """Handshake, reset, arm, and `steps` answered lockstep commands."""
     link.handshake()
-    state = link.reset(1, state=[0.1, 0.0])
+    state = link.reset(1, state=[0.0, 0.1, 0.0])
     link.arm()
     for _ in range(steps):
         link.send_command([u], state.seq)
@@ -39,9 +39,9 @@ def wait_for_status(link, condition, timeout=3.0):
 
 def test_realtime_watchdog_latches_until_rearmed(standin):
     plant = standin("--task", "pendulum", "--mode", "realtime")
-    link = Link(plant.port, "pendulum", 2, 1)
+    link = Link(plant.port, "pendulum", 3, 1)
     link.handshake()
-    link.reset(1, state=[0.3, 0.0])
+    link.reset(1, state=[0.0, 0.3, 0.0])
     link.arm()
     last_sent = None
     for _ in range(10):  # half a second of healthy control at the plant's pace
@@ -77,9 +77,9 @@ def test_realtime_watchdog_latches_until_rearmed(standin):
 @pytest.mark.parametrize(
     "host, names",
     [
-        (dict(task="cartpole", state_dim=4, act_dim=1), ["task: host cartpole vs plant pendulum", "dims: host (4, 1)"]),
-        (dict(task="pendulum", state_dim=3, act_dim=1), ["dims: host (3, 1) vs plant (2, 1)"]),
-        (dict(task="pendulum", state_dim=2, act_dim=1, dialect_version=99), ["dialect: host (99,"]),
+        (dict(task="cartpole", state_dim=5, act_dim=1), ["task: host cartpole vs plant pendulum", "dims: host (5, 1)"]),
+        (dict(task="pendulum", state_dim=2, act_dim=1), ["dims: host (2, 1) vs plant (3, 1)"]),
+        (dict(task="pendulum", state_dim=3, act_dim=1, dialect_version=99), ["dialect: host (99,"]),
     ],
 )
 def test_handshake_mismatch_is_a_clear_error_and_nothing_moves(standin, host, names):
@@ -114,13 +114,13 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
     plant = standin("--task", "pendulum", "--signing-key-file", str(good))
     keeper = os.open(plant.port, os.O_RDWR | os.O_NOCTTY)  # keeps the pty up while hosts come and go
 
-    unsigned = Link(plant.port, "pendulum", 2, 1)
+    unsigned = Link(plant.port, "pendulum", 3, 1)
     with pytest.raises(HandshakeError, match="no handshake"):
         unsigned.handshake(timeout=0.5)
     assert wait_for_status(unsigned, lambda s: s.signature_errors >= 1).handshake_ok == 0
     unsigned.close()
 
-    impostor = Link(plant.port, "pendulum", 2, 1, signing_key=wrong.read_bytes())
+    impostor = Link(plant.port, "pendulum", 3, 1, signing_key=wrong.read_bytes())
     with pytest.raises(HandshakeError, match="no handshake"):
         impostor.handshake(timeout=0.5)
     end = time.monotonic() + 3.0
@@ -129,7 +129,7 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
     assert impostor.stats()["signature_errors"] >= 1  # and the plant's signed frames fail our check too
     impostor.close()
 
-    robot = Link(plant.port, "pendulum", 2, 1, signing_key=bytes(range(32)))
+    robot = Link(plant.port, "pendulum", 3, 1, signing_key=bytes(range(32)))
     drive(robot, 20)
     status = wait_for_status(robot, lambda s: s.commands_applied == 20)
     assert status.signature_errors >= 2  # the unsigned and the impostor's frames, counted by the plant
@@ -160,13 +160,13 @@ def test_standin_refuses_bad_start_up_in_one_line(args, message):
 
 def test_link_to_a_port_that_cannot_open_is_one_line():
     with pytest.raises(LinkError, match="cannot open serial port '/dev/nope'") as error:
-        Link("/dev/nope", "pendulum", 2, 1)
+        Link("/dev/nope", "pendulum", 3, 1)
     assert "\n" not in str(error.value)
 
 
 def test_loop_url_works_as_a_transport():
     """pyserial URLs: loop:// echoes our own frames back; the parser sees them as well-formed."""
-    link = Link("loop://", "pendulum", 2, 1)
+    link = Link("loop://", "pendulum", 3, 1)
     link.send_command(np.array([0.5]), 1)
     link.service(0.1)
     assert link.stats()["frames"] == 2  # the heartbeat and the command came back intact
@@ -175,22 +175,23 @@ def test_loop_url_works_as_a_transport():
 
 def test_seeded_resets_are_reproducible_and_inside_the_models_box(standin):
     plant = standin("--task", "cartpole")
-    link = Link(plant.port, "cartpole", 4, 1)
+    link = Link(plant.port, "cartpole", 5, 1)
     link.handshake()
     first = link.reset(1, seed=123).state
     again = link.reset(2, seed=123).state
     other = link.reset(3, seed=124).state
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    low, high = [-0.5, np.pi - 0.2, -0.1, -0.1], [0.5, np.pi + 0.2, 0.1, 0.1]
-    assert np.all(first >= np.float32(low)) and np.all(first <= np.float32(high))
+    assert first[0] == 0.0  # time: the start of the episode
+    low, high = [-0.5, np.pi - 0.2, -0.1, -0.1], [0.5, np.pi + 0.2, 0.1, 0.1]  # qpos, qvel
+    assert np.all(first[1:] >= np.float32(low)) and np.all(first[1:] <= np.float32(high))
     link.close()
     plant.stop()
 
 
 def test_link_is_declared_lost_after_the_configured_silence(standin):
     plant = standin("--task", "pendulum")
-    link = Link(plant.port, "pendulum", 2, 1, lost_after=0.3)
+    link = Link(plant.port, "pendulum", 3, 1, lost_after=0.3)
     assert link.lost  # nothing heard yet
     link.handshake()
     assert not link.lost
@@ -206,12 +207,12 @@ def test_link_is_declared_lost_after_the_configured_silence(standin):
 
 def test_reusing_an_episode_id_in_realtime_still_returns_the_new_start(standin):
     plant = standin("--task", "pendulum", "--mode", "realtime")
-    link = Link(plant.port, "pendulum", 2, 1)
+    link = Link(plant.port, "pendulum", 3, 1)
     link.handshake()
-    link.reset(1, state=[0.5, 0.0])
+    link.reset(1, state=[0.0, 0.5, 0.0])
     time.sleep(0.5)  # the plant streams states of episode 1 that nobody reads yet
-    first = link.reset(1, state=[2.0, 0.0])
-    np.testing.assert_allclose(first.state, [2.0, 0.0], atol=1e-6)
+    first = link.reset(1, state=[0.0, 2.0, 0.0])
+    np.testing.assert_allclose(first.state, [0.0, 2.0, 0.0], atol=1e-6)
     link.close()
     plant.stop()
 
@@ -220,7 +221,7 @@ def test_a_reconnecting_host_can_command_again(standin):
     plant = standin("--task", "pendulum")
     keeper = os.open(plant.port, os.O_RDWR | os.O_NOCTTY)
     for _ in range(2):  # the second host starts its command count at 1 again
-        link = Link(plant.port, "pendulum", 2, 1)
+        link = Link(plant.port, "pendulum", 3, 1)
         drive(link, 20)
         link.close()
     os.close(keeper)
@@ -229,21 +230,21 @@ def test_a_reconnecting_host_can_command_again(standin):
 
 def test_a_reset_outside_the_plants_limits_is_refused(standin):
     plant = standin("--task", "cartpole")
-    link = Link(plant.port, "cartpole", 4, 1)
+    link = Link(plant.port, "cartpole", 5, 1)
     link.handshake()
-    for bad in ([0.0, 0.0, 0.0, 1e20], [3.0, 0.0, 0.0, 0.0]):  # absurd speed; cart beyond its rail
+    for bad in ([0.0, 0.0, 0.0, 0.0, 1e20], [0.0, 3.0, 0.0, 0.0, 0.0]):  # absurd speed; cart beyond its rail
         with pytest.raises(LinkError, match="refused the reset"):
             link.reset(1, state=bad)
-    assert link.reset(2, state=[0.0, 0.1, 0.0, 0.0]).episode_id == 2
+    assert link.reset(2, state=[0.0, 0.0, 0.1, 0.0, 0.0]).episode_id == 2
     link.close()
     plant.stop()
 
 
 def test_a_dead_plant_is_a_link_error_not_a_silent_timeout(standin):
     plant = standin("--task", "pendulum")
-    link = Link(plant.port, "pendulum", 2, 1)
+    link = Link(plant.port, "pendulum", 3, 1)
     link.handshake()
-    state = link.reset(1, state=[0.1, 0.0])
+    state = link.reset(1, state=[0.0, 0.1, 0.0])
     link.arm()
     plant.process.kill()
     plant.process.wait()
@@ -258,8 +259,9 @@ def test_a_dialect_checksum_mismatch_is_refused(standin, monkeypatch):
 
     plant = standin("--task", "pendulum")
     monkeypatch.setattr(link_module, "DIALECT_CHECKSUM", 0x1234)
-    link = Link(plant.port, "pendulum", 2, 1)
-    with pytest.raises(HandshakeError, match=r"dialect: host \(2, 4660\) vs plant \(2, \d+\)"):
+    link = Link(plant.port, "pendulum", 3, 1)
+    version = DIALECT_VERSION
+    with pytest.raises(HandshakeError, match=rf"dialect: host \({version}, 4660\) vs plant \({version}, \d+\)"):
         link.handshake()
     link.close()
     plant.stop()
@@ -267,7 +269,7 @@ def test_a_dialect_checksum_mismatch_is_refused(standin, monkeypatch):
 
 def test_a_task_only_mismatch_names_the_tasks(standin):
     plant = standin("--task", "pendulum")
-    link = Link(plant.port, "acrobot", 2, 1)
+    link = Link(plant.port, "acrobot", 3, 1)
     with pytest.raises(HandshakeError) as error:
         link.handshake()
     assert "task: host acrobot vs plant pendulum" in str(error.value) and "dims" not in str(error.value)

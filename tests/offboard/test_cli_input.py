@@ -20,7 +20,9 @@ def tiny_logs(tmp_path_factory) -> Path:
         recorder = Recorder(folder.parent, folder.name)
         recorder.start_episode(episode, dict(task="pendulum", robot=folder.name))
         for t in range(5):
-            step = dict(t=t, state=[0.1 * t, 0.0], obs=[1.0, 0.0, 0.0], action=[0.5], cost=1.0, next_state=[0.1, 0.0])
+            step = dict(
+                t=t, state=[0.0, 0.1 * t, 0.0], obs=[1.0, 0.0, 0.0], action=[0.5], cost=1.0, next_state=[0.0, 0.1, 0.0]
+            )
             recorder.write("/transition", dict(step, done=t == 4))
         recorder.end_episode()
         recorder.close()

@@ -15,7 +15,7 @@ from onboard.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
 PENDULUM = get_task("pendulum")
-STEP = dict(state=[0.1, 0.2], obs=[1.0, 0.0, 0.2], action=[0.5], cost=1.0, next_state=[0.1, 0.2], done=False)
+STEP = dict(state=[0.0, 0.1, 0.2], obs=[1.0, 0.0, 0.2], action=[0.5], cost=1.0, next_state=[0.05, 0.1, 0.2], done=False)
 
 
 def write_segment(folder: Path, episode: int, steps: int = 20, **fields) -> Path:

@@ -68,7 +68,7 @@ def test_soft_q_baseline_is_the_same_code_with_h1_and_a_target_network(robot_log
     assert np.isfinite(result.history[-1]["loss"])
 
 
-def write_segment(folder: Path, episode: int, task: str, cost: float, state_dim: int = 2) -> None:
+def write_segment(folder: Path, episode: int, task: str, cost: float, state_dim: int = 3) -> None:
     recorder = Recorder(folder.parent, folder.name)
     recorder.start_episode(episode, dict(task=task, robot=folder.name))
     state = [0.1] * state_dim
@@ -85,7 +85,7 @@ def test_bad_segments_are_reported_and_never_trained_on(robot_logs, tmp_path):
     folder = tmp_path / "robot"
     write_segment(folder, 1, "pendulum", cost=1.0)
     write_segment(folder, 2, "pendulum", cost=float("nan"))
-    write_segment(folder, 3, "cartpole", cost=1.0, state_dim=4)
+    write_segment(folder, 3, "cartpole", cost=1.0, state_dim=5)
     write_segment(folder, 4, "pendulum", cost=2.0)
     tampered = folder / "000004.mcap"
     data = bytearray(tampered.read_bytes())

@@ -30,7 +30,7 @@ def test_plan_prints_a_plan_within_bounds(make_q, backend):
 
 
 def test_plan_from_a_given_state_in_text():
-    out = run("plan", "--task", "pendulum", "--state", "0.1,0", "--K", "64")
+    out = run("plan", "--task", "pendulum", "--state", "0,0.1,0", "--K", "64")
     assert out.returncode == 0, out.stderr
     assert "first action" in out.stdout and "ESS" in out.stdout
 
@@ -39,9 +39,9 @@ def test_plan_from_a_given_state_in_text():
     "args, expected",
     [
         (["--q", "/nonexistent/q.onnx"], "missing model file /nonexistent/q.onnx"),
-        (["--state", "1,2,3"], "--state has 3 values"),
+        (["--state", "1,2,3,4"], "--state has 4 values"),
         (["--K", "0"], "K=0 must be >= 1"),
-        (["--state", "nan,0"], "every value must be a finite number"),
+        (["--state", "0,nan,0"], "every value must be a finite number"),
         (["--seed", "-1"], "seed=-1 must be >= 0"),
         (["--K", "100000000000"], "not enough memory for these MPPI settings"),
     ],

@@ -242,8 +242,8 @@ def test_where_the_run_cannot_start_it_says_why_in_one_line(tmp_path):
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot keep segments in" in out.stderr
     out = onboard_cli("run", "--robot", "sim", "--log-dir", str(tmp_path), "--task", "pendulum", "--quiet",
                       env={**os.environ, "MPQ_MODELS_DIR": str(tmp_path / "no-models")})  # fmt: skip
-    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr  # the stand-in's own reason, and its log
-    assert "did not start (exit 2): error: no MuJoCo model" in out.stderr and "standin.log" in out.stderr
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr  # the task's MJCF is read first
+    assert "no MuJoCo model for task 'pendulum'" in out.stderr and "add models/pendulum/pendulum.xml" in out.stderr
 
 
 def test_relative_paths_in_a_profile_outside_robots_start_at_the_repository(tmp_path):

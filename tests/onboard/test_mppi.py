@@ -18,29 +18,35 @@ from tests.gpu import ALL_BACKENDS, CPU_BACKENDS, needs_gpu
 RTOL = 1e-6  # the fast backend against the float64 reference
 
 
-SWING_UP_RUNS = [("numpy", 0), ("numpy", 1), ("numpy", 2), *(pytest.param("cupy", s, marks=needs_gpu) for s in (0, 1))]
+SWING_UP_RUNS = [
+    ("numpy", 0, 1024),
+    ("numpy", 1, 1024),
+    ("numpy", 2, 1024),
+    ("mujoco", 0, 256),  # the planner steps the MJCF itself: MuJoCo's own rollouts, fewer of them (time)
+    *(pytest.param("cupy", s, 1024, marks=needs_gpu) for s in (0, 1)),
+]
 
 
-@pytest.mark.parametrize("backend, seed", SWING_UP_RUNS)
-def test_pendulum_swings_up_and_holds_with_the_true_model(backend, seed):
-    """MPPI, true model, K=1024, H=32, on the MuJoCo plant from hanging down, 10 s (float32 on the GPU)."""
+@pytest.mark.parametrize("backend, seed, K", SWING_UP_RUNS)
+def test_pendulum_swings_up_and_holds_with_the_true_model(backend, seed, K):
+    """MPPI, true model, H=32, on the MuJoCo plant from hanging down, 10 s (float32 on the GPU)."""
     task = get_task("pendulum")
-    mppi = MPPI(task, MPPIConfig.for_task(task, K=1024, H=32, model="true", seed=seed), backend)
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=32, model="true", seed=seed), backend)
     plant = MujocoPlant.for_task("pendulum")
     state = plant.reset(task.hanging_state())
     angles = []
     for _ in range(task.episode_steps):
         state = plant.step(mppi.act(state))
-        angles.append(wrap_angle(state[0]))
+        angles.append(wrap_angle(state[1]))
     last_two_seconds = np.abs(angles[-round(2.0 / task.dt) :])
     assert last_two_seconds.max() < 0.1
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_cartpole_swings_up_at_the_long_horizon_with_the_true_model(seed):
+@pytest.mark.parametrize("backend, seed", [("c", 0), ("c", 1), ("mujoco", 0)])
+def test_cartpole_swings_up_at_the_long_horizon_with_the_true_model(backend, seed):
     task = get_task("cartpole")
     config = MPPIConfig.for_task(task, H=task.long_horizon, model="true", seed=seed)
-    mppi = MPPI(task, config, "c")
+    mppi = MPPI(task, config, backend)
     plant = MujocoPlant.for_task("cartpole")
     state = plant.reset(task.hanging_state())
     upright = []
@@ -57,7 +63,7 @@ def test_c_rollout_matches_numpy_reference(name):
     B, K, H = 3, 50, 12
     states = np.stack([task.initial_state(rng) for _ in range(B)])
     if name == "cartpole":
-        states[0, 0] = 2.3  # next to the rail, so the rail stop is exercised too
+        states[0, 1] = 2.3  # next to the rail, so the rail stop is exercised too
     actions = rng.uniform(task.u_min, task.u_max, (B, K, H, task.act_dim))
     for params in (task.planner_params("biased", (B, K), rng), task.planner_params("true", (B, K), rng)):
         ref_cost, ref_last = get_backend("numpy", task).rollout(states, actions, params, 0.9)
@@ -114,7 +120,7 @@ def test_one_iteration_equals_mpq_equations_computed_by_hand(backend, with_q):
     mppi = MPPI(task, config, backend, q=q if with_q else None)
     z = np.random.default_rng(11).standard_normal((1, K, H, 1))
     mppi.noise_rng = FixedNormal(z)
-    s0, U0 = np.array([2.5, -0.7]), np.array([[0.5], [-1.0], [1.5]])
+    s0, U0 = np.array([0.0, 2.5, -0.7]), np.array([[0.5], [-1.0], [1.5]])
     plan = mppi.plan(s0[None], U0[None])
 
     S, perturbations, clipped = np.zeros(K), np.zeros((K, H, 1)), 0
@@ -169,15 +175,15 @@ def test_a_nonfinite_q_gets_zero_weight_and_never_reaches_the_action():
 def test_misshapen_inputs_are_refused_not_misread(backend):
     task = get_task("cartpole")
     mppi = MPPI(task, MPPIConfig.for_task(task), backend)
-    with pytest.raises(ValueError, match=r"states must be \(B, 4\)"):
+    with pytest.raises(ValueError, match=r"states must be \(B, 5\)"):
         mppi.plan(task.hanging_state())
     with pytest.raises(ValueError, match="mean must be"):
         mppi.plan(task.hanging_state()[None], np.zeros((1, 3, 1)))
     rollout = get_backend(backend, task).rollout
-    with pytest.raises(ValueError, match=r"states \(1, 4\) are not \(B=50, 4\)"):
-        rollout(np.zeros((1, 4)), np.zeros((50, 4, 3, 1)), task.true_params, 0.9)
+    with pytest.raises(ValueError, match=r"states \(1, 5\) are not \(B=50, 5\)"):
+        rollout(np.zeros((1, 5)), np.zeros((50, 4, 3, 1)), task.true_params, 0.9)
     with pytest.raises(ValueError, match="params"):
-        rollout(np.zeros((2, 4)), np.zeros((2, 4, 3, 1)), np.zeros((4, 3)), 0.9)
+        rollout(np.zeros((2, 5)), np.zeros((2, 4, 3, 1)), np.zeros((4, 3)), 0.9)
 
 
 @pytest.mark.parametrize("mean", [0.0, 0.3])
@@ -191,7 +197,7 @@ def test_free_energy_matches_closed_form_for_h1(mean):
     config = MPPIConfig.for_task(task, K=20000, H=1, sigma=sigma, lam=lam, alpha=1.0, seed=3)
     mppi = MPPI(task, config, "numpy", q=lambda obs, act: c0 + 0.5 * k * act[:, 0] ** 2)
     B = 16
-    plan = mppi.plan(np.zeros((B, 2)), np.full((B, 1, 1), mean))
+    plan = mppi.plan(np.zeros((B, 3)), np.full((B, 1, 1), mean))
     expected = c0 + 0.5 * lam * np.log(1 + k * sigma / lam)
     assert plan.value.mean() == pytest.approx(expected, rel=2e-3)
     # with alpha = 1 the new mean is that of p0(a) exp(-Q(a)/lam), p0 the zero-mean prior: 0, from any start
@@ -201,7 +207,7 @@ def test_free_energy_matches_closed_form_for_h1(mean):
 def test_the_value_is_a_soft_minimum_of_the_sample_costs():
     task = get_task("pendulum")
     config = MPPIConfig.for_task(task, K=256, H=4, model="true", seed=0)
-    plan = MPPI(task, config, "numpy").plan(np.array([[0.5, 0.0]]))
+    plan = MPPI(task, config, "numpy").plan(np.array([[0.0, 0.5, 0.0]]))
     assert plan.min_cost[0] < plan.value[0] < plan.min_cost[0] + config.lam * np.log(config.K)
     assert 1.0 < plan.ess[0] < config.K
     np.testing.assert_allclose(plan.weights.sum(axis=1), 1.0)
@@ -211,7 +217,7 @@ def test_batched_plans_are_independent_per_state():
     """Row b of a batched plan is the plan of state b alone on the same noise (one iteration)."""
     task = get_task("pendulum")
     config = MPPIConfig.for_task(task, K=128, H=8, n_iters=1, seed=5)
-    states = np.array([[3.0, 0.0], [0.2, -1.0], [-1.5, 2.0]])
+    states = np.array([[0.0, 3.0, 0.0], [0.0, 0.2, -1.0], [0.0, -1.5, 2.0]])
     batched = MPPI(task, config, "numpy").plan(states)
     alone = MPPI(task, config, "numpy").plan(states[:1])
     np.testing.assert_allclose(batched.actions[0], alone.actions[0], rtol=1e-12)
@@ -237,7 +243,7 @@ def test_every_sampled_action_is_clipped_to_the_bounds(backend):
         return np.zeros(len(act))
 
     mppi = MPPI(task, MPPIConfig.for_task(task, sigma=1e4, K=32, H=6, n_iters=2), backend, q=recording_q)
-    mppi.plan(np.zeros((2, 4)), np.full((2, 6, 1), 9.0))
+    mppi.plan(np.zeros((2, 5)), np.full((2, 6, 1), 9.0))
     sampled = np.concatenate([a.reshape(-1) for a in seen + seen_q])
     assert sampled.min() == task.u_min[0] and sampled.max() == task.u_max[0]  # clipped, not dropped
 
@@ -256,7 +262,7 @@ def test_act_warm_starts_by_shifting_the_mean():
 
 def test_seeds_and_planner_models_change_the_plan_reproducibly():
     task = get_task("pendulum")
-    state = np.array([[2.0, 0.5]])
+    state = np.array([[0.0, 2.0, 0.5]])
 
     def value(**kw):
         return MPPI(task, MPPIConfig.for_task(task, K=64, **kw)).plan(state).value[0]

@@ -60,29 +60,29 @@ def test_vectorised_functions_keep_leading_axes(name):
 def test_pendulum_cost_is_zero_upright_and_wraps_angles():
     task = get_task("pendulum")
     u = np.zeros(1)
-    assert task.cost(np.array([0.0, 0.0]), u) == 0.0
-    assert task.cost(np.array([2 * np.pi, 0.0]), u) == pytest.approx(0.0, abs=1e-20)
-    assert task.cost(np.array([np.pi - 0.01, 0.0]), u) == pytest.approx((np.pi - 0.01) ** 2)
-    assert task.cost(np.array([0.0, 2.0]), u) == pytest.approx(0.4)
+    assert task.cost(np.array([0.0, 0.0, 0.0]), u) == 0.0
+    assert task.cost(np.array([0.0, 2 * np.pi, 0.0]), u) == pytest.approx(0.0, abs=1e-20)
+    assert task.cost(np.array([0.0, np.pi - 0.01, 0.0]), u) == pytest.approx((np.pi - 0.01) ** 2)
+    assert task.cost(np.array([5.0, 0.0, 2.0]), u) == pytest.approx(0.4)  # time plays no part
     assert wrap_angle(np.pi) == pytest.approx(-np.pi)
-    np.testing.assert_allclose(task.obs(np.array([np.pi / 2, 3.0])), [0.0, 1.0, 3.0], atol=1e-15)
+    np.testing.assert_allclose(task.obs(np.array([0.0, np.pi / 2, 3.0])), [0.0, 1.0, 3.0], atol=1e-15)
 
 
 def test_pendulum_speed_limit_acts_before_the_position_update_as_in_gym():
     task = get_task("pendulum")
     plant = MujocoPlant.for_task("pendulum")
-    state = plant.reset(np.array([0.0, 7.9]))
+    state = plant.reset(np.array([0.0, 0.0, 7.9]))
     model = state.copy()
     limited_steps = 0
     for _ in range(10):
-        theta, thetadot = model
+        time, theta, thetadot = model
         gym_thetadot = np.clip(thetadot + 0.05 * (15.0 * np.sin(theta) + 3.0 * 2.0), -8, 8)
-        gym = np.array([theta + 0.05 * gym_thetadot, gym_thetadot])
+        gym = np.array([time + 0.05, theta + 0.05 * gym_thetadot, gym_thetadot])
         state = plant.step(task.u_max)
         model = task.step(model, task.u_max, task.true_params)
         np.testing.assert_allclose(model, gym, rtol=1e-12)
         np.testing.assert_allclose(state, model, atol=TRACKING_TOLERANCE)
-        limited_steps += model[1] == 8.0
+        limited_steps += model[2] == 8.0
     assert limited_steps >= 2  # the limit really acted
 
 
@@ -93,7 +93,7 @@ RAIL_POSITION_TOLERANCE = 0.05
 
 @pytest.mark.parametrize(
     "start, force",
-    [([2.39, 0.3, 1.0, 0.0], 10.0), ([2.2, np.pi, 2.0, 1.0], 10.0), ([-2.3, 2.0, -1.5, -2.0], -5.0)],
+    [([0, 2.39, 0.3, 1.0, 0.0], 10.0), ([0, 2.2, np.pi, 2.0, 1.0], 10.0), ([0, -2.3, 2.0, -1.5, -2.0], -5.0)],
 )
 def test_cartpole_model_stops_at_the_rails_like_mujoco(start, force):
     task = get_task("cartpole")
@@ -103,9 +103,9 @@ def test_cartpole_model_stops_at_the_rails_like_mujoco(start, force):
     for _ in range(round(1.0 / task.dt)):
         state = plant.step([force])
         model = task.step(model, np.array([force]), task.true_params)
-        assert abs(model[0]) <= 2.4 + 1e-12
-        np.testing.assert_allclose(model[:2], state[:2], atol=RAIL_POSITION_TOLERANCE)
-    assert abs(state[0]) == pytest.approx(2.4, abs=1e-3)  # both ended pressed against the rail
+        assert abs(model[1]) <= 2.4 + 1e-12
+        np.testing.assert_allclose(model[1:3], state[1:3], atol=RAIL_POSITION_TOLERANCE)
+    assert abs(state[1]) == pytest.approx(2.4, abs=1e-3)  # both ended pressed against the rail
 
 
 def test_planner_model_options():
@@ -114,11 +114,12 @@ def test_planner_model_options():
     biased = task.planner_params("biased", (4, 1000), rng)
     assert biased.shape == (4, 1000, 2)
     assert np.all(biased >= task.bias_low) and np.all(biased <= task.bias_high)
-    np.testing.assert_allclose(biased.mean(axis=(0, 1)), [1.2, 1.2], atol=0.02)
+    # mass and the rod's centre of mass (half its length): m, l ~ U[0.9, 1.5]
+    np.testing.assert_allclose(biased.mean(axis=(0, 1)), [1.2, 0.6], atol=0.02)
     again = task.planner_params("biased", (4, 1000), np.random.default_rng(0))
     np.testing.assert_array_equal(biased, again)
-    np.testing.assert_array_equal(task.planner_params("true", (4, 1000), rng), [1.0, 1.0])
-    np.testing.assert_array_equal(task.planner_params("mean", (4, 1000), rng), [1.2, 1.2])
+    np.testing.assert_array_equal(task.planner_params("true", (4, 1000), rng), [1.0, 0.5])
+    np.testing.assert_array_equal(task.planner_params("mean", (4, 1000), rng), [1.2, 0.6])
     with pytest.raises(ValueError, match="unknown planner model"):
         task.planner_params("exact", (1,), rng)
 

@@ -1,0 +1,112 @@
+"""The MuJoCo backend: any task's MJCF stepped by MuJoCo itself on the CPU, through `mujoco.rollout`.
+
+No hand-written dynamics: the planner model is the task's MjModel, and a biased draw is a perturbed copy
+of it (`Task.write_params`): one MjModel per rollout for "biased" (made once, rewritten each iteration),
+one shared model for "mean" and "true". `mujoco.rollout` steps all B x K rollouts in C on a persistent
+thread pool (one MjData per thread) from the full physics states the plant reported; the running cost
+is then one vectorised call of the task's cost over every visited state, with no Python loop over
+samples or steps. A model with a joint speed limit (`qvel_max`) is stepped one physics step per call
+with the limit applied between calls, as the plant applies it (firmware_bridge.plant.limit_speed).
+
+Threads: the profile's `threads` (default: every core). The pool starts on the first plan, from the
+thread that plans, so its workers inherit the control loop's scheduling and CPU affinity.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import mujoco
+import numpy as np
+from mujoco import rollout as mj_rollout
+
+from firmware_bridge.plant import limit_speed
+from onboard.backends import HostArrays, check_rollout_shapes
+from onboard.tasks.base import Task
+
+
+def mjcf_rollout(backend, states, actions, params, gamma):
+    """The rollout contract for a backend that steps the MJCF (this one, and warp's): the states each
+    rollout visits come from backend.visit(start (n, nstate), controls (n, H-1, m), params), and the
+    running cost is one vectorised call of the task's cost over all of them, on the backend's arrays."""
+    task, xp = backend.task, backend.xp
+    check_rollout_shapes(task, states, actions, params)
+    B, K, H, m = actions.shape
+    n = B * K
+    start = xp.repeat(xp.asarray(states, dtype=backend.dtype), K, axis=0)
+    if H == 1:
+        return xp.zeros((B, K), dtype=backend.dtype), start.reshape(B, K, -1)
+    controls = xp.ascontiguousarray(actions[:, :, : H - 1]).reshape(n, H - 1, m)
+    visited = backend.visit(start, controls, params if params.ndim == 1 else params.reshape(n, -1))
+    path = xp.concatenate([start[:, None], visited[:, :-1]], axis=1)  # s_0 .. s_{H-2}
+    discounts = xp.asarray(gamma ** np.arange(H - 1), dtype=backend.dtype)
+    running = (task.cost(path, controls) * discounts).sum(axis=1)
+    return running.reshape(B, K), visited[:, -1].reshape(B, K, -1)
+
+
+class MujocoBackend(HostArrays):
+    name = "mujoco"
+
+    def __init__(self, task: Task, threads: int | None = None):
+        self.task = task
+        self.model = copy.copy(task.mjcf.model)  # the planner's own: perturbing it never touches the task's
+        self.substeps, self.qvel_max = task.mjcf.substeps, task.mjcf.qvel_max
+        self.timestep = float(self.model.opt.timestep)
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self._pool = None
+        self._data = None
+        self._biased: list[mujoco.MjModel] = []  # one per rollout, grown to the largest B x K seen
+        self._fixed: dict[tuple[float, ...], mujoco.MjModel] = {}  # "mean" / "true": one model each
+
+    @property
+    def pool(self) -> mj_rollout.Rollout:
+        """MuJoCo's thread pool (none with one thread: rollouts then run on the calling thread)."""
+        if self._pool is None:
+            self._pool = mj_rollout.Rollout(nthread=0 if self.threads == 1 else self.threads)
+            self._data = [mujoco.MjData(self.model) for _ in range(self.threads)]
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def planner_models(self, params: np.ndarray, n: int):
+        """The MjModel(s) the n rollouts step: params (P,) shared, or (n, P) one draw per rollout."""
+        if params.ndim == 1:
+            key = tuple(float(v) for v in params)
+            if key not in self._fixed:
+                self._fixed[key] = model = copy.copy(self.model)
+                self.task.write_params(model, params)
+            return self._fixed[key]
+        while len(self._biased) < n:
+            self._biased.append(copy.copy(self.model))
+        models = self._biased[:n]
+        for model, draw in zip(models, params, strict=True):
+            self.task.write_params(model, draw)
+        return models
+
+    def visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate)."""
+        models = self.planner_models(np.asarray(params, dtype=np.float64), start.shape[0])
+        n, T, m = controls.shape
+        start, controls = np.ascontiguousarray(start), np.ascontiguousarray(controls, dtype=np.float64)
+        warmstart = np.zeros((n, self.model.nv))  # every rollout starts alike, whichever thread runs it
+        if self.qvel_max is None:
+            per_step = np.repeat(controls, self.substeps, axis=1)
+            path, _ = self.pool.rollout(models, self._data, start, per_step, initial_warmstart=warmstart)
+            return path[:, self.substeps - 1 :: self.substeps]
+        qpos, qvel = self.task.mjcf.qpos_slice, self.task.mjcf.qvel_slice
+        visited, state = np.empty((n, T, start.shape[1])), start
+        for t in range(T):
+            for _ in range(self.substeps):
+                control = controls[:, t : t + 1]
+                state = self.pool.rollout(models, self._data, state, control, initial_warmstart=warmstart)[0][:, 0]
+                limit_speed(state[:, qpos], state[:, qvel], self.qvel_max, self.timestep)
+            visited[:, t] = state
+        return visited
+
+    def rollout(self, states, actions, params, gamma):
+        """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""
+        return mjcf_rollout(self, states, actions, params, gamma)
