@@ -47,12 +47,15 @@ class Config:
     target_network: bool = False  # MPQ: no; the soft-Q baseline: yes
     target_sync_every: int = 100  # updates between target-network copies (baseline only)
     holdout_fraction: float = 0.1  # transitions kept out of training to measure the Bellman error
-    backend: str = "c"
+    backend: str | None = None  # the targets' MPPI: None is c where the task has a closed-form model, else mujoco
     seed: int = 0
     torch_threads: int = 2
 
     def __post_init__(self):
-        acting = MPPIConfig.for_task(get_task(self.task))
+        task = get_task(self.task)
+        acting = MPPIConfig.for_task(task)
+        if self.backend is None:
+            self.backend = "c" if task.has_analytic_model else "mujoco"
         self.horizon = acting.H if self.horizon is None else self.horizon
         self.target_iters = acting.n_iters if self.target_iters is None else self.target_iters
 
@@ -91,9 +94,9 @@ class TorchQ:
 
 def target_planner(config: Config, task, q) -> MPPI:
     """The MPPI that computes V_H(s'): the task's paper settings, the config's H and iterations."""
-    if config.backend not in ("numpy", "c"):  # the Q being trained is a CPU torch net fed NumPy arrays
+    if config.backend not in ("numpy", "c", "mujoco"):  # the Q being trained is a CPU torch net fed NumPy arrays
         raise ValueError(
-            f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c or numpy"
+            f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c, numpy or mujoco"
         )
     mppi = MPPIConfig.for_task(
         task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model, seed=config.seed

@@ -1,0 +1,132 @@
+"""The planner steps the MJCF itself: the mujoco and warp backends against the analytic models and the plant,
+biased draws as perturbed MjModels, and a task's bias checked against its MJCF when it loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_bridge.plant import MujocoPlant
+from onboard.backends import get_backend
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.tasks import TASKS, get_task
+from onboard.tasks.base import Parameter, wrap_angle
+from onboard.tasks.pendulum import Pendulum
+
+FLOAT32 = dict(rtol=1e-4, atol=2e-4)  # MuJoCo Warp steps in float32
+
+
+def rollout_case(task, seed=1, B=3, K=16, H=9):
+    rng = np.random.default_rng(seed)
+    states = np.stack([task.initial_state(rng) for _ in range(B)])
+    actions = rng.uniform(task.u_min, task.u_max, (B, K, H, task.act_dim))
+    return states, actions, rng
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("model", ["biased", "true"])
+def test_mujoco_rollouts_equal_the_analytic_model_draw_for_draw(name, model):
+    task = get_task(name)
+    states, actions, rng = rollout_case(task)
+    if name == "cartpole":
+        states[0, 1] = 2.3  # next to the rail: MuJoCo's limit against the analytic stop, within their tolerance
+    params = task.planner_params(model, (3, 16) if model == "biased" else (), rng)
+    cost, last = get_backend("mujoco", task, threads=2).rollout(states, actions, params, 0.9)
+    ref_cost, ref_last = get_backend("numpy", task).rollout(states, actions, params, 0.9)
+    free = slice(1, None) if name == "cartpole" else slice(None)  # rows that never reach a rail
+    np.testing.assert_allclose(cost[free], ref_cost[free], rtol=1e-9)
+    np.testing.assert_allclose(last[free], ref_last[free], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("model", ["biased", "true"])
+def test_warp_rollouts_equal_mujocos_within_float32(name, model):
+    task = get_task(name)
+    states, actions, rng = rollout_case(task, B=2, K=8)
+    params = task.planner_params(model, (2, 8) if model == "biased" else (), rng)
+    cost, last = get_backend("warp", task).rollout(states, actions, params, 0.9)
+    ref_cost, ref_last = get_backend("mujoco", task, threads=2).rollout(states, actions, params, 0.9)
+    np.testing.assert_allclose(cost, ref_cost, **FLOAT32)
+    np.testing.assert_allclose(last, ref_last, **FLOAT32)
+
+
+@pytest.mark.parametrize("backend", ["mujoco", "warp"])
+def test_the_true_model_is_the_stand_ins_plant_and_each_draw_moves_its_own_rollout(backend):
+    task = get_task("pendulum")
+    rng = np.random.default_rng(4)
+    start = np.array([0.0, 1.0, 0.5])
+    actions = rng.uniform(task.u_min, task.u_max, (1, 1, 11, 1))
+    plant = MujocoPlant.for_task("pendulum")
+    plant.reset(start)
+    for u in actions[0, 0, :10]:
+        plant.step(u)
+    tolerance = 1e-12 if backend == "mujoco" else 1e-4
+    _, last = get_backend(backend, task).rollout(start[None], actions, task.planner_params("true", (), None), 0.9)
+    np.testing.assert_allclose(last[0, 0], plant.state, atol=tolerance)
+    # a heavier, longer rod falls differently, and row i of a biased rollout is draw i's model alone
+    draws = np.array([[[1.0, 0.5], [1.5, 0.75], [0.9, 0.45]]])
+    _, biased = get_backend(backend, task).rollout(start[None], np.repeat(actions, 3, axis=1), draws, 0.9)
+    assert abs(biased[0, 1, 1] - biased[0, 0, 1]) > 0.05
+    np.testing.assert_allclose(biased[0, 0], plant.state, atol=tolerance)
+    for i in range(3):
+        _, alone = get_backend(backend, task).rollout(start[None], actions, draws[0, i], 0.9)
+        np.testing.assert_allclose(biased[0, i], alone[0, 0], atol=tolerance)
+
+
+def test_with_the_same_noise_mujoco_and_warp_give_the_same_plan():
+    task = get_task("cartpole")
+    config = MPPIConfig.for_task(task, K=32, H=10, n_iters=3, seed=3)
+    states = np.stack([task.initial_state(np.random.default_rng(i)) for i in range(2)])
+    cpu, warp = MPPI(task, config, "mujoco", threads=2).plan(states), MPPI(task, config, "warp").plan(states)
+    np.testing.assert_allclose(warp.actions, cpu.actions, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(warp.value, cpu.value, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend, K", [("warp", 256)])
+def test_warp_on_the_cpu_swings_the_pendulum_up_from_hanging(backend, K):
+    task = get_task("pendulum")
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=32, model="true", seed=0), backend)
+    plant = MujocoPlant.for_task("pendulum")
+    state = plant.reset(task.hanging_state())
+    angles = []
+    for _ in range(task.episode_steps):
+        state = plant.step(mppi.act(state))
+        angles.append(wrap_angle(state[1]))
+    assert np.abs(angles[-round(2.0 / task.dt) :]).max() < 0.1
+
+
+def test_warp_on_the_cpu_swings_the_cartpole_up_at_the_long_horizon():
+    task = get_task("cartpole")
+    mppi = MPPI(task, MPPIConfig.for_task(task, H=task.long_horizon, model="true", seed=0), "warp")
+    plant = MujocoPlant.for_task("cartpole")
+    state = plant.reset(task.hanging_state())
+    upright = []
+    for _ in range(task.episode_steps):
+        state = plant.step(mppi.act(state))
+        upright.append(bool(task.success(state)))
+    assert all(upright[-round(1.0 / task.dt) :])
+
+
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ("body_mas[pole]", "MjModel has no array field 'body_mas'"),
+        ("body_mass[ball]", "the MJCF has no 'ball' in body_mass"),
+        ("body_inertia[pole][7]", "body_inertia has no column 7"),
+        ("body_mass[pole", "is not field, field[row] or field[row][col]"),
+    ],
+)
+def test_a_bias_field_the_mjcf_does_not_have_is_one_clear_error_when_the_task_loads(field, message):
+    class Misnamed(Pendulum):
+        parameters = (Parameter(field, 0.9, 1.5), Parameter("body_ipos[pole][2]", 0.45, 0.75))
+
+    with pytest.raises(ValueError, match=r"task pendulum: bias field .*" + message.replace("[", r"\[")):
+        Misnamed()
+
+
+def test_an_analytic_backend_for_a_task_without_a_closed_form_model_says_which_backends_serve_it():
+    class MjcfOnly(Pendulum):
+        c_source = None
+
+    with pytest.raises(ValueError, match="has no analytic model for backend 'c': use backend mujoco"):
+        MPPI(MjcfOnly(), backend="c")
