@@ -16,6 +16,8 @@ Targets: (1) C backend >= 3x faster than pytorch-mppi; (2) under 0.25 ms median.
      misses (target 0) and period jitter p99; the same at 5 ms for 30 s beside one spinning process
      per core, once at the loop's SCHED_FIFO priority and once at normal priority (no target: it shows
      what the realtime priority buys); the onboard process's peak memory (target < 400 MB).
+  5. The mujoco backend, planning by stepping the MJCF: MuJoCo steps per second against raw
+     mujoco.rollout and a Python mj_step loop (offboard/bench_mujoco.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offboard import bench_mujoco
 from offboard.onnx_mlp import mlp_onnx, random_mlp
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ, save_q_model
@@ -389,6 +392,7 @@ def run(threads: int, quick: bool) -> dict:
         targets=targets,
         link=run_link(200 if quick else 5000),
         loop=run_loop(quick),
+        mujoco=bench_mujoco.run(threads, quick),
     )
 
 
@@ -437,6 +441,7 @@ def print_table(report: dict) -> None:
     console.print(table)
     for t in [*report["targets"], link["target"], *loop["targets"]]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+    bench_mujoco.print_table(report["mujoco"], console)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ def cmd_plan(args) -> int:
             raise ValueError(f"--state has {state.size} values, task {task.name!r} needs {task.state_dim}")
         if not np.all(np.isfinite(state)):
             raise ValueError(f"--state {args.state}: every value must be a finite number")
-    plan = MPPI(task, config, args.backend, q=q).plan(state[None])
+    plan = MPPI(task, config, args.backend, q=q, threads=args.threads).plan(state[None])
     report = dict(
         task=task.name,
         backend=args.backend,
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     plan.add_argument("--H", type=int)
     plan.add_argument("--iters", type=int)
     plan.add_argument("--seed", type=int)
-    plan.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
+    plan.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads, and the mujoco backend's")
     plan.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     command = {"plan": cmd_plan, "run": cmd_run, "selfcheck": cmd_selfcheck}[args.command]

@@ -165,7 +165,7 @@ def make_planner(profile: RobotProfile, task):
     config = MPPIConfig.for_task(task, **profile.mppi)
     if q is not None and (mismatch := trained_settings_mismatch(q, config)):
         log.warning(mismatch)
-    return MPPI(task, config, profile.backend, q=q)
+    return MPPI(task, config, profile.backend, q=q, threads=profile.threads)
 
 
 def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
@@ -457,7 +457,7 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     if q is not None:
         lines.append(f"warning: {mismatch}" if (mismatch := trained_settings_mismatch(q, config)) else
                      "model's MPPI settings: the ones this profile plans with")  # fmt: skip
-    planner = MPPI(task, config, profile.backend, q=q)
+    planner = MPPI(task, config, profile.backend, q=q, threads=profile.threads)
     planner.warm_up(task.hanging_state()[None])  # the whole path as `run` sets it up: backend, Q, memory
     plan = planner.plan(task.hanging_state()[None])
     lines.append(f"backend {profile.backend}: built and loaded; a warm plan (K={config.K}, H={config.H}, "

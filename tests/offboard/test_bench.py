@@ -49,6 +49,15 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     if realtime_refusal(50) is None:  # at realtime priority the loop plans on, with a spinning process per core
         assert loop["realtime_loaded"]["SCHED_FIFO 50"]["scheduling"] == "SCHED_FIFO 50"
     assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout and "round trip median us" in out.stdout
+    mujoco = report["mujoco"]  # the MJCF planner against raw mujoco.rollout and a Python loop, every case
+    assert {(r["task"], r["case"], r["planner"]) for r in mujoco["rows"]} == {
+        (task, case, planner)
+        for task in ("pendulum", "cartpole")
+        for case in ("K=36 H=4 3 iters", "K=1024 H=32")
+        for planner in ("mpq mujoco", "raw rollout", "python mj_step")
+    }
+    assert all(r["steps_per_second"] > 0 for r in mujoco["rows"]) and len(mujoco["targets"]) == 8
+    assert "MuJoCo steps/s" in out.stdout
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

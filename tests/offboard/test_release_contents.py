@@ -22,7 +22,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 def test_requirements_follow_the_robot():
     plain = requirements(load_profile("jetson", backend="c")).splitlines()
-    assert "onnxruntime>=1.17" in plain and not any(r.startswith(("mujoco", "cupy")) for r in plain)
+    assert "onnxruntime>=1.17" in plain and not any(r.startswith(("mujoco-warp", "warp-lang", "cupy")) for r in plain)
+    assert any(r.startswith("mujoco>") for r in plain)  # the robot reads its task's MJCF
+    warp = requirements(load_profile("jetson", backend="warp")).splitlines()  # MuJoCo Warp beside CuPy
+    assert any(r.startswith("mujoco-warp") for r in warp) and any(r.startswith("cupy-cuda12x") for r in warp)
     gpu = requirements(load_profile("jetson")).splitlines()  # backend = "cupy"
     assert any(r.startswith("cupy-cuda12x") for r in gpu) and any(r.startswith("onnxruntime-gpu") for r in gpu)
     cuda13 = requirements(load_profile("jetson", gpu_extra="gpu")).splitlines()  # a CUDA 13 robot
