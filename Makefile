@@ -43,11 +43,11 @@ bench-gpu:
 	$(MAKE) setup GPU=1
 	$(BIN)/python -m offboard.bench_gpu
 
-# The onboard loop against the local stand-in: `make sim TASK=pendulum EPISODES=5 MODE=realtime`.
+# The onboard loop against the local stand-in: `make sim TASK=pendulum EPISODES=5 MODE=realtime [BACKEND=mujoco]`.
 EPISODES ?= 5
 MODE ?= lockstep
 sim: setup
-	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE)
+	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE) $(if $(filter command line,$(origin BACKEND)),--backend $(BACKEND))
 
 # The main job: MPQ learning through the hardware-in-the-loop path, with the paper's baselines.
 demo: setup

@@ -59,6 +59,11 @@ class Link:
     ):
         if len(task.encode()) > 16:
             raise LinkError(f"task name {task!r} is longer than the 16 characters the handshake carries")
+        if state_dim > MAX_STATE or act_dim > MAX_ACT:
+            raise LinkError(
+                f"task {task!r} has a state of {state_dim} values and {act_dim} commands: one frame carries at most "
+                f"{MAX_STATE} and {MAX_ACT} (widen mpq.xml and bump MPQ_DIALECT_VERSION)"
+            )
         self.task, self.state_dim, self.act_dim = task, state_dim, act_dim
         self.dialect_version = dialect_version
         self.lost_after = lost_after

@@ -5,13 +5,17 @@ MLP as the ONNX terminal Q, closed loop on the planner's model from the hanging 
 whole control step as the robot runs it (state to the device, plan, the action back to the host);
 pytorch-mppi on CUDA gets the same dynamics, cost, K, H, sigma, lambda and MLP, in the same run.
 Targets on an H100: K=4096 H=32 under 0.5 ms median, and >= 5x faster than pytorch-mppi on CUDA.
-Prints JSON and a table and writes `runs/bench/gpu-<time>.json`.
+`mpq warp` plans by stepping the task's MJCF with MuJoCo Warp (no closed-form model) at K=4096, in the
+same run as the cupy kernel; and one training minibatch of soft-Bellman targets (64 start states x
+K=36, H=4, 3 iterations, as ball-in-cup's targets) on both. Prints JSON and a table and writes
+`runs/bench/gpu-<time>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import platform
 import sys
 import tempfile
@@ -22,6 +26,7 @@ import numpy as np
 
 from offboard.bench import publish, time_calls, time_mpq, time_pytorch_mppi
 from offboard.onnx_mlp import mlp_onnx, random_mlp
+from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ, save_q_model
 from onboard.tasks import get_task
 
@@ -51,6 +56,16 @@ def time_q(task, q, K: int, steps: int) -> dict:
         return time_calls(lambda: (run(), backend.stream.synchronize()), steps)
 
 
+def time_targets(task, backend: str, q, steps: int, B: int = 64) -> dict:
+    """One minibatch of targets: plans from B start states, K=36, H=4, 3 iterations, the biased model."""
+    config = MPPIConfig.for_task(task, K=36, H=4, n_iters=3, model="biased")
+    mppi = MPPI(task, config, backend, q=q)
+    rng = np.random.default_rng(0)
+    states = np.stack([task.initial_state(rng) for _ in range(B)])
+    mppi.warm_up(states)
+    return time_calls(lambda: mppi.plan(states), steps)
+
+
 def device_name() -> str:
     import cupy
 
@@ -64,6 +79,7 @@ def run(steps: int) -> dict:
     import torch
 
     torch_cuda = torch.cuda.is_available()
+    has_warp = importlib.util.find_spec("mujoco_warp") is not None  # the warp extra: its rows, or none
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in TASK_NAMES:
@@ -79,9 +95,15 @@ def run(steps: int) -> dict:
                     result = time_mpq(task, "cupy", K, H, q, steps, graphs=False)
                     rows.append(dict(task=name, K=K, H=H, planner="mpq cupy, no graph", **result))
                     rows.append(dict(task=name, K=K, H=H, planner="its Q alone", **time_q(task, q, K, steps)))
+                if K == TARGET_K and has_warp:  # the MJCF itself, stepped by MuJoCo Warp
+                    result = time_mpq(task, "warp", K, H, q, steps)
+                    rows.append(dict(task=name, K=K, H=H, planner="mpq warp", **result))
                 if torch_cuda:
                     result = time_pytorch_mppi(task, K, H, layers, steps, device="cuda")
                     rows.append(dict(task=name, K=K, H=H, planner="pytorch-mppi cuda", **result))
+            for backend in ("cupy", "warp") if has_warp else ("cupy",):  # one training minibatch of targets
+                result = time_targets(task, backend, q, max(10, steps // 10))
+                rows.append(dict(task=name, K=36, H=4, planner=f"targets 64x36 3 iters, {backend}", **result))
 
     def median(task, K, planner):
         return next((r["median_ms"] for r in rows if (r["task"], r["K"], r["planner"]) == (task, K, planner)), None)
@@ -101,6 +123,7 @@ def run(steps: int) -> dict:
         q_provider=next(r["q_provider"] for r in rows if "q_provider" in r),
         onnxruntime_providers=ort.get_available_providers(),
         torch_cuda=torch_cuda,
+        warp=has_warp,
         machine=dict(platform=platform.platform(), python=platform.python_version()),
         time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         rows=rows,

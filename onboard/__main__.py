@@ -58,7 +58,9 @@ def cmd_run(args) -> int:
 
     if args.episodes < 0:
         raise ValueError(f"--episodes {args.episodes}: use 0 (until stopped) or a positive count")
-    profile = load_profile(args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir)
+    profile = load_profile(
+        args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir, backend=args.backend
+    )
     stats = run(profile, args.episodes, show_status=not args.quiet)
     if args.json:
         print(json.dumps(stats.summary()))
@@ -86,6 +88,7 @@ def main(argv=None) -> int:
     run.add_argument("--episodes", type=int, default=1, help="0: until stopped (Ctrl-C, SIGTERM)")
     run.add_argument("--task", help="override the profile's task")
     run.add_argument("--mode", choices=("lockstep", "realtime"), help="override the profile's mode")
+    run.add_argument("--backend", choices=BACKEND_NAMES, help="override the profile's backend")
     run.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
     run.add_argument("--log-dir", help="override the profile's log folder")
     run.add_argument("--quiet", action="store_true", help="no live status line")
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
     plan.add_argument("--task", default="pendulum", choices=sorted(TASKS))
     plan.add_argument("--backend", default="c", choices=BACKEND_NAMES)
     plan.add_argument("--q", help="q.onnx (with q.json beside it) as the terminal value; none: plain MPPI")
-    plan.add_argument("--state", help="comma-separated state (qpos then qvel); default: hanging at rest")
+    plan.add_argument("--state", help="comma-separated full physics state (time, qpos, qvel); default: hanging at rest")
     plan.add_argument("--model", default="biased", choices=("biased", "mean", "true"), help="planner parameters")
     plan.add_argument("--K", type=int)
     plan.add_argument("--H", type=int)

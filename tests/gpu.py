@@ -23,3 +23,15 @@ GPU_MISSING = gpu_missing()
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=GPU_MISSING or "")
 CPU_BACKENDS = ("numpy", "c", "mujoco")
 ALL_BACKENDS = (*CPU_BACKENDS, pytest.param("cupy", marks=needs_gpu))
+
+
+def warp_missing() -> str | None:
+    """Why the warp backend's tests cannot run here (MuJoCo Warp not installed), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("mujoco_warp") is None or importlib.util.find_spec("warp") is None:
+        return "MuJoCo Warp is not installed (the warp extra; make setup installs it)"
+    return None
+
+
+needs_warp = pytest.mark.skipif(warp_missing() is not None, reason=warp_missing() or "")

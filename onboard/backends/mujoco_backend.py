@@ -1,8 +1,8 @@
 """The MuJoCo backend: any task's MJCF stepped by MuJoCo itself on the CPU, through `mujoco.rollout`.
 
 No hand-written dynamics: the planner model is the task's MjModel, and a biased draw is a perturbed copy
-of it (`Task.write_params`): one MjModel per rollout for "biased" (made once, rewritten each iteration),
-one shared model for "mean" and "true". `mujoco.rollout` steps all B x K rollouts in C on a persistent
+of it: one MjModel per rollout for "biased" (made once; each iteration every draw's fields are computed
+at once by `Task.write_batch` and copied in), one shared model for "mean" and "true". `mujoco.rollout` steps all B x K rollouts in C on a persistent
 thread pool (one MjData per thread) from the full physics states the plant reported; the running cost
 is then one vectorised call of the task's cost over every visited state, with no Python loop over
 samples or steps. A model with a joint speed limit (`qvel_max`) is stepped one physics step per call
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+from types import SimpleNamespace
 
 import mujoco
 import numpy as np
@@ -57,6 +58,7 @@ class MujocoBackend(HostArrays):
         self._pool = None
         self._data = None
         self._biased: list[mujoco.MjModel] = []  # one per rollout, grown to the largest B x K seen
+        self._field_views: list[list[np.ndarray]] = []  # each biased model's batched fields
         self._fixed: dict[tuple[float, ...], mujoco.MjModel] = {}  # "mean" / "true": one model each
 
     @property
@@ -67,11 +69,6 @@ class MujocoBackend(HostArrays):
             self._data = [mujoco.MjData(self.model) for _ in range(self.threads)]
         return self._pool
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
     def planner_models(self, params: np.ndarray, n: int):
         """The MjModel(s) the n rollouts step: params (P,) shared, or (n, P) one draw per rollout."""
         if params.ndim == 1:
@@ -80,29 +77,52 @@ class MujocoBackend(HostArrays):
                 self._fixed[key] = model = copy.copy(self.model)
                 self.task.write_params(model, params)
             return self._fixed[key]
+        fields = self.task.batched_fields
         while len(self._biased) < n:
-            self._biased.append(copy.copy(self.model))
-        models = self._biased[:n]
-        for model, draw in zip(models, params, strict=True):
-            self.task.write_params(model, draw)
-        return models
+            model = copy.copy(self.model)
+            self._biased.append(model)
+            self._field_views.append([getattr(model, f) for f in fields])  # views into the model's memory
+        # Every draw's fields computed at once (Task.write_batch, as MuJoCo Warp's batched fields), then
+        # copied into each rollout's model: no per-model Python beyond one copy per field.
+        batch = SimpleNamespace(**{f: np.repeat(getattr(self.model, f)[None], n, axis=0) for f in fields})
+        self.task.write_batch(batch, params)
+        for j, f in enumerate(fields):
+            values = getattr(batch, f)
+            for views, row in zip(self._field_views, values):
+                views[j][...] = row
+        return self._biased[:n]
+
+    def step(self, models: list, start: np.ndarray, controls: np.ndarray) -> np.ndarray:
+        """mujoco.rollout of n rollouts over controls (n, nstep, m), one control per physics step: the states
+        (n, nstep, nstate). Shapes are right by construction: MuJoCo's per-call checks (which ask every
+        model its state size) are skipped, and every rollout starts with a zero solver warm start, so it
+        does not matter which thread ran what before."""
+        n, nstep, _ = controls.shape
+        path = np.empty((n, nstep, start.shape[1]))
+        warmstart = np.zeros((n, self.model.nv))
+        control_spec = int(mujoco.mjtState.mjSTATE_CTRL)
+        self.pool.rollout(
+            models, self._data, start, controls, control_spec=control_spec, skip_checks=True, nstep=nstep,
+            initial_warmstart=warmstart, state=path,
+        )  # fmt: skip
+        return path
 
     def visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
         """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate)."""
-        models = self.planner_models(np.asarray(params, dtype=np.float64), start.shape[0])
         n, T, m = controls.shape
+        models = self.planner_models(np.asarray(params, dtype=np.float64), n)
+        models = [models] * n if isinstance(models, mujoco.MjModel) else models
         start, controls = np.ascontiguousarray(start), np.ascontiguousarray(controls, dtype=np.float64)
-        warmstart = np.zeros((n, self.model.nv))  # every rollout starts alike, whichever thread runs it
         if self.qvel_max is None:
-            per_step = np.repeat(controls, self.substeps, axis=1)
-            path, _ = self.pool.rollout(models, self._data, start, per_step, initial_warmstart=warmstart)
+            path = self.step(models, start, np.repeat(controls, self.substeps, axis=1))
             return path[:, self.substeps - 1 :: self.substeps]
+        # The speed limit acts between physics steps, as on the plant: one call per physics step.
         qpos, qvel = self.task.mjcf.qpos_slice, self.task.mjcf.qvel_slice
         visited, state = np.empty((n, T, start.shape[1])), start
         for t in range(T):
+            control = np.ascontiguousarray(controls[:, t : t + 1])
             for _ in range(self.substeps):
-                control = controls[:, t : t + 1]
-                state = self.pool.rollout(models, self._data, state, control, initial_warmstart=warmstart)[0][:, 0]
+                state = self.step(models, state, control)[:, 0]
                 limit_speed(state[:, qpos], state[:, qvel], self.qvel_max, self.timestep)
             visited[:, t] = state
         return visited

@@ -14,12 +14,14 @@ first rollout of a shape and replayed after. Warp compiles its kernels for the G
   correctness, not speed: on the CPU the `mujoco` backend is the fast one.
 
 Kernels are compiled on first use (tens of seconds; cached in Warp's kernel cache, ~/.cache/warp).
+MPQ_WARP_DEVICE=cpu keeps Warp on the CPU on a machine with a GPU (the tests' CPU checks do).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from types import SimpleNamespace
 
 import mujoco
@@ -123,8 +125,10 @@ class WarpBackend(HostArrays):
     name = "warp"
 
     def __init__(self, task: Task, device: str | None = None):
+        """device: a Warp device ("cpu", "cuda:0"); None: $MPQ_WARP_DEVICE, else the first GPU, else the CPU."""
         self.wp, self.mjw = _warp()
         self.task = task
+        device = device or os.environ.get("MPQ_WARP_DEVICE")
         self.device = device or ("cuda:0" if self.wp.get_cuda_device_count() > 0 else "cpu")
         self._worlds: dict[tuple, WarpWorlds] = {}
         if self.device.startswith("cuda"):

@@ -119,9 +119,6 @@ class FieldWriter:
     def read(self, model) -> float:
         return float(np.asarray(getattr(model, self.field)[self.index]).flat[0])
 
-    def write(self, model, value: float) -> None:
-        getattr(model, self.field)[self.index] = value
-
     def write_batch(self, values, draws) -> None:
         """values: the field for n worlds (n, *field shape); draws (n,): world i's value, in place."""
         addressed = values[(slice(None), *self.index)]
@@ -188,11 +185,8 @@ class Task:
 
     def write_params(self, model, params) -> None:
         """Make the MjModel the planner model with these parameters (one draw, (param_dim,))."""
-        for writer, value in zip(self._writers, params, strict=True):
-            writer.write(model, float(value))
-        if self.derived_fields:  # views with a leading axis of one world: derive writes through them
-            views = SimpleNamespace(**{f: getattr(model, f)[None] for f in self.derived_fields})
-            self.derive(views, np.asarray(params, dtype=np.float64)[None])
+        views = SimpleNamespace(**{f: getattr(model, f)[None] for f in self.batched_fields})  # one world's
+        self.write_batch(views, np.asarray(params, dtype=np.float64)[None])
 
     def write_batch(self, fields, params) -> None:
         """The planner models of n worlds at once (MuJoCo Warp's batched fields): fields.<field> (n, ...)

@@ -439,3 +439,11 @@ def test_a_full_disk_mid_episode_still_disarms_the_plant_first(tmp_path, monkeyp
         run(load_profile("sim", log_dir=str(tmp_path)), episodes=1, show_status=False)
     assert calls == ["disarm", "end_episode"]  # zero actuation first, then the segment
     assert (tmp_path / "sim" / "000001.mcap.partial").exists()  # kept for the next start to recover
+
+
+def test_run_plans_with_the_mjcf_when_asked_and_the_segment_says_so(tmp_path):
+    out = onboard_cli("run", "--backend", "mujoco", "--episodes", "1", "--log-dir", str(tmp_path), "--quiet", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["steps"] == get_task("pendulum").episode_steps
+    (segment,), problems = verified_segments(tmp_path / "sim")
+    assert problems == [] and read_segment(segment)[0]["segment"]["backend"] == "mujoco"

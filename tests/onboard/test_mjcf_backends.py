@@ -12,8 +12,15 @@ from onboard.mppi import MPPI, MPPIConfig
 from onboard.tasks import TASKS, get_task
 from onboard.tasks.base import Parameter, wrap_angle
 from onboard.tasks.pendulum import Pendulum
+from tests.gpu import needs_gpu, needs_warp
 
 FLOAT32 = dict(rtol=1e-4, atol=2e-4)  # MuJoCo Warp steps in float32
+
+
+@pytest.fixture(autouse=True)
+def warp_on_the_cpu(monkeypatch):
+    """These checks run Warp on the CPU on every machine; test_warp_on_the_gpu runs it on a GPU."""
+    monkeypatch.setenv("MPQ_WARP_DEVICE", "cpu")
 
 
 def rollout_case(task, seed=1, B=3, K=16, H=9):
@@ -38,6 +45,7 @@ def test_mujoco_rollouts_equal_the_analytic_model_draw_for_draw(name, model):
     np.testing.assert_allclose(last[free], ref_last[free], rtol=1e-9, atol=1e-9)
 
 
+@needs_warp
 @pytest.mark.parametrize("name", sorted(TASKS))
 @pytest.mark.parametrize("model", ["biased", "true"])
 def test_warp_rollouts_equal_mujocos_within_float32(name, model):
@@ -50,7 +58,7 @@ def test_warp_rollouts_equal_mujocos_within_float32(name, model):
     np.testing.assert_allclose(last, ref_last, **FLOAT32)
 
 
-@pytest.mark.parametrize("backend", ["mujoco", "warp"])
+@pytest.mark.parametrize("backend", ["mujoco", pytest.param("warp", marks=needs_warp)])
 def test_the_true_model_is_the_stand_ins_plant_and_each_draw_moves_its_own_rollout(backend):
     task = get_task("pendulum")
     rng = np.random.default_rng(4)
@@ -73,6 +81,7 @@ def test_the_true_model_is_the_stand_ins_plant_and_each_draw_moves_its_own_rollo
         np.testing.assert_allclose(biased[0, i], alone[0, 0], atol=tolerance)
 
 
+@needs_warp
 def test_with_the_same_noise_mujoco_and_warp_give_the_same_plan():
     task = get_task("cartpole")
     config = MPPIConfig.for_task(task, K=32, H=10, n_iters=3, seed=3)
@@ -82,10 +91,10 @@ def test_with_the_same_noise_mujoco_and_warp_give_the_same_plan():
     np.testing.assert_allclose(warp.value, cpu.value, rtol=1e-4)
 
 
-@pytest.mark.parametrize("backend, K", [("warp", 256)])
-def test_warp_on_the_cpu_swings_the_pendulum_up_from_hanging(backend, K):
+@needs_warp
+def test_warp_on_the_cpu_swings_the_pendulum_up_from_hanging():
     task = get_task("pendulum")
-    mppi = MPPI(task, MPPIConfig.for_task(task, K=K, H=32, model="true", seed=0), backend)
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=256, H=32, model="true", seed=0), "warp")
     plant = MujocoPlant.for_task("pendulum")
     state = plant.reset(task.hanging_state())
     angles = []
@@ -95,6 +104,7 @@ def test_warp_on_the_cpu_swings_the_pendulum_up_from_hanging(backend, K):
     assert np.abs(angles[-round(2.0 / task.dt) :]).max() < 0.1
 
 
+@needs_warp
 def test_warp_on_the_cpu_swings_the_cartpole_up_at_the_long_horizon():
     task = get_task("cartpole")
     mppi = MPPI(task, MPPIConfig.for_task(task, H=task.long_horizon, model="true", seed=0), "warp")
@@ -122,6 +132,28 @@ def test_a_bias_field_the_mjcf_does_not_have_is_one_clear_error_when_the_task_lo
 
     with pytest.raises(ValueError, match=r"task pendulum: bias field .*" + message.replace("[", r"\[")):
         Misnamed()
+
+
+@needs_gpu
+@needs_warp
+def test_warp_on_the_gpu_gives_the_mujoco_backends_plan_with_cupys_noise_replaced(monkeypatch):
+    """On a GPU the warp backend's MPPI runs on CuPy: its rollouts equal mujoco's within float32."""
+    monkeypatch.delenv("MPQ_WARP_DEVICE")
+    import cupy
+
+    task = get_task("cartpole")
+    states, actions, rng = rollout_case(task, B=2, K=8)
+    params = task.planner_params("biased", (2, 8), rng)
+    backend = get_backend("warp", task)
+    assert backend.device.startswith("cuda") and backend.xp is cupy
+    with backend.scope():
+        cost, last = backend.rollout(cupy.asarray(states), cupy.asarray(actions), cupy.asarray(params), 0.9)
+    ref_cost, ref_last = get_backend("mujoco", task, threads=2).rollout(states, actions, params, 0.9)
+    np.testing.assert_allclose(cupy.asnumpy(cost), ref_cost, **FLOAT32)
+    np.testing.assert_allclose(cupy.asnumpy(last), ref_last, **FLOAT32)
+    config = MPPIConfig.for_task(task, K=64, H=10, n_iters=3, seed=0)
+    u = MPPI(task, config, "warp").act(task.hanging_state())
+    assert u.shape == (1,) and np.all(np.isfinite(u))
 
 
 def test_an_analytic_backend_for_a_task_without_a_closed_form_model_says_which_backends_serve_it():
