@@ -2,11 +2,12 @@
 
 No hand-written dynamics: the planner model is the task's MjModel, and a biased draw is a perturbed copy
 of it: one MjModel per rollout for "biased" (made once; each iteration every draw's fields are computed
-at once by `Task.write_batch` and copied in), one shared model for "mean" and "true". `mujoco.rollout` steps all B x K rollouts in C on a persistent
-thread pool (one MjData per thread) from the full physics states the plant reported; the running cost
-is then one vectorised call of the task's cost over every visited state, with no Python loop over
-samples or steps. A model with a joint speed limit (`qvel_max`) is stepped one physics step per call
-with the limit applied between calls, as the plant applies it (firmware_bridge.plant.limit_speed).
+at once by `Task.write_batch` and copied in), one shared model for "mean" and "true". `mujoco.rollout`
+steps all B x K rollouts in C on a persistent thread pool (one MjData per thread) from the full physics
+states the plant reported; the running cost is then one vectorised call of the task's cost over every
+visited state, with no Python loop over samples or steps. A model with a joint speed limit (`qvel_max`)
+is stepped one physics step per call with the limit applied between calls, as the plant applies it
+(firmware_bridge.plant.limit_speed).
 
 Threads: the profile's `threads` (default: every core). The pool starts on the first plan, from the
 thread that plans, so its workers inherit the control loop's scheduling and CPU affinity.
@@ -88,7 +89,7 @@ class MujocoBackend(HostArrays):
         self.task.write_batch(batch, params)
         for j, f in enumerate(fields):
             values = getattr(batch, f)
-            for views, row in zip(self._field_views, values):
+            for views, row in zip(self._field_views[:n], values, strict=True):
                 views[j][...] = row
         return self._biased[:n]
 
