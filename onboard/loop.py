@@ -12,6 +12,7 @@ Ctrl-C or SIGTERM ends the current segment cleanly and disarms the plant.
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import json
 import logging
@@ -284,6 +285,13 @@ def _run(
                 planner.warm_up(state.state[None])  # before the watchdog runs: no control step pays for it
                 planner.reset()
                 recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, version))
+                # A full garbage collection now, while disarmed (the last episode's objects included), and what
+                # lives then (modules, the planner, the link) moved out of the collector's sight: a collection
+                # in a control step walks only what this episode made (over 50k startup objects took 12 ms,
+                # past a 200 Hz loop's watchdog).
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
                 link.arm()
                 if profile.mode == "realtime":  # the plant kept streaming while we armed: start from now
                     state = _newest(link, state)
