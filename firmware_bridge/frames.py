@@ -8,6 +8,8 @@ and checks MAVLink 2 signatures. It never raises on input.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +66,15 @@ class LinkCounters:
         return asdict(self)
 
 
+def signature_matches(key: bytes, frame: bytes) -> bool:
+    """Whether a signed frame's 6-byte signature is SHA-256(key + everything before it), as MAVLink 2 signs.
+
+    Checked before pymavlink's own check, which stores a frame's timestamp before it checks the signature
+    (pymavlink 2.4.50): one forged frame with a later timestamp would make it refuse every real frame after.
+    """
+    return hmac.compare_digest(hashlib.sha256(key + bytes(frame[:-6])).digest()[:6], bytes(frame[-6:]))
+
+
 class FrameParser:
     """Feed it whatever the port gave; get back the decoded messages. `counters` say what was dropped."""
 
@@ -99,6 +110,14 @@ class FrameParser:
                 self._reject_candidate()
                 continue
             frame = bytearray(self.buffer[:total])
+            if (
+                incompat & SIGNED
+                and self.mav.signing.secret_key is not None
+                and not signature_matches(self.mav.signing.secret_key, frame)
+            ):
+                self.counters.signature_errors += 1  # forged: dropped before pymavlink's check sees its timestamp
+                self._skip(total)
+                continue
             try:
                 message = self.mav.decode(frame)  # payload, and the signature when signing is on
             except mavlink.MAVError as error:
