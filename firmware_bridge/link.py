@@ -24,6 +24,13 @@ HOST_SYSTEM, HOST_COMPONENT = 255, mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
 HEARTBEAT_PERIOD = 1.0
 RTT_WINDOW = 10000
 SPIN = 0.0003  # s: how long a wait polls the port before it sleeps in select()
+REQUEST_RETRY = 0.1  # s: a handshake or episode control unanswered this long is sent again (same request)
+COMMAND_RESEND = 0.02  # s: lockstep, a command whose state has not come back is sent again (same seq)
+PLANT_COUNTERS = (
+    "watchdog_trips", "commands_applied", "commands_clipped", "commands_rejected", "commands_repeated",
+    "commands_missed", "crc_errors", "seq_gaps", "bytes_skipped", "signature_errors",
+)  # fmt: skip
+KEPT_COMMANDS = 64  # sent commands remembered by seq: what the plant applied, told by MPQ_STATE.command_seq
 
 
 class LinkError(RuntimeError):
@@ -43,6 +50,8 @@ class PlantState:
     time_us: int
     received: float  # host monotonic time
     reset_request: int = 0  # the reset that started its episode
+    armed: bool = False  # whether the period that ended here drove the actuators with command_seq's command
+    failsafe: int = 0  # the plant's latched failsafe (MPQ_FAILSAFE), 0: none
 
 
 class Link:
@@ -91,24 +100,22 @@ class Link:
         self._sent_at: dict[int, float] = {}
         self.last_sent = 0.0  # monotonic time of the last command
         self.rtts: deque[float] = deque(maxlen=RTT_WINDOW)
+        self.commands: dict[int, list[float]] = {}  # the last KEPT_COMMANDS sent, by seq
+        self._last_command = None  # the last MPQ_COMMAND sent: sent again, as it was, when its state is lost
+        self.last_state_seq = 0  # states at or below it are copies the plant sent again: dropped
+        self.counts = dict(states_rejected=0, states_missed=0, requests_resent=0, commands_resent=0)
 
     # --- connection ----------------------------------------------------------------------------
     def handshake(self, timeout: float = 2.0, control_period: float = 0.0) -> None:
-        """Exchange dialect, task and dims with the plant; raises HandshakeError on a mismatch or silence."""
+        """Exchange dialect, task and dims with the plant (sent again every REQUEST_RETRY until answered);
+        raises HandshakeError on a mismatch or silence."""
         self.plant_handshake = None
-        self.mav.send(
-            self.mav.mpq_handshake_encode(
-                self.dialect_version,
-                DIALECT_CHECKSUM,
-                self.task.encode(),
-                self.state_dim,
-                self.act_dim,
-                int(control_period * 1e6),
-                mavlink.MPQ_ROLE_HOST,
-                0,
-            )  # fmt: skip
-        )
-        if not self._wait(lambda: self.plant_handshake is not None, timeout):
+        self.last_state_seq = 0  # a plant that restarted counts its states from 1 again
+        message = self.mav.mpq_handshake_encode(
+            self.dialect_version, DIALECT_CHECKSUM, self.task.encode(), self.state_dim, self.act_dim,
+            int(control_period * 1e6), mavlink.MPQ_ROLE_HOST, 0,
+        )  # fmt: skip
+        if not self._retry(lambda: self.mav.send(message), lambda: self.plant_handshake is not None, timeout):
             raise HandshakeError(
                 f"no handshake from the plant within {timeout:.1f} s on {self.port.name}: "
                 "is the firmware or stand-in running on that port, at that baud?"
@@ -153,8 +160,15 @@ class Link:
             action, values, dim = mavlink.MPQ_EPISODE_RESET_GIVEN, list(state), len(state)
         else:
             action, values, dim = mavlink.MPQ_EPISODE_RESET_SEEDED, [], 0
-        request = self._episode_control(action, episode_id, seed or 0, values, dim)
-        if not self._wait(lambda: self.status is not None and self.status.last_request == request, timeout):
+        request = self._next_request()
+
+        def answered() -> bool:
+            if self._answered(request) and self.status.last_result != mavlink.MAV_RESULT_ACCEPTED:
+                return True  # refused
+            return any(s.reset_request == request for s in self.states)
+
+        send = self._episode_control_sender(action, episode_id, seed or 0, values, dim, request)
+        if not self._retry(send, answered, timeout):
             raise LinkError(f"the plant did not answer a reset within {timeout:.1f} s: is it running and handshaken?")
         self.states = deque(s for s in self.states if s.reset_request == request)
         if not self.states:
@@ -175,8 +189,9 @@ class Link:
     def _control_and_check(self, action: int, timeout: float, ok) -> None:
         """Send an episode control and wait for the plant's status that answers it."""
         episode = self.status.episode_id if self.status else 0
-        request = self._episode_control(action, episode, 0, [], 0)
-        if not self._wait(lambda: self.status is not None and self.status.last_request == request, timeout):
+        request = self._next_request()
+        send = self._episode_control_sender(action, episode, 0, [], 0, request)
+        if not self._retry(send, lambda: self._answered(request), timeout):
             raise LinkError(f"no status from the plant within {timeout:.1f} s after an episode control")
         if ok(self.status):
             return
@@ -186,12 +201,29 @@ class Link:
             raise LinkError(f"the plant did not {verb}: failsafe {reason} latched (re-arm to clear it)")
         raise LinkError(f"the plant did not {verb}: it has no matching handshake (handshake first)")
 
-    def _episode_control(self, action: int, episode_id: int, seed: int, values, dim: int) -> int:
-        """Send one episode control; returns its request id."""
+    def _next_request(self) -> int:
         self.request_id = self.request_id % 0xFFFFFFFF + 1
-        padded = [float(v) for v in values] + [0.0] * (MAX_STATE - len(values))
-        self.mav.send(self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, padded, self.request_id))
         return self.request_id
+
+    def _answered(self, request: int) -> bool:
+        return self.status is not None and self.status.last_request == request
+
+    def _episode_control_sender(self, action: int, episode_id: int, seed: int, values, dim: int, request: int):
+        """A function that sends this episode control: the same request each time (the plant does it once)."""
+        padded = [float(v) for v in values] + [0.0] * (MAX_STATE - len(values))
+        message = self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, padded, request)
+        return lambda: self.mav.send(message)
+
+    def _retry(self, send, answered, timeout: float) -> bool:
+        """send() now and every REQUEST_RETRY until answered() or `timeout` seconds; whether it was answered."""
+        end = time.monotonic() + timeout
+        send()
+        while not self._wait(answered, min(REQUEST_RETRY, end - time.monotonic())):
+            if time.monotonic() >= end:
+                return False
+            self.counts["requests_resent"] += 1
+            send()
+        return True
 
     # --- the control loop's calls ---------------------------------------------------------------------
     def send_command(self, u, state_seq: int) -> int:
@@ -204,12 +236,39 @@ class Link:
         self._sent_at[self.command_seq] = self.last_sent = now
         if len(self._sent_at) > RTT_WINDOW:
             self._sent_at.pop(next(iter(self._sent_at)))
-        self.mav.send(
-            self.mav.mpq_command_encode(
-                int(now * 1e6), self.command_seq, state_seq, len(u), u + [0.0] * (MAX_ACT - len(u))
-            )
+        self.commands[self.command_seq] = [float(np.float32(v)) for v in u]  # as the wire carries it
+        if len(self.commands) > KEPT_COMMANDS:
+            self.commands.pop(next(iter(self.commands)))
+        self._last_command = self.mav.mpq_command_encode(
+            int(now * 1e6), self.command_seq, state_seq, len(u), u + [0.0] * (MAX_ACT - len(u))
         )
+        self.mav.send(self._last_command)
         return self.command_seq
+
+    def exchange(self, u, state_seq: int, timeout: float) -> PlantState | None:
+        """Lockstep: send u answering state `state_seq` and return the state the plant sends after applying
+        it (or after latching a failsafe); the same command goes again every COMMAND_RESEND until it comes.
+        The plant applies a command once, by its seq, and answers a repeat with that state again.
+        None after `timeout` seconds."""
+        seq = self.send_command(u, state_seq)
+        end = time.monotonic() + timeout
+
+        def came_back() -> bool:
+            return any(s.command_seq >= seq or s.failsafe or s.seq > state_seq + 1 for s in self.states)
+
+        while not self._wait(came_back, min(COMMAND_RESEND, end - time.monotonic())):
+            if time.monotonic() >= end:
+                return None
+            self.counts["commands_resent"] += 1
+            self.mav.send(self._last_command)
+        return self.states.popleft()
+
+    def applied(self, state: PlantState) -> list[float] | None:
+        """The command the plant applied over the period that ended in `state` (zeros when it was disarmed
+        or in failsafe); None if that command is no longer remembered."""
+        if not state.armed or state.command_seq == 0:
+            return [0.0] * self.act_dim
+        return self.commands.get(state.command_seq)
 
     def recv_state(self, timeout: float) -> PlantState | None:
         """The next plant state, or None after `timeout` seconds."""
@@ -274,12 +333,23 @@ class Link:
         except OSError as e:
             raise LinkError(f"reading {self.port.name} failed ({e.strerror}): the plant's end is gone") from None
 
+    def counters(self) -> dict:
+        """This end's counters: the frame parser's and the link's own."""
+        return {**self.parser.counters.to_dict(), **self.counts}
+
+    def plant_counters(self) -> dict:
+        """The plant's own counters from its latest MPQ_STATUS (the host-to-plant direction's faults)."""
+        if self.status is None:
+            return {}
+        return {name: getattr(self.status, name) for name in PLANT_COUNTERS}
+
     def stats(self) -> dict:
         """Link counters, and command-to-state latency: in lockstep the round trip (pack, write, plant
         step, reply, parse); in realtime it includes the wait for the plant's next period."""
         rtt = np.array(self.rtts) * 1e6 if self.rtts else None
         return dict(
             **self.parser.counters.to_dict(),
+            **self.counts,
             rtt_us_p50=float(np.percentile(rtt, 50)) if rtt is not None else None,
             rtt_us_p99=float(np.percentile(rtt, 99)) if rtt is not None else None,
             commands_sent=self.command_seq,
@@ -301,13 +371,24 @@ class Link:
             self.last_heard = now
             kind = msg.get_type()
             if kind == "MPQ_STATE":
+                if msg.seq <= self.last_state_seq:
+                    continue  # a copy the plant sent again (its first reached us too)
+                state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
+                if state.size != self.state_dim or not np.all(np.isfinite(state)):
+                    self.counts["states_rejected"] += 1  # non-finite or misshapen: counted, never planned on
+                    continue
+                if self.last_state_seq:
+                    self.counts["states_missed"] += msg.seq - self.last_state_seq - 1
+                self.last_state_seq = msg.seq
                 sent = self._sent_at.pop(msg.command_seq, None)
                 if sent is not None:
                     self.rtts.append(now - sent)
-                state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
                 self.states.append(
-                    PlantState(state, msg.seq, msg.command_seq, msg.episode_id, msg.time_us, now, msg.reset_request)
-                )
+                    PlantState(
+                        state, msg.seq, msg.command_seq, msg.episode_id, msg.time_us, now, msg.reset_request,
+                        bool(msg.armed), msg.failsafe,
+                    )
+                )  # fmt: skip
             elif kind == "MPQ_STATUS":
                 self.status = msg
             elif kind == "MPQ_HANDSHAKE" and msg.role == mavlink.MPQ_ROLE_PLANT:

@@ -85,8 +85,16 @@ class Firmware:
         self.last_valid_command: float | None = None
         self.next_step: float | None = None  # realtime: when the next control period ends
         self.next_status = 0.0
-        self.counts = dict(watchdog_trips=0, commands_applied=0, commands_clipped=0, commands_rejected=0)
+        self.counts = dict(
+            watchdog_trips=0, commands_applied=0, commands_clipped=0, commands_rejected=0, commands_repeated=0,
+            commands_missed=0,
+        )  # fmt: skip
         self.link_counters = None  # the serving loop's FrameParser counters, reported in status
+        self.last_result = mavlink.MAV_RESULT_ACCEPTED  # of the last episode control
+        self.command_state_seq = 0  # the state the last applied command answered
+        self.last_state_msg = None  # the last MPQ_STATE sent: sent again for a repeated request
+        self.on_apply = None  # called with (seq, u) for every command applied (--applied-log)
+        self.step_armed = False  # whether the last period's physics ran with the held command
 
     # --- inputs -----------------------------------------------------------------------------
     def handle(self, msg, now: float) -> None:
@@ -97,6 +105,8 @@ class Firmware:
             self._on_episode_control(msg, now)
         elif kind == "MPQ_HANDSHAKE":
             self._on_handshake(msg)
+        elif kind == "COMMAND_LONG":
+            self._on_command_long(msg, now)
 
     def tick(self, now: float) -> None:
         """Time passes: realtime stepping, the watchdog, periodic heartbeat and status."""
@@ -141,9 +151,9 @@ class Firmware:
             and msg.state_dim == self.state_dim
             and msg.act_dim == self.act_dim
         )
-        if self.handshake_ok:
+        if self.handshake_ok and not self.armed:
             self.last_command_seq = 0  # a (re)connected host starts its command count again
-        else:
+        elif not self.handshake_ok:
             self.safe()
         self.send(
             mavlink.MAVLink_mpq_handshake_message(
@@ -159,30 +169,57 @@ class Firmware:
         )
 
     def _on_episode_control(self, msg, now: float) -> None:
+        """Episode controls are idempotent: the host sends one again when its answer is lost, with the same
+        request_id, and a reset already done is answered again, never done twice."""
         action = msg.action
+        repeated = msg.request_id == self.last_request and msg.request_id != 0
         self.last_request = msg.request_id
+        ok = True
         if not self.handshake_ok:
             self.counts["commands_rejected"] += 1  # no episode control from a host we have not verified
+            ok = False
         elif action in (mavlink.MPQ_EPISODE_RESET_GIVEN, mavlink.MPQ_EPISODE_RESET_SEEDED):
-            initial = self._initial_state(msg)
-            if initial is None:
-                self.counts["commands_rejected"] += 1
+            if repeated and msg.request_id == self.reset_request:
+                if self.last_state_msg is not None and self.last_command_seq == 0:
+                    self.send(self.last_state_msg)  # the episode's first state, whose first copy was lost
             else:
-                self.safe()
-                self.episode_id = msg.episode_id
-                self.reset_request = msg.request_id
-                self.last_command_seq = 0
-                self.plant.reset(initial)
-                self.sim_time = 0.0
-                self._send_state(now)
+                initial = self._initial_state(msg)
+                if initial is None:
+                    self.counts["commands_rejected"] += 1
+                    ok = False
+                else:
+                    self.safe()
+                    self.episode_id = msg.episode_id
+                    self.reset_request = msg.request_id
+                    self.last_command_seq = self.command_state_seq = 0
+                    self.plant.reset(initial)
+                    self.sim_time = 0.0
+                    self._send_state(now)
         elif action == mavlink.MPQ_EPISODE_ARM:
-            self._arm(now)
+            ok = self._arm(now)
         elif action == mavlink.MPQ_EPISODE_DISARM:
-            self.safe()
+            self._disarm()
         elif action == mavlink.MPQ_EPISODE_REARM:
             self.failsafe = mavlink.MPQ_FAILSAFE_NONE
-            self._arm(now)
+            ok = self._arm(now)
+        self.last_result = mavlink.MAV_RESULT_ACCEPTED if ok else mavlink.MAV_RESULT_DENIED
         self._send_status(now)
+
+    def _on_command_long(self, msg, now: float) -> None:
+        """MAVLink's standard arm and disarm (MAV_CMD_COMPONENT_ARM_DISARM), answered with COMMAND_ACK, so
+        that standard tools (mavutil, ground stations) can arm and disarm the plant."""
+        if msg.target_system not in (0, PLANT_SYSTEM):
+            return
+        if msg.command != mavlink.MAV_CMD_COMPONENT_ARM_DISARM:
+            result = mavlink.MAV_RESULT_UNSUPPORTED
+        elif msg.param1 == 1:
+            result = mavlink.MAV_RESULT_ACCEPTED if self._arm(now) else mavlink.MAV_RESULT_DENIED
+        elif msg.param1 == 0:
+            self._disarm()
+            result = mavlink.MAV_RESULT_ACCEPTED
+        else:
+            result = mavlink.MAV_RESULT_DENIED
+        self.send(mavlink.MAVLink_command_ack_message(msg.command, result, 0, 0, 0, 0))
 
     def _initial_state(self, msg):
         """The requested start state, or None when the plant must refuse it."""
@@ -192,12 +229,31 @@ class Firmware:
             state = self.plant.seeded_start(msg.seed)
         return None if state is None or self.plant.invalid_state(state) else state
 
-    def _arm(self, now: float) -> None:
+    def _arm(self, now: float) -> bool:
+        """Arm if allowed (a matching handshake, no failsafe latched); whether the plant is armed."""
         if self.handshake_ok and self.failsafe == mavlink.MPQ_FAILSAFE_NONE:
-            self.armed = True
-            self.last_valid_command = now  # the watchdog counts from arming
+            if not self.armed:
+                self.armed = True
+                self.last_valid_command = now  # the watchdog counts from arming
+                self._send_heartbeat()  # standard tools see the armed state now, not within a second
+        return self.armed
+
+    def _disarm(self) -> None:
+        was_armed = self.armed
+        self.safe()
+        if was_armed:
+            self._send_heartbeat()
 
     def _on_command(self, msg, now: float) -> None:
+        if (
+            self.mode == "lockstep"
+            and msg.seq == self.last_command_seq != 0
+            and msg.state_seq == self.command_state_seq
+            and self.last_state_msg is not None
+        ):
+            self.counts["commands_repeated"] += 1  # applied already, its reply lost: the reply again, no step
+            self.send(self.last_state_msg)
+            return
         if not self.armed or msg.act_dim != self.act_dim or msg.seq <= self.last_command_seq:
             self.counts["commands_rejected"] += 1
             return
@@ -216,9 +272,13 @@ class Firmware:
         if clipped != list(u):
             self.counts["commands_clipped"] += 1
         self.held[:] = clipped
-        self.last_command_seq = msg.seq
+        if self.last_command_seq:
+            self.counts["commands_missed"] += msg.seq - self.last_command_seq - 1
+        self.last_command_seq, self.command_state_seq = msg.seq, msg.state_seq
         self.last_valid_command = now
         self.counts["commands_applied"] += 1
+        if self.on_apply is not None:
+            self.on_apply(msg.seq, clipped)
         if self.mode == "lockstep":
             self._send_state(now, self._step())
 
@@ -230,6 +290,7 @@ class Firmware:
     # --- outputs -----------------------------------------------------------------------------
     def _step(self) -> np.ndarray:
         """One control period of physics; returns the new state."""
+        self.step_armed = self.armed  # what the next state reports: whether this period drove the actuators
         state = self.plant.step(self.held if self.armed else np.zeros(self.act_dim))
         self.sim_time += self.period
         if self.plant.fault(state) and self.failsafe != mavlink.MPQ_FAILSAFE_PLANT_FAULT:
@@ -241,17 +302,18 @@ class Firmware:
     def _send_state(self, now: float, state: np.ndarray | None = None) -> None:
         self.state_seq += 1
         clock = self.sim_time if self.mode == "lockstep" else now
-        self.send(
-            mavlink.MAVLink_mpq_state_message(
-                time_us(clock),
-                self.state_seq,
-                self.last_command_seq,
-                self.episode_id,
-                self.state_dim,
-                pad((self.plant.state if state is None else state).tolist(), MAX_STATE),
-                self.reset_request,
-            )
+        self.last_state_msg = mavlink.MAVLink_mpq_state_message(
+            time_us(clock),
+            self.state_seq,
+            self.last_command_seq,
+            self.episode_id,
+            self.state_dim,
+            pad((self.plant.state if state is None else state).tolist(), MAX_STATE),
+            self.reset_request,
+            int(state is not None and self.step_armed),  # a reset's state: nothing was driven
+            self.failsafe,
         )
+        self.send(self.last_state_msg)
 
     def _send_heartbeat(self) -> None:
         status = (
@@ -262,7 +324,7 @@ class Firmware:
         self.send(
             mavlink.MAVLink_heartbeat_message(
                 mavlink.MAV_TYPE_GENERIC,
-                mavlink.MAV_AUTOPILOT_INVALID,
+                mavlink.MAV_AUTOPILOT_GENERIC,  # a vehicle to standard tools: mavutil reads its armed flag
                 mavlink.MAV_MODE_FLAG_SAFETY_ARMED if self.armed else 0,
                 0,
                 status,
@@ -289,6 +351,9 @@ class Firmware:
                 link.bytes_skipped if link else 0,
                 link.signature_errors if link else 0,
                 self.last_request,
+                self.last_result,
+                self.counts["commands_repeated"],
+                self.counts["commands_missed"],
             )
         )
 
@@ -391,6 +456,9 @@ def main(argv=None) -> int:
     parser.add_argument("--watchdog-periods", type=float, default=3.0, help="watchdog timeout in control periods")
     parser.add_argument("--signing-key-file", type=Path, help="32-byte MAVLink 2 signing key (raw or hex)")
     parser.add_argument("--control-period", type=float, help="override the XML's control period, s (benchmarks)")
+    parser.add_argument(
+        "--applied-log", type=Path, help="append every applied command here, a JSON line each (link tests)"
+    )
     args = parser.parse_args(argv)
     try:
         low, high = CONTROL_PERIOD_LIMITS
@@ -416,6 +484,9 @@ def main(argv=None) -> int:
         return 2
     frames = FrameParser(make_mav(key))
     firmware.link_counters = frames.counters
+    applied_log = open(args.applied_log, "a") if args.applied_log else None  # open for the whole run
+    if applied_log is not None:
+        firmware.on_apply = lambda seq, u: applied_log.write(json.dumps(dict(seq=seq, u=u)) + "\n")
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))
@@ -427,6 +498,8 @@ def main(argv=None) -> int:
             signal.signal(sig, signal.SIG_IGN)
         firmware.safe()
         endpoint.close()
+        if applied_log is not None:
+            applied_log.close()
     report = {
         "stopped": reason,
         **firmware.counts,

@@ -297,7 +297,7 @@ def _run(
                     state = _newest(link, state)
                 episode_started = time.monotonic()
                 episode_cost, interrupted = 0.0, False
-                misses_in_a_row = 0
+                misses_in_a_row, held_steps, unarmed_steps = 0, 0, 0
                 for t in range(task.episode_steps):
                     if stop():
                         interrupted = True
@@ -314,23 +314,32 @@ def _run(
                     else:
                         misses_in_a_row = 0
                         u = planner.commit(plan)
-                    link.send_command(u, state.seq)
+                    next_state = _exchange(link, u, state, profile.mode)
                     stats.send_times.append(link.last_sent)
-                    next_state = _next_state(link, profile.mode)
-                    if link.status is not None and link.status.failsafe:
-                        _safe_stop(link, next_state, recorder, stats, episode_cost, "plant failsafe")
-                        raise LoopError(
-                            f"the plant latched failsafe {_failsafe_name(link.status.failsafe)} at step {t}: "
-                            "its actuators are off; find the cause (the loop's timing, the commands), then re-arm"
+                    failsafe = next_state.failsafe or (link.status.failsafe if link.status is not None else 0)
+                    if failsafe:
+                        why = (
+                            f"the plant latched failsafe {_failsafe_name(failsafe)} at step {t}: its actuators are "
+                            "off; find the cause (the loop's timing, the commands), then re-arm"
                         )
-                    cost = float(task.cost(state.state, u))
+                        _safe_stop(link, next_state, recorder, stats, episode_cost, "plant failsafe", why)
+                        raise LoopError(why)
+                    # What the plant did over this period, from the state's command_seq: our command, an older
+                    # one it held (ours came too late or was lost), or nothing (disarmed). Training reads it.
+                    applied = link.applied(next_state)
+                    held = next_state.command_seq != link.command_seq
+                    held_steps += held
+                    unarmed_steps += not next_state.armed
+                    action = np.asarray(u if applied is None else applied, dtype=np.float64)
+                    cost = float(task.cost(state.state, action))
                     episode_cost += cost
                     done = t == task.episode_steps - 1
                     recorder.write(
                         "/transition",
                         dict(
-                            t=t, state=state.state.tolist(), obs=obs.tolist(), action=np.asarray(u).tolist(),
-                            cost=cost, next_state=next_state.state.tolist(), done=done,
+                            t=t, state=state.state.tolist(), obs=obs.tolist(), action=action.tolist(),
+                            commanded=np.asarray(u).tolist(), held=held, armed=next_state.armed, cost=cost,
+                            next_state=next_state.state.tolist(), done=done,
                         ),
                     )  # fmt: skip
                     recorder.write(
@@ -339,26 +348,28 @@ def _run(
                              deadline_missed=missed),
                     )  # fmt: skip
                     rtt = link.rtts[-1] * 1e6 if link.rtts else None
-                    recorder.write("/link", dict(t=t, rtt_us=rtt, **link.parser.counters.to_dict()))
+                    recorder.write("/link", dict(t=t, rtt_us=rtt, **link.counters(), plant=link.plant_counters()))
                     recorder.flush()
                     stats.steps += 1
                     stats.plan_ms.append(compute * 1e3)
                     state = next_state
                     if misses_in_a_row >= profile.deadline_misses_max:
-                        _safe_stop(link, state, recorder, stats, episode_cost, "deadline misses")
-                        raise LoopError(
+                        why = (
                             f"stopped: {misses_in_a_row} planning deadlines missed in a row (last plan "
                             f"{compute * 1e3:.1f} ms, period {period * 1e3:.1f} ms): lower K or H, use a faster "
                             "backend, or run in lockstep"
                         )
+                        _safe_stop(link, state, recorder, stats, episode_cost, "deadline misses", why)
+                        raise LoopError(why)
                     if live and time.monotonic() >= status_due:
                         status_due = time.monotonic() + 0.25
                         print("\r" + stats.line(episode, t, episode_cost, link), end="", file=sys.stderr, flush=True)
                 stats.seconds += time.monotonic() - episode_started
                 link.disarm()
                 recorder.end_episode(
-                    dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, **link.parser.counters.to_dict())
-                )
+                    dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, held_steps=held_steps,
+                         unarmed_steps=unarmed_steps, link=link.counters(), plant=link.plant_counters())
+                )  # fmt: skip
                 stats.episodes += 1
                 if show_status:
                     print(
@@ -378,7 +389,11 @@ def _run(
                 pass
             try:
                 if recorder.in_episode:  # an error mid-episode: keep what was recorded, as a complete segment
-                    recorder.end_episode(dict(interrupted=True, error=True))
+                    failure = sys.exc_info()[1]  # the error on its way out: its line goes into the segment
+                    recorder.end_episode(
+                        dict(interrupted=True, error=str(failure) or type(failure).__name__, link=link.counters(),
+                             plant=link.plant_counters())
+                    )  # fmt: skip
             except OSError as e:  # the disk that failed mid-episode: the error above says so; the .partial stays
                 log.warning("could not close the segment (%s): the next start recovers its .partial", e.strerror)
             finally:
@@ -386,11 +401,21 @@ def _run(
     return stats
 
 
-def _next_state(link: Link, mode: str):
-    state = link.recv_state(STATE_TIMEOUT)
-    if state is None:
-        raise LoopError(f"the plant sent no state for {STATE_TIMEOUT:.0f} s: check the link and the firmware")
-    return _newest(link, state) if mode == "realtime" else state
+def _exchange(link: Link, u, state, mode: str):
+    """Send u answering `state`; the plant's next state. Lockstep sends u again until its state comes back."""
+    if mode == "lockstep":
+        next_state = link.exchange(u, state.seq, STATE_TIMEOUT)
+    else:
+        link.send_command(u, state.seq)
+        next_state = link.recv_state(STATE_TIMEOUT)
+    if next_state is None:
+        rejected = link.counts["states_rejected"]
+        raise LoopError(
+            f"the plant sent no {'usable ' if rejected else ''}state for {STATE_TIMEOUT:.0f} s"
+            + (f" ({rejected} rejected as non-finite or misshapen)" if rejected else "")
+            + ": check the link and the firmware"
+        )
+    return _newest(link, next_state) if mode == "realtime" else next_state
 
 
 def _newest(link: Link, state):
@@ -401,14 +426,19 @@ def _newest(link: Link, state):
     return state
 
 
-def _safe_stop(link: Link, state, recorder: Recorder, stats: LoopStats, episode_cost: float, why: str) -> None:
-    """The safe action, disarm, and close the segment as it is."""
+def _safe_stop(
+    link: Link, state, recorder: Recorder, stats: LoopStats, episode_cost: float, why: str, error: str
+) -> None:
+    """The safe action, disarm, and close the segment as it is, with the error line and both ends' counters."""
     try:
         link.send_command(np.zeros(link.act_dim), state.seq)
         link.disarm(timeout=1.0)
     except LinkError:
         pass  # a plant in failsafe is already at zero actuation
-    recorder.end_episode(dict(cost=episode_cost, interrupted=True, safe_stop=why))
+    recorder.end_episode(
+        dict(cost=episode_cost, interrupted=True, safe_stop=why, error=error, link=link.counters(),
+             plant=link.plant_counters())
+    )  # fmt: skip
 
 
 def _failsafe_name(code: int) -> str:

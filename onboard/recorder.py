@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -79,6 +80,24 @@ CHANNELS = {
 }
 
 
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json(value) -> str:
+    """JSON that every parser reads: a NaN or infinite number (a cost gone bad) is written as null."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_or_none(value), allow_nan=False)
+
+
 class Recorder:
     """Writes the episodes of one robot into `<log_dir>/<robot>/`."""
 
@@ -118,13 +137,13 @@ class Recorder:
         for topic, schema in CHANNELS.items():
             schema_id = self._writer.register_schema(topic.strip("/"), "jsonschema", json.dumps(schema).encode())
             self._channels[topic] = self._writer.register_channel(topic, "json", schema_id)
-        self._writer.add_metadata("segment", {k: json.dumps(v) for k, v in metadata.items()})
+        self._writer.add_metadata("segment", {k: strict_json(v) for k, v in metadata.items()})
         self._file.flush()
         return self._partial
 
     def write(self, topic: str, record: dict, time_ns: int | None = None) -> None:
         stamp = time.time_ns() if time_ns is None else time_ns
-        self._writer.add_message(self._channels[topic], stamp, json.dumps(record).encode(), stamp)
+        self._writer.add_message(self._channels[topic], stamp, strict_json(record).encode(), stamp)
 
     def flush(self) -> None:
         """Hand what was written to the OS: a crash of this process then loses nothing written so far."""
@@ -133,7 +152,7 @@ class Recorder:
     def end_episode(self, summary: dict | None = None) -> Path:
         """Finish, fsync, rename to .mcap, and append its sha256 to MANIFEST. Returns the segment."""
         if summary:
-            self._writer.add_metadata("summary", {k: json.dumps(v) for k, v in summary.items()})
+            self._writer.add_metadata("summary", {k: strict_json(v) for k, v in summary.items()})
         self._writer.finish()
         self._file.flush()
         os.fsync(self._file.fileno())

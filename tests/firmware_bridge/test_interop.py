@@ -18,18 +18,36 @@ VECTOR = dict(time_us=123456789, seq=42, state_seq=41, act_dim=1, u=[1.5, -0.25]
 SYSTEM, COMPONENT = 255, 191
 
 
-def test_mavutil_reads_the_standins_heartbeat_and_status(standin, monkeypatch):
+def test_mavutil_reads_the_standins_heartbeat_and_status_and_arms_it_with_command_long(standin, monkeypatch):
     from pymavlink import mavutil
 
     plant = standin("--task", "pendulum")
     monkeypatch.setattr(mavutil, "mavlink", mavlink)  # mavutil's way to speak a dialect it does not ship
-    connection = mavutil.mavlink_connection(plant.port, baud=115200)
+    connection = mavutil.mavlink_connection(plant.port, baud=115200, source_system=255)
     heartbeat = connection.recv_match(type="HEARTBEAT", blocking=True, timeout=5)
     status = connection.recv_match(type="MPQ_STATUS", blocking=True, timeout=5)
-    connection.close()
-    assert heartbeat is not None and heartbeat.autopilot == mavlink.MAV_AUTOPILOT_INVALID
-    assert heartbeat.get_srcSystem() == 1
+    assert heartbeat is not None and heartbeat.autopilot == mavlink.MAV_AUTOPILOT_GENERIC
+    assert heartbeat.get_srcSystem() == 1 and not connection.motors_armed()
     assert status is not None and status.mode == mavlink.MPQ_MODE_LOCKSTEP and status.armed == 0
+
+    def arm_disarm(arm: int):
+        connection.mav.command_long_send(1, 1, mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, arm, 0, 0, 0, 0, 0, 0)
+        ack = connection.recv_match(type="COMMAND_ACK", blocking=True, timeout=5)
+        assert ack is not None and ack.command == mavlink.MAV_CMD_COMPONENT_ARM_DISARM
+        return ack.result
+
+    assert arm_disarm(1) == mavlink.MAV_RESULT_DENIED  # no matching handshake yet: it must not arm
+    connection.mav.mpq_handshake_send(
+        dialect.DIALECT_VERSION, dialect.DIALECT_CHECKSUM, b"pendulum", 3, 1, 0, mavlink.MPQ_ROLE_HOST, 0
+    )
+    assert connection.recv_match(type="MPQ_HANDSHAKE", blocking=True, timeout=5).accepted == 1
+    assert arm_disarm(1) == mavlink.MAV_RESULT_ACCEPTED
+    connection.recv_match(type="HEARTBEAT", blocking=True, timeout=5)
+    assert connection.motors_armed()  # mavutil's own reading of the HEARTBEAT
+    assert arm_disarm(0) == mavlink.MAV_RESULT_ACCEPTED
+    connection.recv_match(type="HEARTBEAT", blocking=True, timeout=5)
+    assert not connection.motors_armed()
+    connection.close()
     code, _ = plant.stop()
     assert code == 0  # SIGTERM: a clean exit
 

@@ -90,7 +90,7 @@ def test_handshake_mismatch_is_a_clear_error_and_nothing_moves(standin, host, na
     message = str(error.value)
     assert all(name in message for name in names) and "\n" not in message
     # a host that ignores the refusal still cannot reset, arm or move the plant
-    link._episode_control(mavlink.MPQ_EPISODE_RESET_GIVEN, 1, 0, [1.0, 2.0], 2)
+    link._episode_control_sender(mavlink.MPQ_EPISODE_RESET_GIVEN, 1, 0, [0.0, 1.0, 2.0], 3, link._next_request())()
     with pytest.raises(LinkError, match="did not arm: it has no matching handshake"):
         link.arm(timeout=0.5)
     link.send_command([2.0], 1)

@@ -136,10 +136,18 @@ def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safel
     metadata, topics = read_segment(segment)
     missed = [m["deadline_missed"] for m in topics["/mppi"]]
     assert missed == [False] * 10 + [True] * 5
-    actions = [t["action"] for t in topics["/transition"]]
+    transitions = topics["/transition"]
+    commanded = [t["commanded"] for t in transitions]
     for step in range(10, 15):  # each fallback is the next action of the previous, shifted plan
-        np.testing.assert_allclose(actions[step], slow.means[step][0])
+        np.testing.assert_allclose(commanded[step], slow.means[step][0])
+    # what the plant applied: this step's command, or (a late plan) one it held from before, as float32 went out
+    sent = [np.float32(c).tolist() for c in commanded]
+    for step, t in enumerate(transitions):
+        assert t["action"] == (sent[step] if not t["held"] else t["action"]) and t["action"] in [*sent[: step + 1], [0]]
+    assert any(t["held"] for t in transitions[10:])  # late plans: the plant held older commands
     assert metadata["summary"]["safe_stop"] == "deadline misses"
+    assert metadata["summary"]["error"].startswith("stopped: 5 planning deadlines missed in a row")
+    assert metadata["summary"]["plant"]["commands_applied"] >= 10 and "crc_errors" in metadata["summary"]["link"]
 
 
 class CallLog:
