@@ -103,7 +103,7 @@ class Link:
         self.commands: dict[int, list[float]] = {}  # the last KEPT_COMMANDS sent, by seq
         self._last_command = None  # the last MPQ_COMMAND sent: sent again, as it was, when its state is lost
         self.last_state_seq = 0  # states at or below it are copies the plant sent again: dropped
-        self.counts = dict(states_rejected=0, states_missed=0, requests_resent=0, commands_resent=0)
+        self.counts = dict(states_rejected=0, states_missed=0, states_late=0, requests_resent=0, commands_resent=0)
 
     # --- connection ----------------------------------------------------------------------------
     def handshake(self, timeout: float = 2.0, control_period: float = 0.0) -> None:
@@ -211,7 +211,7 @@ class Link:
     def _episode_control_sender(self, action: int, episode_id: int, seed: int, values, dim: int, request: int):
         """A function that sends this episode control: the same request each time (the plant does it once)."""
         padded = [float(v) for v in values] + [0.0] * (MAX_STATE - len(values))
-        message = self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, padded, request)
+        message = self.mav.mpq_episode_control_encode(episode_id, seed, action, dim, request, padded)
         return lambda: self.mav.send(message)
 
     def _retry(self, send, answered, timeout: float) -> bool:
@@ -226,8 +226,9 @@ class Link:
         return True
 
     # --- the control loop's calls ---------------------------------------------------------------------
-    def send_command(self, u, state_seq: int) -> int:
-        """Send u (answering state `state_seq`); returns the command's sequence number."""
+    def send_command(self, u, state_seq: int, copies: int = 1) -> int:
+        """Send u (answering state `state_seq`), `copies` times back to back (the plant applies one: on a
+        lossy link, all of them must be lost for the command to be); returns the command's sequence number."""
         u = [float(v) for v in np.asarray(u).reshape(-1)]
         if len(u) != self.act_dim:
             raise ValueError(f"command has {len(u)} values, the plant takes {self.act_dim}")
@@ -242,7 +243,8 @@ class Link:
         self._last_command = self.mav.mpq_command_encode(
             int(now * 1e6), self.command_seq, state_seq, len(u), u + [0.0] * (MAX_ACT - len(u))
         )
-        self.mav.send(self._last_command)
+        for _ in range(copies):
+            self.mav.send(self._last_command)
         return self.command_seq
 
     def exchange(self, u, state_seq: int, timeout: float) -> PlantState | None:

@@ -232,9 +232,9 @@ class Firmware:
     def _arm(self, now: float) -> bool:
         """Arm if allowed (a matching handshake, no failsafe latched); whether the plant is armed."""
         if self.handshake_ok and self.failsafe == mavlink.MPQ_FAILSAFE_NONE:
+            self.last_valid_command = now  # the watchdog counts from the last arm request (one sent again too)
             if not self.armed:
                 self.armed = True
-                self.last_valid_command = now  # the watchdog counts from arming
                 self._send_heartbeat()  # standard tools see the armed state now, not within a second
         return self.armed
 
@@ -253,6 +253,9 @@ class Firmware:
         ):
             self.counts["commands_repeated"] += 1  # applied already, its reply lost: the reply again, no step
             self.send(self.last_state_msg)
+            return
+        if self.mode == "realtime" and msg.seq == self.last_command_seq != 0:
+            self.counts["commands_repeated"] += 1  # a copy of the command being held (the host sends copies)
             return
         if not self.armed or msg.act_dim != self.act_dim or msg.seq <= self.last_command_seq:
             self.counts["commands_rejected"] += 1
@@ -303,15 +306,15 @@ class Firmware:
         self.state_seq += 1
         clock = self.sim_time if self.mode == "lockstep" else now
         self.last_state_msg = mavlink.MAVLink_mpq_state_message(
-            time_us(clock),
-            self.state_seq,
-            self.last_command_seq,
-            self.episode_id,
-            self.state_dim,
-            pad((self.plant.state if state is None else state).tolist(), MAX_STATE),
-            self.reset_request,
-            int(state is not None and self.step_armed),  # a reset's state: nothing was driven
-            self.failsafe,
+            time_us=time_us(clock),
+            seq=self.state_seq,
+            command_seq=self.last_command_seq,
+            episode_id=self.episode_id,
+            reset_request=self.reset_request,
+            state_dim=self.state_dim,
+            armed=int(state is not None and self.step_armed),  # a reset's state: nothing was driven
+            failsafe=self.failsafe,
+            state=pad((self.plant.state if state is None else state).tolist(), MAX_STATE),
         )
         self.send(self.last_state_msg)
 

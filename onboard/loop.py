@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.dialect import mavlink
 from firmware_bridge.link import Link, LinkError
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import RobotProfile
@@ -39,6 +40,8 @@ from onboard.tasks import get_task
 log = logging.getLogger("mpq.loop")
 
 STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
+STATE_LATE = 1.1  # realtime: periods after which the next state counts as lost (the plan's next action goes out)
+WATCHDOG = mavlink.MPQ_FAILSAFE_WATCHDOG
 TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma")  # what a Q's values depend on
 STATS_WINDOW = 200_000  # steps kept for the run's percentiles: a service that runs for days stays bounded
 
@@ -297,7 +300,7 @@ def _run(
                     state = _newest(link, state)
                 episode_started = time.monotonic()
                 episode_cost, interrupted = 0.0, False
-                misses_in_a_row, held_steps, unarmed_steps = 0, 0, 0
+                misses_in_a_row, held_steps, unarmed_steps, rearms = 0, 0, 0, 0
                 for t in range(task.episode_steps):
                     if stop():
                         interrupted = True
@@ -314,10 +317,13 @@ def _run(
                     else:
                         misses_in_a_row = 0
                         u = planner.commit(plan)
-                    next_state = _exchange(link, u, state, profile.mode)
+                    next_state = _exchange(link, u, state, profile, period, planner)
                     stats.send_times.append(link.last_sent)
                     failsafe = next_state.failsafe or (link.status.failsafe if link.status is not None else 0)
-                    if failsafe:
+                    if failsafe == WATCHDOG and profile.rearm_after_watchdog:
+                        link.rearm()  # meanwhile the plant held zero actuation: next_state says so (armed 0)
+                        rearms += 1
+                    elif failsafe:
                         why = (
                             f"the plant latched failsafe {_failsafe_name(failsafe)} at step {t}: its actuators are "
                             "off; find the cause (the loop's timing, the commands), then re-arm"
@@ -338,7 +344,8 @@ def _run(
                         "/transition",
                         dict(
                             t=t, state=state.state.tolist(), obs=obs.tolist(), action=action.tolist(),
-                            commanded=np.asarray(u).tolist(), held=held, armed=next_state.armed, cost=cost,
+                            commanded=np.asarray(u).tolist(), applied_seq=next_state.command_seq, held=held,
+                            armed=next_state.armed, cost=cost,
                             next_state=next_state.state.tolist(), done=done,
                         ),
                     )  # fmt: skip
@@ -368,7 +375,8 @@ def _run(
                 link.disarm()
                 recorder.end_episode(
                     dict(cost=episode_cost, steps=t + 1, interrupted=interrupted, held_steps=held_steps,
-                         unarmed_steps=unarmed_steps, link=link.counters(), plant=link.plant_counters())
+                         unarmed_steps=unarmed_steps, rearms=rearms, link=link.counters(),
+                         plant=link.plant_counters())
                 )  # fmt: skip
                 stats.episodes += 1
                 if show_status:
@@ -401,13 +409,21 @@ def _run(
     return stats
 
 
-def _exchange(link: Link, u, state, mode: str):
-    """Send u answering `state`; the plant's next state. Lockstep sends u again until its state comes back."""
-    if mode == "lockstep":
+def _exchange(link: Link, u, state, profile: RobotProfile, period: float, planner):
+    """Send u answering `state`; the plant's next state. Lockstep sends u again until its state comes back.
+    Realtime sends profile.command_copies copies, and while no state comes (lost on the wire) it keeps the
+    plant fed each period with the plan's next action (as after a missed deadline), so that a few lost
+    states in a row never trip its watchdog."""
+    if profile.mode == "lockstep":
         next_state = link.exchange(u, state.seq, STATE_TIMEOUT)
     else:
-        link.send_command(u, state.seq)
-        next_state = link.recv_state(STATE_TIMEOUT)
+        link.send_command(u, state.seq, profile.command_copies)
+        give_up = time.monotonic() + STATE_TIMEOUT
+        next_state = link.recv_state(STATE_LATE * period)
+        while next_state is None and time.monotonic() < give_up:
+            link.counts["states_late"] += 1
+            link.send_command(planner.skip(), state.seq, profile.command_copies)
+            next_state = link.recv_state(min(period, max(0.0, give_up - time.monotonic())))
     if next_state is None:
         rejected = link.counts["states_rejected"]
         raise LoopError(
@@ -415,7 +431,7 @@ def _exchange(link: Link, u, state, mode: str):
             + (f" ({rejected} rejected as non-finite or misshapen)" if rejected else "")
             + ": check the link and the firmware"
         )
-    return _newest(link, next_state) if mode == "realtime" else next_state
+    return _newest(link, next_state) if profile.mode == "realtime" else next_state
 
 
 def _newest(link: Link, state):
@@ -442,8 +458,6 @@ def _safe_stop(
 
 
 def _failsafe_name(code: int) -> str:
-    from firmware_bridge.dialect import mavlink
-
     return mavlink.enums["MPQ_FAILSAFE"][code].name
 
 

@@ -39,6 +39,10 @@ class RobotProfile:
     signing_key_file: str = ""
     threads: int = 1
     deadline_misses_max: int = 5
+    command_copies: int = 2  # realtime: each command sent this many times (the plant applies one), for lossy links
+    # Realtime: when the plant's watchdog latched because commands were lost on the wire, re-arm and go on (the
+    # steps at zero actuation are recorded as such); false: stop the run, as for every other failsafe.
+    rearm_after_watchdog: bool = False
     realtime_priority: int = 50  # realtime mode: the loop's SCHED_FIFO priority, 1-99 (0: normal scheduling)
     seed: int = 0
     standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
@@ -123,7 +127,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         expected = dict if key == "mppi" else (str if default is dataclasses.MISSING else type(default))
         if expected is float and isinstance(value, int):
             value = data[key] = float(value)
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
             raise ProfileError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
     folder = path.resolve().parent  # robots/ in the repository or in a release: paths start one level up
     profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT, source=path)
@@ -141,6 +145,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("threads", profile.threads >= 1, "use 1 or more"),
         ("baud", profile.baud >= 1, "use the port's baud rate, e.g. 115200"),
         ("deadline_misses_max", profile.deadline_misses_max >= 1, "use 1 or more"),
+        ("command_copies", 1 <= profile.command_copies <= 4, "use 1-4 (copies of each realtime command)"),
         ("realtime_priority", 0 <= profile.realtime_priority <= 99, "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"),
         ("seed", profile.seed >= 0, "use 0 or more"),
         ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),

@@ -20,8 +20,8 @@ def armed_firmware(task="pendulum", mode="realtime", state=(0.0, 0.2, 0.0)):
         HOST.mpq_handshake_encode(DIALECT_VERSION, DIALECT_CHECKSUM, task.encode(), *dims, 0, 0, 0), now=0.0
     )
     state = list(state) + [0.0] * (MAX_STATE - len(state))
-    firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_RESET_GIVEN, dims[0], state, 1), 0.0)
-    firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_ARM, 0, [0.0] * MAX_STATE, 2), now=0.0)
+    firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_RESET_GIVEN, dims[0], 1, state), 0.0)
+    firmware.handle(HOST.mpq_episode_control_encode(1, 0, mavlink.MPQ_EPISODE_ARM, 0, 2, [0.0] * MAX_STATE), now=0.0)
     assert firmware.armed
     return firmware, sent
 

@@ -106,7 +106,7 @@ def test_firmware_stays_safe_on_every_valid_crc_frame():
     handshake = sender.mpq_handshake_encode(
         DIALECT_VERSION, DIALECT_CHECKSUM, b"pendulum", 3, 1, 50000, mavlink.MPQ_ROLE_HOST, 0
     )
-    arm = sender.mpq_episode_control_encode(0, 0, mavlink.MPQ_EPISODE_REARM, 0, [0.0] * MAX_STATE, 1)
+    arm = sender.mpq_episode_control_encode(0, 0, mavlink.MPQ_EPISODE_REARM, 0, 1, [0.0] * MAX_STATE)
     nonfinite_latches, command_seq = 0, 10**9
     for case in range(CASES):
         if case % 50 == 0:  # keep it armed so commands get as far as they can
@@ -115,7 +115,7 @@ def test_firmware_stays_safe_on_every_valid_crc_frame():
         if case % 7 == 3:  # a well-formed reset to a hostile start state
             values = list(rng.choice([0.1, -3.0, 1e4, -1e20, 1e20, np.nan, np.inf], 3)) + [0.0] * (MAX_STATE - 3)
             action = mavlink.MPQ_EPISODE_RESET_GIVEN
-            frame = bytes(sender.mpq_episode_control_encode(1, 0, action, 3, values, case).pack(sender))
+            frame = bytes(sender.mpq_episode_control_encode(1, 0, action, 3, case, values).pack(sender))
         elif case % 5 == 0:  # a well-formed command answering the current state, with a hostile value
             command_seq += 1
             value = rng.choice([np.nan, np.inf, -np.inf, 1e30, -7.5, 0.3])
