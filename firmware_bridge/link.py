@@ -178,23 +178,23 @@ class Link:
         return self.states.popleft()
 
     def arm(self, timeout: float = 2.0) -> None:
-        self._control_and_check(mavlink.MPQ_EPISODE_ARM, timeout, lambda s: s.armed)
+        self._control_and_check(mavlink.MPQ_EPISODE_ARM, timeout)
 
     def rearm(self, timeout: float = 2.0) -> None:
-        self._control_and_check(mavlink.MPQ_EPISODE_REARM, timeout, lambda s: s.armed)
+        self._control_and_check(mavlink.MPQ_EPISODE_REARM, timeout)
 
     def disarm(self, timeout: float = 2.0) -> None:
-        self._control_and_check(mavlink.MPQ_EPISODE_DISARM, timeout, lambda s: not s.armed)
+        self._control_and_check(mavlink.MPQ_EPISODE_DISARM, timeout)
 
-    def _control_and_check(self, action: int, timeout: float, ok) -> None:
-        """Send an episode control and wait for the plant's status that answers it."""
+    def _control_and_check(self, action: int, timeout: float) -> None:
+        """Send an episode control until the plant's status answers it; raise if the plant denied it."""
         episode = self.status.episode_id if self.status else 0
         request = self._next_request()
         send = self._episode_control_sender(action, episode, 0, [], 0, request)
         if not self._retry(send, lambda: self._answered(request), timeout):
             raise LinkError(f"no status from the plant within {timeout:.1f} s after an episode control")
-        if ok(self.status):
-            return
+        if self.status.last_result == mavlink.MAV_RESULT_ACCEPTED:
+            return  # a later status may say otherwise (a watchdog trip since): the next state tells the loop
         verb = "disarm" if action == mavlink.MPQ_EPISODE_DISARM else "arm"
         if self.status.failsafe:
             reason = mavlink.enums["MPQ_FAILSAFE"][self.status.failsafe].name

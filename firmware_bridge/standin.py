@@ -81,6 +81,7 @@ class Firmware:
         self.last_request = 0  # request_id of the last episode control handled
         self.reset_request = 0  # request_id of the reset that started this episode
         self.held = np.zeros(self.act_dim)  # what the actuators do now
+        self.held_seq = 0  # the command in `held` (0: none, zero actuation)
         self.sim_time = 0.0  # lockstep clock: simulated seconds
         self.last_valid_command: float | None = None
         self.next_step: float | None = None  # realtime: when the next control period ends
@@ -138,6 +139,7 @@ class Firmware:
         """Zero actuation (the safe state) and disarm: on failsafe and on exit."""
         self.armed = False
         self.held[:] = 0.0
+        self.held_seq = 0  # zero actuation is no command's: a re-armed plant drives nothing until the next one
         self.plant.data.ctrl[:] = 0.0
 
     # --- message handlers --------------------------------------------------------------------
@@ -275,6 +277,7 @@ class Firmware:
         if clipped != list(u):
             self.counts["commands_clipped"] += 1
         self.held[:] = clipped
+        self.held_seq = msg.seq
         if self.last_command_seq:
             self.counts["commands_missed"] += msg.seq - self.last_command_seq - 1
         self.last_command_seq, self.command_state_seq = msg.seq, msg.state_seq
@@ -293,7 +296,8 @@ class Firmware:
     # --- outputs -----------------------------------------------------------------------------
     def _step(self) -> np.ndarray:
         """One control period of physics; returns the new state."""
-        self.step_armed = self.armed  # what the next state reports: whether this period drove the actuators
+        # What the next state reports: whether this period drove the actuators with a command.
+        self.step_armed = self.armed and self.held_seq != 0
         state = self.plant.step(self.held if self.armed else np.zeros(self.act_dim))
         self.sim_time += self.period
         if self.plant.fault(state) and self.failsafe != mavlink.MPQ_FAILSAFE_PLANT_FAULT:

@@ -321,7 +321,8 @@ def _run(
                     stats.send_times.append(link.last_sent)
                     failsafe = next_state.failsafe or (link.status.failsafe if link.status is not None else 0)
                     if failsafe == WATCHDOG and profile.rearm_after_watchdog:
-                        link.rearm()  # meanwhile the plant held zero actuation: next_state says so (armed 0)
+                        link.rearm()  # meanwhile the plant held zero actuation: the states say so (armed 0)
+                        next_state = _newest(link, next_state)  # the re-arm took periods: plan from now on
                         rearms += 1
                     elif failsafe:
                         why = (
