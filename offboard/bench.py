@@ -18,6 +18,8 @@ Targets: (1) C backend >= 3x faster than pytorch-mppi; (2) under 0.25 ms median.
      what the realtime priority buys); the onboard process's peak memory (target < 400 MB).
   5. The mujoco backend, planning by stepping the MJCF: MuJoCo steps per second against raw
      mujoco.rollout and a Python mj_step loop (offboard/bench_mujoco.py).
+  6. Lockstep episodes through a faulty link at 0.1 %, 1 % and 5 % byte faults against a clean one
+     (offboard/bench_link.py; target: every episode completes at 1 %).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offboard import bench_mujoco
+from offboard import bench_link, bench_mujoco
 from offboard.onnx_mlp import mlp_onnx, random_mlp
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ, save_q_model
@@ -393,6 +395,7 @@ def run(threads: int, quick: bool) -> dict:
         link=run_link(200 if quick else 5000),
         loop=run_loop(quick),
         mujoco=bench_mujoco.run(threads, quick),
+        faults=bench_link.run(quick),
     )
 
 
@@ -442,6 +445,7 @@ def print_table(report: dict) -> None:
     for t in [*report["targets"], link["target"], *loop["targets"]]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
     bench_mujoco.print_table(report["mujoco"], console)
+    bench_link.print_table(report["faults"], console)
 
 
 def main() -> None:

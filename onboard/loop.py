@@ -414,16 +414,19 @@ def _exchange(link: Link, u, state, profile: RobotProfile, period: float, planne
     """Send u answering `state`; the plant's next state. Lockstep sends u again until its state comes back.
     Realtime sends profile.command_copies copies, and while no state comes (lost on the wire) it keeps the
     plant fed each period with the plan's next action (as after a missed deadline), so that a few lost
-    states in a row never trip its watchdog."""
+    states in a row never trip its watchdog; while the states that come are rejected (non-finite), with
+    the safe action (zero) instead."""
     if profile.mode == "lockstep":
         next_state = link.exchange(u, state.seq, STATE_TIMEOUT)
     else:
         link.send_command(u, state.seq, profile.command_copies)
-        give_up = time.monotonic() + STATE_TIMEOUT
+        give_up, rejected = time.monotonic() + STATE_TIMEOUT, link.counts["states_rejected"]
         next_state = link.recv_state(STATE_LATE * period)
         while next_state is None and time.monotonic() < give_up:
             link.counts["states_late"] += 1
-            link.send_command(planner.skip(), state.seq, profile.command_copies)
+            broken = link.counts["states_rejected"] > rejected  # the plant reports garbage: hold still
+            fallback = np.zeros(link.act_dim) if broken else planner.skip()
+            link.send_command(fallback, state.seq, profile.command_copies)
             next_state = link.recv_state(min(period, max(0.0, give_up - time.monotonic())))
     if next_state is None:
         rejected = link.counts["states_rejected"]
