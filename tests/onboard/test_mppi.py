@@ -13,7 +13,7 @@ from onboard.qfunction import OnnxQ
 from onboard.tasks import TASKS, get_task
 from onboard.tasks.base import wrap_angle
 from tests.conftest import NumpyQ
-from tests.gpu import ALL_BACKENDS, CPU_BACKENDS, needs_gpu
+from tests.gpu import ALL_BACKENDS, CPU_BACKENDS, needs_gpu, needs_warp
 
 RTOL = 1e-6  # the fast backend against the float64 reference
 
@@ -23,6 +23,7 @@ SWING_UP_RUNS = [
     ("numpy", 1, 1024),
     ("numpy", 2, 1024),
     ("mujoco", 0, 256),  # the planner steps the MJCF itself: MuJoCo's own rollouts, fewer of them (time)
+    pytest.param("warp", 0, 256, marks=needs_warp),  # MuJoCo Warp (on the CPU here: float32, as on a GPU)
     *(pytest.param("cupy", s, 1024, marks=needs_gpu) for s in (0, 1)),
 ]
 
@@ -42,7 +43,9 @@ def test_pendulum_swings_up_and_holds_with_the_true_model(backend, seed, K):
     assert last_two_seconds.max() < 0.1
 
 
-@pytest.mark.parametrize("backend, seed", [("c", 0), ("c", 1), ("mujoco", 0)])
+@pytest.mark.parametrize(
+    "backend, seed", [("c", 0), ("c", 1), ("mujoco", 0), pytest.param("warp", 0, marks=needs_warp)]
+)
 def test_cartpole_swings_up_at_the_long_horizon_with_the_true_model(backend, seed):
     task = get_task("cartpole")
     config = MPPIConfig.for_task(task, H=task.long_horizon, model="true", seed=seed)
