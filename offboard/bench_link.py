@@ -22,9 +22,10 @@ RATES = (0.0, 0.001, 0.01, 0.05)
 
 def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dict:
     """`onboard run` (lockstep, the sim profile's planner) through a FaultProxy at `rate`, stopped after `budget`."""
+    applied_log = tmp / f"applied-{rate}.jsonl"
     standin = subprocess.Popen(
-        [sys.executable, "-m", "firmware_bridge.standin", "--task", "pendulum"], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
+        [sys.executable, "-m", "firmware_bridge.standin", "--task", "pendulum", "--applied-log", str(applied_log)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     logs = tmp / f"rate-{rate}"
     started = time.monotonic()
@@ -51,6 +52,9 @@ def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dic
     seconds = time.monotonic() - started
     segments, _ = verified_segments(logs / "faults") if (logs / "faults").exists() else ([], [])
     summaries = [read_segment(s)[0]["summary"] for s in segments]
+    applied = [json.loads(line) for line in applied_log.read_text().splitlines()] if applied_log.exists() else []
+    by_seq = {a["seq"]: a["u"] for a in applied}
+    transitions = [t for s in segments for t in read_segment(s)[1]["/transition"]]
     done = [s for s in summaries if not s.get("interrupted")]
     last = summaries[-1] if summaries else {}
     return dict(
@@ -60,6 +64,12 @@ def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dic
         requests_resent=last.get("link", {}).get("requests_resent"),
         plant_commands_repeated=last.get("plant", {}).get("commands_repeated"),
         faults_injected={d: {k: v for k, v in c.items() if k != "bytes"} for d, c in counts.items()},
+        # every command applied once, in order; each recorded action the one applied; each applied one commanded
+        applied_once=[a["seq"] for a in applied] == sorted({a["seq"] for a in applied}),
+        actions_match=all(
+            t["action"] == by_seq.get(t["applied_seq"]) == [float(np.float32(v)) for v in t["commanded"]]
+            for t in transitions
+        ),
         error=(err.strip().splitlines() or [""])[-1] if run.returncode else None,
     )  # fmt: skip
 
@@ -76,10 +86,12 @@ def run(quick: bool) -> dict:
         pairs = list(zip(row["costs"], clean, strict=False))
         row["cost_ratio_to_clean"] = float(np.mean([a / b for a, b in pairs])) if pairs else None
     one = next(r for r in rows if r["rate"] == 0.01)
+    actions = "the ones applied" if one["actions_match"] else "NOT the ones applied"
+    once = "each applied once" if one["applied_once"] else "some applied TWICE"
     targets = [
-        dict(target="lockstep at 1 % byte faults: every episode asked completes",
-             measured=f"{one['episodes_completed']} of {one['episodes_asked']}",
-             met=one["episodes_completed"] == one["episodes_asked"]),
+        dict(target="lockstep at 1 % byte faults: every episode completes, the recorded actions the applied ones",
+             measured=f"{one['episodes_completed']} of {one['episodes_asked']}, actions {actions}, {once}",
+             met=one["episodes_completed"] == one["episodes_asked"] and one["actions_match"] and one["applied_once"]),
     ]  # fmt: skip
     return dict(rows=rows, targets=targets)
 

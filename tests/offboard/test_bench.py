@@ -61,6 +61,7 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     faults = {r["rate"]: r for r in report["faults"]["rows"]}  # the faulty link against a clean one
     assert set(faults) == {0.0, 0.001, 0.01, 0.05} and faults[0.0]["episodes_completed"] == 1
     assert faults[0.01]["faults_injected"]["to_plant"]["flip"] > 0 and "byte faults" in out.stdout
+    assert faults[0.01]["actions_match"] and faults[0.01]["applied_once"]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
