@@ -44,6 +44,9 @@ def test_two_lockstep_episodes_leave_verified_segments_that_chain(tmp_path):
             assert before["next_state"] == after["state"]  # s' of step t is s of step t+1
         assert [s["done"] for s in steps].count(True) == 1 and steps[-1]["done"]
         assert len(topics["/mppi"]) == len(topics["/link"]) == 200
+        # the plant's own counters reach the log as its statuses arrive (the host-to-plant direction's faults)
+        assert {"crc_errors", "commands_applied", "signature_errors"} <= set(topics["/link"][-1]["plant"])
+        assert metadata["summary"]["plant"]["commands_applied"] == 200 * int(segment.stem)  # final, at disarm
         meta = metadata["segment"]
         assert meta["task"] == "pendulum" and meta["robot"] == "sim" and meta["mppi"]["K"] == 24
         assert {"model_sha256", "code_version", "start_time"} <= set(meta)
@@ -461,3 +464,44 @@ def test_run_plans_with_the_mjcf_when_asked_and_the_segment_says_so(tmp_path):
     assert json.loads(out.stdout)["steps"] == get_task("pendulum").episode_steps
     (segment,), problems = verified_segments(tmp_path / "sim")
     assert problems == [] and read_segment(segment)[0]["segment"]["backend"] == "mujoco"
+
+
+class SilentLink:
+    """A link on which no state comes: every one the plant sends is rejected (NaN) or lost."""
+
+    act_dim, counts, sent = 1, {"states_rejected": 0, "states_late": 0}, []
+
+    def __init__(self, rejecting: bool):
+        self.rejecting, self.counts, self.sent = rejecting, {"states_rejected": 0, "states_late": 0}, []
+
+    def send_command(self, u, state_seq, copies=1):
+        self.sent.append(np.asarray(u, dtype=float).tolist())
+
+    def recv_state(self, timeout):
+        self.counts["states_rejected"] += self.rejecting  # a state arrived, non-finite: dropped and counted
+        time.sleep(min(timeout, 0.01))
+        return None
+
+
+@pytest.mark.parametrize("rejecting, expected", [(True, "zero"), (False, "plan")])
+def test_realtime_feeds_the_plant_while_states_are_lost_and_holds_still_while_they_are_garbage(
+    rejecting, expected, monkeypatch
+):
+    """Lost states: the plan's next actions go out each period; non-finite ones: the safe action (zero)."""
+    from onboard import loop
+
+    monkeypatch.setattr(loop, "STATE_TIMEOUT", 0.2)
+    profile = load_profile("sim", mode="realtime")
+    task = get_task("pendulum")
+    planner = make_planner(profile, task)
+    planner.act(task.hanging_state())  # a plan to fall back on
+    link = SilentLink(rejecting)
+    state = type("State", (), {"seq": 7})()
+    with pytest.raises(LoopError, match="rejected as non-finite" if rejecting else "sent no state"):
+        loop._exchange(link, np.array([0.5]), state, profile, 0.01, planner)
+    first, fallbacks = link.sent[0], link.sent[1:]
+    assert first == [0.5] and len(fallbacks) >= 3 and link.counts["states_late"] == len(fallbacks)
+    if expected == "zero":
+        assert all(u == [0.0] for u in fallbacks)
+    else:
+        assert any(u != [0.0] for u in fallbacks)  # the warm-started plan's next actions
