@@ -201,8 +201,34 @@ def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
 
 @contextmanager
 def loop_scheduling(profile: RobotProfile):
-    """SCHED_FIFO at the profile's realtime_priority for this thread while the realtime loop runs; yields
-    what it got. Processes it starts (the stand-in) begin at normal priority (SCHED_RESET_ON_FORK)."""
+    """The profile's CPUs (`cpus`) and, in realtime, SCHED_FIFO at its realtime_priority for this thread while
+    the loop runs; yields what it got. Threads it starts afterwards (ONNX Runtime's, MuJoCo's rollout pool)
+    inherit both; processes it starts (the stand-in) begin at normal priority (SCHED_RESET_ON_FORK)."""
+    with loop_cpus(profile.cpus), loop_priority(profile) as scheduling:
+        yield scheduling + (f" on cpus {', '.join(map(str, profile.cpus))}" if profile.cpus else "")
+
+
+@contextmanager
+def loop_cpus(cpus: list[int]):
+    """Pin this thread (and the threads it starts) to `cpus` while the loop runs (nothing when empty)."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:
+        have = ", ".join(map(str, sorted(before)))
+        raise LoopError(f"cannot pin the loop to cpus = {cpus} ({e.strerror}): it may run on {have}") from None
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextmanager
+def loop_priority(profile: RobotProfile):
+    """SCHED_FIFO at the profile's realtime_priority for this thread in realtime; yields what it got."""
     priority = profile.fifo_priority
     if priority == 0:
         yield "normal"

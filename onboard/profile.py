@@ -38,6 +38,7 @@ class RobotProfile:
     log_dir: str = "data"
     signing_key_file: str = ""
     threads: int = 1
+    cpus: list = field(default_factory=list)  # the CPUs the loop and every thread it starts run on (empty: all)
     deadline_misses_max: int = 5
     command_copies: int = 2  # realtime: each command sent this many times (the plant applies one), for lossy links
     # Realtime: when the plant's watchdog latched because commands were lost on the wire, re-arm and go on (the
@@ -124,7 +125,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         raise ProfileError(f'{path}: no task: add task = "pendulum" (or one of {", ".join(sorted(TASKS))})')
     for key, value in data.items():
         default = fields[key].default
-        expected = dict if key == "mppi" else (str if default is dataclasses.MISSING else type(default))
+        expected = {"mppi": dict, "cpus": list}.get(key) or (str if default is dataclasses.MISSING else type(default))
         if expected is float and isinstance(value, int):
             value = data[key] = float(value)
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
@@ -143,6 +144,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("name", NAME.fullmatch(profile.name), "use letters, digits, '.', '_' or '-' (it names the log folder)"),
         ("log_dir", profile.log_dir != "", "give the folder for the segments"),
         ("threads", profile.threads >= 1, "use 1 or more"),
+        ("cpus", all(type(c) is int and c >= 0 for c in profile.cpus), "give CPU numbers, e.g. [2, 3] (empty: all)"),
         ("baud", profile.baud >= 1, "use the port's baud rate, e.g. 115200"),
         ("deadline_misses_max", profile.deadline_misses_max >= 1, "use 1 or more"),
         ("command_copies", 1 <= profile.command_copies <= 4, "use 1-4 (copies of each realtime command)"),

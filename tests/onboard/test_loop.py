@@ -505,3 +505,29 @@ def test_realtime_feeds_the_plant_while_states_are_lost_and_holds_still_while_th
         assert all(u == [0.0] for u in fallbacks)
     else:
         assert any(u != [0.0] for u in fallbacks)  # the warm-started plan's next actions
+
+
+class AffinityLog:
+    """The profile's planner, noting the CPUs its control steps ran on."""
+
+    def __init__(self, planner):
+        self.planner, self.cpus = planner, set()
+
+    def __getattr__(self, name):
+        return getattr(self.planner, name)
+
+    def propose(self, state):
+        self.cpus |= os.sched_getaffinity(0)
+        return self.planner.propose(state)
+
+
+def test_cpus_pin_the_loop_and_its_threads_while_it_runs_and_a_cpu_the_machine_lacks_is_one_line(tmp_path):
+    before = os.sched_getaffinity(0)
+    profile = load_profile("sim", log_dir=str(tmp_path), cpus=[min(before)], backend="mujoco")
+    planner = AffinityLog(make_planner(profile, get_task("pendulum")))
+    stats = run(profile, episodes=1, planner=planner, show_status=False)
+    assert planner.cpus == {min(before)} and stats.scheduling == f"normal on cpus {min(before)}"
+    assert os.sched_getaffinity(0) == before  # the caller's CPUs are back
+    out = onboard_cli("run", "--robot", str(write_profile(tmp_path, cpus=[4096])), "--quiet")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot pin the loop to cpus = [4096]" in out.stderr
+    assert "cpus = ['a']" in onboard_cli("run", "--robot", str(write_profile(tmp_path, cpus=["a"]))).stderr
