@@ -5,7 +5,7 @@ firmware stand-in (MuJoCo, TRUE parameters) over a pty in lockstep and logs veri
 Each iteration: collect episodes with the current Q -> train on all verified segments -> export q.onnx
 -> reload it onboard -> evaluate on fixed-seed starts. The baselines run the same evaluation once:
 MPPI H=8 and H=32 with the biased model, MPPI H=32 with the TRUE model (the upper bound MPPI can
-reach), and soft Q-learning (H=1, target network) trained the same way (MPQ.md, Fig. 2).
+reach), and soft Q-learning (H=1, target network) trained the same way (the paper's Fig. 2; docs/algorithm.md).
 Writes runs/demo/<time>/: learning_curve.png, results.json (every number, the full configuration),
 and the final q.onnx + q.json.
 """

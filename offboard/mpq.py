@@ -1,4 +1,4 @@
-"""Model Predictive Q-Learning (Bhardwaj et al., L4DC 2020), readable top to bottom. See MPQ.md.
+"""Model Predictive Q-Learning (Bhardwaj et al., L4DC 2020), readable top to bottom. See docs/algorithm.md.
 
 Q(s, a) is an MLP trained on real (here: stand-in) transitions with soft-Bellman targets
     y = c(s, a) + gamma * V_H(s'),
@@ -28,7 +28,7 @@ from onboard.tasks import get_task
 
 @dataclass
 class Config:
-    """Every setting of a training run; the paper leaves N_update, K, M and the buffer to us (MPQ.md)."""
+    """Every setting of a training run; the paper leaves N_update, K, M and the buffer to us (docs/algorithm.md)."""
 
     task: str = "pendulum"
     data: tuple[str, ...] = ("data/sim",)  # robot log folders (verified MCAP segments)

@@ -1,4 +1,4 @@
-"""Infinite-horizon MPPI (MPQ.md, Eqs. 16-18), batched over B start states x K samples x H steps.
+"""Infinite-horizon MPPI (docs/algorithm.md, Eqs. 16-18), batched over B start states x K samples x H steps.
 
 The terminal value takes the LAST action: a horizon of H is H-1 simulated costs plus
 gamma^(H-1) Q(s_{H-1}, a_{H-1}). Without a Q (plain MPPI) the last step's own cost stands in its
@@ -32,7 +32,7 @@ def _raise_problems(problems: list[tuple[str, str]], config) -> None:
 
 @dataclass(frozen=True)
 class MPPIConfig:
-    """MPPI settings; `for_task` starts from the paper's values for the task (MPQ.md, Table 3).
+    """MPPI settings; `for_task` starts from the paper's values for the task (docs/algorithm.md, Table 3).
 
     Frozen: a planner's settings are fixed when it is made (on the GPU they are baked into its CUDA graphs)."""
 
@@ -227,7 +227,7 @@ class MPPI:
                 obs = task.obs(last_state).reshape(B * K, task.obs_dim)
                 terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
                 terminal = terminal.reshape(B, K)
-            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (MPQ.md, appendix A). Products and sums
+            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (docs/algorithm.md). Products and sums
             # rather than matmuls: CuPy cannot put cuBLAS calls in a CUDA graph.
             scaled_U = (U * self.sigma_inv).reshape(B, 1, H * m)
             eps_flat = eps.reshape(B, K, H * m)
