@@ -103,6 +103,7 @@ class Link:
         self.commands: dict[int, list[float]] = {}  # the last KEPT_COMMANDS sent, by seq
         self._last_command = None  # the last MPQ_COMMAND sent: sent again, as it was, when its state is lost
         self.last_state_seq = 0  # states at or below it are copies the plant sent again: dropped
+        self._plant_counters: dict = {}  # from the latest MPQ_STATUS
         self.counts = dict(states_rejected=0, states_missed=0, states_late=0, requests_resent=0, commands_resent=0)
 
     # --- connection ----------------------------------------------------------------------------
@@ -341,17 +342,14 @@ class Link:
 
     def plant_counters(self) -> dict:
         """The plant's own counters from its latest MPQ_STATUS (the host-to-plant direction's faults)."""
-        if self.status is None:
-            return {}
-        return {name: getattr(self.status, name) for name in PLANT_COUNTERS}
+        return self._plant_counters
 
     def stats(self) -> dict:
         """Link counters, and command-to-state latency: in lockstep the round trip (pack, write, plant
         step, reply, parse); in realtime it includes the wait for the plant's next period."""
         rtt = np.array(self.rtts) * 1e6 if self.rtts else None
         return dict(
-            **self.parser.counters.to_dict(),
-            **self.counts,
+            **self.counters(),
             rtt_us_p50=float(np.percentile(rtt, 50)) if rtt is not None else None,
             rtt_us_p99=float(np.percentile(rtt, 99)) if rtt is not None else None,
             commands_sent=self.command_seq,
@@ -393,5 +391,6 @@ class Link:
                 )  # fmt: skip
             elif kind == "MPQ_STATUS":
                 self.status = msg
+                self._plant_counters = {name: getattr(msg, name) for name in PLANT_COUNTERS}  # once a status
             elif kind == "MPQ_HANDSHAKE" and msg.role == mavlink.MPQ_ROLE_PLANT:
                 self.plant_handshake = msg

@@ -92,7 +92,6 @@ class Firmware:
         )  # fmt: skip
         self.link_counters = None  # the serving loop's FrameParser counters, reported in status
         self.last_result = mavlink.MAV_RESULT_ACCEPTED  # of the last episode control
-        self.command_state_seq = 0  # the state the last applied command answered
         self.last_state_msg = None  # the last MPQ_STATE sent: sent again for a repeated request
         self.on_apply = None  # called with (seq, u) for every command applied (--applied-log)
         self.step_armed = False  # whether the last period's physics ran with the held command
@@ -193,7 +192,7 @@ class Firmware:
                     self.safe()
                     self.episode_id = msg.episode_id
                     self.reset_request = msg.request_id
-                    self.last_command_seq = self.command_state_seq = 0
+                    self.last_command_seq = 0
                     self.plant.reset(initial)
                     self.sim_time = 0.0
                     self._send_state(now)
@@ -247,17 +246,10 @@ class Firmware:
             self._send_heartbeat()
 
     def _on_command(self, msg, now: float) -> None:
-        if (
-            self.mode == "lockstep"
-            and msg.seq == self.last_command_seq != 0
-            and msg.state_seq == self.command_state_seq
-            and self.last_state_msg is not None
-        ):
-            self.counts["commands_repeated"] += 1  # applied already, its reply lost: the reply again, no step
-            self.send(self.last_state_msg)
-            return
-        if self.mode == "realtime" and msg.seq == self.last_command_seq != 0:
-            self.counts["commands_repeated"] += 1  # a copy of the command being held (the host sends copies)
+        if msg.seq == self.last_command_seq != 0:  # applied already: a copy (realtime), or its reply was lost
+            self.counts["commands_repeated"] += 1
+            if self.mode == "lockstep":
+                self.send(self.last_state_msg)  # the reply again, no step
             return
         if not self.armed or msg.act_dim != self.act_dim or msg.seq <= self.last_command_seq:
             self.counts["commands_rejected"] += 1
@@ -272,6 +264,8 @@ class Firmware:
         if not all(math.isfinite(v) for v in u):
             self.counts["commands_rejected"] += 1
             self._latch(mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND, now)
+            if self.mode == "lockstep":
+                self._send_state(now)  # the host waits for a state: it learns of the failsafe from this one
             return
         clipped = [min(max(v, lo), hi) for v, lo, hi in zip(u, self.ctrl_low, self.ctrl_high, strict=True)]
         if clipped != list(u):
@@ -280,7 +274,7 @@ class Firmware:
         self.held_seq = msg.seq
         if self.last_command_seq:
             self.counts["commands_missed"] += msg.seq - self.last_command_seq - 1
-        self.last_command_seq, self.command_state_seq = msg.seq, msg.state_seq
+        self.last_command_seq = msg.seq
         self.last_valid_command = now
         self.counts["commands_applied"] += 1
         if self.on_apply is not None:

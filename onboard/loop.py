@@ -345,7 +345,7 @@ def _run(
                         u = planner.commit(plan)
                     next_state = _exchange(link, u, state, profile, period, planner)
                     stats.send_times.append(link.last_sent)
-                    failsafe = next_state.failsafe or (link.status.failsafe if link.status is not None else 0)
+                    failsafe = next_state.failsafe  # every state carries it: the host learns of one at once
                     if failsafe == WATCHDOG and profile.rearm_after_watchdog:
                         link.rearm()  # meanwhile the plant held zero actuation: the states say so (armed 0)
                         next_state = _newest(link, next_state)  # the re-arm took periods: plan from now on

@@ -25,7 +25,6 @@ import os
 from types import SimpleNamespace
 
 import mujoco
-import numpy as np
 
 from onboard.backends import HostArrays
 from onboard.backends.mujoco_backend import mjcf_rollout
@@ -85,7 +84,8 @@ class WarpWorlds:
         # The same buffers as MPPI's arrays (views, no copies): NumPy on the CPU, CuPy on the GPU.
         view = backend.view
         self.start_x, self.controls_x, self.visited_x = view(self.start), view(self.controls), view(self.visited)
-        self.fields = SimpleNamespace(**{f: view(getattr(self.model, f)) for f in sizes})
+        # The planner model's fields, (n, ...) per world or (1, ...) shared: written in place, so the graph sees them.
+        self.fields = SimpleNamespace(**{f: view(getattr(self.model, f)) for f in task.batched_fields})
         self._physics()  # compiles and loads every kernel before the capture
         with wp.ScopedDevice(backend.device), wp.ScopedStream(backend.warp_stream):
             with wp.ScopedCapture() as capture:
@@ -113,7 +113,7 @@ class WarpWorlds:
         xp = self.backend.xp
         self.start_x[...] = start
         self.controls_x[...] = xp.moveaxis(controls, 1, 0)
-        if params.ndim == 2:
+        if params.ndim == 2:  # "biased": a new draw per world every iteration
             self.backend.task.write_batch(self.fields, params)
         self.wp.capture_launch(self.graph, stream=self.backend.warp_stream)
         return xp.moveaxis(xp.asarray(self.visited_x, dtype=self.backend.dtype), 0, 1)
@@ -155,10 +155,7 @@ class WarpBackend(HostArrays):
         if worlds is None:
             worlds = self._worlds[key] = WarpWorlds(self, n, T, batched=params.ndim == 2)
             if params.ndim == 1:  # "mean" or "true": one model for every world, written once
-                fixed = SimpleNamespace(**{f: getattr(worlds.model, f).numpy() for f in self.task.batched_fields})
-                self.task.write_batch(fixed, np.asarray(params, dtype=np.float64)[None])
-                for field in self.task.batched_fields:
-                    getattr(worlds.model, field).assign(getattr(fixed, field))
+                self.task.write_batch(worlds.fields, params[None])
         return worlds(start, controls, params)
 
     def rollout(self, states, actions, params, gamma):

@@ -28,7 +28,6 @@ PHYSICS_DT = 0.01
 SUBSTEPS = 5
 X_MAX = 2.4
 W_HEIGHT, W_X, W_THETADOT = 5.0, 0.5, 0.01
-POLE = 2  # the pole's body id in the MJCF
 
 
 class CartPole(Task):
@@ -80,7 +79,7 @@ MPQ_FN REAL cartpole_cost(const REAL *s, const REAL *u) {{
     derived_fields = ("body_inertia",)  # a uniform rod's, from its mass and length
 
     def derive(self, fields, params):
-        set_uniform_rod_inertia(fields, POLE, params[:, 0], params[:, 1])
+        set_uniform_rod_inertia(fields, self.mjcf.model.body("pole").id, params[:, 0], params[:, 1])
 
     def step(self, s, u, p):
         mp, lc, b = p[..., 0], p[..., 1], p[..., 2]

@@ -21,7 +21,6 @@ G = 10.0
 DT = 0.05
 V_MAX = 8.0
 W_THETADOT = 0.1
-POLE = 1  # the rod's body id in the MJCF
 
 
 class Pendulum(Task):
@@ -51,7 +50,7 @@ MPQ_FN REAL pendulum_cost(const REAL *s, const REAL *u) {{
     derived_fields = ("body_inertia",)  # a uniform rod's, from its mass and length
 
     def derive(self, fields, params):
-        set_uniform_rod_inertia(fields, POLE, params[:, 0], params[:, 1])
+        set_uniform_rod_inertia(fields, self.mjcf.model.body("pole").id, params[:, 0], params[:, 1])
 
     def step(self, s, u, p):
         time, theta, thetadot = s[..., 0], s[..., 1], s[..., 2]
