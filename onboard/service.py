@@ -11,6 +11,7 @@ library only: it runs on a robot where nothing else may be installed yet.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -178,11 +179,17 @@ class Supervisor:
         )
 
     def start(self) -> ServiceStatus:
+        """Start the supervisor unless one runs; two starts at once take turns, so the second finds the first's."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "start.lock", "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)  # released when the file closes
+            return self._start()
+
+    def _start(self) -> ServiceStatus:
         current = self.status()
         if current.running:
             return current
         _check_release(self.spec)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.statefile.unlink(missing_ok=True)
         if self.logfile.exists() and self.logfile.stat().st_size > LOG_KEEP_BYTES:
             os.replace(self.logfile, self.logfile.with_name(self.logfile.name + ".1"))  # one old log kept

@@ -125,17 +125,22 @@ def service_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_two_starts_at_once_leave_one_supervisor_and_one_runtime(tmp_path):
-    """Two runtimes would record into one log folder; the second supervisor sees the first's lock and leaves."""
+    """Two runtimes would record into one log folder: the starts take turns and the second finds the first running;
+    a supervisor started by hand beside a running one sees its lock and leaves."""
     service = supervisor(tmp_path, "import time\ntime.sleep(60)\n")
     starts = [subprocess.Popen([sys.executable, "-m", "onboard.service", "start", "--dir", str(tmp_path)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
-    for start in starts:
-        assert start.wait(timeout=30) == 0
     try:
-        wait_until(lambda: "another supervisor already runs this service" in service.logfile.read_text())
-        supervisors = subprocess.run(["pgrep", "-f", f"onboard.service supervise --dir {tmp_path}"],
-                                     capture_output=True, text=True).stdout.split()  # fmt: skip
-        assert len(supervisors) == 1 and service.status().running
+        for start in starts:
+            assert start.wait(timeout=30) == 0, start.stderr.read()
+        second = service_cli("supervise", "--dir", str(tmp_path))
+        assert second.returncode == 0 and "another supervisor already runs this service" in second.stdout
+
+        def count(pattern: str) -> int:
+            return len(subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split())
+
+        assert count(f"onboard.service supervise --dir {tmp_path}") == 1
+        assert count(str(tmp_path / "runtime.py")) == 1 and service.status().running
     finally:
         service.stop()
     assert not service.status().running
