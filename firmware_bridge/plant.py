@@ -64,6 +64,20 @@ def limit_speed(qpos: np.ndarray, qvel: np.ndarray, limit: float, timestep: floa
     qvel[...] = limited
 
 
+def parse_mass_scale(items: list[str]) -> dict[str, float]:
+    """["pole=1.3", ...] (a command line's) -> {"pole": 1.3}; a malformed item is one ValueError naming the form."""
+    scale = {}
+    for item in items:
+        body, _, factor = item.partition("=")
+        try:
+            scale[body.strip()] = float(factor)
+        except ValueError:
+            raise ValueError(f"mass scale {item!r}: write BODY=FACTOR, e.g. pole=1.3") from None
+        if not body.strip():
+            raise ValueError(f"mass scale {item!r}: write BODY=FACTOR, e.g. pole=1.3")
+    return scale
+
+
 # The object that the first axis of an MjModel field counts, by the field's prefix: so rows may be named.
 FIELD_OBJECTS = {
     "body": mujoco.mjtObj.mjOBJ_BODY,
@@ -91,14 +105,27 @@ def field_row(model: mujoco.MjModel, field: str, row: str) -> int:
 class TaskModel:
     """A task's MjModel and what its MJCF says about the task (the numbers in the module docstring)."""
 
-    def __init__(self, xml_path: str | Path, control_period: float | None = None):
-        """control_period overrides the XML's (benchmarks of fast loops); physics then steps at most that long."""
+    def __init__(
+        self, xml_path: str | Path, control_period: float | None = None, mass_scale: dict[str, float] | None = None
+    ):
+        """control_period overrides the XML's (benchmarks of fast loops); physics then steps at most that long.
+        mass_scale: {body name: factor} makes those bodies heavier or lighter than the MJCF says (a plant off
+        its nominal model, for robustness runs): mass and inertia scale together, the shape stays."""
         self.xml_path = Path(xml_path)
         try:
             self.model = mujoco.MjModel.from_xml_path(str(xml_path))
         except ValueError as e:  # MuJoCo's compiler error: names the file, line and element
             raise ValueError(f"{xml_path}: {str(e).strip().splitlines()[0]}") from None
         model = self.model
+        for body, factor in (mass_scale or {}).items():
+            number = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
+            if number < 0:
+                names = ", ".join(model.body(i).name for i in range(1, model.nbody))
+                raise ValueError(f"mass scale: {xml_path} has no body {body!r}: its bodies are {names}")
+            if not (isinstance(factor, int | float) and 0 < factor < float("inf")):
+                raise ValueError(f"mass scale: body {body!r} factor {factor!r}: use a positive number")
+            model.body_mass[number] *= factor
+            model.body_inertia[number] *= factor
         period = self.numeric("control_period", required=True)
         self.control_period = period = float(period[0]) if control_period is None else control_period
         if model.opt.timestep > period:
@@ -153,8 +180,10 @@ class TaskModel:
 class MujocoPlant(TaskModel):
     """The TRUE plant: one MjModel and its MjData, stepped one control period at a time."""
 
-    def __init__(self, xml_path: str | Path, control_period: float | None = None):
-        super().__init__(xml_path, control_period)
+    def __init__(
+        self, xml_path: str | Path, control_period: float | None = None, mass_scale: dict[str, float] | None = None
+    ):
+        super().__init__(xml_path, control_period, mass_scale)
         self.data = mujoco.MjData(self.model)
 
     @classmethod

@@ -42,7 +42,7 @@ from firmware_bridge.dialect import (
 )
 from firmware_bridge.frames import FrameParser, enable_signing, read_signing_key
 from firmware_bridge.paths import MODELS_DIR
-from firmware_bridge.plant import MujocoPlant, model_xml
+from firmware_bridge.plant import MujocoPlant, model_xml, parse_mass_scale
 
 PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
@@ -458,6 +458,10 @@ def main(argv=None) -> int:
     parser.add_argument("--signing-key-file", type=Path, help="32-byte MAVLink 2 signing key (raw or hex)")
     parser.add_argument("--control-period", type=float, help="override the XML's control period, s (benchmarks)")
     parser.add_argument(
+        "--mass-scale", action="append", default=[], metavar="BODY=FACTOR",
+        help="a body heavier or lighter than the MJCF (mass and inertia times FACTOR), e.g. pole=1.3; repeatable",
+    )  # fmt: skip
+    parser.add_argument(
         "--applied-log", type=Path, help="append every applied command here, a JSON line each (link tests)"
     )
     args = parser.parse_args(argv)
@@ -465,7 +469,7 @@ def main(argv=None) -> int:
         low, high = CONTROL_PERIOD_LIMITS
         if args.control_period is not None and not low <= args.control_period <= high:
             raise ValueError(f"--control-period {args.control_period!r}: use seconds from {low:g} to {high:g}")
-        plant = MujocoPlant(model_xml(args.task, args.models), args.control_period)
+        plant = MujocoPlant(model_xml(args.task, args.models), args.control_period, parse_mass_scale(args.mass_scale))
         if plant.state_dim > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
             raise ValueError(
                 f"task {args.task!r} does not fit the dialect (its state has {plant.state_dim} values, at most "

@@ -1,4 +1,4 @@
-"""`python -m offboard`: train the soft-Q from robot logs, export it, deploy it, pull the robot's logs."""
+"""`python -m offboard`: train the soft-Q from robot logs, export it, evaluate it, deploy it, pull the robot's logs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from pathlib import Path
 
 from offboard.dataset import DatasetError
 from offboard.deploy import DeployError, add_commands, run_command
+from offboard.evaluate import add_command as add_evaluate
+from offboard.evaluate import run_command as run_evaluation
 from offboard.export import ExportError, check_model_path, export, export_extra, load_checkpoint
 from offboard.mpq import Config, train
 from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
+from onboard.qfunction import ModelError
 from onboard.tasks import get_task
 
 
@@ -31,6 +34,8 @@ def check_train_args(args) -> Path:
                                  ("window", args.window, 0), ("seed", args.seed, 0)):  # fmt: skip
         if value < least:
             raise ValueError(f"--{option} {value}: use {least} or more")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise ValueError(f"--torch-threads {args.torch_threads}: use 1 or more")
     if args.horizon is not None and args.horizon < 1:
         raise ValueError(f"--horizon {args.horizon}: use 1 or more (1: soft Q)")
     blocker = blocking_file(Path(args.out))
@@ -41,6 +46,20 @@ def check_train_args(args) -> Path:
             what = "is a file, not a log folder" if Path(folder).exists() else "does not exist"
             raise ValueError(f"--data {folder} {what}: give a robot log folder such as data/sim (make sim records one)")
     return model_path(args.model, args.task)
+
+
+def evaluate_command(args) -> int:
+    try:
+        return run_evaluation(args)
+    except (ModelError, ProfileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the evaluation did not finish (no evaluation.json); run it again", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError) as e:  # the loop, the link, the stand-in
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def main(argv=None) -> int:
@@ -59,11 +78,15 @@ def main(argv=None) -> int:
     t.add_argument("--out", default=Config.out)
     t.add_argument("--model", help="where to export (default models/<task>/q.onnx)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--torch-threads", type=int, help="torch's CPU threads (default: half this machine's CPUs)")
     e = sub.add_parser("export", help="export a training checkpoint to q.onnx + q.json")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--model", help="default models/<task>/q.onnx")
+    add_evaluate(sub)
     add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return evaluate_command(args)
     if args.command not in ("train", "export"):
         try:
             return run_command(args, load_profile(args.robot))
@@ -88,13 +111,14 @@ def main(argv=None) -> int:
             config = Config(
                 task=args.task, data=tuple(args.data), iterations=args.iterations, updates_per_iteration=args.updates,
                 horizon=args.horizon, target_network=args.target_network, buffer_window=args.window, out=args.out,
-                seed=args.seed,
+                seed=args.seed, torch_threads=args.torch_threads,
             )  # fmt: skip
             result = train(config)
-            last = result.history[-1]
+            first, last = result.history[0], result.history[-1]
             print(f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
-                  f"held-out Bellman error {result.history[0]['holdout_bellman_error']:.3g} -> "
-                  f"{last['holdout_bellman_error']:.3g}; run in {result.run_dir}")  # fmt: skip
+                  f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
+                  f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
+                  f"run in {result.run_dir}")  # fmt: skip
             export(result.net, config.task, model, export_extra(config.to_dict(), result.buffer.segments))
             print(f"exported {model} (+ {model.with_suffix('.json').name})")
         else:

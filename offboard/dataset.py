@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onboard.recorder import SegmentError, read_manifest, read_segment, verified_segments
+from onboard.fileio import sha256_file
+from onboard.recorder import SegmentError, read_manifest, read_segment
 from onboard.tasks.base import Task
 
 
@@ -29,6 +30,7 @@ class ReplayBuffer:
     next_state: np.ndarray  # (N, n)
     terminal: np.ndarray  # (N,) True only where the plant cannot continue (never on a time limit)
     segments: list[dict] = field(default_factory=list)  # {"segment", "sha256", "transitions"}
+    holdout: np.ndarray | None = None  # (N,) True: kept out of training for good, to measure the Bellman error
 
     def __len__(self) -> int:
         return len(self.cost)
@@ -40,65 +42,140 @@ class ReplayBuffer:
         cut = slice(len(self) - size, None)
         return ReplayBuffer(
             self.state[cut], self.obs[cut], self.action[cut], self.cost[cut], self.next_state[cut],
-            self.terminal[cut], self.segments,
+            self.terminal[cut], self.segments, None if self.holdout is None else self.holdout[cut],
         )  # fmt: skip
+
+
+COLUMNS = ("state", "obs", "action", "cost", "next_state")
+
+
+@dataclass
+class LoadedSegment:
+    path: Path
+    sha256: str
+    stat: tuple[int, int]  # (size, mtime_ns) when it was hashed: unchanged means no need to hash it again
+    arrays: dict[str, np.ndarray]
+    holdout: np.ndarray  # (transitions,) bool, drawn once from the segment's sha256
+
+
+class SegmentStore:
+    """The verified segments of one task under some robot log folders, each read once.
+
+    `refresh()` reads only what is new since the last call: a training run that lives across collection
+    rounds does not re-read or re-hash its whole history. A listed segment whose size or mtime changed
+    is hashed again, and one that no longer matches its MANIFEST leaves the buffer with a problem line.
+    Each transition is assigned to the held-out set once, by its segment's sha256 and the seed, so the
+    held-out set never changes and never reaches training, whatever order segments arrive in."""
+
+    def __init__(self, folders: list[Path], task: Task, holdout_fraction: float = 0.0, seed: int = 0):
+        self.folders = [Path(f) for f in folders]
+        self.task = task
+        self.holdout_fraction = holdout_fraction
+        self.seed = seed
+        self.loaded: dict[Path, LoadedSegment] = {}
+        self.reads = 0  # segments read from disk so far (the incremental loading's own check)
+
+    def refresh(self) -> list[str]:
+        """Read new verified segments, drop changed ones; one line per problem found now."""
+        problems, listed = [], set()
+        for folder in self.folders:
+            try:
+                entries = read_manifest(folder)
+            except SegmentError as e:
+                problems.append(str(e))
+                self._forget(lambda path, folder=folder: path.parent == folder)
+                continue
+            for entry in sorted(entries, key=lambda e: e["segment"]):
+                path = folder / entry["segment"]
+                listed.add(path)
+                problem = self._load(path, entry["sha256"])
+                if problem is not None:
+                    problems.append(problem)
+                    self.loaded.pop(path, None)
+            names = {entry["segment"] for entry in entries}
+            for path in sorted(folder.glob("*.mcap")):
+                if path.name not in names:
+                    problems.append(f"{path}: not in MANIFEST (not closed by the recorder)")
+        self._forget(lambda path: path not in listed)
+        return problems
+
+    def _forget(self, which) -> None:
+        for path in [p for p in self.loaded if which(p)]:
+            del self.loaded[path]
+
+    def _load(self, path: Path, sha256: str) -> str | None:
+        """None when the segment is in the store (already, or read now); else the problem."""
+        if not path.exists():
+            return f"{path}: listed in MANIFEST but missing"
+        stat = path.stat()
+        stat = (stat.st_size, stat.st_mtime_ns)
+        known = self.loaded.get(path)
+        if known is not None and known.sha256 == sha256 and known.stat == stat:
+            return None
+        if sha256_file(path) != sha256:
+            return f"{path}: sha256 does not match MANIFEST (changed or damaged after it was closed)"
+        if known is not None and known.sha256 == sha256:  # touched, not changed
+            known.stat = stat
+            return None
+        self.reads += 1
+        try:
+            metadata, topics = read_segment(path)
+        except SegmentError as e:  # its sha256 matches, but it was cut short before it was listed
+            return f"{e}: left out"
+        task = self.task
+        seg_task = metadata.get("segment", {}).get("task")
+        if seg_task != task.name:
+            return f"{path}: recorded for task {seg_task!r}, not {task.name!r}: left out"
+        steps = topics["/transition"]
+        if not steps:
+            return f"{path}: no transitions: left out"
+        try:
+            arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in COLUMNS}
+        except (KeyError, TypeError, ValueError):  # a field missing, ragged or not a number
+            return f"{path}: a transition's state, obs, action, cost or next_state is missing or not numbers: left out"
+        shapes_ok = (
+            arrays["state"].shape[1:] == (task.state_dim,)
+            and arrays["next_state"].shape[1:] == (task.state_dim,)
+            and arrays["action"].shape[1:] == (task.act_dim,)
+            and arrays["obs"].shape[1:] == (task.obs_dim,)
+        )
+        if not shapes_ok:
+            return f"{path}: transitions do not have {task.name}'s dimensions: left out"
+        if not all(np.all(np.isfinite(a)) for a in arrays.values()):
+            return f"{path}: non-finite states, actions or costs: left out"
+        draw = np.random.default_rng([self.seed, int(sha256[:15], 16)])
+        holdout = draw.random(len(steps)) < self.holdout_fraction
+        self.loaded[path] = LoadedSegment(path, sha256, stat, arrays, holdout)
+        return None
+
+    def buffer(self) -> ReplayBuffer:
+        """Every loaded transition, folder by folder in the order given, segments by name (oldest first)."""
+        order = {folder: i for i, folder in enumerate(self.folders)}
+        segments = sorted(self.loaded.values(), key=lambda s: (order[s.path.parent], s.path.name))
+        if not segments:
+            return ReplayBuffer(*(np.zeros((0,)) for _ in range(6)), segments=[], holdout=np.zeros(0, dtype=bool))
+        joined = {k: np.concatenate([s.arrays[k] for s in segments]) for k in COLUMNS}
+        holdout = np.concatenate([s.holdout for s in segments])
+        if self.holdout_fraction > 0 and not holdout.any():  # at least one, to measure with: the newest
+            holdout[-1] = True
+        # Episodes end on a time limit: the plant could go on, so every transition bootstraps from s'.
+        terminal = np.zeros(len(joined["cost"]), dtype=bool)
+        listing = [dict(segment=str(s.path), sha256=s.sha256, transitions=len(s.holdout)) for s in segments]
+        return ReplayBuffer(**joined, terminal=terminal, segments=listing, holdout=holdout)
+
+    def no_data_error(self, problems: list[str]) -> DatasetError:
+        where = ", ".join(str(f) for f in self.folders)
+        name = self.task.name
+        if problems:  # the first problem names its own fix
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            return DatasetError(f"no usable {name} segments in {where}: {problems[0]}{more}")
+        return DatasetError(f"no usable {name} segments in {where}: record some with `make sim`")
 
 
 def load_replay_buffer(folders: list[Path], task: Task) -> tuple[ReplayBuffer, list[str]]:
     """All verified transitions of `task` under the robot log folders, and one line per problem found."""
-    columns = {k: [] for k in ("state", "obs", "action", "cost", "next_state")}
-    segments, problems = [], []
-    for folder in folders:
-        try:
-            good, bad = verified_segments(folder)
-            checked = {entry["segment"]: entry["sha256"] for entry in read_manifest(folder)}  # verified just now
-        except SegmentError as e:
-            problems.append(str(e))
-            continue
-        problems += bad
-        for path in good:
-            try:
-                metadata, topics = read_segment(path)
-            except SegmentError as e:  # its sha256 matches, but it was cut short before it was listed
-                problems.append(f"{e}: left out")
-                continue
-            seg_task = metadata.get("segment", {}).get("task")
-            if seg_task != task.name:
-                problems.append(f"{path}: recorded for task {seg_task!r}, not {task.name!r}: left out")
-                continue
-            steps = topics["/transition"]
-            if not steps:
-                problems.append(f"{path}: no transitions: left out")
-                continue
-            try:
-                arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in columns}
-            except (KeyError, TypeError, ValueError):  # a field missing, ragged or not a number
-                problems.append(
-                    f"{path}: a transition's state, obs, action, cost or next_state is missing or not numbers: left out"
-                )
-                continue
-            shapes_ok = (
-                arrays["state"].shape[1:] == (task.state_dim,)
-                and arrays["next_state"].shape[1:] == (task.state_dim,)
-                and arrays["action"].shape[1:] == (task.act_dim,)
-                and arrays["obs"].shape[1:] == (task.obs_dim,)
-            )
-            if not shapes_ok:
-                problems.append(f"{path}: transitions do not have {task.name}'s dimensions: left out")
-                continue
-            if not all(np.all(np.isfinite(a)) for a in arrays.values()):
-                problems.append(f"{path}: non-finite states, actions or costs: left out")
-                continue
-            for k in columns:
-                columns[k].append(arrays[k])
-            segments.append(dict(segment=str(path), sha256=checked[path.name], transitions=len(steps)))
-    if not segments:
-        where = ", ".join(str(f) for f in folders)
-        if problems:  # the first problem names its own fix
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise DatasetError(f"no usable {task.name} segments in {where}: {problems[0]}{more}")
-        raise DatasetError(f"no usable {task.name} segments in {where}: record some with `make sim`")
-    joined = {k: np.concatenate(v) for k, v in columns.items()}
-    # Episodes end on a time limit: the plant could go on, so every transition bootstraps from s'.
-    terminal = np.zeros(len(joined["cost"]), dtype=bool)
-    return ReplayBuffer(**joined, terminal=terminal, segments=segments), problems
+    store = SegmentStore(folders, task)
+    problems = store.refresh()
+    if not store.loaded:
+        raise store.no_data_error(problems)
+    return store.buffer(), problems

@@ -1,13 +1,20 @@
-"""`make demo`: MPQ learning through the hardware-in-the-loop path, against the paper's baselines.
+"""`make demo` and `make reproduce`: MPQ learning through the hardware-in-the-loop path, against the paper's baselines.
 
 Every episode runs on the real stack: the onboard loop (MPPI on the BIASED model, ONNX Q) drives the
 firmware stand-in (MuJoCo, TRUE parameters) over a pty in lockstep and logs verified MCAP segments.
-Each iteration: collect episodes with the current Q -> train on all verified segments -> export q.onnx
--> reload it onboard -> evaluate on fixed-seed starts. The baselines run the same evaluation once:
-MPPI H=8 and H=32 with the biased model, MPPI H=32 with the TRUE model (the upper bound MPPI can
-reach), and soft Q-learning (H=1, target network) trained the same way (the paper's Fig. 2; docs/algorithm.md).
-Writes runs/demo/<time>/: learning_curve.png, results.json (every number, the full configuration),
-and the final q.onnx + q.json.
+Each learner (MPQ with the task's short H; soft Q-learning, H=1 with a target network) is one training
+run per training seed (offboard.mpq.Trainer: its Q, optimiser, target planners and held-out set live
+across iterations). Each iteration: collect episodes with the current Q -> train on the new verified
+segments with the old -> export q.onnx -> reload it onboard -> evaluate it on the learning curve's
+fixed-seed starts. The baselines run the curve's evaluation once: MPPI with the short and the long H and
+the biased model, and with the long H and the TRUE model (the best MPPI can do). docs/algorithm.md.
+
+With --final-episodes N, every final Q and every baseline then runs N new starts drawn from a seed that
+no setting was tuned on, uniform and hanging, and the claims are ratios of mean cost to the TRUE-model
+MPPI with 95 % bootstrap intervals over training seeds and starts (offboard.stats); with --robustness
+BODY=FACTOR, once more on a plant made heavier, against MPPI given the plant's real parameters.
+Writes runs/demo/<time>/: learning_curve.png, results.json (every number, the full configuration; written
+last, so a run folder holding it is a complete run), and the first seed's final q.onnx + q.json.
 """
 
 from __future__ import annotations
@@ -23,16 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.plant import parse_mass_scale
+from offboard.evaluate import FINAL_EVAL_SEED, run_episodes
 from offboard.export import export, export_extra
-from offboard.mpq import Config, train
-from onboard.fileio import blocking_file
-from onboard.loop import run
+from offboard.mpq import Config, Trainer
+from offboard.stats import format_interval, mean_interval, ratio_interval
+from onboard.fileio import blocking_file, new_run_dir
 from onboard.mppi import MPPIConfig
-from onboard.profile import load_profile
-from onboard.recorder import read_segment, verified_segments
 from onboard.tasks import get_task
 
-EVAL_SEED = 10_000  # evaluation starts: the task's start distribution, seeded by EVAL_SEED + episode id
+EVAL_SEED = 10_000  # the learning curves' starts (seeded by (EVAL_SEED, episode)); final evaluations use others
+# The claim each task's run is held to: MPQ's mean cost over the TRUE-model MPPI's, at the upper end of its 95 %
+# interval, on uniform and on hanging starts. A task not listed is held to the loosest.
+TARGET_RATIO = {"pendulum": 1.05, "cartpole": 1.10}
+DEFAULT_TARGET_RATIO = 1.10
 
 
 @dataclasses.dataclass
@@ -40,21 +51,18 @@ class DemoConfig:
     task: str = "pendulum"
     iterations: int = 10  # collect -> train -> export -> evaluate, this many times (make reproduce: 20)
     episodes_per_iteration: int = 5  # training episodes collected per iteration (N_update)
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # the learning curve's starts per point
     updates_per_iteration: int = 500  # M minibatches of the training after each collection
     batch_size: int = 64
     horizon: int | None = None  # MPQ's H (None: the task's, the pendulum's 8)
     long_horizon: int | None = None  # the long MPPI baseline (None: the task's, the pendulum's 32)
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
+    seeds: int = 1  # training seeds: seed, seed+1, ... (each its own data, Q and evaluation)
+    final_episodes: int = 0  # new starts per setting in the final evaluation, uniform and hanging (0: none)
+    robustness: str = ""  # BODY=FACTOR: the final evaluation once more on a heavier plant, e.g. pole=1.3
+    torch_threads: int | None = None  # torch's CPU threads (None: half this machine's CPUs)
     out: str = "runs/demo"
     seed: int = 0
-
-
-def episode_costs(log_folder: Path) -> list[float]:
-    segments, problems = verified_segments(log_folder)
-    if problems:
-        raise RuntimeError(problems[0])
-    return [sum(t["cost"] for t in read_segment(s)[1]["/transition"]) for s in segments]
 
 
 class Stop:
@@ -75,68 +83,145 @@ class Stop:
             raise KeyboardInterrupt
 
 
-def run_episodes(
-    robot_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict, stop: Stop
-) -> list[float]:
-    """Episodes on the stand-in through the onboard loop; returns their costs (from the verified logs)."""
-    profile = load_profile("sim", task=task, log_dir=str(robot_dir), model=q, seed=seed)
-    profile.name = name
-    profile.mppi = {**profile.mppi, **mppi}
+def episodes(stop: Stop, *args, **kwargs) -> list[float]:
+    """offboard.evaluate.run_episodes with the demo's Ctrl-C handling: the loop ends its episode cleanly."""
     stop.in_episodes = True
     try:
-        run(profile, episodes, show_status=False, stop=stop)
+        return run_episodes(*args, stop=stop, **kwargs)
     finally:
         stop.in_episodes = False
-    if stop():  # the stage was cut short: its costs are no result
-        raise KeyboardInterrupt
-    return episode_costs(robot_dir / name)
 
 
-def learn(cfg: DemoConfig, run_dir: Path, label: str, horizon: int, target_network: bool, log, stop: Stop) -> dict:
-    """The closed loop for one learner; returns its learning curve."""
-    data, models = run_dir / label / "data", run_dir / label / "models"
-    curve, model, net = [], "", None
-    for iteration in range(1, cfg.iterations + 1):
-        started = time.monotonic()
-        run_episodes(data, "robot", cfg.task, cfg.episodes_per_iteration, cfg.seed, model, dict(H=horizon), stop)
-        config = Config(
-            task=cfg.task, data=(str(data / "robot"),), out=str(run_dir / label / "train"), iterations=1,
-            updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
-            target_network=target_network, seed=cfg.seed + iteration,
-        )  # fmt: skip
-        result = train(config, net=net, progress=False, log=lambda *_: None)
-        net = result.net  # the next iteration goes on training the same Q
-        path = models / f"iter{iteration:03d}" / "q.onnx"
-        export(result.net, cfg.task, path, export_extra(config.to_dict(), result.buffer.segments))
-        model = str(path)
-        costs = run_episodes(
-            run_dir / label / "eval",
-            f"iter{iteration:03d}",
-            cfg.task,
-            cfg.eval_episodes,
-            EVAL_SEED,
-            model,
-            dict(H=horizon),
-            stop,
-        )
-        point = dict(
-            iteration=iteration,
-            training_episodes=iteration * cfg.episodes_per_iteration,
-            eval_cost_mean=float(np.mean(costs)),
-            eval_cost_std=float(np.std(costs)),
-            eval_costs=costs,
-            holdout_bellman_error_before=result.history[0]["holdout_bellman_error"],
-            holdout_bellman_error=result.history[-1]["holdout_bellman_error"],
-            model=model,
-            seconds=time.monotonic() - started,
-        )
-        curve.append(point)
-        log(
-            f"{label} iteration {iteration}/{cfg.iterations}: {point['training_episodes']} training episodes, "
-            f"eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, "
-            f"held-out Bellman error {point['holdout_bellman_error']:.3g} ({point['seconds']:.0f} s)"
-        )
-    return dict(horizon=horizon, target_network=target_network, curve=curve)
+def baselines(cfg: DemoConfig) -> list[tuple[str, int, str]]:
+    """(label, H, planner model) of the MPPI baselines; the last is the reference every ratio is taken to."""
+    return [
+        (f"MPPI H={cfg.horizon} biased", cfg.horizon, "biased"),
+        (f"MPPI H={cfg.long_horizon} biased", cfg.long_horizon, "biased"),
+        (f"MPPI H={cfg.long_horizon} TRUE model", cfg.long_horizon, "true"),
+    ]
+
+
+def folder_name(label: str) -> str:
+    return label.replace(" ", "_").replace("=", "")
+
+
+def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, target_network: bool, log,
+          stop: Stop) -> dict:  # fmt: skip
+    """The closed loop for one learner and training seed; returns its learning curve and final model."""
+    here = run_dir / label / f"seed{seed}"
+    config = Config(
+        task=cfg.task, data=(str(here / "data" / "robot"),), out=str(here / "train"), iterations=cfg.iterations,
+        updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
+        target_network=target_network, seed=seed, torch_threads=cfg.torch_threads,
+    )  # fmt: skip
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    curve, model = [], ""
+    try:
+        for iteration in range(1, cfg.iterations + 1):
+            started = time.monotonic()
+            # Collection: new starts each episode (seeded by (seed, episode id)), the planner's noise by iteration.
+            collect = dict(H=horizon, seed=seed * 1000 + iteration)
+            episodes(stop, here / "data", "robot", cfg.task, cfg.episodes_per_iteration, seed, model, collect)
+            trainer.load()  # the new segments only
+            record = trainer.train_iteration()
+            path = here / "models" / f"iter{iteration:03d}" / "q.onnx"
+            export(trainer.net, cfg.task, path, export_extra(config.to_dict(), trainer.buffer.segments))
+            model = str(path)
+            costs = episodes(stop, here / "eval", f"iter{iteration:03d}", cfg.task, cfg.eval_episodes, EVAL_SEED,
+                             model, dict(H=horizon))  # fmt: skip
+            point = dict(
+                iteration=iteration,
+                training_episodes=iteration * cfg.episodes_per_iteration,
+                eval_cost_mean=float(np.mean(costs)),
+                eval_cost_std=float(np.std(costs)),
+                eval_costs=costs,
+                holdout_bellman_error_before=record["holdout_bellman_error_before"],
+                holdout_bellman_error=record["holdout_bellman_error"],
+                held_out=record["held_out"],
+                model=model,
+                seconds=time.monotonic() - started,
+            )
+            trainer.scalars(iteration, dict(eval_cost_mean=point["eval_cost_mean"]))
+            curve.append(point)
+            log(
+                f"{label} seed {seed} iteration {iteration}/{cfg.iterations}: {point['training_episodes']} training "
+                f"episodes, eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, "
+                f"held-out Bellman error {point['holdout_bellman_error']:.3g} ({point['seconds']:.0f} s)"
+            )
+    finally:
+        trainer.close()
+    return dict(seed=seed, horizon=horizon, target_network=target_network, curve=curve, model=model,
+                run=str(trainer.run_dir))  # fmt: skip
+
+
+def final_evaluation(cfg: DemoConfig, run_dir: Path, learners: dict, log, stop: Stop) -> dict:
+    """Every baseline and every learner's final Q (each seed) on the same new starts; the ratios to the reference.
+
+    {setting: {"starts", "mass_scale", "reference", "rows": {label: {costs, cost, ratio}}}}"""
+    settings = {"uniform": ("uniform", ""), "hanging": ("hanging", "")}
+    if cfg.robustness:
+        settings[f"uniform, plant {cfg.robustness}"] = ("uniform", cfg.robustness)
+    reference = baselines(cfg)[-1][0]
+    results = {}
+    for setting, (starts, scale) in settings.items():
+        where = run_dir / "final" / folder_name(setting.replace(",", ""))
+        mass_scale = parse_mass_scale([scale] if scale else [])
+        common = dict(starts=starts, mass_scale=mass_scale)
+        n, seed = cfg.final_episodes, FINAL_EVAL_SEED
+        rows = {}
+        # On the heavier plant only the reference (given the plant's real parameters) and MPQ run: the claim.
+        for label, horizon, model in baselines(cfg) if not scale else baselines(cfg)[-1:]:
+            costs = episodes(stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model),
+                             **common)  # fmt: skip
+            rows[label] = dict(costs=[costs])
+        for label, runs in learners.items() if not scale else [("MPQ", learners["MPQ"])]:
+            rows[label] = dict(costs=[
+                episodes(stop, where, f"{label}_seed{r['seed']}", cfg.task, n, seed, r["model"], dict(H=r["horizon"]),
+                         **common)
+                for r in runs
+            ])  # fmt: skip
+        for row in rows.values():
+            row["cost"] = mean_interval(np.ravel(row["costs"]))
+            row["ratio"] = ratio_interval(row["costs"], rows[reference]["costs"][0])
+        results[setting] = dict(starts=starts, mass_scale=scale, episodes=n, seed=seed, reference=reference, rows=rows)
+        log(f"final evaluation, {setting}: " + "; ".join(
+            f"{label} {row['cost']['mean']:.1f} (ratio {format_interval(**_ratio(row))})" for label, row in rows.items()
+        ))  # fmt: skip
+    return results
+
+
+def _ratio(row: dict) -> dict:
+    r = row["ratio"]
+    return dict(value=r["ratio"], low=r["low"], high=r["high"])
+
+
+def claims(cfg: DemoConfig, final: dict) -> dict:
+    """MPQ's ratio to the TRUE-model MPPI against the task's target, per setting (upper end of the interval)."""
+    target = TARGET_RATIO.get(cfg.task, DEFAULT_TARGET_RATIO)
+    out = {}
+    for setting, result in final.items():
+        mpq = result["rows"]["MPQ"]["ratio"]
+        out[setting] = dict(target=target, ratio=mpq["ratio"], low=mpq["low"], high=mpq["high"], seeds=mpq["seeds"],
+                            starts=mpq["starts"], met=mpq["high"] <= target)  # fmt: skip
+    return out
+
+
+def table(final: dict) -> str:
+    """The final evaluation as the README shows it (Markdown)."""
+    lines = []
+    for setting, result in final.items():
+        lines += [
+            "",
+            f"{result['episodes']} {setting} starts (seed {result['seed']}); ratio to {result['reference']}:",
+            "",
+            "| planner | seeds | mean episode cost [95 %] | ratio [95 %] |",
+            "|---|---|---|---|",
+        ]
+        for label, row in result["rows"].items():
+            c = row["cost"]
+            lines.append(f"| {label} | {len(row['costs'])} | {format_interval(c['mean'], c['low'], c['high'], 1)} | "
+                         f"{format_interval(**_ratio(row))} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: Path, task) -> None:
@@ -146,15 +231,17 @@ def plot(results: dict, path: Path, task) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label, learner in results["learners"].items():
-        x = [p["training_episodes"] for p in learner["curve"]]
-        y = [p["eval_cost_mean"] for p in learner["curve"]]
-        ax.plot(x, y, marker="o", label=f"{label} (H={learner['horizon']})")
+    for label, runs in results["learners"].items():
+        x = [p["training_episodes"] for p in runs[0]["curve"]]
+        y = np.array([[p["eval_cost_mean"] for p in r["curve"]] for r in runs])
+        (line,) = ax.plot(x, y.mean(axis=0), marker="o", label=f"{label} (H={runs[0]['horizon']}, {len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
     for (label, baseline), style in zip(results["baselines"].items(), (":", "--", "-."), strict=True):
         ax.axhline(baseline["eval_cost_mean"], linestyle=style, color="gray", label=label)
     ax.set_xlabel("training episodes on the plant")
     ax.set_ylabel(f"mean episode cost over {results['config']['eval_episodes']} fixed-seed starts")
-    ax.set_title(f"MPQ on the {task.name} stand-in (biased planner model)")
+    ax.set_title(f"MPQ on the {task.name} stand-in (biased planner model; band: min-max over seeds)")
     minutes = task.episode_steps * task.dt / 60
     top = ax.secondary_xaxis("top", functions=(lambda e: e * minutes, lambda m: m / minutes))
     top.set_xlabel("minutes of plant interaction")
@@ -167,16 +254,27 @@ def plot(results: dict, path: Path, task) -> None:
 def config_problem(cfg: DemoConfig) -> str | None:
     """What is wrong with the settings (None: nothing), found before anything runs: the loop reads 0 episodes as
     "until stopped", so a count below 1 would run forever."""
-    for name in ("iterations", "episodes_per_iteration", "eval_episodes", "updates_per_iteration", "batch_size"):
+    for name in ("iterations", "episodes_per_iteration", "eval_episodes", "updates_per_iteration", "batch_size",
+                 "seeds"):  # fmt: skip
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 1 or more"
-    if cfg.seed < 0:
-        return f"--seed {cfg.seed}: use 0 or more"
+    for name in ("seed", "final_episodes"):
+        if getattr(cfg, name) < 0:
+            return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 0 or more"
+    if cfg.torch_threads is not None and cfg.torch_threads < 1:
+        return f"--torch-threads {cfg.torch_threads}: use 1 or more"
     if not 1 <= cfg.horizon < cfg.long_horizon:
         return (
             f"--horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
             "MPQ's point is a short horizon against a long one"
         )
+    if cfg.robustness:
+        if not cfg.final_episodes:
+            return "--robustness runs in the final evaluation: give --final-episodes too"
+        try:
+            get_task(cfg.task, parse_mass_scale([cfg.robustness]))
+        except ValueError as e:
+            return f"--robustness: {e}"
     blocker = blocking_file(Path(cfg.out))
     if blocker is not None:
         return f"--out {cfg.out}: {blocker} is a file, not a folder; give a folder for the demo's run folders"
@@ -202,8 +300,7 @@ def main(argv=None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.out) / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True)
+    run_dir = new_run_dir(Path(cfg.out))
     stop = Stop()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -218,50 +315,49 @@ def main(argv=None) -> int:
 
 
 def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
-    """Baselines, learners, the final model, then the plot and results.json: results.json last, so that a run
-    folder holding it is a complete run."""
+    """Baselines, learners, the final evaluation, then the plot and results.json."""
     started = time.monotonic()
 
     def log(line: str) -> None:
         print(f"[{time.monotonic() - started:6.0f} s] {line}", flush=True)
 
     log(f"demo in {run_dir}: {cfg}")
-    baselines = {}
-    for label, horizon, model in (
-        (f"MPPI H={cfg.horizon} biased", cfg.horizon, "biased"),
-        (f"MPPI H={cfg.long_horizon} biased", cfg.long_horizon, "biased"),
-        (f"MPPI H={cfg.long_horizon} TRUE model", cfg.long_horizon, "true"),
-    ):
-        name = label.replace(" ", "_").replace("=", "")
-        mppi = dict(H=horizon, model=model)
-        costs = run_episodes(run_dir / "baselines", name, cfg.task, cfg.eval_episodes, EVAL_SEED, "", mppi, stop)
-        baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
-                                eval_cost_std=float(np.std(costs)), eval_costs=costs)  # fmt: skip
+    curve_baselines = {}
+    for label, horizon, model in baselines(cfg):
+        costs = episodes(stop, run_dir / "baselines", folder_name(label), cfg.task, cfg.eval_episodes, EVAL_SEED, "",
+                         dict(H=horizon, model=model))  # fmt: skip
+        curve_baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
+                                      eval_cost_std=float(np.std(costs)), eval_costs=costs)  # fmt: skip
         log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}")
-    learners = {"MPQ": learn(cfg, run_dir, "MPQ", cfg.horizon, False, log, stop)}
-    if cfg.soft_q:
-        learners["soft-Q"] = learn(cfg, run_dir, "soft-Q", 1, True, log, stop)
+    kinds = [("MPQ", cfg.horizon, False)] + ([("soft-Q", 1, True)] if cfg.soft_q else [])
+    learners = {label: [] for label, _, _ in kinds}
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        for label, horizon, target_network in kinds:
+            learners[label].append(learn(cfg, run_dir, label, seed, horizon, target_network, log, stop))
 
-    final = learners["MPQ"]["curve"][-1]
-    shutil.copy(final["model"], run_dir / "q.onnx")
-    shutil.copy(Path(final["model"]).with_suffix(".json"), run_dir / "q.json")
-    true_cost = baselines[f"MPPI H={cfg.long_horizon} TRUE model"]["eval_cost_mean"]
-    acceptance = dict(
-        mpq_final_eval_cost=final["eval_cost_mean"],
-        training_episodes=final["training_episodes"],
-        beats_mppi_short_biased=final["eval_cost_mean"] < baselines[f"MPPI H={cfg.horizon} biased"]["eval_cost_mean"],
-        beats_mppi_long_biased=final["eval_cost_mean"]
-        < baselines[f"MPPI H={cfg.long_horizon} biased"]["eval_cost_mean"],
-        within_10_percent_of_true_model=final["eval_cost_mean"] <= 1.1 * true_cost,
-    )
-    results = dict(
-        config=dataclasses.asdict(cfg), task=cfg.task, baselines=baselines, learners=learners,
-        acceptance=acceptance, seconds=time.monotonic() - started,
-    )  # fmt: skip
+    first = learners["MPQ"][0]
+    shutil.copy(first["model"], run_dir / "q.onnx")
+    shutil.copy(Path(first["model"]).with_suffix(".json"), run_dir / "q.json")
+    results = dict(config=dataclasses.asdict(cfg), task=cfg.task, baselines=curve_baselines, learners=learners)
+    if cfg.final_episodes:
+        results["final"] = final_evaluation(cfg, run_dir, learners, log, stop)
+        results["claims"] = claims(cfg, results["final"])
+        (run_dir / "table.md").write_text(table(results["final"]).lstrip() + "\n")
+        print(table(results["final"]))
+        for setting, claim in results["claims"].items():
+            verdict = "met" if claim["met"] else "NOT met"
+            log(
+                f"claim, {setting}: MPQ / {results['final'][setting]['reference']} = "
+                f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training "
+                f"seeds x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): {verdict}"
+            )
+    results["seconds"] = time.monotonic() - started
     plot(results, run_dir / "learning_curve.png", task)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"acceptance: {json.dumps(acceptance)}")
-    log(f"wrote {run_dir}/learning_curve.png, results.json, q.onnx, q.json")
+    log(
+        f"wrote {run_dir}/learning_curve.png, results.json, q.onnx, q.json"
+        + (", table.md" if cfg.final_episodes else "")
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import time
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from offboard.dataset import ReplayBuffer, load_replay_buffer
+from offboard.dataset import DatasetError, ReplayBuffer, SegmentStore
+from onboard.fileio import new_run_dir
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.tasks import get_task
 
@@ -49,10 +50,12 @@ class Config:
     holdout_fraction: float = 0.1  # transitions kept out of training to measure the Bellman error
     backend: str | None = None  # the targets' MPPI: None is c where the task has a closed-form model, else mujoco
     seed: int = 0
-    torch_threads: int = 2
+    torch_threads: int | None = None  # None: half this machine's CPUs (default_torch_threads)
 
     def __post_init__(self):
         task = get_task(self.task)
+        self.data = tuple(str(d) for d in self.data)
+        self.torch_threads = default_torch_threads() if self.torch_threads is None else self.torch_threads
         acting = MPPIConfig.for_task(task)
         if self.backend is None:
             self.backend = "c" if task.has_analytic_model else "mujoco"
@@ -61,6 +64,12 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_torch_threads() -> int:
+    """Half the CPUs this process may use, at least 1. Torch's threads spin while they wait: with every core
+    taken, one other busy process (the stand-in, a second learner) made a training step 30x slower."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 class QNetwork(nn.Module):
@@ -121,6 +130,113 @@ def bellman_error(net: QNetwork, planner: MPPI, buffer: ReplayBuffer, idx: np.nd
     return float(np.mean((y - q.numpy()) ** 2))
 
 
+def update(net: QNetwork, optimizer: torch.optim.Optimizer, planner: MPPI, buffer: ReplayBuffer, idx) -> dict:
+    """Algorithm 1's update on one minibatch: MPPI targets with the planner's Q, squared error, one Adam step."""
+    y = torch.as_tensor(soft_bellman_targets(planner, buffer, idx), dtype=torch.float32)
+    q = net(
+        torch.as_tensor(buffer.obs[idx], dtype=torch.float32), torch.as_tensor(buffer.action[idx], dtype=torch.float32)
+    )
+    loss = torch.mean((y - q) ** 2)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return dict(loss=loss.item(), mean_target=y.mean().item(), mean_q=q.mean().item())
+
+
+class Trainer:
+    """One training run. The Q, its optimiser, the target planners, the held-out set and the TensorBoard run
+    live as long as the trainer, across any number of `load` + `train_iteration` rounds (the demo collects
+    episodes between them); `load` reads only the segments that are new since the last round."""
+
+    def __init__(self, config: Config, net: QNetwork | None = None, progress: bool = True, log=print):
+        self.config, self.progress, self.log = config, progress, log
+        torch.manual_seed(config.seed)
+        torch.set_num_threads(config.torch_threads)
+        self.rng = np.random.default_rng(config.seed)
+        self.task = task = get_task(config.task)
+        self.store = SegmentStore([Path(d) for d in config.data], task, config.holdout_fraction, config.seed)
+        self.buffer: ReplayBuffer | None = None
+        self.problems: list[str] = []
+
+        # Q, its optimiser, and the planners that compute targets with it.
+        self.net = net or QNetwork(task.obs_dim, task.act_dim, config.hidden)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.target_net = copy.deepcopy(self.net) if config.target_network else None
+        self.planner = target_planner(config, task, TorchQ(self.target_net or self.net))
+        self.judge = target_planner(config, task, TorchQ(self.net))  # held-out error: always the current Q
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = new_run_dir(Path(config.out))
+        (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.history: list[dict] = []
+        self.updates = 0
+
+    def load(self) -> list[str]:
+        """Bring in the verified segments that are new since the last call; one line per problem found."""
+        problems = self.store.refresh()
+        for problem in problems:
+            self.log(f"left out: {problem}")
+        if not self.store.loaded:
+            raise self.store.no_data_error(problems)
+        self.buffer = self.store.buffer().window(self.config.buffer_window)
+        self.train_idx = np.flatnonzero(~self.buffer.holdout)
+        self.holdout_idx = np.flatnonzero(self.buffer.holdout)
+        if len(self.train_idx) == 0:
+            raise DatasetError(f"only {len(self.buffer)} transitions, all held out: record more episodes")
+        self.problems = problems
+        return problems
+
+    def holdout_error(self) -> float:
+        return bellman_error(self.net, self.judge, self.buffer, self.holdout_idx)
+
+    def train_iteration(self) -> dict:
+        """M minibatches of K transitions (never held-out ones), a checkpoint, a line in TensorBoard."""
+        config = self.config
+        if self.buffer is None:
+            self.load()
+        from tqdm import tqdm
+
+        before = self.holdout_error()
+        metrics = []
+        iteration = len(self.history) + 1
+        for _ in tqdm(range(config.updates_per_iteration), disable=not self.progress, desc=f"MPQ {iteration}",
+                      unit="update"):  # fmt: skip
+            idx = self.rng.choice(self.train_idx, size=min(config.batch_size, len(self.train_idx)), replace=False)
+            metrics.append(update(self.net, self.optimizer, self.planner, self.buffer, idx))
+            self.updates += 1
+            if self.target_net is not None and self.updates % config.target_sync_every == 0:
+                self.target_net.load_state_dict(self.net.state_dict())
+        record = dict(
+            iteration=iteration,
+            updates=self.updates,
+            transitions=len(self.buffer),
+            held_out=len(self.holdout_idx),
+            **{key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]},
+            holdout_bellman_error_before=before,
+            holdout_bellman_error=self.holdout_error(),
+        )
+        self.history.append(record)
+        self.scalars(iteration, {k: v for k, v in record.items() if k != "iteration"})
+        torch.save(
+            dict(state_dict=self.net.state_dict(), optimizer=self.optimizer.state_dict(), config=config.to_dict(),
+                 iteration=iteration, segments=self.buffer.segments),
+            self.run_dir / f"checkpoint-{iteration:03d}.pt",
+        )  # fmt: skip
+        (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
+        return record
+
+    def scalars(self, step: int, values: dict) -> None:
+        """Numbers into this run's TensorBoard (the demo adds its evaluation costs here too)."""
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 @dataclass
 class TrainResult:
     net: QNetwork
@@ -132,75 +248,15 @@ class TrainResult:
 
 
 def train(config: Config, net: QNetwork | None = None, progress: bool = True, log=print) -> TrainResult:
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.torch_threads)
-    rng = np.random.default_rng(config.seed)
-    task = get_task(config.task)
-
-    # 1. Data: verified segments only, newest window, a held-out slice for the Bellman error.
-    buffer, problems = load_replay_buffer([Path(d) for d in config.data], task)
-    for problem in problems:
-        log(f"left out: {problem}")
-    buffer = buffer.window(config.buffer_window)
-    order = rng.permutation(len(buffer))
-    n_holdout = max(1, int(config.holdout_fraction * len(buffer)))
-    holdout, train_idx = order[:n_holdout], order[n_holdout:]
-
-    # 2. Q, its optimiser, and the planners that compute targets with it.
-    net = net or QNetwork(task.obs_dim, task.act_dim, config.hidden)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    target_net = copy.deepcopy(net) if config.target_network else None
-    planner = target_planner(config, task, TorchQ(target_net if target_net is not None else net))
-    judge = target_planner(config, task, TorchQ(net))  # held-out error: always against the current Q
-
-    run_dir = Path(config.out) / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    history = [dict(iteration=0, holdout_bellman_error=bellman_error(net, judge, buffer, holdout))]
-    updates = 0
-    bar = tqdm(total=config.iterations * config.updates_per_iteration, disable=not progress, desc="MPQ", unit="update")
-
-    # 3. Algorithm 1's update: M minibatches of K transitions, MPPI targets with the current Q, MSE, Adam.
-    for iteration in range(1, config.iterations + 1):
-        losses, targets, qs = [], [], []
-        for _ in range(config.updates_per_iteration):
-            idx = rng.choice(train_idx, size=min(config.batch_size, len(train_idx)), replace=False)
-            y = torch.as_tensor(soft_bellman_targets(planner, buffer, idx), dtype=torch.float32)
-            q = net(
-                torch.as_tensor(buffer.obs[idx], dtype=torch.float32),
-                torch.as_tensor(buffer.action[idx], dtype=torch.float32),
-            )
-            loss = torch.mean((y - q) ** 2)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            updates += 1
-            if target_net is not None and updates % config.target_sync_every == 0:
-                target_net.load_state_dict(net.state_dict())
-            losses.append(loss.item())
-            targets.append(y.mean().item())
-            qs.append(q.mean().item())
-            bar.update(1)
-        record = dict(
-            iteration=iteration,
-            loss=float(np.mean(losses)),
-            mean_target=float(np.mean(targets)),
-            mean_q=float(np.mean(qs)),
-            holdout_bellman_error=bellman_error(net, judge, buffer, holdout),
-        )
-        history.append(record)
-        for key in ("loss", "mean_target", "mean_q", "holdout_bellman_error"):
-            writer.add_scalar(key, record[key], iteration)
-        torch.save(
-            dict(state_dict=net.state_dict(), config=config.to_dict(), iteration=iteration, segments=buffer.segments),
-            run_dir / f"checkpoint-{iteration:03d}.pt",
-        )
-        bar.set_postfix(loss=f"{record['loss']:.3g}", holdout=f"{record['holdout_bellman_error']:.3g}")
-    bar.close()
-    writer.close()
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    return TrainResult(net, run_dir, history, buffer, problems, config)
+    """`config.iterations` rounds on the data as it is now (`python -m offboard train`)."""
+    trainer = Trainer(config, net, progress, log)
+    try:
+        trainer.load()
+        for _ in range(config.iterations):
+            record = trainer.train_iteration()
+            if progress:
+                log(f"iteration {record['iteration']}: loss {record['loss']:.3g}, "
+                    f"held-out Bellman error {record['holdout_bellman_error']:.3g}")  # fmt: skip
+    finally:
+        trainer.close()
+    return TrainResult(trainer.net, trainer.run_dir, trainer.history, trainer.buffer, trainer.problems, config)

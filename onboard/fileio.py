@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import os
+import time
 from pathlib import Path
 
 
@@ -67,3 +69,18 @@ def hold_lock(path: Path):
     f.write(f"{os.getpid()}\n")
     f.flush()
     return f
+
+
+def new_run_dir(parent: Path) -> Path:
+    """A new folder parent/<date-time>, suffixed -2, -3, ... when that name is taken: two runs started in the
+    same second never share a folder (nor overwrite each other's checkpoints)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue

@@ -86,6 +86,8 @@ class PlantPort:
             args += ["--signing-key-file", str(p.path(p.signing_key_file))]
         if p.standin_period:
             args += ["--control-period", str(p.standin_period)]
+        for body, factor in p.standin_mass_scale.items():
+            args += ["--mass-scale", f"{body}={factor!r}"]
         log_dir = p.log_path / p.name
         log_dir.mkdir(parents=True, exist_ok=True)
         log_file = log_dir / "standin.log"
@@ -277,7 +279,7 @@ def realtime_refusal(priority: int) -> OSError | None:
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
     """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
     with loop_scheduling(profile) as scheduling:  # before the planner: ONNX Runtime's threads inherit it
-        task = get_task(profile.task)
+        task = get_task(profile.task, profile.standin_mass_scale)
         planner = planner or make_planner(profile, task)
         try:
             recorder = Recorder(profile.log_path, profile.name)
@@ -309,8 +311,9 @@ def _run(
                 if stop():
                     break
                 episode = recorder.next_episode
-                rng = np.random.default_rng(profile.seed + episode)
-                state = link.reset(episode, state=task.initial_state(rng))
+                rng = np.random.default_rng([profile.seed, episode])
+                start = task.hanging_state() if profile.starts == "hanging" else task.initial_state(rng)
+                state = link.reset(episode, state=start)
                 planner.warm_up(state.state[None])  # before the watchdog runs: no control step pays for it
                 planner.reset()
                 recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, version))
@@ -527,7 +530,7 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     """Check the model, the backend and (unless link=False) the plant link; report lines, raises on a failure.
 
     link=False is the check deploy runs on a staged release while the running service holds the port."""
-    task = get_task(profile.task)
+    task = get_task(profile.task, profile.standin_mass_scale)
     lines = [f"robot {profile.name}: task {task.name}, backend {profile.backend}, mode {profile.mode}"]
     q = None
     if profile.model:

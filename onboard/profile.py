@@ -45,7 +45,9 @@ class RobotProfile:
     # steps at zero actuation are recorded as such); false: stop the run, as for every other failsafe.
     rearm_after_watchdog: bool = False
     realtime_priority: int = 50  # realtime mode: the loop's SCHED_FIFO priority, 1-99 (0: normal scheduling)
-    seed: int = 0
+    seed: int = 0  # episode starts: drawn from the task's start box seeded by (seed, episode id)
+    starts: str = "uniform"  # episode starts: "uniform" over the task's start box, or "hanging" (its fixed start)
+    standin_mass_scale: dict = field(default_factory=dict)  # stand-in only: {body: factor}, a plant off its MJCF
     standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
     episodes: int = 0  # the deployed service: episodes per start (0: until stopped)
     mppi: dict = field(default_factory=dict)
@@ -125,7 +127,9 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         raise ProfileError(f'{path}: no task: add task = "pendulum" (or one of {", ".join(sorted(TASKS))})')
     for key, value in data.items():
         default = fields[key].default
-        expected = {"mppi": dict, "cpus": list}.get(key) or (str if default is dataclasses.MISSING else type(default))
+        expected = {"mppi": dict, "standin_mass_scale": dict, "cpus": list}.get(key) or (
+            str if default is dataclasses.MISSING else type(default)
+        )
         if expected is float and isinstance(value, int):
             value = data[key] = float(value)
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
@@ -134,8 +138,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT, source=path)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
-    choices = dict(mode=("lockstep", "realtime"), service=("auto", "systemd", "supervisor"),
-                   gpu_extra=("gpu", "gpu-cuda12"))  # fmt: skip
+    choices = dict(mode=("lockstep", "realtime"), starts=("uniform", "hanging"),
+                   service=("auto", "systemd", "supervisor"), gpu_extra=("gpu", "gpu-cuda12"))  # fmt: skip
     for key, allowed in choices.items():
         if getattr(profile, key) not in allowed:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: use {' or '.join(map(repr, allowed))}")
@@ -157,7 +161,11 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         if not ok:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: {fix}")
     try:
-        MPPIConfig.for_task(get_task(profile.task), **profile.mppi)
+        task = get_task(profile.task, profile.standin_mass_scale)
+    except ValueError as e:
+        raise ProfileError(f"{path}: standin_mass_scale: {e}") from None
+    try:
+        MPPIConfig.for_task(task, **profile.mppi)
     except ValueError as e:
         raise ProfileError(f"{path}: [mppi] {e}") from None
     return profile

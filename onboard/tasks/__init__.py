@@ -12,8 +12,8 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]()
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}: known tasks are {', '.join(sorted(TASKS))}") from None
+def get_task(name: str, mass_scale: dict[str, float] | None = None) -> Task:
+    """The task `name`; mass_scale: its plant's bodies off the MJCF's masses (Task.__init__)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: known tasks are {', '.join(sorted(TASKS))}")
+    return TASKS[name](mass_scale)

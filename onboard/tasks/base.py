@@ -146,9 +146,12 @@ class Task:
     c_source: str | None = None  # analytic fast path: `MPQ_FN void <name>_step(s, u, p, out)`, `<name>_cost(s, u)`
     models_dir: Path = MODELS_DIR  # where models/<name>/<name>.xml lives (a test may put a task elsewhere)
 
-    def __init__(self):
+    def __init__(self, mass_scale: dict[str, float] | None = None):
+        """mass_scale: the plant's bodies heavier than the MJCF says ({body: factor}, as the stand-in's
+        --mass-scale), so that the "true" planner model is the plant's real one (robustness runs)."""
         self.xml_path = model_xml(self.name, self.models_dir)
-        self.mjcf = mjcf = TaskModel(self.xml_path)
+        self.mass_scale = dict(mass_scale or {})
+        self.mjcf = mjcf = TaskModel(self.xml_path, mass_scale=self.mass_scale)
         model = mjcf.model
         self.dt = mjcf.control_period
         self.u_min, self.u_max = mjcf.ctrl_low, mjcf.ctrl_high
