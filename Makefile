@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.mpq-installed$(if $(filter 1,$(GPU)),-gpu)
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench bench-gpu demo reproduce sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
+.PHONY: setup test lint format bench bench-gpu demo reproduce evaluate sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
 
 setup: $(STAMP)
 
@@ -53,9 +53,19 @@ sim: setup
 demo: setup
 	$(BIN)/python -m offboard.demo --task $(TASK)
 
-# The acceptance run (a script, not a test): up to 100 training episodes, 20 evaluation starts.
+# The acceptance run (a script, not a test): 3 training seeds x 100 training episodes per learner, then every
+# final Q and baseline on 50 new uniform and 50 hanging starts, and on a plant 30 % heavier (ROBUSTNESS).
+SEEDS ?= 3
+ROBUSTNESS ?= pole=1.3
 reproduce: setup
-	$(BIN)/python -m offboard.demo --task $(TASK) --iterations 20 --episodes-per-iteration 5 --eval-episodes 20
+	$(BIN)/python -m offboard.demo --task $(TASK) --iterations 20 --episodes-per-iteration 5 --eval-episodes 10 \
+		--seeds $(SEEDS) --final-episodes 50 --robustness $(ROBUSTNESS)
+
+# A Q (or plain MPPI without Q) through the stand-in from 50 seeded starts: `make evaluate Q=runs/demo/<time>/q.onnx`;
+# more settings with `python -m offboard evaluate --help`.
+Q ?=
+evaluate: setup
+	$(BIN)/python -m offboard evaluate --task $(TASK) $(if $(Q),--q $(Q))
 
 # MPQ training from the robot logs under data/, then export to models/$(TASK)/q.onnx.
 DATA ?= data/sim

@@ -34,6 +34,9 @@ def check_train_args(args) -> Path:
                                  ("window", args.window, 0), ("seed", args.seed, 0)):  # fmt: skip
         if value < least:
             raise ValueError(f"--{option} {value}: use {least} or more")
+    for option, value in (("td-lambda", args.td_lambda), ("td-lambda-final", args.td_lambda_final)):
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"--{option} {value}: use a number from 0 to 1 (1: the paper's MPQ)")
     if args.torch_threads is not None and args.torch_threads < 1:
         raise ValueError(f"--torch-threads {args.torch_threads}: use 1 or more")
     if args.horizon is not None and args.horizon < 1:
@@ -78,6 +81,13 @@ def main(argv=None) -> int:
     t.add_argument("--out", default=Config.out)
     t.add_argument("--model", help="where to export (default models/<task>/q.onnx)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--td-lambda",
+        type=float,
+        default=1.0,
+        help="MPQ(lambda): the blend of returns in the targets (1: the paper's MPQ)",
+    )
+    t.add_argument("--td-lambda-final", type=float, help="MPQ(lambda): lambda at the last iteration (linear decay)")
     t.add_argument("--torch-threads", type=int, help="torch's CPU threads (default: half this machine's CPUs)")
     e = sub.add_parser("export", help="export a training checkpoint to q.onnx + q.json")
     e.add_argument("checkpoint", type=Path)
@@ -111,7 +121,8 @@ def main(argv=None) -> int:
             config = Config(
                 task=args.task, data=tuple(args.data), iterations=args.iterations, updates_per_iteration=args.updates,
                 horizon=args.horizon, target_network=args.target_network, buffer_window=args.window, out=args.out,
-                seed=args.seed, torch_threads=args.torch_threads,
+                seed=args.seed, torch_threads=args.torch_threads, td_lambda=args.td_lambda,
+                td_lambda_final=args.td_lambda_final,
             )  # fmt: skip
             result = train(config)
             first, last = result.history[0], result.history[-1]
@@ -119,7 +130,7 @@ def main(argv=None) -> int:
                   f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
                   f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
                   f"run in {result.run_dir}")  # fmt: skip
-            export(result.net, config.task, model, export_extra(config.to_dict(), result.buffer.segments))
+            export(result.net, config.task, model, export_extra(result.trained_config, result.buffer.segments))
             print(f"exported {model} (+ {model.with_suffix('.json').name})")
         else:
             net, checkpoint = load_checkpoint(args.checkpoint)

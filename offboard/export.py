@@ -82,7 +82,8 @@ def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, 
 def export_extra(config: dict, segments: list[dict]) -> dict:
     """What q.json records beyond the basics: the MPPI settings trained with, the segments, the training."""
     task = get_task(config["task"])
-    mppi = MPPIConfig.for_task(task, H=config["horizon"], n_iters=config["target_iters"], model=config["planner_model"])
+    mppi = MPPIConfig.for_task(task, H=config["horizon"], n_iters=config["target_iters"], model=config["planner_model"],
+                               td_lambda=config.get("td_lambda", 1.0))  # fmt: skip
     return dict(mppi=mppi.to_dict(), segments=segments, training=config)
 
 

@@ -45,6 +45,11 @@ class Config:
     horizon: int | None = None
     target_iters: int | None = None
     planner_model: str = "biased"  # the planner's model: always the biased one when learning
+    # MPQ(lambda)'s blend of returns in the target MPPI (1: the paper's MPQ). With td_lambda_final, lambda goes
+    # linearly from td_lambda at the first iteration to td_lambda_final at the last: the model carries the
+    # horizon while Q is poor, Q more and more as it improves.
+    td_lambda: float = 1.0
+    td_lambda_final: float | None = None
     target_network: bool = False  # MPQ: no; the soft-Q baseline: yes
     target_sync_every: int = 100  # updates between target-network copies (baseline only)
     holdout_fraction: float = 0.1  # transitions kept out of training to measure the Bellman error
@@ -101,15 +106,15 @@ class TorchQ:
         return q.numpy().astype(np.float64)
 
 
-def target_planner(config: Config, task, q) -> MPPI:
-    """The MPPI that computes V_H(s'): the task's paper settings, the config's H and iterations."""
+def target_planner(config: Config, task, q, td_lambda: float | None = None) -> MPPI:
+    """The MPPI that computes V_H(s'): the task's paper settings, the config's H, iterations and lambda."""
     if config.backend not in ("numpy", "c", "mujoco"):  # the Q being trained is a CPU torch net fed NumPy arrays
         raise ValueError(
             f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c, numpy or mujoco"
         )
-    mppi = MPPIConfig.for_task(
-        task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model, seed=config.seed
-    )
+    mppi = MPPIConfig.for_task(task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model,
+                               td_lambda=config.td_lambda if td_lambda is None else td_lambda,
+                               seed=config.seed)  # fmt: skip
     return MPPI(task, mppi, config.backend, q=q)
 
 
@@ -162,8 +167,8 @@ class Trainer:
         self.net = net or QNetwork(task.obs_dim, task.act_dim, config.hidden)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.target_net = copy.deepcopy(self.net) if config.target_network else None
-        self.planner = target_planner(config, task, TorchQ(self.target_net or self.net))
-        self.judge = target_planner(config, task, TorchQ(self.net))  # held-out error: always the current Q
+        self.td_lambda = config.td_lambda  # the lambda the Q was last trained for (MPQ(lambda); 1: MPQ)
+        self.make_planners()
 
         from torch.utils.tensorboard import SummaryWriter
 
@@ -172,6 +177,20 @@ class Trainer:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         self.history: list[dict] = []
         self.updates = 0
+
+    def make_planners(self) -> None:
+        """The planners that compute targets (with the target network's Q, where there is one) and the held-out
+        error (always the current Q), for the current lambda."""
+        task, config = self.task, self.config
+        self.planner = target_planner(config, task, TorchQ(self.target_net or self.net), self.td_lambda)
+        self.judge = target_planner(config, task, TorchQ(self.net), self.td_lambda)
+
+    def td_lambda_at(self, iteration: int) -> float:
+        """MPQ(lambda)'s schedule: td_lambda at the first iteration, td_lambda_final at the last, linear between."""
+        start, final = self.config.td_lambda, self.config.td_lambda_final
+        if final is None:
+            return start
+        return start + (final - start) * (iteration - 1) / max(1, self.config.iterations - 1)
 
     def load(self) -> list[str]:
         """Bring in the verified segments that are new since the last call; one line per problem found."""
@@ -198,9 +217,12 @@ class Trainer:
             self.load()
         from tqdm import tqdm
 
+        iteration = len(self.history) + 1
+        if self.td_lambda_at(iteration) != self.td_lambda:
+            self.td_lambda = self.td_lambda_at(iteration)
+            self.make_planners()
         before = self.holdout_error()
         metrics = []
-        iteration = len(self.history) + 1
         for _ in tqdm(range(config.updates_per_iteration), disable=not self.progress, desc=f"MPQ {iteration}",
                       unit="update"):  # fmt: skip
             idx = self.rng.choice(self.train_idx, size=min(config.batch_size, len(self.train_idx)), replace=False)
@@ -213,6 +235,7 @@ class Trainer:
             updates=self.updates,
             transitions=len(self.buffer),
             held_out=len(self.holdout_idx),
+            td_lambda=self.td_lambda,
             **{key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]},
             holdout_bellman_error_before=before,
             holdout_bellman_error=self.holdout_error(),
@@ -226,6 +249,10 @@ class Trainer:
         )  # fmt: skip
         (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
         return record
+
+    def trained_config(self) -> dict:
+        """The settings as the Q now stands (for q.json): lambda is the one it was last trained for."""
+        return {**self.config.to_dict(), "td_lambda": self.td_lambda}
 
     def scalars(self, step: int, values: dict) -> None:
         """Numbers into this run's TensorBoard (the demo adds its evaluation costs here too)."""
@@ -245,6 +272,7 @@ class TrainResult:
     buffer: ReplayBuffer
     problems: list[str]
     config: Config
+    trained_config: dict  # config as the Q stands (its lambda): what export_extra records
 
 
 def train(config: Config, net: QNetwork | None = None, progress: bool = True, log=print) -> TrainResult:
@@ -259,4 +287,5 @@ def train(config: Config, net: QNetwork | None = None, progress: bool = True, lo
                     f"held-out Bellman error {record['holdout_bellman_error']:.3g}")  # fmt: skip
     finally:
         trainer.close()
-    return TrainResult(trainer.net, trainer.run_dir, trainer.history, trainer.buffer, trainer.problems, config)
+    return TrainResult(trainer.net, trainer.run_dir, trainer.history, trainer.buffer, trainer.problems, config,
+                       trainer.trained_config())  # fmt: skip

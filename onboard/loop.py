@@ -42,7 +42,7 @@ log = logging.getLogger("mpq.loop")
 STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
 STATE_LATE = 1.1  # realtime: periods after which the next state counts as lost (the plan's next action goes out)
 WATCHDOG = mavlink.MPQ_FAILSAFE_WATCHDOG
-TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma")  # what a Q's values depend on
+TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma", "td_lambda")  # what a Q's values depend on
 STATS_WINDOW = 200_000  # steps kept for the run's percentiles: a service that runs for days stays bounded
 
 
@@ -505,6 +505,9 @@ def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, 
         mppi=planner.config.to_dict(),
         backend=planner.backend.name,
         mode=profile.mode,
+        starts=profile.starts,
+        seed=profile.seed,
+        standin_mass_scale=profile.standin_mass_scale if profile.serial == "standin" else {},
         code_version=version,
         start_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         dt=task.dt,

@@ -43,6 +43,9 @@ class MPPIConfig:
     alpha: float = 0.5  # step size of the mean update
     gamma: float = 0.9  # discount
     n_iters: int = 1  # MPPI iterations per plan
+    # MPQ(lambda): each sample's cost blends its k-step returns, each closed by the Q at step k, with weights
+    # (1 - td_lambda) td_lambda^(k-1) (docs/algorithm.md). 1: the paper's MPQ, the Q closes the horizon only.
+    td_lambda: float = 1.0
     model: str = "biased"  # planner parameters: "biased" (per rollout), "mean", or "true"
     seed: int | None = 0
 
@@ -58,6 +61,7 @@ class MPPIConfig:
                 ("lam", self.lam, real, "a number"),
                 ("alpha", self.alpha, real, "a number"),
                 ("gamma", self.gamma, real, "a number"),
+                ("td_lambda", self.td_lambda, real, "a number"),
             ]
         ]
         if self.seed is not None:
@@ -79,6 +83,7 @@ class MPPIConfig:
                     ("sigma", bool(np.all(np.asarray(self.sigma) > 0)), "> 0"),
                     ("alpha", 0 < self.alpha <= 1, "in (0, 1]"),
                     ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+                    ("td_lambda", 0 <= self.td_lambda <= 1, "in [0, 1]"),
                     ("model", self.model in ("biased", "mean", "true"), "'biased', 'mean' or 'true'"),
                     ("seed", self.seed is None or self.seed >= 0, ">= 0"),
                 ]
@@ -218,22 +223,27 @@ class MPPI:
             if params is None:  # "biased": each rollout draws its own
                 params = task.planner_params(cfg.model, (B, K), self.param_rng, xp=xp, dtype=self.dtype)
 
-            # S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1}) + control cost.
-            running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
-            last_action = actions[:, :, H - 1]
-            if self.q is None:
-                terminal = task.cost(last_state, last_action)
+            # S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1}) + control cost
+            # (MPQ(lambda): the blend of returns in `blended_return`).
+            if self.q is not None and cfg.td_lambda < 1 and H > 1:
+                returns = self.blended_return(states, actions, params)
             else:
-                obs = task.obs(last_state).reshape(B * K, task.obs_dim)
-                terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
-                terminal = terminal.reshape(B, K)
+                running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
+                last_action = actions[:, :, H - 1]
+                if self.q is None:
+                    terminal = task.cost(last_state, last_action)
+                else:
+                    obs = task.obs(last_state).reshape(B * K, task.obs_dim)
+                    terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
+                    terminal = terminal.reshape(B, K)
+                returns = running + cfg.gamma ** (H - 1) * terminal
             # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (docs/algorithm.md). Products and sums
             # rather than matmuls: CuPy cannot put cuBLAS calls in a CUDA graph.
             scaled_U = (U * self.sigma_inv).reshape(B, 1, H * m)
             eps_flat = eps.reshape(B, K, H * m)
             quadratic = (U.reshape(B, 1, H * m) * scaled_U).sum(axis=2)  # (B, 1)
             cross = (eps_flat * scaled_U).sum(axis=2)  # (B, K)
-            S = running + cfg.gamma ** (H - 1) * terminal + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
+            S = returns + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
             # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
             # a state with no finite sample keeps its mean and reports value inf. (No branch on the
@@ -253,6 +263,34 @@ class MPPI:
         ess = xp.where(sum_w2 > 0, 1.0 / xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
         U = xp.minimum(xp.maximum(U, self.u_min), self.u_max)
         return U, value, ess, S_min[:, 0], nonfinite, weights
+
+    def blended_return(self, states, actions, params):
+        """MPQ(lambda) (Bhardwaj et al., ICLR 2021): per sample, with Q_t = Q(s_t, a_t) along the rollout,
+
+            G = sum_{t<H-1} (gamma lambda)^t [c(s_t, a_t) + gamma (1 - lambda) Q_{t+1}] + (gamma lambda)^(H-1) Q_{H-1},
+
+        the lambda-weighted mix of the k-step returns closed by Q (k = 1 .. H-1): lambda = 1 is MPQ's single
+        return, lambda = 0 the one-step return. The rollout goes one control step at a time through the
+        backend's own rollout (every backend, unchanged), and Q runs once on all H-1 visited states. H >= 2."""
+        cfg, task, xp = self.config, self.task, self.xp
+        B, K, H, m = actions.shape
+        n, lam, gamma = task.state_dim, cfg.td_lambda, cfg.gamma
+        state = xp.broadcast_to(states[:, None, :], (B, K, n)).reshape(B * K, n)
+        per_rollout = params if params.ndim == 1 else params.reshape(B * K, 1, task.param_dim)
+        running = xp.zeros((B, K), dtype=self.dtype)
+        visited = []
+        for t in range(H - 1):  # each call: the cost at step t and the state after it
+            cost, state = self.backend.rollout(state, actions[:, :, t : t + 2].reshape(B * K, 1, 2, m), per_rollout,
+                                               gamma)  # fmt: skip
+            state = state.reshape(B * K, n)
+            running = running + (gamma * lam) ** t * cost.reshape(B, K)
+            visited.append(state)
+        obs = task.obs(xp.stack(visited)).reshape((H - 1) * B * K, task.obs_dim)  # s_1 .. s_{H-1}
+        acts = xp.moveaxis(actions[:, :, 1:], 2, 0).reshape((H - 1) * B * K, m)  # a_1 .. a_{H-1}
+        q = xp.asarray(self.q(obs, acts), dtype=self.dtype).reshape(H - 1, B, K)
+        weights = [(gamma * lam) ** t * gamma * (1 - lam) for t in range(H - 1)]
+        weights[-1] += (gamma * lam) ** (H - 1)
+        return running + sum(w * q[t] for t, w in enumerate(weights))
 
     def act(self, state: np.ndarray) -> np.ndarray:
         """Plan from one state with the warm start, return the first action, shift the mean."""

@@ -18,14 +18,14 @@ from onboard.recorder import read_segment, verified_segments
 from onboard.tasks.base import Parameter, Task
 
 # A puck sliding on a floor (a real contact: MuJoCo takes the larger friction of the two geoms, the floor's),
-# pushed along x by a motor: bring it to x = 0.5.
+# pushed along x by a motor: bring it to x = 0.5 from a start at least 0.5 m short of it.
 PUCK_XML = """<mujoco model="puck">
   <option timestep="0.01"/>
   <custom>
     <numeric name="control_period" data="0.05"/>
     <numeric name="episode_seconds" data="1.5"/>
     <numeric name="reset_low" data="-0.5 0 0 0"/>
-    <numeric name="reset_high" data="0.5 0 0 0"/>
+    <numeric name="reset_high" data="0 0 0 0"/>
   </custom>
   <worldbody>
     <geom name="floor" type="plane" size="2 2 0.1" friction="0.1 0.005 0.0001"/>

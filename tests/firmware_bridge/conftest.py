@@ -28,8 +28,12 @@ class StandIn:
         self.info = json.loads(line)
         self.port = self.info["port"]
 
-    def stop(self) -> tuple[int, dict]:
-        """SIGTERM, then the exit code and its closing report."""
+    def stop(self, grace: float = 0.0) -> tuple[int, dict]:
+        """SIGTERM unless it exits by itself within `grace` seconds, then the exit code and its closing report."""
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=10)

@@ -39,6 +39,6 @@ def test_1000_lockstep_pendulum_steps_every_state_answered_and_equal_to_direct_m
     assert stats["seq_gaps"] == 0 and stats["crc_errors"] == 0 and stats["bytes_skipped"] == 0
     assert stats["rtt_us_p50"] is not None
     link.close()
-    code, report = plant_process.stop()
+    code, report = plant_process.stop(grace=10.0)  # it exits by itself once it sees the port closed
     assert code == 0 and report["stopped"] == "host closed the port"  # the host went away: a clean exit
     assert report["commands_applied"] == 1000 and report["commands_rejected"] == 0 and report["seq_gaps"] == 0

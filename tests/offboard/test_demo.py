@@ -22,13 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
-    args = ["--iterations", "2", "--episodes-per-iteration", "5", "--eval-episodes", "3"]
-    assert main([*args, "--updates-per-iteration", "300", "--out", str(tmp_path)]) == 0
+    args = ["--iterations", "2", "--episodes-per-iteration", "5", "--eval-episodes", "3", "--final-episodes", "2"]
+    assert main([*args, "--updates-per-iteration", "300", "--robustness", "pole=1.3", "--out", str(tmp_path)]) == 0
     (run_dir,) = tmp_path.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["baselines"]) == {"MPPI H=8 biased", "MPPI H=32 biased", "MPPI H=32 TRUE model"}
     assert set(results["learners"]) == {"MPQ", "soft-Q"} and results["config"]["iterations"] == 2
-    curve = results["learners"]["MPQ"]["curve"]
+    (mpq,) = results["learners"]["MPQ"]  # one training seed
+    curve = mpq["curve"]
     assert [p["training_episodes"] for p in curve] == [5, 10]
     assert all(np.isfinite(p["eval_cost_mean"]) for p in curve)
     first = curve[0]  # training lowers the soft-Bellman error on held-out transitions
@@ -42,6 +43,20 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     assert len(q.manifest["segments"]) == 10
     u = MPPI(task, MPPIConfig.for_task(task), "c", q=q).act(task.hanging_state())
     assert np.isfinite(u).all()
+
+    # The final evaluation: every setting on the same new starts, ratios to the TRUE-model MPPI with intervals.
+    final = results["final"]
+    assert list(final) == ["uniform", "hanging", "uniform, plant pole=1.3"]
+    assert set(final["uniform"]["rows"]) == {*results["baselines"], "MPQ", "soft-Q"}
+    assert set(final["uniform, plant pole=1.3"]["rows"]) == {"MPPI H=32 TRUE model", "MPQ"}
+    reference = final["hanging"]["rows"]["MPPI H=32 TRUE model"]
+    assert reference["ratio"]["ratio"] == 1.0 and len(reference["costs"][0]) == 2
+    row = final["hanging"]["rows"]["MPQ"]
+    assert row["ratio"]["low"] <= row["ratio"]["ratio"] <= row["ratio"]["high"]
+    assert row["ratio"]["ratio"] == pytest.approx(np.mean(row["costs"]) / np.mean(reference["costs"]))
+    claim = results["claims"]["uniform"]
+    assert claim["target"] == 1.05 and claim["met"] == (claim["high"] <= 1.05)
+    assert "| MPQ | 1 |" in (run_dir / "table.md").read_text()
 
 
 def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_path, capsys):
@@ -60,6 +75,13 @@ def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_p
         (["--updates-per-iteration", "0"], "--updates-per-iteration 0"),
         (["--batch-size", "0"], "--batch-size 0"),
         (["--seed", "-1"], "--seed -1"),
+        (["--seeds", "0"], "--seeds 0: use 1 or more"),
+        (["--final-episodes", "-1"], "--final-episodes -1: use 0 or more"),
+        (["--robustness", "pole=1.3"], "--robustness runs in the final evaluation: give --final-episodes too"),
+        (["--robustness", "cart=2", "--final-episodes", "5"], "has no body 'cart'"),
+        (["--torch-threads", "0"], "--torch-threads 0: use 1 or more"),
+        (["--td-lambda", "1.5"], "--td-lambda 1.5: use a number from 0 to 1"),
+        (["--td-lambda-final", "-0.1"], "--td-lambda-final -0.1: use a number from 0 to 1"),
         (["--task", "acrobot"], "unknown task 'acrobot'"),
         (["--out", "{tmp}/a_file"], "a_file is a file, not a folder"),
     ],

@@ -40,7 +40,7 @@ def quiet(*_):
 def test_training_lowers_the_held_out_bellman_error_and_the_export_plans_onboard(robot_logs, tmp_path):
     config = Config(data=(str(robot_logs),), out=str(tmp_path / "runs"), iterations=2, updates_per_iteration=60)
     result = train(config, progress=False, log=quiet)
-    errors = [h["holdout_bellman_error"] for h in result.history]
+    errors = [result.history[0]["holdout_bellman_error_before"], *(h["holdout_bellman_error"] for h in result.history)]
     assert len(result.buffer) == 4 * PENDULUM.episode_steps
     assert errors[-1] < 0.8 * errors[0], errors
     assert sorted(p.name for p in result.run_dir.glob("checkpoint-*.pt")) == ["checkpoint-001.pt", "checkpoint-002.pt"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 
 from firmware_bridge.link import Link
 from onboard.loop import LoopError, make_planner, realtime_refusal, run
@@ -208,11 +209,8 @@ def write_profile(tmp_path, **settings) -> Path:
     robots = tmp_path / "robots"
     robots.mkdir(exist_ok=True)
     settings = {"task": "pendulum", "log_dir": str(tmp_path / "data"), **settings}
-    mppi = settings.pop("mppi", {})
-    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    lines += ["[mppi]", *(f"{k} = {json.dumps(v)}" for k, v in mppi.items())] if mppi else []
     path = robots / "bench.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(settings))
     return path
 
 
@@ -236,6 +234,10 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(threads=0), "threads = 0: use 1 or more"),
         (dict(deadline_misses_max=0), "deadline_misses_max = 0: use 1 or more"),
         (dict(seed=-5), "seed = -5: use 0 or more"),
+        (dict(starts="sideways"), "starts = 'sideways': use 'uniform' or 'hanging'"),
+        (dict(standin_mass_scale={"cart": 1.3}), "standin_mass_scale: mass scale: "),
+        (dict(standin_mass_scale={"pole": -1}), "body 'pole' factor -1: use a positive number"),
+        (dict(standin_mass_scale=1.3), "standin_mass_scale = 1.3 should be a dict"),
         (dict(standin_period=-0.01), "standin_period = -0.01"),
         (dict(standin_period=1e9), "standin_period = 1000000000.0"),
         (dict(signing_key_file="/nonexistent/key"), "signing key file /nonexistent/key"),  # before the plant starts

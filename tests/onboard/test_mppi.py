@@ -292,3 +292,45 @@ def test_bad_settings_are_named_in_one_error():
         MPPIConfig(K=0, lam=-1.0)
     with pytest.raises(ValueError, match="model='exact'"):
         MPPIConfig(model="exact")
+
+
+def smooth_q(obs, act):
+    """A made-up Q that depends on every input, so that each step's Q shows in the blend."""
+    return 3.0 * obs[:, 0] - obs[:, 1] + 0.1 * obs[:, 2] ** 2 + 0.5 * act[:, 0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c", "mujoco"])
+@pytest.mark.parametrize("td_lambda", [0.0, 0.3, 0.9])
+def test_mpq_lambda_blends_the_k_step_returns_closed_by_q(backend, td_lambda):
+    """G = (1 - lambda) sum_k lambda^(k-1) R_k + lambda^(H-2) R_(H-1), R_k the k-step return closed by Q(s_k, a_k):
+    computed here from the task's own step, independently of the planner's recursive form."""
+    task = get_task("pendulum")
+    config = MPPIConfig.for_task(task, K=5, H=5, td_lambda=td_lambda, model="true")
+    mppi = MPPI(task, config, backend, q=smooth_q)
+    rng = np.random.default_rng(0)
+    states = np.stack([task.initial_state(rng) for _ in range(2)])
+    actions = rng.uniform(-2, 2, size=(2, 5, 5, 1))
+    blended = mppi.blended_return(states, actions, mppi.fixed_params)
+
+    gamma, H, lam = config.gamma, config.H, td_lambda
+    for b in range(2):
+        for k in range(5):
+            s, costs, returns = states[b], [], []
+            for t in range(H - 1):
+                costs.append(float(task.cost(s, actions[b, k, t])))
+                s = task.step(s, actions[b, k, t], task.true_params)
+                q = smooth_q(task.obs(s)[None], actions[b, k, t + 1][None])[0]
+                returns.append(sum(gamma**i * c for i, c in enumerate(costs)) + gamma ** (t + 1) * q)
+            expected = (1 - lam) * sum(lam**i * r for i, r in enumerate(returns[:-1])) + lam ** (H - 2) * returns[-1]
+            assert blended[b, k] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_mpq_lambda_one_is_the_papers_mpq():
+    task = get_task("pendulum")
+    state = task.hanging_state()[None]
+    plans = []
+    for td_lambda in (1.0, 1.0 - 1e-12):  # the single return, and the blend at (numerically) lambda = 1
+        mppi = MPPI(task, MPPIConfig.for_task(task, td_lambda=td_lambda), "numpy", q=smooth_q)
+        plans.append(mppi.plan(state))
+    np.testing.assert_allclose(plans[0].actions, plans[1].actions, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(plans[0].value, plans[1].value, rtol=1e-6)

@@ -1,0 +1,39 @@
+"""The intervals every claim carries: a t-interval for a mean, a bootstrap interval for a cost ratio that
+resamples training seeds and starts together."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from offboard.stats import mean_interval, ratio_interval
+
+
+def test_the_mean_interval_is_students_t():
+    interval = mean_interval([1.0, 2.0, 3.0, 4.0])
+    half = 3.182446305284263 * np.std([1, 2, 3, 4], ddof=1) / 2  # t(0.975, 3)
+    assert interval["mean"] == 2.5 and interval["n"] == 4
+    assert interval["low"] == pytest.approx(2.5 - half) and interval["high"] == pytest.approx(2.5 + half)
+
+
+def test_a_ten_percent_worse_planner_on_the_same_starts_is_a_ratio_of_one_point_one_with_a_tight_interval():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(100, 1000, size=50)  # starts differ a lot; the ratio on the same starts does not
+    ours = np.stack([1.1 * reference, 1.1 * reference])
+    r = ratio_interval(ours, reference)
+    assert r["ratio"] == pytest.approx(1.1) and r["low"] == pytest.approx(1.1) and r["high"] == pytest.approx(1.1)
+    assert (r["seeds"], r["starts"]) == (2, 50)
+
+
+def test_a_seed_that_learned_worse_widens_the_interval():
+    rng = np.random.default_rng(1)
+    reference = rng.uniform(100, 200, size=50)
+    agreeing = ratio_interval(np.stack([reference, reference, reference]), reference)
+    one_bad = ratio_interval(np.stack([reference, reference, 1.5 * reference]), reference)
+    assert agreeing["high"] == pytest.approx(1.0)
+    assert one_bad["low"] < one_bad["ratio"] < one_bad["high"] and one_bad["high"] >= 1.4  # all three could be bad
+
+
+def test_costs_from_other_starts_are_refused():
+    with pytest.raises(ValueError, match="evaluate both on the same starts"):
+        ratio_interval(np.ones((3, 50)), np.ones(40))
