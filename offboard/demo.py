@@ -2,19 +2,22 @@
 
 Every episode runs on the real stack: the onboard loop (MPPI on the BIASED model, ONNX Q) drives the
 firmware stand-in (MuJoCo, TRUE parameters) over a pty in lockstep and logs verified MCAP segments.
-Each learner (MPQ with the task's short H; soft Q-learning, H=1 with a target network) is one training
-run per training seed (offboard.mpq.Trainer: its Q, optimiser, target planners and held-out set live
-across iterations). Each iteration: collect episodes with the current Q -> train on the new verified
-segments with the old -> export q.onnx -> reload it onboard -> evaluate it on the learning curve's
-fixed-seed starts. The baselines run the curve's evaluation once: MPPI with the short and the long H and
-the biased model, and with the long H and the TRUE model (the best MPPI can do). docs/algorithm.md.
+The learners: MPQ with the task's short H (the paper's), MPQ(lambda) (the same, with the returns along
+each rollout blended with Q, lambda decaying from 1 to 0.5 over the run), and soft Q-learning (H=1 with
+a target network). Each is one training run per training seed (offboard.mpq.Trainer: its Q, optimiser,
+target planners and held-out set live across iterations). Each iteration: collect episodes with the
+current Q -> train on the new verified segments with the old -> export q.onnx -> reload it onboard ->
+evaluate it on the learning curve's fixed-seed starts. The baselines run the curve's evaluation once:
+MPPI with the short and the long H and the biased model, and with the long H and the TRUE model (the
+best MPPI can do). docs/algorithm.md.
 
 With --final-episodes N, every final Q and every baseline then runs N new starts drawn from a seed that
 no setting was tuned on, uniform and hanging, and the claims are ratios of mean cost to the TRUE-model
 MPPI with 95 % bootstrap intervals over training seeds and starts (offboard.stats); with --robustness
-BODY=FACTOR, once more on a plant made heavier, against MPPI given the plant's real parameters.
+BODY=FACTOR, the MPQ learners once more on a heavier plant, against MPPI given the plant's real parameters.
 Writes runs/demo/<time>/: learning_curve.png, results.json (every number, the full configuration; written
-last, so a run folder holding it is a complete run), and the first seed's final q.onnx + q.json.
+last, so a run folder holding it is a complete run), table.md (the final evaluation), and the first
+seed's final q.onnx + q.json (MPQ(lambda)'s; MPQ's with --mpq-lambda false).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import sys
@@ -56,8 +60,11 @@ class DemoConfig:
     batch_size: int = 64
     horizon: int | None = None  # MPQ's H (None: the task's, the pendulum's 8)
     long_horizon: int | None = None  # the long MPPI baseline (None: the task's, the pendulum's 32)
-    td_lambda: float = 1.0  # MPQ(lambda): the blend of returns MPQ plans and learns with (1: the paper's MPQ)
-    td_lambda_final: float | None = None  # MPQ(lambda): lambda at the last iteration, linear from td_lambda
+    # MPQ(lambda) beside the paper's MPQ: the same learner with the blend of returns (docs/algorithm.md), lambda
+    # going linearly from td_lambda at the first iteration to td_lambda_final at the last.
+    mpq_lambda: bool = True
+    td_lambda: float = 1.0
+    td_lambda_final: float = 0.5
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
     seeds: int = 1  # training seeds: seed, seed+1, ... (each its own data, Q and evaluation)
     final_episodes: int = 0  # new starts per setting in the final evaluation, uniform and hanging (0: none)
@@ -104,14 +111,15 @@ def baselines(cfg: DemoConfig) -> list[tuple[str, int, str]]:
 
 
 def folder_name(label: str) -> str:
-    return label.replace(" ", "_").replace("=", "")
+    """A label as a folder (and log) name: "MPPI H=32 TRUE model" -> "MPPI_H32_TRUE_model"."""
+    return re.sub(r"[^A-Za-z0-9._-]", "", label.replace(" ", "_"))
 
 
 def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, target_network: bool,
           td_lambda: tuple[float, float | None], log, stop: Stop) -> dict:  # fmt: skip
     """The closed loop for one learner and training seed; returns its learning curve and final model.
     td_lambda: MPQ(lambda)'s (first, last) lambda ((1.0, None): MPQ)."""
-    here = run_dir / label / f"seed{seed}"
+    here = run_dir / folder_name(label) / f"seed{seed}"
     config = Config(
         task=cfg.task, data=(str(here / "data" / "robot"),), out=str(here / "train"), iterations=cfg.iterations,
         updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
@@ -179,9 +187,10 @@ def final_evaluation(cfg: DemoConfig, run_dir: Path, learners: dict, log, stop: 
             costs = episodes(stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model),
                              **common)  # fmt: skip
             rows[label] = dict(costs=[costs])
-        for label, runs in learners.items() if not scale else [("MPQ", learners["MPQ"])]:
+        # On the heavier plant: the MPQ learners only (the claim), not soft-Q.
+        for label, runs in learners.items() if not scale else [(k, v) for k, v in learners.items() if "MPQ" in k]:
             rows[label] = dict(costs=[
-                episodes(stop, where, f"{label}_seed{r['seed']}", cfg.task, n, seed, r["model"],
+                episodes(stop, where, f"{folder_name(label)}_seed{r['seed']}", cfg.task, n, seed, r["model"],
                          dict(H=r["horizon"], td_lambda=r["td_lambda"]),
                          **common)
                 for r in runs
@@ -202,14 +211,19 @@ def _ratio(row: dict) -> dict:
 
 
 def claims(cfg: DemoConfig, final: dict) -> dict:
-    """MPQ's ratio to the TRUE-model MPPI against the task's target (upper end of the interval), on uniform and
-    hanging starts. The heavier plant's row is reported, not held to a target: the Q never saw that plant."""
+    """Each MPQ learner's ratio to the TRUE-model MPPI against the task's target (upper end of the interval), on
+    uniform and hanging starts: {"MPQ, uniform": {...}, ...}. The heavier plant's rows are reported, not held to a
+    target: the Q never saw that plant."""
     target = TARGET_RATIO.get(cfg.task, DEFAULT_TARGET_RATIO)
     out = {}
     for setting in ("uniform", "hanging"):
-        mpq = final[setting]["rows"]["MPQ"]["ratio"]
-        out[setting] = dict(target=target, ratio=mpq["ratio"], low=mpq["low"], high=mpq["high"], seeds=mpq["seeds"],
-                            starts=mpq["starts"], met=mpq["high"] <= target)  # fmt: skip
+        for label, row in final[setting]["rows"].items():
+            if "MPQ" not in label:
+                continue
+            r = row["ratio"]
+            out[f"{label}, {setting}"] = dict(learner=label, setting=setting, target=target, ratio=r["ratio"],
+                                              low=r["low"], high=r["high"], seeds=r["seeds"], starts=r["starts"],
+                                              met=r["high"] <= target)  # fmt: skip
     return out
 
 
@@ -340,14 +354,17 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
         curve_baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
                                       eval_cost_std=float(np.std(costs)), eval_costs=costs)  # fmt: skip
         log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}")
-    mpq_lambda = (cfg.td_lambda, cfg.td_lambda_final)
-    kinds = [("MPQ", cfg.horizon, False, mpq_lambda)] + ([("soft-Q", 1, True, (1.0, None))] if cfg.soft_q else [])
+    kinds = [("MPQ", cfg.horizon, False, (1.0, None))]
+    if cfg.mpq_lambda:
+        kinds.append(("MPQ(lambda)", cfg.horizon, False, (cfg.td_lambda, cfg.td_lambda_final)))
+    if cfg.soft_q:
+        kinds.append(("soft-Q", 1, True, (1.0, None)))
     learners = {label: [] for label, *_ in kinds}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for label, horizon, target_network, td_lambda in kinds:
             learners[label].append(learn(cfg, run_dir, label, seed, horizon, target_network, td_lambda, log, stop))
 
-    first = learners["MPQ"][0]
+    first = learners["MPQ(lambda)" if cfg.mpq_lambda else "MPQ"][0]  # the run's q.onnx: the best learner's
     shutil.copy(first["model"], run_dir / "q.onnx")
     shutil.copy(Path(first["model"]).with_suffix(".json"), run_dir / "q.json")
     results = dict(config=dataclasses.asdict(cfg), task=cfg.task, baselines=curve_baselines, learners=learners)
@@ -356,13 +373,12 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
         results["claims"] = claims(cfg, results["final"])
         (run_dir / "table.md").write_text(table(results["final"]).lstrip() + "\n")
         print(table(results["final"]))
-        for setting, claim in results["claims"].items():
-            verdict = "met" if claim["met"] else "NOT met"
-            log(
-                f"claim, {setting}: MPQ / {results['final'][setting]['reference']} = "
-                f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training "
-                f"seeds x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): {verdict}"
-            )
+        for claim in results["claims"].values():
+            reference = results["final"][claim["setting"]]["reference"]
+            log(f"claim, {claim['setting']} starts: {claim['learner']} / {reference} = "
+                f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training seeds "
+                f"x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): "
+                f"{'met' if claim['met'] else 'NOT met'}")  # fmt: skip
     results["seconds"] = time.monotonic() - started
     plot(results, run_dir / "learning_curve.png", task)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

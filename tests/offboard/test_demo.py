@@ -27,7 +27,7 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     (run_dir,) = tmp_path.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["baselines"]) == {"MPPI H=8 biased", "MPPI H=32 biased", "MPPI H=32 TRUE model"}
-    assert set(results["learners"]) == {"MPQ", "soft-Q"} and results["config"]["iterations"] == 2
+    assert set(results["learners"]) == {"MPQ", "MPQ(lambda)", "soft-Q"} and results["config"]["iterations"] == 2
     (mpq,) = results["learners"]["MPQ"]  # one training seed
     curve = mpq["curve"]
     assert [p["training_episodes"] for p in curve] == [5, 10]
@@ -41,20 +41,23 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     task = get_task("pendulum")
     q = OnnxQ(run_dir / "q.onnx", task)  # the final model loads onboard and plans
     assert len(q.manifest["segments"]) == 10
+    assert q.manifest["mppi"]["td_lambda"] == 0.5  # MPQ(lambda)'s: lambda went from 1 to 0.5 over the 2 iterations
+    assert [p["td_lambda"] for p in results["learners"]["MPQ(lambda)"][0]["curve"]] == [1.0, 0.5]
     u = MPPI(task, MPPIConfig.for_task(task), "c", q=q).act(task.hanging_state())
     assert np.isfinite(u).all()
 
     # The final evaluation: every setting on the same new starts, ratios to the TRUE-model MPPI with intervals.
     final = results["final"]
     assert list(final) == ["uniform", "hanging", "uniform, plant pole=1.3"]
-    assert set(final["uniform"]["rows"]) == {*results["baselines"], "MPQ", "soft-Q"}
-    assert set(final["uniform, plant pole=1.3"]["rows"]) == {"MPPI H=32 TRUE model", "MPQ"}
+    assert set(final["uniform"]["rows"]) == {*results["baselines"], "MPQ", "MPQ(lambda)", "soft-Q"}
+    assert set(final["uniform, plant pole=1.3"]["rows"]) == {"MPPI H=32 TRUE model", "MPQ", "MPQ(lambda)"}
     reference = final["hanging"]["rows"]["MPPI H=32 TRUE model"]
     assert reference["ratio"]["ratio"] == 1.0 and len(reference["costs"][0]) == 2
     row = final["hanging"]["rows"]["MPQ"]
     assert row["ratio"]["low"] <= row["ratio"]["ratio"] <= row["ratio"]["high"]
     assert row["ratio"]["ratio"] == pytest.approx(np.mean(row["costs"]) / np.mean(reference["costs"]))
-    claim = results["claims"]["uniform"]
+    assert set(results["claims"]) == {f"{a}, {b}" for a in ("MPQ", "MPQ(lambda)") for b in ("uniform", "hanging")}
+    claim = results["claims"]["MPQ(lambda), uniform"]
     assert claim["target"] == 1.05 and claim["met"] == (claim["high"] <= 1.05)
     assert "| MPQ | 1 |" in (run_dir / "table.md").read_text()
 
