@@ -159,7 +159,8 @@ def load_checkpoint(path: str | Path) -> tuple[QNetwork, dict]:
         raise ExportError(f"{path}: {e}") from None
     try:
         net = QNetwork(task.obs_dim, task.act_dim, tuple(config["hidden"]))
-        net.load_state_dict(checkpoint["state_dict"])
+        weights = {"value_scale": torch.tensor(1.0), **checkpoint["state_dict"]}  # older checkpoints: unscaled
+        net.load_state_dict(weights)
     except (TypeError, KeyError, RuntimeError):  # torch's mismatch report runs to many lines: name the cause here
         raise ExportError(
             f"{path}: its weights do not fit a {task.name} Q with hidden layers {config['hidden']} (another task or "

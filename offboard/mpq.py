@@ -80,8 +80,12 @@ def default_torch_threads() -> int:
 class QNetwork(nn.Module):
     """Q(obs, a): an MLP over the concatenated observation and action, tanh hidden units."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden=(100, 100)):
+    def __init__(self, obs_dim: int, act_dim: int, hidden=(100, 100), value_scale: float = 1.0):
+        """value_scale multiplies the output (the task's typical value, Task.value_scale): Adam moves each weight
+        about lr per step, so a Q whose values run to hundreds would take thousands of updates just to reach
+        them unscaled. It is part of the network (a buffer: saved, exported into the ONNX graph)."""
         super().__init__()
+        self.register_buffer("value_scale", torch.tensor(float(value_scale)))
         layers, width = [], obs_dim + act_dim
         for size in hidden:
             layers += [nn.Linear(width, size), nn.Tanh()]
@@ -90,7 +94,7 @@ class QNetwork(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        return self.value_scale * self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
 
 
 class TorchQ:
@@ -164,7 +168,7 @@ class Trainer:
         self.problems: list[str] = []
 
         # Q, its optimiser, and the planners that compute targets with it.
-        self.net = net or QNetwork(task.obs_dim, task.act_dim, config.hidden)
+        self.net = net or QNetwork(task.obs_dim, task.act_dim, config.hidden, task.value_scale)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.target_net = copy.deepcopy(self.net) if config.target_network else None
         self.td_lambda = config.td_lambda  # the lambda the Q was last trained for (MPQ(lambda); 1: MPQ)

@@ -141,6 +141,9 @@ class Task:
     # The paper's MPPI settings for this task (Table 3): K, H, sigma, lam, alpha, gamma, n_iters.
     mppi_defaults: dict
     long_horizon: int  # the "long MPPI" baseline horizon
+    # The typical size of the task's values (discounted cost-to-go): the trained Q's output is this times its
+    # network's, so that training reaches values of hundreds in a few hundred updates, not thousands.
+    value_scale: float = 1.0
     # Model fields that follow from the parameters (a rod's inertia from its mass and length): `derive` sets them.
     derived_fields: tuple[str, ...] = ()
     c_source: str | None = None  # analytic fast path: `MPQ_FN void <name>_step(s, u, p, out)`, `<name>_cost(s, u)`

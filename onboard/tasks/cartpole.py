@@ -43,6 +43,8 @@ class CartPole(Task):
     # iterations per plan, as the pendulum: the iterations of the paper's soft-Bellman targets.
     mppi_defaults = dict(K=128, H=12, sigma=25.0, lam=0.5, alpha=0.5, gamma=0.98, n_iters=3)
     long_horizon = 24
+    # Costs up to 10 a step (hanging) with gamma = 0.98: values of a few hundred.
+    value_scale = 100.0
 
     c_source = f"""
 MPQ_FN void cartpole_step(const REAL *s, const REAL *u, const REAL *p, REAL *out) {{

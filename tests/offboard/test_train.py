@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from offboard.dataset import DatasetError, load_replay_buffer
-from offboard.export import ExportError, export
+from offboard.export import ExportError, export, load_checkpoint
 from offboard.mpq import Config, QNetwork, train
 from onboard.loop import run
 from onboard.mppi import MPPI, MPPIConfig
@@ -158,3 +158,30 @@ def test_a_q_too_large_for_float32_is_refused_not_exported(tmp_path):
     with pytest.raises(ExportError, match="float32 rounding .* retrain"):
         export(cancelling_q(1e6), "cartpole", tmp_path / "q.onnx", {})
     assert not list(tmp_path.rglob("q.*"))
+
+
+def test_the_value_scale_is_part_of_the_q_saved_and_exported(tmp_path):
+    """The cart-pole's values run to hundreds: its Q's output is 100 x its network's, in torch, in the checkpoint
+    and in the ONNX graph the robot runs; a checkpoint from before the scale existed loads unscaled."""
+    cartpole = get_task("cartpole")
+    assert cartpole.value_scale == 100.0 and PENDULUM.value_scale == 1.0
+    torch.manual_seed(0)
+    scaled = QNetwork(cartpole.obs_dim, 1, value_scale=cartpole.value_scale)
+    plain = QNetwork(cartpole.obs_dim, 1)
+    plain.net.load_state_dict(scaled.net.state_dict())
+    obs, act = torch.randn(50, cartpole.obs_dim), torch.randn(50, 1)
+    torch.testing.assert_close(scaled(obs, act), 100.0 * plain(obs, act))
+
+    path = tmp_path / "q.onnx"
+    export(scaled, "cartpole", path, dict(training=Config(task="cartpole").to_dict()))
+    q = OnnxQ(path, cartpole)
+    np.testing.assert_allclose(q(obs.numpy(), act.numpy()), scaled(obs, act).detach().numpy(), rtol=1e-4, atol=1e-3)
+
+    config = Config(task="cartpole").to_dict()
+    old = {k: v for k, v in plain.state_dict().items() if k != "value_scale"}
+    torch.save(dict(state_dict=old, config=config, iteration=1, segments=[]), tmp_path / "old.pt")
+    net, _ = load_checkpoint(tmp_path / "old.pt")
+    torch.testing.assert_close(net(obs, act), plain(obs, act))
+    torch.save(dict(state_dict=scaled.state_dict(), config=config, iteration=1, segments=[]), tmp_path / "new.pt")
+    net, _ = load_checkpoint(tmp_path / "new.pt")
+    torch.testing.assert_close(net(obs, act), scaled(obs, act))
