@@ -5,7 +5,10 @@ Q(s, a) is an MLP trained on real (here: stand-in) transitions with soft-Bellman
 where V_H(s') is the free energy of H-step MPPI from s' (n_iters iterations, the BIASED planner
 model) with the CURRENT Q as its terminal value -- the very MPPI code the robot runs (onboard.mppi),
 batched over the minibatch's next states. No target network (MPQ); the soft-Q baseline is the same
-code with H = 1 and a target network. Episodes end on a time limit, so every transition bootstraps.
+code with H = 1 and a target network; MPQ(lambda) is the same code with td_lambda < 1 (the planner
+blends the returns along each rollout with Q). Episodes end on a time limit, so every transition
+bootstraps. `update` is one step on one minibatch; `Trainer` keeps a run's state (Q, Adam, target
+planners, held-out set, TensorBoard) across the rounds of collection and training.
 """
 
 from __future__ import annotations
@@ -215,6 +218,8 @@ class Trainer:
         return problems
 
     def holdout_error(self) -> float:
+        if len(self.holdout_idx) == 0:  # a window that cut the held-out transitions off: nothing to measure on
+            return float("nan")
         return bellman_error(self.net, self.judge, self.buffer, self.holdout_idx)
 
     def train_iteration(self) -> dict:
