@@ -59,10 +59,12 @@ demo: setup
 # minibatch) would take about 3 hours of this run on 2 cores, so it is left out there (MPQ_LAMBDA=true adds it).
 SEEDS ?= 3
 ROBUSTNESS ?= pole=1.3
+# SOFT_Q=false leaves the soft-Q baseline out (a shorter run).
 MPQ_LAMBDA ?= $(if $(filter cartpole,$(TASK)),false,true)
+SOFT_Q ?= true
 reproduce: setup
 	$(BIN)/python -m offboard.demo --task $(TASK) --iterations 20 --episodes-per-iteration 5 --eval-episodes 10 \
-		--seeds $(SEEDS) --final-episodes 50 --robustness $(ROBUSTNESS) --mpq-lambda $(MPQ_LAMBDA)
+		--seeds $(SEEDS) --final-episodes 50 --robustness $(ROBUSTNESS) --mpq-lambda $(MPQ_LAMBDA) --soft-q $(SOFT_Q)
 
 # A Q (or plain MPPI without Q) through the stand-in from 50 seeded starts: `make evaluate Q=runs/demo/<time>/q.onnx`;
 # more settings with `python -m offboard evaluate --help`.
