@@ -29,7 +29,9 @@ TOLERANCE = 1e-5  # ORT against torch, relative to 1 + |q| ...
 # ... or, for weights whose float32 rounding is itself larger (a trained Q with large, cancelling
 # terms: torch float32 is then further than 1e-5 from the exact network), this many times that
 # rounding. An export that is wrong (a lost layer, swapped inputs, other weights) is off by far more.
-FLOOR_FACTOR = 4.0
+# 8, not 4: ONNX Runtime's tanh is an approximation a few ulp off torch's, and through a trained cart-pole
+# Q's weights its largest distance to torch reached 4.8 times torch's own rounding (1.6e-5).
+FLOOR_FACTOR = 8.0
 MAX_ROUNDING = 2.5e-4  # beyond this the net itself is badly conditioned in float32: refused, not exported
 
 
