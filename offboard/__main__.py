@@ -14,7 +14,6 @@ from offboard.export import ExportError, check_model_path, export, export_extra,
 from offboard.mpq import Config, train
 from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
-from onboard.qfunction import ModelError
 from onboard.tasks import get_task
 
 
@@ -51,20 +50,6 @@ def check_train_args(args) -> Path:
     return model_path(args.model, args.task)
 
 
-def evaluate_command(args) -> int:
-    try:
-        return run_evaluation(args)
-    except (ModelError, ProfileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the evaluation did not finish (no evaluation.json); run it again", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError) as e:  # the loop, the link, the stand-in
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,9 +80,7 @@ def main(argv=None) -> int:
     add_evaluate(sub)
     add_commands(sub)
     args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        return evaluate_command(args)
-    if args.command not in ("train", "export"):
+    if args.command not in ("train", "export", "evaluate"):
         try:
             return run_command(args, load_profile(args.robot))
         except ProfileError as e:
@@ -116,6 +99,8 @@ def main(argv=None) -> int:
             )
             return 130
     try:
+        if args.command == "evaluate":
+            return run_evaluation(args)
         if args.command == "train":
             model = check_train_args(args)
             config = Config(
@@ -138,9 +123,12 @@ def main(argv=None) -> int:
             model = model_path(args.model, config["task"])
             export(net, config["task"], model, export_extra(config, checkpoint.get("segments", [])))
             print(f"exported {model} (+ {model.with_suffix('.json').name}) from {args.checkpoint}")
-    except (DatasetError, ExportError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, ExportError, ValueError, FileNotFoundError) as e:  # the input: a model, profile, setting
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as e:  # evaluate's loop, link or stand-in; this machine's disk
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: {args.command} did not finish; run it again", file=sys.stderr)
         return 130

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from onboard.fileio import sha256_file
-from onboard.recorder import SegmentError, read_manifest, read_segment
+from onboard.recorder import (
+    SegmentError,
+    listed_segment_problem,
+    read_manifest,
+    read_segment,
+    unlisted_segment_problems,
+)
 from onboard.tasks.base import Task
 
 
@@ -92,10 +97,7 @@ class SegmentStore:
                 if problem is not None:
                     problems.append(problem)
                     self.loaded.pop(path, None)
-            names = {entry["segment"] for entry in entries}
-            for path in sorted(folder.glob("*.mcap")):
-                if path.name not in names:
-                    problems.append(f"{path}: not in MANIFEST (not closed by the recorder)")
+            problems += unlisted_segment_problems(folder, {entry["segment"] for entry in entries})
         self._forget(lambda path: path not in listed)
         return problems
 
@@ -105,15 +107,14 @@ class SegmentStore:
 
     def _load(self, path: Path, sha256: str) -> str | None:
         """None when the segment is in the store (already, or read now); else the problem."""
-        if not path.exists():
-            return f"{path}: listed in MANIFEST but missing"
-        stat = path.stat()
-        stat = (stat.st_size, stat.st_mtime_ns)
+        info = path.stat() if path.exists() else None
+        stat = None if info is None else (info.st_size, info.st_mtime_ns)
         known = self.loaded.get(path)
         if known is not None and known.sha256 == sha256 and known.stat == stat:
             return None
-        if sha256_file(path) != sha256:
-            return f"{path}: sha256 does not match MANIFEST (changed or damaged after it was closed)"
+        problem = listed_segment_problem(path, sha256)
+        if problem is not None:
+            return problem
         if known is not None and known.sha256 == sha256:  # touched, not changed
             known.stat = stat
             return None

@@ -19,7 +19,7 @@ from onboard.fileio import new_run_dir
 from onboard.loop import run
 from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile
-from onboard.recorder import read_segment, verified_segments
+from onboard.recorder import read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
 
 FINAL_EVAL_SEED = 20_000  # the final evaluations' starts: seeds no setting was tuned on (curves use others)
@@ -29,9 +29,10 @@ class Interrupted(KeyboardInterrupt):
     """The episodes were cut short (Ctrl-C, SIGTERM): their costs are no result."""
 
 
-def episode_costs(log_folder: Path) -> list[float]:
-    """Each episode's summed cost, from the verified segments (a segment that fails its check is an error)."""
-    segments, problems = verified_segments(log_folder)
+def episode_costs(log_folder: Path, skip: set[str] = frozenset()) -> list[float]:
+    """Each episode's summed cost, from the verified segments but those named in `skip` (a segment that fails
+    its check is an error)."""
+    segments, problems = verified_segments(log_folder, skip)
     if problems:
         raise RuntimeError(problems[0])
     return [sum(t["cost"] for t in read_segment(s)[1]["/transition"]) for s in segments]
@@ -49,9 +50,9 @@ def run_episodes(
     profile.name = name
     profile.standin_mass_scale = dict(mass_scale or {})
     profile.mppi = {**profile.mppi, "seed": seed, **mppi}
-    before = len(episode_costs(log_dir / name)) if (log_dir / name).is_dir() else 0
+    before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)
-    costs = episode_costs(log_dir / name)[before:]
+    costs = episode_costs(log_dir / name, skip=before)  # only this call's: not hashed or read again
     if (stop is not None and stop()) or len(costs) != episodes:
         raise Interrupted
     return costs

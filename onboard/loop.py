@@ -507,7 +507,7 @@ def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, 
         mode=profile.mode,
         starts=profile.starts,
         seed=profile.seed,
-        standin_mass_scale=profile.standin_mass_scale if profile.serial == "standin" else {},
+        standin_mass_scale=profile.standin_mass_scale,  # the profile allows one only for the stand-in
         code_version=version,
         start_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         dt=task.dt,

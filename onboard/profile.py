@@ -155,6 +155,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("realtime_priority", 0 <= profile.realtime_priority <= 99, "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"),
         ("seed", profile.seed >= 0, "use 0 or more"),
         ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
+        ("standin_mass_scale", not profile.standin_mass_scale or profile.serial == "standin",
+         'only with serial = "standin": a real plant weighs what it weighs (clear it)'),
         ("standin_period", profile.standin_period == 0 or low <= profile.standin_period <= high,
          f"use 0 (the model's) or seconds from {low:g} to {high:g}"),
     ]:  # fmt: skip

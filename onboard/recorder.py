@@ -357,25 +357,37 @@ def read_manifest(directory: Path) -> list[dict]:
     return entries
 
 
-def verified_segments(directory: Path) -> tuple[list[Path], list[str]]:
-    """Segments whose sha256 matches MANIFEST, and one line for each problem found."""
+def listed_segment_problem(path: Path, sha256: str) -> str | None:
+    """Why a segment that MANIFEST lists with `sha256` cannot be trusted (missing, or changed since it was
+    closed), or None when it matches."""
+    if not path.exists():
+        return f"{path}: listed in MANIFEST but missing"
+    if sha256_file(path) != sha256:
+        return f"{path}: sha256 does not match MANIFEST (changed or damaged after it was closed)"
+    return None
+
+
+def unlisted_segment_problems(directory: Path, listed: set[str]) -> list[str]:
+    """One line for each segment in `directory` whose name is not in `listed` (MANIFEST's): not closed by us."""
+    return [f"{path}: not in MANIFEST (not closed by the recorder)"
+            for path in sorted(Path(directory).glob("*.mcap")) if path.name not in listed]  # fmt: skip
+
+
+def verified_segments(directory: Path, skip: set[str] = frozenset()) -> tuple[list[Path], list[str]]:
+    """Segments whose sha256 matches MANIFEST, and one line for each problem found. skip: names of listed
+    segments the caller has already (neither hashed again nor returned)."""
     directory = Path(directory)
     good, problems = [], []
-    listed = {}
-    for entry in read_manifest(directory):
-        listed[entry["segment"]] = entry
+    listed = {entry["segment"]: entry for entry in read_manifest(directory)}
     for name, entry in sorted(listed.items()):
-        path = directory / name
-        if not path.exists():
-            problems.append(f"{path}: listed in MANIFEST but missing")
-        elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{path}: sha256 does not match MANIFEST (changed or damaged after it was closed)")
+        if name in skip:
+            continue
+        problem = listed_segment_problem(directory / name, entry["sha256"])
+        if problem is None:
+            good.append(directory / name)
         else:
-            good.append(path)
-    for path in sorted(directory.glob("*.mcap")):
-        if path.name not in listed:
-            problems.append(f"{path}: not in MANIFEST (not closed by the recorder)")
-    return good, problems
+            problems.append(problem)
+    return good, problems + unlisted_segment_problems(directory, set(listed))
 
 
 def read_segment(path: Path) -> tuple[dict, dict[str, list[dict]]]:

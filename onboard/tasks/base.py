@@ -153,8 +153,7 @@ class Task:
         """mass_scale: the plant's bodies heavier than the MJCF says ({body: factor}, as the stand-in's
         --mass-scale), so that the "true" planner model is the plant's real one (robustness runs)."""
         self.xml_path = model_xml(self.name, self.models_dir)
-        self.mass_scale = dict(mass_scale or {})
-        self.mjcf = mjcf = TaskModel(self.xml_path, mass_scale=self.mass_scale)
+        self.mjcf = mjcf = TaskModel(self.xml_path, mass_scale=mass_scale)
         model = mjcf.model
         self.dt = mjcf.control_period
         self.u_min, self.u_max = mjcf.ctrl_low, mjcf.ctrl_high

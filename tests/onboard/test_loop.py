@@ -238,6 +238,10 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(standin_mass_scale={"cart": 1.3}), "standin_mass_scale: mass scale: "),
         (dict(standin_mass_scale={"pole": -1}), "body 'pole' factor -1: use a positive number"),
         (dict(standin_mass_scale=1.3), "standin_mass_scale = 1.3 should be a dict"),
+        (
+            dict(serial="/dev/ttyUSB0", standin_mass_scale={"pole": 1.3}),
+            "standin_mass_scale = {'pole': 1.3}: only with serial = \"standin\"",
+        ),
         (dict(standin_period=-0.01), "standin_period = -0.01"),
         (dict(standin_period=1e9), "standin_period = 1000000000.0"),
         (dict(signing_key_file="/nonexistent/key"), "signing key file /nonexistent/key"),  # before the plant starts
