@@ -126,6 +126,8 @@ class TaskModel:
                 raise ValueError(f"mass scale: body {body!r} factor {factor!r}: use a positive number")
             model.body_mass[number] *= factor
             model.body_inertia[number] *= factor
+        if mass_scale:  # what the compiler derives from the masses (inverse weights, subtree masses)
+            mujoco.mj_setConst(model, mujoco.MjData(model))
         period = self.numeric("control_period", required=True)
         self.control_period = period = float(period[0]) if control_period is None else control_period
         if model.opt.timestep > period:

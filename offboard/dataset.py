@@ -7,6 +7,7 @@ good segments beside it still do.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class LoadedSegment:
     sha256: str
     stat: tuple[int, int]  # (size, mtime_ns) when it was hashed: unchanged means no need to hash it again
     arrays: dict[str, np.ndarray]
-    holdout: np.ndarray  # (transitions,) bool, drawn once from the segment's sha256
+    holdout: np.ndarray  # (transitions,) bool, drawn once from the seed and the segment's name
 
 
 class SegmentStore:
@@ -69,8 +70,10 @@ class SegmentStore:
     `refresh()` reads only what is new since the last call: a training run that lives across collection
     rounds does not re-read or re-hash its whole history. A listed segment whose size or mtime changed
     is hashed again, and one that no longer matches its MANIFEST leaves the buffer with a problem line.
-    Each transition is assigned to the held-out set once, by its segment's sha256 and the seed, so the
-    held-out set never changes and never reaches training, whatever order segments arrive in."""
+    Each transition is assigned to the held-out set once, by the seed and its segment's name (robot
+    folder and file: not its sha256, which changes with the start time it records), so the held-out set
+    never changes, never reaches training, whatever order segments arrive in, and is the same when the
+    same run is made again."""
 
     def __init__(self, folders: list[Path], task: Task, holdout_fraction: float = 0.0, seed: int = 0):
         self.folders = [Path(f) for f in folders]
@@ -144,7 +147,8 @@ class SegmentStore:
             return f"{path}: transitions do not have {task.name}'s dimensions: left out"
         if not all(np.all(np.isfinite(a)) for a in arrays.values()):
             return f"{path}: non-finite states, actions or costs: left out"
-        draw = np.random.default_rng([self.seed, int(sha256[:15], 16)])
+        name = hashlib.sha256(f"{path.parent.name}/{path.name}".encode()).hexdigest()
+        draw = np.random.default_rng([self.seed, int(name[:15], 16)])
         holdout = draw.random(len(steps)) < self.holdout_fraction
         self.loaded[path] = LoadedSegment(path, sha256, stat, arrays, holdout)
         return None

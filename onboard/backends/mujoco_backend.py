@@ -61,6 +61,7 @@ class MujocoBackend(HostArrays):
         self._biased: list[mujoco.MjModel] = []  # one per rollout, grown to the largest B x K seen
         self._field_views: list[list[np.ndarray]] = []  # each biased model's batched fields
         self._fixed: dict[tuple[float, ...], mujoco.MjModel] = {}  # "mean" / "true": one model each
+        self._const_data: mujoco.MjData | None = None  # scratch for mj_setConst
 
     @property
     def pool(self) -> mj_rollout.Rollout:
@@ -77,6 +78,7 @@ class MujocoBackend(HostArrays):
             if key not in self._fixed:
                 self._fixed[key] = model = copy.copy(self.model)
                 self.task.write_params(model, params)
+                self._set_constants(model)
             return self._fixed[key]
         fields = self.task.batched_fields
         while len(self._biased) < n:
@@ -91,7 +93,17 @@ class MujocoBackend(HostArrays):
             values = getattr(batch, f)
             for views, row in zip(self._field_views[:n], values, strict=True):
                 views[j][...] = row
+        for model in self._biased[:n]:
+            self._set_constants(model)
         return self._biased[:n]
+
+    def _set_constants(self, model: mujoco.MjModel) -> None:
+        """What MuJoCo's compiler derives from the written fields (the constraint solver's inverse weights,
+        subtree masses: mj_setConst, a few microseconds): a draw's model is then the MJCF compiled with that
+        draw, as the plant would be (a heavier ball without it is caught by a string as soft as the light one's)."""
+        if self._const_data is None:
+            self._const_data = mujoco.MjData(self.model)
+        mujoco.mj_setConst(model, self._const_data)
 
     def step(self, models: list, start: np.ndarray, controls: np.ndarray) -> np.ndarray:
         """mujoco.rollout of n rollouts over controls (n, nstep, m), one control per physics step: the states

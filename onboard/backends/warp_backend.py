@@ -19,12 +19,14 @@ MPQ_WARP_DEVICE=cpu keeps Warp on the CPU on a machine with a GPU (the tests' CP
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
 from types import SimpleNamespace
 
 import mujoco
+import numpy as np
 
 from onboard.backends import HostArrays
 from onboard.backends.mujoco_backend import mjcf_rollout
@@ -32,6 +34,11 @@ from onboard.tasks.base import Task
 
 log = logging.getLogger("mpq.backends.warp")
 STATE_SPEC = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+# What MuJoCo's compiler derives from masses and inertias (the constraint solver's inverse weights, subtree
+# masses), computed per world after each draw by MuJoCo's own mj_setConst on the host, as the mujoco backend
+# does: MuJoCo Warp 4.0's set_const averages a body's inverse weight over directions it cannot move in
+# (1/m * 2/3 for the ball on two slides, where mj_setConst gives 1/m), which softens its contacts.
+DERIVED_FIELDS = ("body_subtreemass", "body_invweight0", "dof_invweight0", "tendon_invweight0", "actuator_acc0")
 
 
 def _warp():
@@ -74,7 +81,7 @@ class WarpWorlds:
         self.substeps, self.qvel_max, self.timestep = mjcf.substeps, mjcf.qvel_max, float(mjcf.model.opt.timestep)
         nstate, m = task.state_dim, task.act_dim
         with wp.ScopedDevice(backend.device):
-            sizes = {field: n for field in task.batched_fields} if batched else {}
+            sizes = {field: n for field in (*task.batched_fields, *DERIVED_FIELDS)} if batched else {}
             self.model = mjw.put_model(mjcf.model, batch_sizes=sizes)
             self.data = mjw.make_data(mjcf.model, nworld=n)
             self.start = wp.zeros((n, nstate), dtype=float)
@@ -86,6 +93,7 @@ class WarpWorlds:
         self.start_x, self.controls_x, self.visited_x = view(self.start), view(self.controls), view(self.visited)
         # The planner model's fields, (n, ...) per world or (1, ...) shared: written in place, so the graph sees them.
         self.fields = SimpleNamespace(**{f: view(getattr(self.model, f)) for f in task.batched_fields})
+        self.derived = {f: view(getattr(self.model, f)) for f in DERIVED_FIELDS}
         self._physics()  # compiles and loads every kernel before the capture
         with wp.ScopedDevice(backend.device), wp.ScopedStream(backend.warp_stream):
             with wp.ScopedCapture() as capture:
@@ -109,12 +117,29 @@ class WarpWorlds:
                     )
             mjw.get_state(model, data, self.visited[t], STATE_SPEC, active=self.active)
 
+    def write(self, params) -> None:
+        """The planner model's fields from params ((n, P) per world, or (1, P) shared), and what follows from them
+        (DERIVED_FIELDS: a few microseconds of mj_setConst per world on the host, then one copy each)."""
+        task = self.backend.task
+        task.write_batch(self.fields, params)
+        (host_params,) = self.backend.to_host(params)
+        model, data = self.backend.scratch
+        derived = {f: np.empty((len(host_params), *getattr(model, f).shape)) for f in DERIVED_FIELDS}
+        for i, row in enumerate(np.asarray(host_params, dtype=np.float64)):
+            task.write_params(model, row)
+            mujoco.mj_setConst(model, data)
+            for f, values in derived.items():
+                values[i] = getattr(model, f)
+        for f, values in derived.items():
+            target = self.derived[f]
+            target[...] = self.backend.xp.asarray(values.reshape(target.shape), dtype=target.dtype)
+
     def __call__(self, start, controls, params):
         xp = self.backend.xp
         self.start_x[...] = start
         self.controls_x[...] = xp.moveaxis(controls, 1, 0)
         if params.ndim == 2:  # "biased": a new draw per world every iteration
-            self.backend.task.write_batch(self.fields, params)
+            self.write(params)
         self.wp.capture_launch(self.graph, stream=self.backend.warp_stream)
         return xp.moveaxis(xp.asarray(self.visited_x, dtype=self.backend.dtype), 0, 1)
 
@@ -146,6 +171,8 @@ class WarpBackend(HostArrays):
             self.gpu = None
             self.warp_stream = None
             self.view = lambda array: array.numpy()  # a NumPy view of a CPU Warp array's memory
+        scratch = copy.copy(task.mjcf.model)
+        self.scratch = (scratch, mujoco.MjData(scratch))  # for each draw's mj_setConst (WarpWorlds.write)
 
     def visit(self, start, controls, params):
         """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate)."""
@@ -155,7 +182,7 @@ class WarpBackend(HostArrays):
         if worlds is None:
             worlds = self._worlds[key] = WarpWorlds(self, n, T, batched=params.ndim == 2)
             if params.ndim == 1:  # "mean" or "true": one model for every world, written once
-                self.task.write_batch(worlds.fields, params[None])
+                worlds.write(params[None])
         return worlds(start, controls, params)
 
     def rollout(self, states, actions, params, gamma):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onboard.tasks.ball_in_cup import BallInCup
 from onboard.tasks.base import Task
 from onboard.tasks.cartpole import CartPole
 from onboard.tasks.pendulum import Pendulum
@@ -9,7 +10,12 @@ from onboard.tasks.pendulum import Pendulum
 TASKS: dict[str, type[Task]] = {
     "pendulum": Pendulum,
     "cartpole": CartPole,
+    "ball_in_cup": BallInCup,
 }
+
+# The tasks with a closed-form fast path (`step` and `c_source`: the numpy, c and cupy backends); the others
+# plan with the MuJoCo backends only.
+ANALYTIC_TASKS: tuple[str, ...] = tuple(sorted(name for name, task in TASKS.items() if task.c_source is not None))
 
 
 def get_task(name: str, mass_scale: dict[str, float] | None = None) -> Task:

@@ -102,16 +102,23 @@ def test_only_new_segments_are_read_and_a_changed_one_leaves_with_a_problem(tmp_
     assert np.array_equal(buffer.holdout, holdout[40:])  # the others keep their held-out transitions
 
 
-def test_the_held_out_draw_depends_on_the_segment_not_on_the_order_it_arrived_in(tmp_path):
-    folder = tmp_path / "robot"
+def test_the_held_out_draw_is_the_same_for_the_same_run_made_again_in_any_order(tmp_path):
+    """A rerun records the same episodes with other start times (other sha256s): the same held-out set."""
+    first, again = tmp_path / "first" / "robot", tmp_path / "again" / "robot"
     for episode in (1, 2, 3):
-        write_segment(folder, episode, steps=200)
-    one = SegmentStore([folder], PENDULUM, holdout_fraction=0.1, seed=7)
+        write_segment(first, episode, steps=200)
+    for episode in (3, 1, 2):  # the same episodes, recorded later and in another order
+        write_segment(again, episode, steps=200)
+    assert (first / "000001.mcap").read_bytes() != (again / "000001.mcap").read_bytes()
+    one = SegmentStore([first], PENDULUM, holdout_fraction=0.1, seed=7)
     one.refresh()
-    other = SegmentStore([folder], PENDULUM, holdout_fraction=0.1, seed=7)
+    other = SegmentStore([again], PENDULUM, holdout_fraction=0.1, seed=7)
     other.refresh()
     assert np.array_equal(one.buffer().holdout, other.buffer().holdout)
     assert 0.05 < one.buffer().holdout.mean() < 0.15
+    another_seed = SegmentStore([first], PENDULUM, holdout_fraction=0.1, seed=8)
+    another_seed.refresh()
+    assert not np.array_equal(one.buffer().holdout, another_seed.buffer().holdout)
 
 
 def test_run_folders_started_in_the_same_second_never_collide(tmp_path):

@@ -19,7 +19,7 @@ from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import ROOT, load_profile
 from onboard.qfunction import OnnxQ
 from onboard.recorder import verified_segments
-from onboard.tasks import TASKS, get_task
+from onboard.tasks import ANALYTIC_TASKS, get_task
 from tests.conftest import NumpyQ
 from tests.gpu import GPU_MISSING, needs_gpu
 
@@ -66,7 +66,7 @@ def test_without_cupy_or_a_gpu_the_backend_is_one_clear_error():
 
 
 @needs_gpu
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", ANALYTIC_TASKS)
 @pytest.mark.parametrize("with_q", [False, True])
 def test_a_plan_on_identical_noise_equals_numpy(name, with_q, make_q):
     import cupy
@@ -131,7 +131,7 @@ def act_six_steps(task, config, q_path, graphs: bool, uncapturable_q: bool = Fal
 
 
 @needs_gpu
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", ANALYTIC_TASKS)
 def test_control_steps_replayed_as_cuda_graphs_equal_kernel_by_kernel(name, make_q):
     """Same seed, same states: the replayed graph draws fresh noise and runs the Q each step, as the
     eager run does. With ONNX Runtime on the GPU a control step is one graph launch; with the Q's CPU
