@@ -164,6 +164,13 @@ class TaskModel:
         mujoco.mj_getState(self.model, data, state, STATE_SPEC)
         return state
 
+    def contacts(self, qpos) -> int:
+        """How many contacts MuJoCo finds at this pose (a start drawn inside a wall has some)."""
+        data = mujoco.MjData(self.model)
+        data.qpos[:] = qpos
+        mujoco.mj_forward(self.model, data)
+        return int(data.ncon)
+
     def keyframe_state(self, name: str) -> np.ndarray | None:
         """The full state of the MJCF's <key name=...>, or None where it has no such key."""
         key = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_KEY, name)

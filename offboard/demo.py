@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.plant import parse_mass_scale
-from offboard.evaluate import FINAL_EVAL_SEED, run_episodes
+from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, run_episodes
 from offboard.export import export, export_extra
 from offboard.mpq import Config, Trainer
 from offboard.stats import format_interval, mean_interval, ratio_interval
@@ -92,7 +92,7 @@ class Stop:
             raise KeyboardInterrupt
 
 
-def episodes(stop: Stop, *args, **kwargs) -> list[float]:
+def episodes(stop: Stop, *args, **kwargs) -> Outcomes:
     """offboard.evaluate.run_episodes with the demo's Ctrl-C handling: the loop ends its episode cleanly."""
     stop.in_episodes = True
     try:
@@ -139,14 +139,16 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
             path = here / "models" / f"iter{iteration:03d}" / "q.onnx"
             export(trainer.net, cfg.task, path, export_extra(trainer.trained_config(), trainer.buffer.segments))
             model = str(path)
-            costs = episodes(stop, here / "eval", f"iter{iteration:03d}", cfg.task, cfg.eval_episodes, EVAL_SEED,
-                             model, dict(H=horizon, td_lambda=trainer.td_lambda))  # fmt: skip
+            outcomes = episodes(stop, here / "eval", f"iter{iteration:03d}", cfg.task, cfg.eval_episodes, EVAL_SEED,
+                                model, dict(H=horizon, td_lambda=trainer.td_lambda))  # fmt: skip
+            costs = outcomes.costs
             point = dict(
                 iteration=iteration,
                 training_episodes=iteration * cfg.episodes_per_iteration,
                 eval_cost_mean=float(np.mean(costs)),
                 eval_cost_std=float(np.std(costs)),
                 eval_costs=costs,
+                eval_success_rate=outcomes.success_rate,
                 holdout_bellman_error_before=record["holdout_bellman_error_before"],
                 holdout_bellman_error=record["holdout_bellman_error"],
                 held_out=record["held_out"],
@@ -158,7 +160,8 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
             curve.append(point)
             log(
                 f"{label} seed {seed} iteration {iteration}/{cfg.iterations}: {point['training_episodes']} training "
-                f"episodes, eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, "
+                f"episodes, eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, success "
+                f"{point['eval_success_rate']:.2f}, "
                 f"held-out Bellman error {point['holdout_bellman_error']:.3g} ({point['seconds']:.0f} s)"
             )
     finally:
@@ -184,19 +187,21 @@ def final_evaluation(cfg: DemoConfig, run_dir: Path, learners: dict, log, stop: 
         rows = {}
         # On the heavier plant only the reference (given the plant's real parameters) and MPQ run: the claim.
         for label, horizon, model in baselines(cfg) if not scale else baselines(cfg)[-1:]:
-            costs = episodes(stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model),
-                             **common)  # fmt: skip
-            rows[label] = dict(costs=[costs])
+            outcomes = episodes(stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model),
+                                **common)  # fmt: skip
+            rows[label] = dict(costs=[outcomes.costs], successes=[outcomes.successes])
         # On the heavier plant: the MPQ learners only (the claim), not soft-Q.
         for label, runs in learners.items() if not scale else [(k, v) for k, v in learners.items() if "MPQ" in k]:
-            rows[label] = dict(costs=[
+            outcomes = [
                 episodes(stop, where, f"{folder_name(label)}_seed{r['seed']}", cfg.task, n, seed, r["model"],
                          dict(H=r["horizon"], td_lambda=r["td_lambda"]),
                          **common)
                 for r in runs
-            ])  # fmt: skip
+            ]  # fmt: skip
+            rows[label] = dict(costs=[o.costs for o in outcomes], successes=[o.successes for o in outcomes])
         for row in rows.values():
             row["cost"] = mean_interval(np.ravel(row["costs"]))
+            row["success"] = mean_interval(np.ravel(row["successes"]).astype(float))
             row["ratio"] = ratio_interval(row["costs"], rows[reference]["costs"][0])
         results[setting] = dict(starts=starts, mass_scale=scale, episodes=n, seed=seed, reference=reference, rows=rows)
         log(f"final evaluation, {setting}: " + "; ".join(
@@ -235,13 +240,16 @@ def table(final: dict) -> str:
             "",
             f"{result['episodes']} {setting} starts (seed {result['seed']}); ratio to {result['reference']}:",
             "",
-            "| planner | seeds | mean episode cost [95 %] | ratio [95 %] |",
-            "|---|---|---|---|",
+            "| planner | seeds | mean episode cost [95 %] | ratio [95 %] | success [95 %] |",
+            "|---|---|---|---|---|",
         ]
         for label, row in result["rows"].items():
-            c = row["cost"]
-            lines.append(f"| {label} | {len(row['costs'])} | {format_interval(c['mean'], c['low'], c['high'], 1)} | "
-                         f"{format_interval(**_ratio(row))} |")  # fmt: skip
+            c, s = row["cost"], row["success"]
+            cost, success = (
+                format_interval(c["mean"], c["low"], c["high"], 1),
+                format_interval(s["mean"], s["low"], s["high"], 2),
+            )
+            lines.append(f"| {label} | {len(row['costs'])} | {cost} | {format_interval(**_ratio(row))} | {success} |")
     return "\n".join(lines)
 
 
@@ -251,17 +259,22 @@ def plot(results: dict, path: Path, task) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, runs in results["learners"].items():
-        x = [p["training_episodes"] for p in runs[0]["curve"]]
-        y = np.array([[p["eval_cost_mean"] for p in r["curve"]] for r in runs])
-        (line,) = ax.plot(x, y.mean(axis=0), marker="o", label=f"{label} (H={runs[0]['horizon']}, {len(runs)} seeds)")
-        if len(runs) > 1:
-            ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
-    for (label, baseline), style in zip(results["baselines"].items(), (":", "--", "-."), strict=True):
-        ax.axhline(baseline["eval_cost_mean"], linestyle=style, color="gray", label=label)
-    ax.set_xlabel("training episodes on the plant")
-    ax.set_ylabel(f"mean episode cost over {results['config']['eval_episodes']} fixed-seed starts")
+    fig, axes = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    n = results["config"]["eval_episodes"]
+    panels = (("eval_cost_mean", f"mean episode cost over {n} fixed-seed starts"), ("eval_success_rate", "success"))
+    for ax, (key, what) in zip(axes, panels, strict=True):
+        for label, runs in results["learners"].items():
+            x = [p["training_episodes"] for p in runs[0]["curve"]]
+            y = np.array([[p[key] for p in r["curve"]] for r in runs])
+            (line,) = ax.plot(x, y.mean(axis=0), marker="o",
+                              label=f"{label} (H={runs[0]['horizon']}, {len(runs)} seeds)")  # fmt: skip
+            if len(runs) > 1:
+                ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
+        for (label, baseline), style in zip(results["baselines"].items(), (":", "--", "-."), strict=True):
+            ax.axhline(baseline[key], linestyle=style, color="gray", label=label)
+        ax.set_ylabel(what)
+    ax = axes[0]
+    axes[1].set_xlabel("training episodes on the plant")
     ax.set_title(f"MPQ on the {task.name} stand-in (biased planner model; band: min-max over seeds)")
     minutes = task.episode_steps * task.dt / 60
     top = ax.secondary_xaxis("top", functions=(lambda e: e * minutes, lambda m: m / minutes))
@@ -349,11 +362,13 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
     log(f"demo in {run_dir}: {cfg}")
     curve_baselines = {}
     for label, horizon, model in baselines(cfg):
-        costs = episodes(stop, run_dir / "baselines", folder_name(label), cfg.task, cfg.eval_episodes, EVAL_SEED, "",
-                         dict(H=horizon, model=model))  # fmt: skip
+        outcomes = episodes(stop, run_dir / "baselines", folder_name(label), cfg.task, cfg.eval_episodes, EVAL_SEED,
+                            "", dict(H=horizon, model=model))  # fmt: skip
+        costs = outcomes.costs
         curve_baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
-                                      eval_cost_std=float(np.std(costs)), eval_costs=costs)  # fmt: skip
-        log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}")
+                                      eval_cost_std=float(np.std(costs)), eval_costs=costs,
+                                      eval_success_rate=outcomes.success_rate)  # fmt: skip
+        log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {outcomes.success_rate:.2f}")
     kinds = [("MPQ", cfg.horizon, False, (1.0, None))]
     if cfg.mpq_lambda:
         kinds.append(("MPQ(lambda)", cfg.horizon, False, (cfg.td_lambda, cfg.td_lambda_final)))

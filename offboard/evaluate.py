@@ -13,6 +13,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from firmware_bridge.plant import parse_mass_scale
 from offboard.stats import format_interval, mean_interval
 from onboard.fileio import new_run_dir
@@ -29,33 +31,55 @@ class Interrupted(KeyboardInterrupt):
     """The episodes were cut short (Ctrl-C, SIGTERM): their costs are no result."""
 
 
-def episode_costs(log_folder: Path, skip: set[str] = frozenset()) -> list[float]:
-    """Each episode's summed cost, from the verified segments but those named in `skip` (a segment that fails
-    its check is an error)."""
+@dataclasses.dataclass
+class Outcomes:
+    """Episodes' summed costs and whether each ended in success (the task's test on its last state: the pendulum
+    upright, the ball in the cup)."""
+
+    costs: list[float]
+    successes: list[bool]
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.successes))
+
+
+def episode_outcomes(log_folder: Path, task: str, skip: set[str] = frozenset()) -> Outcomes:
+    """Each episode's summed cost and success, from the verified segments but those named in `skip` (a segment
+    that fails its check is an error)."""
     segments, problems = verified_segments(log_folder, skip)
     if problems:
         raise RuntimeError(problems[0])
-    return [sum(t["cost"] for t in read_segment(s)[1]["/transition"]) for s in segments]
+    judge = get_task(task)
+    costs, successes = [], []
+    for segment in segments:
+        steps = read_segment(segment)[1]["/transition"]
+        costs.append(sum(t["cost"] for t in steps))
+        successes.append(bool(steps) and bool(judge.success(np.array(steps[-1]["next_state"]))))
+    return Outcomes(costs, successes)
 
 
 def run_episodes(
     log_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict, stop=None,
     starts: str = "uniform", mass_scale: dict | None = None,
-) -> list[float]:  # fmt: skip
-    """`episodes` more episodes on the stand-in through the onboard loop, logged under log_dir/name; their costs.
+) -> Outcomes:  # fmt: skip
+    """`episodes` more episodes on the stand-in through the onboard loop, logged under log_dir/name; their outcomes.
 
     seed: the starts (seeded by (seed, episode id); the ids go on from the folder's last) and, unless mppi says
-    otherwise, the planner's noise."""
+    otherwise, the planner's noise. The sim profile's planner, on the mujoco backend for a task given by its MJCF
+    alone."""
     profile = load_profile("sim", task=task, log_dir=str(log_dir), model=q, seed=seed, starts=starts)
+    if not get_task(task).has_analytic_model:  # the sim profile's c backend needs a closed form: MuJoCo's instead
+        profile.backend = "mujoco"
     profile.name = name
     profile.standin_mass_scale = dict(mass_scale or {})
     profile.mppi = {**profile.mppi, "seed": seed, **mppi}
     before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)
-    costs = episode_costs(log_dir / name, skip=before)  # only this call's: not hashed or read again
-    if (stop is not None and stop()) or len(costs) != episodes:
+    outcomes = episode_outcomes(log_dir / name, task, skip=before)  # only this call's: not hashed or read again
+    if (stop is not None and stop()) or len(outcomes.costs) != episodes:
         raise Interrupted
-    return costs
+    return outcomes
 
 
 @dataclasses.dataclass
@@ -93,10 +117,11 @@ def evaluate(cfg: EvalConfig, stop=None) -> dict:
     if cfg.q and not Path(cfg.q).is_file():
         raise ValueError(f"--q {cfg.q}: no such file; give a q.onnx (q.json beside it), or leave --q out for MPPI")
     run_dir = new_run_dir(Path(cfg.out))
-    costs = run_episodes(run_dir, "episodes", cfg.task, cfg.episodes, cfg.seed, cfg.q, cfg.mppi(), stop,
-                         cfg.starts, mass_scale)  # fmt: skip
-    result = dict(settings=dataclasses.asdict(cfg), label=cfg.label(), costs=costs, cost=mean_interval(costs),
-                  segments=str(run_dir / "episodes"))  # fmt: skip
+    outcomes = run_episodes(run_dir, "episodes", cfg.task, cfg.episodes, cfg.seed, cfg.q, cfg.mppi(), stop,
+                            cfg.starts, mass_scale)  # fmt: skip
+    result = dict(settings=dataclasses.asdict(cfg), label=cfg.label(), costs=outcomes.costs,
+                  cost=mean_interval(outcomes.costs), successes=outcomes.successes,
+                  success_rate=outcomes.success_rate, segments=str(run_dir / "episodes"))  # fmt: skip
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     result["path"] = str(run_dir / "evaluation.json")
     return result
@@ -125,5 +150,6 @@ def run_command(args) -> int:
     result = evaluate(cfg)
     c = result["cost"]
     print(f"{cfg.task}, {result['label']}, {cfg.episodes} {cfg.starts} starts (seed {cfg.seed}): mean episode cost "
-          f"{format_interval(c['mean'], c['low'], c['high'], 1)} (95 %); {result['path']}")  # fmt: skip
+          f"{format_interval(c['mean'], c['low'], c['high'], 1)} (95 %), success {result['success_rate']:.2f}; "
+          f"{result['path']}")  # fmt: skip
     return 0

@@ -28,7 +28,6 @@ start box), drawn again while it would touch the cup, everything at rest.
 
 from __future__ import annotations
 
-import mujoco
 import numpy as np
 
 from onboard.tasks.base import Parameter, Task
@@ -57,7 +56,6 @@ class BallInCup(Task):
         self.in_cup_tolerance = model.site_size[target][[0, 2]] - model.geom_size[model.geom("ball").id][0]
         string = model.tendon("string").id
         self.string_length = float(model.tendon_range[string][1])
-        self._check = mujoco.MjData(model)
 
     # --- geometry (vectorised over leading axes, NumPy or CuPy) -----------------------------------
     def _offsets(self, s):
@@ -94,12 +92,8 @@ class BallInCup(Task):
     # --- starts -----------------------------------------------------------------------------------
     def initial_state(self, rng: np.random.Generator) -> np.ndarray:
         """The suite's start: a random ball position from the MJCF's box, drawn again while it touches the cup."""
-        model, data = self.mjcf.model, self._check
         for _ in range(1000):
             state = super().initial_state(rng)
-            data.qpos[:] = state[self.qpos]
-            data.qvel[:] = 0.0
-            mujoco.mj_forward(model, data)
-            if data.ncon == 0:
+            if self.mjcf.contacts(state[self.qpos]) == 0:
                 return state
         raise RuntimeError(f"{self.xml_path}: no start without contact in 1000 draws from the start box")

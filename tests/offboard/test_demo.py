@@ -31,7 +31,7 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     (mpq,) = results["learners"]["MPQ"]  # one training seed
     curve = mpq["curve"]
     assert [p["training_episodes"] for p in curve] == [5, 10]
-    assert all(np.isfinite(p["eval_cost_mean"]) for p in curve)
+    assert all(np.isfinite(p["eval_cost_mean"]) and 0 <= p["eval_success_rate"] <= 1 for p in curve)
     first = curve[0]  # training lowers the soft-Bellman error on held-out transitions
     assert first["holdout_bellman_error"] < first["holdout_bellman_error_before"]
     # After 10 episodes the learned Q already swings the pendulum up on starts where MPPI with the same
@@ -59,7 +59,10 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     assert set(results["claims"]) == {f"{a}, {b}" for a in ("MPQ", "MPQ(lambda)") for b in ("uniform", "hanging")}
     claim = results["claims"]["MPQ(lambda), uniform"]
     assert claim["target"] == 1.05 and claim["met"] == (claim["high"] <= 1.05)
-    assert "| MPQ | 1 |" in (run_dir / "table.md").read_text()
+    assert (
+        "| MPQ | 1 |" in (run_dir / "table.md").read_text() and "success [95 %]" in (run_dir / "table.md").read_text()
+    )
+    assert np.array(row["successes"]).shape == (1, 2) and row["success"]["mean"] == np.mean(row["successes"])
 
 
 def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_path, capsys):

@@ -41,10 +41,25 @@ def test_hanging_starts_with_a_given_planner_write_costs_and_their_interval(tmp_
     costs = [metadata["summary"]["cost"] for metadata, _ in segments_of(path)]
     assert result["costs"] == pytest.approx(costs) and result["cost"]["mean"] == pytest.approx(np.mean(costs))
     assert result["cost"]["low"] < result["cost"]["mean"] < result["cost"]["high"]
-    hanging = get_task("pendulum").hanging_state()
+    task = get_task("pendulum")
+    upright = [bool(task.success(np.array(t["/transition"][-1]["next_state"]))) for _, t in segments_of(path)]
+    assert result["successes"] == upright and result["success_rate"] == np.mean(upright)  # upright at the end
+    assert f"success {np.mean(upright):.2f}" in line
+    hanging = task.hanging_state()
     for metadata, topics in segments_of(path):
         assert metadata["segment"]["starts"] == "hanging" and metadata["segment"]["mppi"]["H"] == 4
         assert topics["/transition"][0]["state"] == pytest.approx(hanging.tolist())
+
+
+def test_a_task_given_by_its_mjcf_alone_is_evaluated_on_the_mujoco_backend_with_its_success(tmp_path):
+    out = evaluate("--task", "ball_in_cup", "--episodes", "2", "--iters", "1", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (path,) = tmp_path.glob("*/evaluation.json")
+    result = json.loads(path.read_text())
+    task = get_task("ball_in_cup")
+    for (metadata, topics), success in zip(segments_of(path), result["successes"], strict=True):
+        assert metadata["segment"]["backend"] == "mujoco"
+        assert success == bool(task.in_cup(np.array(topics["/transition"][-1]["next_state"])))  # in the cup at the end
 
 
 def test_the_same_seed_gives_the_same_episodes_and_another_seed_other_starts(tmp_path):
