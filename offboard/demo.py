@@ -48,6 +48,16 @@ EVAL_SEED = 10_000  # the learning curves' starts (seeded by (EVAL_SEED, episode
 # interval, on uniform and on hanging starts. A task not listed is held to the loosest.
 TARGET_RATIO = {"pendulum": 1.05, "cartpole": 1.10}
 DEFAULT_TARGET_RATIO = 1.10
+# A sparse task is held to its success rate instead (the paper's Table 2: MPQ H=4 on BallInCupSparse, 0.85).
+TARGET_SUCCESS = {"ball_in_cup": 0.85}
+# Per-task defaults of the demo where the pendulum's do not fit. The ball-in-cup's targets run MuJoCo (about 0.55 s
+# a minibatch on one core) and its long baselines take about 25 s an episode: fewer, larger rounds, fewer updates
+# and a short curve evaluation keep `make demo TASK=ball_in_cup` near 20 minutes on 2 cores; MPQ(lambda) is left
+# out (its blend multiplies the Q's work by H), soft-Q stays (its H=1 targets are cheap).
+DEMO_SETTINGS = {
+    "ball_in_cup": dict(iterations=4, episodes_per_iteration=10, updates_per_iteration=100, eval_episodes=5,
+                        mpq_lambda=False),
+}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -219,6 +229,8 @@ def claims(cfg: DemoConfig, final: dict) -> dict:
     """Each MPQ learner's ratio to the TRUE-model MPPI against the task's target (upper end of the interval), on
     uniform and hanging starts: {"MPQ, uniform": {...}, ...}. The heavier plant's rows are reported, not held to a
     target: the Q never saw that plant."""
+    if cfg.task in TARGET_SUCCESS:
+        return success_claims(cfg, final)
     target = TARGET_RATIO.get(cfg.task, DEFAULT_TARGET_RATIO)
     out = {}
     for setting in ("uniform", "hanging"):
@@ -230,6 +242,39 @@ def claims(cfg: DemoConfig, final: dict) -> dict:
                                               low=r["low"], high=r["high"], seeds=r["seeds"], starts=r["starts"],
                                               met=r["high"] <= target)  # fmt: skip
     return out
+
+
+def success_claims(cfg: DemoConfig, final: dict) -> dict:
+    """A sparse task's claim: each MPQ learner's success rate (mean over seeds x starts, with its 95 % interval)
+    reaches the target, and is above every biased-model baseline and soft-Q on the same starts."""
+    target = TARGET_SUCCESS[cfg.task]
+    out = {}
+    for setting in ("uniform", "hanging"):
+        rows = final[setting]["rows"]
+        for label, row in rows.items():
+            if "MPQ" not in label:
+                continue
+            s = row["success"]
+            peers = {other: r["success"]["mean"] for other, r in rows.items()
+                     if other != label and "TRUE" not in other and "MPQ" not in other}  # fmt: skip
+            met = s["mean"] >= target and all(s["mean"] > p for p in peers.values())
+            out[f"{label}, {setting}"] = dict(learner=label, setting=setting, target=target, success=s["mean"],
+                                              low=s["low"], high=s["high"], seeds=len(row["successes"]),
+                                              starts=len(row["successes"][0]), above=peers, met=met)  # fmt: skip
+    return out
+
+
+def claim_line(claim: dict, reference: str) -> str:
+    verdict = "met" if claim["met"] else "NOT met"
+    if "success" in claim:
+        peers = ", ".join(f"{label} {value:.2f}" for label, value in claim["above"].items())
+        success = format_interval(claim["success"], claim["low"], claim["high"], 2)
+        return (f"claim, {claim['setting']} starts: {claim['learner']} success {success} over {claim['seeds']} "
+                f"training seeds x {claim['starts']} starts; target >= {claim['target']:.2f} and above {peers}: "
+                f"{verdict}")  # fmt: skip
+    return (f"claim, {claim['setting']} starts: {claim['learner']} / {reference} = "
+            f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training seeds "
+            f"x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): {verdict}")  # fmt: skip
 
 
 def table(final: dict) -> str:
@@ -319,14 +364,19 @@ def config_problem(cfg: DemoConfig) -> str | None:
     return None
 
 
-def main(argv=None) -> int:
+def parse_config(argv=None) -> DemoConfig:
+    """The command line over the task's DEMO_SETTINGS over DemoConfig's defaults."""
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
     kinds = {"bool": lambda v: v.lower() in ("1", "true", "yes"), "int | None": int, "float | None": float}
-    for field in dataclasses.fields(DemoConfig):
+    for field in dataclasses.fields(DemoConfig):  # None: not given
         kind = kinds.get(str(field.type), type(field.default))
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
-    args = parser.parse_args(argv)
-    cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
+    given = {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
+    return DemoConfig(**{**DEMO_SETTINGS.get(given.get("task", DemoConfig.task), {}), **given})
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(argv)
     try:
         task = get_task(cfg.task)
     except ValueError as e:
@@ -389,11 +439,7 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
         (run_dir / "table.md").write_text(table(results["final"]).lstrip() + "\n")
         print(table(results["final"]))
         for claim in results["claims"].values():
-            reference = results["final"][claim["setting"]]["reference"]
-            log(f"claim, {claim['setting']} starts: {claim['learner']} / {reference} = "
-                f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training seeds "
-                f"x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): "
-                f"{'met' if claim['met'] else 'NOT met'}")  # fmt: skip
+            log(claim_line(claim, results["final"][claim["setting"]]["reference"]))
     results["seconds"] = time.monotonic() - started
     plot(results, run_dir / "learning_curve.png", task)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -47,6 +47,11 @@ def mjcf_rollout(backend, states, actions, params, gamma):
     return running.reshape(B, K), visited[:, -1].reshape(B, K, -1)
 
 
+# Biased rollouts' models held at once (each a copy of the MjModel, 0.1 MB for the ball-in-cup): a trainer's
+# held-out Bellman error over 800 states x 36 samples once held 29k of them (3.3 GB), growing with the data.
+MAX_MODELS = 2048
+
+
 class MujocoBackend(HostArrays):
     name = "mujoco"
 
@@ -121,9 +126,19 @@ class MujocoBackend(HostArrays):
         return path
 
     def visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate)."""
+        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate). Biased
+        rollouts go MAX_MODELS at a time, so memory stays bounded whatever the batch (a trainer's held-out set)."""
+        params = np.asarray(params, dtype=np.float64)
+        n = controls.shape[0]
+        if params.ndim == 2 and n > MAX_MODELS:
+            chunks = range(0, n, MAX_MODELS)
+            return np.concatenate([self._visit(start[i : i + MAX_MODELS], controls[i : i + MAX_MODELS],
+                                               params[i : i + MAX_MODELS]) for i in chunks])  # fmt: skip
+        return self._visit(start, controls, params)
+
+    def _visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
         n, T, m = controls.shape
-        models = self.planner_models(np.asarray(params, dtype=np.float64), n)
+        models = self.planner_models(params, n)
         models = [models] * n if isinstance(models, mujoco.MjModel) else models
         start, controls = np.ascontiguousarray(start), np.ascontiguousarray(controls, dtype=np.float64)
         if self.qvel_max is None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offboard.demo import Stop, main
+from offboard.demo import DemoConfig, Stop, claim_line, claims, main, parse_config
+from offboard.stats import mean_interval
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
 from onboard.recorder import verified_segments
@@ -138,3 +139,32 @@ def test_one_ctrl_c_stops_the_whole_demo_and_reports_no_result(tmp_path, signum)
     (folder,) = (run_dir / "baselines").iterdir()
     segments, problems = verified_segments(folder)  # the loop closed its segment cleanly
     assert 1 <= len(segments) < 1000 and not problems and not list(folder.glob("*.partial"))
+
+
+def test_a_task_brings_its_own_demo_settings_and_the_command_line_wins():
+    assert parse_config([]).iterations == DemoConfig.iterations
+    ball = parse_config(["--task", "ball_in_cup"])
+    assert (ball.iterations, ball.episodes_per_iteration, ball.mpq_lambda) == (4, 10, False)
+    assert parse_config(["--task", "ball_in_cup", "--iterations", "2", "--mpq-lambda", "true"]).iterations == 2
+    assert parse_config(["--task", "ball_in_cup", "--mpq-lambda", "true"]).mpq_lambda is True
+
+
+def test_a_sparse_task_is_held_to_its_success_rate_and_to_beating_the_biased_baselines():
+    def row(successes):
+        return dict(successes=successes, success=mean_interval(np.ravel(successes).astype(float)))
+
+    rows = {
+        "MPPI H=4 biased": row([[0, 0, 1, 0]]),
+        "MPPI H=48 biased": row([[1, 0, 1, 0]]),
+        "MPPI H=48 TRUE model": row([[1, 1, 1, 1]]),  # the upper bound: not one to beat
+        "MPQ": row([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        "soft-Q": row([[0, 0, 0, 0]]),
+    }
+    final = {s: dict(rows=rows, reference="MPPI H=48 TRUE model") for s in ("uniform", "hanging")}
+    cfg = DemoConfig(task="ball_in_cup")
+    claim = claims(cfg, final)["MPQ, uniform"]
+    assert claim["success"] == 7 / 8 and claim["seeds"] == 2 and claim["starts"] == 4 and claim["met"]
+    assert set(claim["above"]) == {"MPPI H=4 biased", "MPPI H=48 biased", "soft-Q"}
+    assert "success 0.88 [" in claim_line(claim, "MPPI H=48 TRUE model") and claim_line(claim, "").endswith(": met")
+    rows["MPPI H=48 biased"] = row([[1, 1, 1, 1]])  # a baseline as good: not met, whatever the target
+    assert not claims(cfg, final)["MPQ, uniform"]["met"]

@@ -136,3 +136,19 @@ def test_an_analytic_backend_for_a_task_without_a_closed_form_model_says_which_b
 
     with pytest.raises(ValueError, match="has no analytic model for backend 'c': use backend mujoco"):
         MPPI(MjcfOnly(), backend="c")
+
+
+def test_a_batch_larger_than_the_model_pool_goes_in_chunks_with_the_same_result(monkeypatch):
+    """A trainer's held-out set grows with the data: the biased models held at once must not."""
+    import onboard.backends.mujoco_backend as mujoco_backend
+
+    task = get_task("ball_in_cup")
+    states, actions, rng = rollout_case(task, B=3, K=7, H=5)
+    params = task.planner_params("biased", (3, 7), rng)
+    whole = get_backend("mujoco", task).rollout(states, actions, params, 0.9)
+    monkeypatch.setattr(mujoco_backend, "MAX_MODELS", 4)
+    backend = get_backend("mujoco", task)
+    chunked = backend.rollout(states, actions, params, 0.9)
+    assert len(backend._biased) == 4  # 21 rollouts through 4 models
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
