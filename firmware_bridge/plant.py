@@ -17,6 +17,7 @@ position (`limit_speed`, which the MuJoCo planner backends apply the same way).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import mujoco
@@ -100,6 +101,80 @@ def field_row(model: mujoco.MjModel, field: str, row: str) -> int:
     if number >= 0 and field.startswith("dof_"):
         number = int(model.jnt_dofadr[number])
     return number
+
+
+FIELD_ADDRESS = re.compile(r"^(?P<field>[a-z_0-9]+)(\[(?P<row>[^\]]+)\])?(\[(?P<col>\d+)\])?$")
+
+
+class FieldWriter:
+    """A field address resolved against one MjModel: read and write its values fast.
+
+    The address names MjModel values: "body_mass[ball]" (a row named by its object), "body_inertia[ball]" (all
+    three values of the row), "body_ipos[pole][2]" (one column), "tendon_stiffness[0]" (a row by index),
+    "dof_damping" (every row). All the addressed values must agree (they are one number)."""
+
+    def __init__(self, model, address: str, where: str):
+        match = FIELD_ADDRESS.match(address)
+        if match is None:
+            raise ValueError(f"{where}: bias field {address!r} is not field, field[row] or field[row][col]")
+        field, row, col = match["field"], match["row"], match["col"]
+        values = getattr(model, field, None)
+        if not isinstance(values, np.ndarray):
+            raise ValueError(f"{where}: bias field {address!r}: MjModel has no array field {field!r}")
+        index: tuple = (slice(None),)
+        if row is not None:
+            number = field_row(model, field, row)
+            if not 0 <= number < values.shape[0]:
+                raise ValueError(f"{where}: bias field {address!r}: the MJCF has no {row!r} in {field}")
+            index = (number,)
+        if col is not None:
+            if values.ndim < 2 or int(col) >= values.shape[1]:
+                raise ValueError(f"{where}: bias field {address!r}: {field} has no column {col}")
+            index = (*index, int(col))
+        self.field, self.index = field, index
+        addressed = np.asarray(values[index])
+        if addressed.size == 0:
+            raise ValueError(f"{where}: bias field {address!r} addresses no values")
+        if not np.all(addressed == addressed.flat[0]):
+            raise ValueError(
+                f"{where}: bias field {address!r} addresses values that differ ({addressed.ravel()}): "
+                "address one of them"
+            )
+
+    def read(self, model) -> float:
+        return float(np.asarray(getattr(model, self.field)[self.index]).flat[0])
+
+    def write_batch(self, values, draws) -> None:
+        """values: the field for n worlds (n, *field shape); draws (n,): world i's value, in place."""
+        addressed = values[(slice(None), *self.index)]
+        addressed[...] = draws.reshape(draws.shape + (1,) * (addressed.ndim - 1))
+
+    def write(self, model, value: float) -> None:
+        """One model's addressed values set to value."""
+        getattr(model, self.field)[self.index] = value
+
+
+def parse_randomise(items: list[str]) -> list[tuple[str, float, float]]:
+    """["body_mass[ball]=0.0087:0.87", ...] (a command line's) -> [(address, low, high)]; one ValueError if bad."""
+    ranges = []
+    for item in items:
+        address, _, bounds = item.partition("=")
+        low, _, high = bounds.partition(":")
+        try:
+            ranges.append((address.strip(), float(low), float(high)))
+        except ValueError:
+            raise ValueError(f"randomise {item!r}: write FIELD=LOW:HIGH, e.g. body_mass[ball]=0.0087:0.87") from None
+        if not (address.strip() and np.isfinite(ranges[-1][1:]).all() and ranges[-1][1] <= ranges[-1][2]):
+            raise ValueError(f"randomise {item!r}: write FIELD=LOW:HIGH with finite LOW <= HIGH")
+    return ranges
+
+
+def plant_draw(ranges: list[tuple[str, float, float]], seed: int, episode: int) -> np.ndarray:
+    """A domain-randomised plant's parameters for one episode: U[low, high] each, seeded by (seed, episode) on a
+    stream of its own (the episode's start uses (seed, episode)), so the host can say what the plant was."""
+    rng = np.random.default_rng([seed, episode, 1])
+    low, high = np.array([r[1] for r in ranges]), np.array([r[2] for r in ranges])
+    return low + (high - low) * rng.random(len(ranges))
 
 
 class TaskModel:
@@ -195,9 +270,25 @@ class MujocoPlant(TaskModel):
         super().__init__(xml_path, control_period, mass_scale)
         self.data = mujoco.MjData(self.model)
 
+        self.randomised: list[tuple[FieldWriter, float, float]] = []
+        self.randomise_seed = 0
+
     @classmethod
     def for_task(cls, task: str, models_dir: Path = MODELS_DIR) -> MujocoPlant:
         return cls(model_xml(task, models_dir))
+
+    def randomise(self, ranges: list[tuple[str, float, float]], seed: int) -> None:
+        """Domain randomisation: each episode's plant drawn from these ranges (draw_for), seeded by (seed, episode)."""
+        self.randomised = [(FieldWriter(self.model, address, "randomise"), lo, hi) for address, lo, hi in ranges]
+        self.ranges, self.randomise_seed = ranges, seed
+
+    def draw_for(self, episode: int) -> np.ndarray:
+        """Write this episode's drawn parameters into the plant, and what MuJoCo's compiler derives from them."""
+        values = plant_draw(self.ranges, self.randomise_seed, episode)
+        for (writer, _, _), value in zip(self.randomised, values, strict=True):
+            writer.write(self.model, value)
+        mujoco.mj_setConst(self.model, self.data)
+        return values
 
     def invalid_state(self, state) -> str | None:
         """Why `state` cannot be a start state of this plant (wrong size, non-finite, out of its limits)."""

@@ -42,7 +42,7 @@ from firmware_bridge.dialect import (
 )
 from firmware_bridge.frames import FrameParser, enable_signing, read_signing_key
 from firmware_bridge.paths import MODELS_DIR
-from firmware_bridge.plant import MujocoPlant, model_xml, parse_mass_scale
+from firmware_bridge.plant import MujocoPlant, model_xml, parse_mass_scale, parse_randomise
 
 PLANT_SYSTEM, PLANT_COMPONENT = 1, mavlink.MAV_COMP_ID_AUTOPILOT1
 STATUS_PERIOD = 1.0  # s, also the HEARTBEAT period
@@ -193,6 +193,11 @@ class Firmware:
                     self.episode_id = msg.episode_id
                     self.reset_request = msg.request_id
                     self.last_command_seq = 0
+                    if self.plant.randomised:  # domain randomisation: this episode's plant, drawn by its id
+                        drawn = self.plant.draw_for(msg.episode_id)
+                        names = [address for address, _, _ in self.plant.ranges]
+                        plant = dict(zip(names, drawn.tolist(), strict=True))
+                        print(json.dumps(dict(episode=msg.episode_id, plant=plant)), file=sys.stderr, flush=True)
                     self.plant.reset(initial)
                     self.sim_time = 0.0
                     self._send_state(now)
@@ -462,6 +467,12 @@ def main(argv=None) -> int:
         help="a body heavier or lighter than the MJCF (mass and inertia times FACTOR), e.g. pole=1.3; repeatable",
     )  # fmt: skip
     parser.add_argument(
+        "--randomise", action="append", default=[], metavar="FIELD=LOW:HIGH",
+        help="domain randomisation: each episode's plant draws this MjModel value from U[LOW, HIGH], e.g. "
+             "body_mass[ball]=0.0087:0.87; repeatable",
+    )  # fmt: skip
+    parser.add_argument("--randomise-seed", type=int, default=0, help="the draws' seed (with each episode's id)")
+    parser.add_argument(
         "--applied-log", type=Path, help="append every applied command here, a JSON line each (link tests)"
     )
     args = parser.parse_args(argv)
@@ -470,6 +481,10 @@ def main(argv=None) -> int:
         if args.control_period is not None and not low <= args.control_period <= high:
             raise ValueError(f"--control-period {args.control_period!r}: use seconds from {low:g} to {high:g}")
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period, parse_mass_scale(args.mass_scale))
+        if args.randomise:
+            if args.mass_scale:
+                raise ValueError("--randomise and --mass-scale: give one of them (both change the plant's masses)")
+            plant.randomise(parse_randomise(args.randomise), args.randomise_seed)
         if plant.state_dim > MAX_STATE or plant.model.nu > MAX_ACT or len(args.task) > 16:
             raise ValueError(
                 f"task {args.task!r} does not fit the dialect (its state has {plant.state_dim} values, at most "

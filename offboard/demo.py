@@ -4,12 +4,13 @@ Every episode runs on the real stack: the onboard loop (MPPI on the BIASED model
 firmware stand-in (MuJoCo, TRUE parameters) over a pty in lockstep and logs verified MCAP segments.
 The learners: MPQ with the task's short H (the paper's), MPQ(lambda) (the same, with the returns along
 each rollout blended with Q, lambda decaying from 1 to 0.5 over the run), and soft Q-learning (H=1 with
-a target network). Each is one training run per training seed (offboard.mpq.Trainer: its Q, optimiser,
-target planners and held-out set live across iterations). Each iteration: collect episodes with the
-current Q -> train on the new verified segments with the old -> export q.onnx -> reload it onboard ->
-evaluate it on the learning curve's fixed-seed starts. The baselines run the curve's evaluation once:
-MPPI with the short and the long H and the biased model, and with the long H and the TRUE model (the
-best MPPI can do). docs/algorithm.md.
+a target network); with --domain-randomisation, also MPQ trained on stand-ins whose plant is drawn per
+episode from the planner's bias (the paper's DR column). Each is one training run per training seed
+(offboard.mpq.Trainer: its Q, optimiser, target planners and held-out set live across iterations). Each
+iteration: collect episodes with the current Q -> train on the new verified segments with the old ->
+export q.onnx -> reload it onboard -> evaluate it on the learning curve's fixed-seed starts. The baselines
+run the curve's evaluation once: MPPI with the short and the long H and the biased model, and with the long
+H and the TRUE model (the best MPPI can do). docs/algorithm.md.
 
 With --final-episodes N, every final Q and every baseline then runs N new starts drawn from a seed that
 no setting was tuned on, uniform and hanging, and the claims are ratios of mean cost to the TRUE-model
@@ -48,6 +49,7 @@ EVAL_SEED = 10_000  # the learning curves' starts (seeded by (EVAL_SEED, episode
 # interval, on uniform and on hanging starts. A task not listed is held to the loosest.
 TARGET_RATIO = {"pendulum": 1.05, "cartpole": 1.10}
 DEFAULT_TARGET_RATIO = 1.10
+DR_LABEL = "MPQ trained with DR"  # domain randomisation: reported beside MPQ, not held to a target
 # A sparse task is held to its success rate instead (the paper's Table 2: MPQ H=4 on BallInCupSparse, 0.85).
 TARGET_SUCCESS = {"ball_in_cup": 0.85}
 # Per-task defaults of the demo where the pendulum's do not fit. The ball-in-cup's targets run MuJoCo (about 0.55 s
@@ -76,6 +78,9 @@ class DemoConfig:
     td_lambda: float = 1.0
     td_lambda_final: float = 0.5
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
+    # Also MPQ trained on stand-ins whose plant is drawn per episode from the planner's bias (the paper's domain
+    # randomisation column), evaluated like every learner on the TRUE plant; reported, not held to the target.
+    domain_randomisation: bool = False
     seeds: int = 1  # training seeds: seed, seed+1, ... (each its own data, Q and evaluation)
     final_episodes: int = 0  # new starts per setting in the final evaluation, uniform and hanging (0: none)
     robustness: str = ""  # BODY=FACTOR: the final evaluation once more on a heavier plant, e.g. pole=1.3
@@ -126,9 +131,10 @@ def folder_name(label: str) -> str:
 
 
 def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, target_network: bool,
-          td_lambda: tuple[float, float | None], log, stop: Stop) -> dict:  # fmt: skip
+          td_lambda: tuple[float, float | None], randomise: bool, log, stop: Stop) -> dict:  # fmt: skip
     """The closed loop for one learner and training seed; returns its learning curve and final model.
-    td_lambda: MPQ(lambda)'s (first, last) lambda ((1.0, None): MPQ)."""
+    td_lambda: MPQ(lambda)'s (first, last) lambda ((1.0, None): MPQ). randomise: collect on domain-randomised
+    stand-ins (the curve's evaluation stays on the TRUE plant)."""
     here = run_dir / folder_name(label) / f"seed{seed}"
     config = Config(
         task=cfg.task, data=(str(here / "data" / "robot"),), out=str(here / "train"), iterations=cfg.iterations,
@@ -143,7 +149,17 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
             started = time.monotonic()
             # Collection: new starts each episode (seeded by (seed, episode id)), the planner's noise by iteration.
             collect = dict(H=horizon, td_lambda=trainer.td_lambda, seed=seed * 1000 + iteration)
-            episodes(stop, here / "data", "robot", cfg.task, cfg.episodes_per_iteration, seed, model, collect)
+            episodes(
+                stop,
+                here / "data",
+                "robot",
+                cfg.task,
+                cfg.episodes_per_iteration,
+                seed,
+                model,
+                collect,
+                randomise=randomise,
+            )
             trainer.load()  # the new segments only
             record = trainer.train_iteration()
             path = here / "models" / f"iter{iteration:03d}" / "q.onnx"
@@ -235,7 +251,7 @@ def claims(cfg: DemoConfig, final: dict) -> dict:
     out = {}
     for setting in ("uniform", "hanging"):
         for label, row in final[setting]["rows"].items():
-            if "MPQ" not in label:
+            if "MPQ" not in label or label == DR_LABEL:
                 continue
             r = row["ratio"]
             out[f"{label}, {setting}"] = dict(learner=label, setting=setting, target=target, ratio=r["ratio"],
@@ -252,7 +268,7 @@ def success_claims(cfg: DemoConfig, final: dict) -> dict:
     for setting in ("uniform", "hanging"):
         rows = final[setting]["rows"]
         for label, row in rows.items():
-            if "MPQ" not in label:
+            if "MPQ" not in label or label == DR_LABEL:
                 continue
             s = row["success"]
             peers = {other: r["success"]["mean"] for other, r in rows.items()
@@ -351,6 +367,9 @@ def config_problem(cfg: DemoConfig) -> str | None:
             f"--horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
             "MPQ's point is a short horizon against a long one"
         )
+    if cfg.domain_randomisation and get_task(cfg.task).derived_fields:
+        return (f"--domain-randomisation: task {cfg.task} derives {', '.join(get_task(cfg.task).derived_fields)} "
+                "from its parameters, which the stand-in cannot draw: use a task without derived fields")  # fmt: skip
     if cfg.robustness:
         if not cfg.final_episodes:
             return "--robustness runs in the final evaluation: give --final-episodes too"
@@ -419,15 +438,18 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
                                       eval_cost_std=float(np.std(costs)), eval_costs=costs,
                                       eval_success_rate=outcomes.success_rate)  # fmt: skip
         log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {outcomes.success_rate:.2f}")
-    kinds = [("MPQ", cfg.horizon, False, (1.0, None))]
+    kinds = [("MPQ", cfg.horizon, False, (1.0, None), False)]
     if cfg.mpq_lambda:
-        kinds.append(("MPQ(lambda)", cfg.horizon, False, (cfg.td_lambda, cfg.td_lambda_final)))
+        kinds.append(("MPQ(lambda)", cfg.horizon, False, (cfg.td_lambda, cfg.td_lambda_final), False))
+    if cfg.domain_randomisation:
+        kinds.append((DR_LABEL, cfg.horizon, False, (1.0, None), True))
     if cfg.soft_q:
-        kinds.append(("soft-Q", 1, True, (1.0, None)))
+        kinds.append(("soft-Q", 1, True, (1.0, None), False))
     learners = {label: [] for label, *_ in kinds}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-        for label, horizon, target_network, td_lambda in kinds:
-            learners[label].append(learn(cfg, run_dir, label, seed, horizon, target_network, td_lambda, log, stop))
+        for label, horizon, target_network, td_lambda, randomise in kinds:
+            learners[label].append(learn(cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise,
+                                         log, stop))  # fmt: skip
 
     first = learners["MPQ(lambda)" if cfg.mpq_lambda else "MPQ"][0]  # the run's q.onnx: the best learner's
     shutil.copy(first["model"], run_dir / "q.onnx")

@@ -61,7 +61,7 @@ def episode_outcomes(log_folder: Path, task: str, skip: set[str] = frozenset()) 
 
 def run_episodes(
     log_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict, stop=None,
-    starts: str = "uniform", mass_scale: dict | None = None,
+    starts: str = "uniform", mass_scale: dict | None = None, randomise: bool = False,
 ) -> Outcomes:  # fmt: skip
     """`episodes` more episodes on the stand-in through the onboard loop, logged under log_dir/name; their outcomes.
 
@@ -73,6 +73,7 @@ def run_episodes(
         profile.backend = "mujoco"
     profile.name = name
     profile.standin_mass_scale = dict(mass_scale or {})
+    profile.standin_randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
     profile.mppi = {**profile.mppi, "seed": seed, **mppi}
     before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)

@@ -31,6 +31,7 @@ import numpy as np
 
 from firmware_bridge.dialect import mavlink
 from firmware_bridge.link import Link, LinkError
+from firmware_bridge.plant import plant_draw
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import RobotProfile
 from onboard.qfunction import OnnxQ
@@ -88,6 +89,10 @@ class PlantPort:
             args += ["--control-period", str(p.standin_period)]
         for body, factor in p.standin_mass_scale.items():
             args += ["--mass-scale", f"{body}={factor!r}"]
+        if p.standin_randomise:  # each episode's plant drawn from the task's bias, by (seed, episode)
+            for parameter in get_task(p.task).parameters:
+                args += ["--randomise", f"{parameter.field}={parameter.low!r}:{parameter.high!r}"]
+            args += ["--randomise-seed", str(p.seed)]
         log_dir = p.log_path / p.name
         log_dir.mkdir(parents=True, exist_ok=True)
         log_file = log_dir / "standin.log"
@@ -508,11 +513,20 @@ def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, 
         starts=profile.starts,
         seed=profile.seed,
         standin_mass_scale=profile.standin_mass_scale,  # the profile allows one only for the stand-in
+        standin_plant=_randomised_plant(profile, task, episode),
         code_version=version,
         start_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         dt=task.dt,
         episode_steps=task.episode_steps,
     )
+
+
+def _randomised_plant(profile: RobotProfile, task, episode: int) -> dict | None:
+    """A domain-randomised stand-in's parameters for this episode (it draws them by the same rule), else None."""
+    if not profile.standin_randomise:
+        return None
+    ranges = [(p.field, p.low, p.high) for p in task.parameters]
+    return dict(zip(task.param_names, plant_draw(ranges, profile.seed, episode).tolist(), strict=True))
 
 
 def _stop_on_signals():

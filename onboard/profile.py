@@ -49,6 +49,8 @@ class RobotProfile:
     starts: str = "uniform"  # episode starts: "uniform" over the task's start box, or "hanging" (its fixed start)
     standin_mass_scale: dict = field(default_factory=dict)  # stand-in only: {body: factor}, a plant off its MJCF
     standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
+    # stand-in only: domain randomisation, each episode's plant drawn from the task's bias (seeded by (seed, episode))
+    standin_randomise: bool = False
     episodes: int = 0  # the deployed service: episodes per start (0: until stopped)
     mppi: dict = field(default_factory=dict)
     # Deploy over ssh (offboard/deploy.py); workstation paths are relative to the repository root.
@@ -157,6 +159,10 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
         ("standin_mass_scale", not profile.standin_mass_scale or profile.serial == "standin",
          'only with serial = "standin": a real plant weighs what it weighs (clear it)'),
+        ("standin_randomise", not profile.standin_randomise or profile.serial == "standin",
+         'only with serial = "standin": a real plant is what it is (set it to false)'),
+        ("standin_randomise", not (profile.standin_randomise and profile.standin_mass_scale),
+         "or standin_mass_scale, not both: each sets the plant's masses"),
         ("standin_period", profile.standin_period == 0 or low <= profile.standin_period <= high,
          f"use 0 (the model's) or seconds from {low:g} to {high:g}"),
     ]:  # fmt: skip
@@ -166,6 +172,11 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         task = get_task(profile.task, profile.standin_mass_scale)
     except ValueError as e:
         raise ProfileError(f"{path}: standin_mass_scale: {e}") from None
+    if profile.standin_randomise and task.derived_fields:
+        raise ProfileError(
+            f"{path}: standin_randomise = true: task {task.name} derives {', '.join(task.derived_fields)} from its "
+            "parameters in Python, which the stand-in cannot do: randomise a task without derived fields"
+        )
     try:
         MPPIConfig.for_task(task, **profile.mppi)
     except ValueError as e:

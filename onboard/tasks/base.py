@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from firmware_bridge.paths import MODELS_DIR
-from firmware_bridge.plant import TaskModel, field_row, model_xml
+from firmware_bridge.plant import FieldWriter, TaskModel, model_xml
 
 TWO_PI = 2.0 * math.pi
 
@@ -68,9 +67,6 @@ MPQ_FN REAL mpq_wrap_angle(REAL a) {
 MPQ_FN REAL mpq_clip(REAL x, REAL lo, REAL hi) { return x < lo ? lo : (x > hi ? hi : x); }
 """
 
-FIELD_ADDRESS = re.compile(r"^(?P<field>[a-z_0-9]+)(\[(?P<row>[^\]]+)\])?(\[(?P<col>\d+)\])?$")
-
-
 @dataclass(frozen=True)
 class Parameter:
     """One number the planner's model gets wrong, and its biased distribution U[low, high].
@@ -83,46 +79,6 @@ class Parameter:
     field: str
     low: float
     high: float
-
-
-class FieldWriter:
-    """A Parameter's field address resolved against one MjModel: read and write its values fast."""
-
-    def __init__(self, model, parameter: Parameter, where: str):
-        match = FIELD_ADDRESS.match(parameter.field)
-        if match is None:
-            raise ValueError(f"{where}: bias field {parameter.field!r} is not field, field[row] or field[row][col]")
-        field, row, col = match["field"], match["row"], match["col"]
-        values = getattr(model, field, None)
-        if not isinstance(values, np.ndarray):
-            raise ValueError(f"{where}: bias field {parameter.field!r}: MjModel has no array field {field!r}")
-        index: tuple = (slice(None),)
-        if row is not None:
-            number = field_row(model, field, row)
-            if not 0 <= number < values.shape[0]:
-                raise ValueError(f"{where}: bias field {parameter.field!r}: the MJCF has no {row!r} in {field}")
-            index = (number,)
-        if col is not None:
-            if values.ndim < 2 or int(col) >= values.shape[1]:
-                raise ValueError(f"{where}: bias field {parameter.field!r}: {field} has no column {col}")
-            index = (*index, int(col))
-        self.field, self.index = field, index
-        addressed = np.asarray(values[index])
-        if addressed.size == 0:
-            raise ValueError(f"{where}: bias field {parameter.field!r} addresses no values")
-        if not np.all(addressed == addressed.flat[0]):
-            raise ValueError(
-                f"{where}: bias field {parameter.field!r} addresses values that differ ({addressed.ravel()}): "
-                "address one of them"
-            )
-
-    def read(self, model) -> float:
-        return float(np.asarray(getattr(model, self.field)[self.index]).flat[0])
-
-    def write_batch(self, values, draws) -> None:
-        """values: the field for n worlds (n, *field shape); draws (n,): world i's value, in place."""
-        addressed = values[(slice(None), *self.index)]
-        addressed[...] = draws.reshape(draws.shape + (1,) * (addressed.ndim - 1))
 
 
 def set_uniform_rod_inertia(fields, body: int, mass, com) -> None:
@@ -167,7 +123,7 @@ class Task:
         self.param_names = tuple(p.field for p in self.parameters)
         self.bias_low = np.array([p.low for p in self.parameters], dtype=np.float64)
         self.bias_high = np.array([p.high for p in self.parameters], dtype=np.float64)
-        self._writers = [FieldWriter(model, p, f"task {self.name}") for p in self.parameters]
+        self._writers = [FieldWriter(model, p.field, f"task {self.name}") for p in self.parameters]
         self.true_params = self.read_params(model)  # the plant's: the MJCF is the truth
 
     @property

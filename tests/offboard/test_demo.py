@@ -16,7 +16,7 @@ from offboard.demo import DemoConfig, Stop, claim_line, claims, main, parse_conf
 from offboard.stats import mean_interval
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
-from onboard.recorder import verified_segments
+from onboard.recorder import read_segment, verified_segments
 from onboard.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +168,27 @@ def test_a_sparse_task_is_held_to_its_success_rate_and_to_beating_the_biased_bas
     assert "success 0.88 [" in claim_line(claim, "MPPI H=48 TRUE model") and claim_line(claim, "").endswith(": met")
     rows["MPPI H=48 biased"] = row([[1, 1, 1, 1]])  # a baseline as good: not met, whatever the target
     assert not claims(cfg, final)["MPQ, uniform"]["met"]
+
+
+def test_the_domain_randomised_learner_collects_on_drawn_plants_and_is_evaluated_on_the_true_one(tmp_path):
+    args = ["--task", "ball_in_cup", "--iterations", "1", "--episodes-per-iteration", "1", "--eval-episodes", "1",
+            "--updates-per-iteration", "5", "--long-horizon", "5", "--soft-q", "false", "--domain-randomisation",
+            "true", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    (run_dir,) = tmp_path.iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["learners"]) == {"MPQ", "MPQ trained with DR"}
+    here = run_dir / "MPQ_trained_with_DR" / "seed0"
+    for folder, randomised in ((here / "data" / "robot", True), (here / "eval" / "iter001", False),
+                               (run_dir / "MPQ" / "seed0" / "data" / "robot", False)):  # fmt: skip
+        (segment,), problems = verified_segments(folder)
+        assert problems == []
+        plant = read_segment(segment)[0]["segment"]["standin_plant"]
+        assert (plant is not None) == randomised, folder
+        assert plant is None or 0.0087 <= plant["body_mass[ball]"] <= 0.87
+
+
+def test_domain_randomisation_of_a_task_with_derived_fields_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["--domain-randomisation", "true", "--out", str(tmp_path / "runs")]) == 2
+    assert "--domain-randomisation: task pendulum derives body_inertia" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

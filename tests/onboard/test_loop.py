@@ -242,6 +242,10 @@ def write_profile(tmp_path, **settings) -> Path:
             dict(serial="/dev/ttyUSB0", standin_mass_scale={"pole": 1.3}),
             "standin_mass_scale = {'pole': 1.3}: only with serial = \"standin\"",
         ),
+        (dict(serial="/dev/ttyUSB0", standin_randomise=True), "standin_randomise = True: only with serial"),
+        (dict(standin_randomise=True, standin_mass_scale={"pole": 1.3}), "or standin_mass_scale, not both"),
+        (dict(standin_randomise=True), "task pendulum derives body_inertia from its parameters in Python"),
+        (dict(standin_randomise="yes"), "standin_randomise = 'yes' should be a bool"),
         (dict(standin_period=-0.01), "standin_period = -0.01"),
         (dict(standin_period=1e9), "standin_period = 1000000000.0"),
         (dict(signing_key_file="/nonexistent/key"), "signing key file /nonexistent/key"),  # before the plant starts
