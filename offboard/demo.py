@@ -327,8 +327,8 @@ def plot(results: dict, path: Path, task) -> None:
         for label, runs in results["learners"].items():
             x = [p["training_episodes"] for p in runs[0]["curve"]]
             y = np.array([[p[key] for p in r["curve"]] for r in runs])
-            (line,) = ax.plot(x, y.mean(axis=0), marker="o",
-                              label=f"{label} (H={runs[0]['horizon']}, {len(runs)} seeds)")  # fmt: skip
+            seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+            (line,) = ax.plot(x, y.mean(axis=0), marker="o", label=f"{label} (H={runs[0]['horizon']}, {seeds})")
             if len(runs) > 1:
                 ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
         for (label, baseline), style in zip(results["baselines"].items(), (":", "--", "-."), strict=True):
