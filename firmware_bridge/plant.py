@@ -269,8 +269,8 @@ class MujocoPlant(TaskModel):
     ):
         super().__init__(xml_path, control_period, mass_scale)
         self.data = mujoco.MjData(self.model)
-
-        self.randomised: list[tuple[FieldWriter, float, float]] = []
+        self.randomised: list[tuple[FieldWriter, float, float]] = []  # domain randomisation (randomise): none
+        self.ranges: list[tuple[str, float, float]] = []
         self.randomise_seed = 0
 
     @classmethod

@@ -67,6 +67,7 @@ MPQ_FN REAL mpq_wrap_angle(REAL a) {
 MPQ_FN REAL mpq_clip(REAL x, REAL lo, REAL hi) { return x < lo ? lo : (x > hi ? hi : x); }
 """
 
+
 @dataclass(frozen=True)
 class Parameter:
     """One number the planner's model gets wrong, and its biased distribution U[low, high].
