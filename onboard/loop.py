@@ -43,7 +43,8 @@ log = logging.getLogger("mpq.loop")
 STATE_TIMEOUT = 2.0  # s without a state from the plant: the link is dead
 STATE_LATE = 1.1  # realtime: periods after which the next state counts as lost (the plan's next action goes out)
 WATCHDOG = mavlink.MPQ_FAILSAFE_WATCHDOG
-TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma", "td_lambda")  # what a Q's values depend on
+# What a Q's values depend on: the MPPI it was trained with.
+TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma", "td_lambda", "noise_filter")
 STATS_WINDOW = 200_000  # steps kept for the run's percentiles: a service that runs for days stays bounded
 
 

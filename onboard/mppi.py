@@ -46,6 +46,10 @@ class MPPIConfig:
     # MPQ(lambda): each sample's cost blends its k-step returns, each closed by the Q at step k, with weights
     # (1 - td_lambda) td_lambda^(k-1) (docs/algorithm.md). 1: the paper's MPQ, the Q closes the horizon only.
     td_lambda: float = 1.0
+    # The sampled noise smoothed along the horizon, as the paper's authors' MPPI (mjmpc) samples it:
+    # eps_t <- b0 eps_t + b1 eps_(t-1) + b2 eps_(t-2) for t >= 2, in order (an autoregressive filter). (1, 0, 0): white
+    # noise, which at a 20 ms control period shakes a plant rather than swinging it.
+    noise_filter: tuple[float, float, float] = (1.0, 0.0, 0.0)
     model: str = "biased"  # planner parameters: "biased" (per rollout), "mean", or "true"
     seed: int | None = 0
 
@@ -71,6 +75,14 @@ class MPPIConfig:
         except (TypeError, ValueError):
             sigma_ok = False
         kinds.append(("sigma", sigma_ok, "a number or a list of numbers (one per action dim)"))
+        try:
+            coefficients = tuple(float(b) for b in self.noise_filter)
+            filter_ok = len(coefficients) == 3 and bool(np.all(np.isfinite(coefficients)))
+        except (TypeError, ValueError):
+            filter_ok = False
+        kinds.append(("noise_filter", filter_ok, "three numbers b0, b1, b2, e.g. [0.25, 0.8, 0.0] ([1, 0, 0]: white)"))
+        if filter_ok:  # a TOML list or a JSON round trip: one hashable tuple of floats, as the default
+            object.__setattr__(self, "noise_filter", coefficients)
         _raise_problems([(name, rule) for name, ok, rule in kinds if not ok], self)
         _raise_problems(
             [
@@ -215,6 +227,10 @@ class MPPI:
             # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
             eps = self.noise_rng.standard_normal((B, K, H, m), dtype=self.dtype)
             eps *= self.std
+            if cfg.noise_filter != (1.0, 0.0, 0.0):
+                b0, b1, b2 = cfg.noise_filter
+                for t in range(2, H):
+                    eps[:, :, t] = b0 * eps[:, :, t] + b1 * eps[:, :, t - 1] + b2 * eps[:, :, t - 2]
             actions = U[:, None] + eps
             xp.maximum(actions, self.u_min, out=actions)
             xp.minimum(actions, self.u_max, out=actions)

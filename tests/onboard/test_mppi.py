@@ -292,6 +292,26 @@ def test_bad_settings_are_named_in_one_error():
         MPPIConfig(K=0, lam=-1.0)
     with pytest.raises(ValueError, match="model='exact'"):
         MPPIConfig(model="exact")
+    with pytest.raises(ValueError, match=r"noise_filter=\[1, 2\] must be three numbers"):
+        MPPIConfig(noise_filter=[1, 2])
+    assert MPPIConfig(noise_filter=[0.25, 0.8, 0]).noise_filter == (0.25, 0.8, 0.0)  # a TOML list is a tuple
+
+
+@pytest.mark.parametrize("noise_filter, correlated", [((1.0, 0.0, 0.0), False), ((0.25, 0.8, 0.0), True)])
+def test_the_noise_filter_smooths_the_samples_along_the_horizon_from_the_third_step(noise_filter, correlated):
+    """The paper's authors' MPPI samples eps_t <- b0 eps_t + b1 eps_(t-1) + b2 eps_(t-2) (t >= 2): slow pushes
+    that can swing a plant; white noise at 50 Hz only shakes it."""
+    task = get_task("pendulum")
+    config = MPPIConfig.for_task(task, K=4096, H=6, n_iters=1, sigma=1e-4, noise_filter=noise_filter)
+    mppi = MPPI(task, config, "numpy")
+    seen = []
+    rollout = mppi.backend.rollout
+    mppi.backend.rollout = lambda states, actions, *rest: seen.append(actions.copy()) or rollout(states, actions, *rest)
+    mppi.act(task.hanging_state())
+    eps = seen[0][0, :, :, 0]  # (K, H): the mean is zero on the first plan, and nothing is clipped
+    lag_one = [np.corrcoef(eps[:, t], eps[:, t - 1])[0, 1] for t in range(1, 6)]
+    assert abs(lag_one[0]) < 0.05  # the first two steps are drawn as they are
+    assert all((r > 0.7) if correlated else (abs(r) < 0.05) for r in lag_one[1:]), lag_one
 
 
 def smooth_q(obs, act):
