@@ -169,12 +169,14 @@ def parse_randomise(items: list[str]) -> list[tuple[str, float, float]]:
     return ranges
 
 
-def plant_draw(ranges: list[tuple[str, float, float]], seed: int, episode: int) -> np.ndarray:
-    """A domain-randomised plant's parameters for one episode: U[low, high] each, seeded by (seed, episode) on a
-    stream of its own (the episode's start uses (seed, episode)), so the host can say what the plant was."""
+def plant_draw(ranges: list[tuple[str, float, float]], seed: int, episode: int) -> dict[str, float]:
+    """A domain-randomised plant's parameters for one episode, {address: value}: U[low, high] each, seeded by
+    (seed, episode) on a stream of its own (the episode's start uses (seed, episode)), so the host can say what
+    the plant was."""
     rng = np.random.default_rng([seed, episode, 1])
     low, high = np.array([r[1] for r in ranges]), np.array([r[2] for r in ranges])
-    return low + (high - low) * rng.random(len(ranges))
+    values = low + (high - low) * rng.random(len(ranges))
+    return dict(zip([r[0] for r in ranges], values.tolist(), strict=True))
 
 
 class TaskModel:
@@ -269,9 +271,9 @@ class MujocoPlant(TaskModel):
     ):
         super().__init__(xml_path, control_period, mass_scale)
         self.data = mujoco.MjData(self.model)
-        self.randomised: list[tuple[FieldWriter, float, float]] = []  # domain randomisation (randomise): none
-        self.ranges: list[tuple[str, float, float]] = []
+        self.ranges: list[tuple[str, float, float]] = []  # domain randomisation (randomise): none
         self.randomise_seed = 0
+        self._writers: dict[str, FieldWriter] = {}
 
     @classmethod
     def for_task(cls, task: str, models_dir: Path = MODELS_DIR) -> MujocoPlant:
@@ -279,16 +281,16 @@ class MujocoPlant(TaskModel):
 
     def randomise(self, ranges: list[tuple[str, float, float]], seed: int) -> None:
         """Domain randomisation: each episode's plant drawn from these ranges (draw_for), seeded by (seed, episode)."""
-        self.randomised = [(FieldWriter(self.model, address, "randomise"), lo, hi) for address, lo, hi in ranges]
+        self._writers = {address: FieldWriter(self.model, address, "randomise") for address, _, _ in ranges}
         self.ranges, self.randomise_seed = ranges, seed
 
-    def draw_for(self, episode: int) -> np.ndarray:
+    def draw_for(self, episode: int) -> dict[str, float]:
         """Write this episode's drawn parameters into the plant, and what MuJoCo's compiler derives from them."""
-        values = plant_draw(self.ranges, self.randomise_seed, episode)
-        for (writer, _, _), value in zip(self.randomised, values, strict=True):
-            writer.write(self.model, value)
+        drawn = plant_draw(self.ranges, self.randomise_seed, episode)
+        for address, value in drawn.items():
+            self._writers[address].write(self.model, value)
         mujoco.mj_setConst(self.model, self.data)
-        return values
+        return drawn
 
     def invalid_state(self, state) -> str | None:
         """Why `state` cannot be a start state of this plant (wrong size, non-finite, out of its limits)."""

@@ -193,10 +193,8 @@ class Firmware:
                     self.episode_id = msg.episode_id
                     self.reset_request = msg.request_id
                     self.last_command_seq = 0
-                    if self.plant.randomised:  # domain randomisation: this episode's plant, drawn by its id
-                        drawn = self.plant.draw_for(msg.episode_id)
-                        names = [address for address, _, _ in self.plant.ranges]
-                        plant = dict(zip(names, drawn.tolist(), strict=True))
+                    if self.plant.ranges:  # domain randomisation: this episode's plant, drawn by its id
+                        plant = self.plant.draw_for(msg.episode_id)
                         print(json.dumps(dict(episode=msg.episode_id, plant=plant)), file=sys.stderr, flush=True)
                     self.plant.reset(initial)
                     self.sim_time = 0.0

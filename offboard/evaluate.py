@@ -17,12 +17,14 @@ import numpy as np
 
 from firmware_bridge.plant import parse_mass_scale
 from offboard.stats import format_interval, mean_interval
+from onboard.backends import cpu_backend_for
 from onboard.fileio import new_run_dir
 from onboard.loop import run
 from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile
 from onboard.recorder import read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
+from onboard.tasks.base import Task
 
 FINAL_EVAL_SEED = 20_000  # the final evaluations' starts: seeds no setting was tuned on (curves use others)
 
@@ -44,18 +46,17 @@ class Outcomes:
         return float(np.mean(self.successes))
 
 
-def episode_outcomes(log_folder: Path, task: str, skip: set[str] = frozenset()) -> Outcomes:
+def episode_outcomes(log_folder: Path, task: Task, skip: set[str] = frozenset()) -> Outcomes:
     """Each episode's summed cost and success, from the verified segments but those named in `skip` (a segment
     that fails its check is an error)."""
     segments, problems = verified_segments(log_folder, skip)
     if problems:
         raise RuntimeError(problems[0])
-    judge = get_task(task)
     costs, successes = [], []
     for segment in segments:
         steps = read_segment(segment)[1]["/transition"]
         costs.append(sum(t["cost"] for t in steps))
-        successes.append(bool(steps) and bool(judge.success(np.array(steps[-1]["next_state"]))))
+        successes.append(bool(steps) and bool(task.success(np.array(steps[-1]["next_state"]))))
     return Outcomes(costs, successes)
 
 
@@ -69,15 +70,15 @@ def run_episodes(
     otherwise, the planner's noise. The sim profile's planner, on the mujoco backend for a task given by its MJCF
     alone."""
     profile = load_profile("sim", task=task, log_dir=str(log_dir), model=q, seed=seed, starts=starts)
-    if not get_task(task).has_analytic_model:  # the sim profile's c backend needs a closed form: MuJoCo's instead
-        profile.backend = "mujoco"
+    judge = get_task(task)
+    profile.backend = cpu_backend_for(judge)  # the sim profile's c backend needs a closed form
     profile.name = name
     profile.standin_mass_scale = dict(mass_scale or {})
     profile.standin_randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
     profile.mppi = {**profile.mppi, "seed": seed, **mppi}
     before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)
-    outcomes = episode_outcomes(log_dir / name, task, skip=before)  # only this call's: not hashed or read again
+    outcomes = episode_outcomes(log_dir / name, judge, skip=before)  # only this call's: not hashed or read again
     if (stop is not None and stop()) or len(outcomes.costs) != episodes:
         raise Interrupted
     return outcomes

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from offboard.dataset import DatasetError, ReplayBuffer, SegmentStore
+from onboard.backends import cpu_backend_for
 from onboard.fileio import new_run_dir
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.tasks import get_task
@@ -66,7 +67,7 @@ class Config:
         self.torch_threads = default_torch_threads() if self.torch_threads is None else self.torch_threads
         acting = MPPIConfig.for_task(task)
         if self.backend is None:
-            self.backend = "c" if task.has_analytic_model else "mujoco"
+            self.backend = cpu_backend_for(task)
         self.horizon = acting.H if self.horizon is None else self.horizon
         self.target_iters = acting.n_iters if self.target_iters is None else self.target_iters
 

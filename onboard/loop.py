@@ -91,8 +91,8 @@ class PlantPort:
         for body, factor in p.standin_mass_scale.items():
             args += ["--mass-scale", f"{body}={factor!r}"]
         if p.standin_randomise:  # each episode's plant drawn from the task's bias, by (seed, episode)
-            for parameter in get_task(p.task).parameters:
-                args += ["--randomise", f"{parameter.field}={parameter.low!r}:{parameter.high!r}"]
+            for address, low, high in get_task(p.task).bias_ranges:
+                args += ["--randomise", f"{address}={low!r}:{high!r}"]
             args += ["--randomise-seed", str(p.seed)]
         log_dir = p.log_path / p.name
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -526,8 +526,7 @@ def _randomised_plant(profile: RobotProfile, task, episode: int) -> dict | None:
     """A domain-randomised stand-in's parameters for this episode (it draws them by the same rule), else None."""
     if not profile.standin_randomise:
         return None
-    ranges = [(p.field, p.low, p.high) for p in task.parameters]
-    return dict(zip(task.param_names, plant_draw(ranges, profile.seed, episode).tolist(), strict=True))
+    return plant_draw(task.bias_ranges, profile.seed, episode)
 
 
 def _stop_on_signals():

@@ -75,6 +75,11 @@ def check_rollout_shapes(task: Task, states, actions, params) -> None:
         raise ValueError(f"{task.name} rollout: " + "; ".join(problems))
 
 
+def cpu_backend_for(task: Task) -> str:
+    """The CPU backend a task plans with by default: the compiled closed form where it has one, else MuJoCo."""
+    return "c" if task.has_analytic_model else "mujoco"
+
+
 def get_backend(name: str, task: Task, threads: int | None = None):
     """The backend `name` for the task; `threads`: the CPU threads a MuJoCo backend steps with (None: all)."""
     if name in ANALYTIC_BACKENDS and not task.has_analytic_model:

@@ -128,6 +128,11 @@ class Task:
         self.true_params = self.read_params(model)  # the plant's: the MJCF is the truth
 
     @property
+    def bias_ranges(self) -> list[tuple[str, float, float]]:
+        """(field address, low, high) of each parameter: what a domain-randomised stand-in draws its plant from."""
+        return [(p.field, p.low, p.high) for p in self.parameters]
+
+    @property
     def param_dim(self) -> int:
         return len(self.parameters)
 

@@ -172,8 +172,7 @@ def test_domain_randomisation_draws_each_episodes_plant_and_the_log_says_which(t
         metadata, topics = read_segment(segment)
         episode = metadata["segment"]["episode"]
         drawn = metadata["segment"]["standin_plant"]
-        ranges = [(p.field, p.low, p.high) for p in TASK.parameters]
-        assert list(drawn.values()) == plant_draw(ranges, 3, episode).tolist()
+        assert drawn == plant_draw(TASK.bias_ranges, 3, episode)
         assert all(p.low <= drawn[p.field] <= p.high for p in TASK.parameters)
         draws.append(drawn)
         steps = topics["/transition"]
