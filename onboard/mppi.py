@@ -231,9 +231,7 @@ class MPPI:
                 b0, b1, b2 = cfg.noise_filter
                 for t in range(2, H):
                     eps[:, :, t] = b0 * eps[:, :, t] + b1 * eps[:, :, t - 1] + b2 * eps[:, :, t - 2]
-            actions = U[:, None] + eps
-            xp.maximum(actions, self.u_min, out=actions)
-            xp.minimum(actions, self.u_max, out=actions)
+            actions = xp.clip(U[:, None] + eps, self.u_min, self.u_max)
             xp.subtract(actions, U[:, None], out=eps)
             params = self.fixed_params
             if params is None:  # "biased": each rollout draws its own
@@ -253,12 +251,11 @@ class MPPI:
                     terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
                     terminal = terminal.reshape(B, K)
                 returns = running + cfg.gamma ** (H - 1) * terminal
-            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (docs/algorithm.md). Products and sums
-            # rather than matmuls: CuPy cannot put cuBLAS calls in a CUDA graph.
-            scaled_U = (U * self.sigma_inv).reshape(B, 1, H * m)
+            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (docs/algorithm.md).
+            scaled_U = (U * self.sigma_inv).reshape(B, H * m)
             eps_flat = eps.reshape(B, K, H * m)
-            quadratic = (U.reshape(B, 1, H * m) * scaled_U).sum(axis=2)  # (B, 1)
-            cross = (eps_flat * scaled_U).sum(axis=2)  # (B, K)
+            quadratic = self._contract(U.reshape(B, 1, H * m), scaled_U)  # (B, 1)
+            cross = self._contract(eps_flat, scaled_U)  # (B, K)
             S = returns + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
             # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
@@ -272,13 +269,20 @@ class MPPI:
             z = xp.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
             z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
             weights = z / z_sum
-            U = U + cfg.alpha * (weights[:, :, None] * eps_flat).sum(axis=1).reshape(B, H, m)
+            U = U + cfg.alpha * self._contract(xp.moveaxis(eps_flat, 1, 2), weights).reshape(B, H, m)
 
         value = S_min[:, 0] - cfg.lam * xp.log(z_sum[:, 0] / K)
         sum_w2 = (weights * weights).sum(axis=1)
         ess = xp.where(sum_w2 > 0, 1.0 / xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
         U = xp.minimum(xp.maximum(U, self.u_min), self.u_max)
         return U, value, ess, S_min[:, 0], nonfinite, weights
+
+    def _contract(self, a, b):
+        """sum_j a[i, k, j] * b[i, j] -> (B, k): a matrix product on the host, one pass over `a` without a
+        temporary; on the GPU products and sums, because CuPy cannot put cuBLAS calls in a CUDA graph."""
+        if self.xp is np:
+            return np.matmul(a, b[:, :, None])[:, :, 0]
+        return (a * b[:, None, :]).sum(axis=2)
 
     def blended_return(self, states, actions, params):
         """MPQ(lambda) (Bhardwaj et al., ICLR 2021): per sample, with Q_t = Q(s_t, a_t) along the rollout,

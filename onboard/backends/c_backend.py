@@ -5,6 +5,12 @@ well, so CPU, GPU and NumPy share one definition per task that the tests hold to
 is built on first use into a cache keyed by the source, the compiler and the machine
 (`MPQ_CACHE_DIR`, default ~/.cache/mpq) and called through cffi (a third of ctypes' per-call cost,
 which matters at the paper's K=24, H=8); a robot builds it once, at deploy time or on first run.
+
+Flags: -O3, and -march=native where the compiler takes it: the library is built on the machine that runs
+it, so it may use every instruction that CPU has. The cache key holds the CPU the compiler resolved
+`native` to, so a cache folder shared between two machines never hands one the other's build. -std=c99
+keeps floating-point contraction off (no fused multiply-adds): the results stay those of the NumPy
+reference whatever the target.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from onboard.backends.source import task_program
 from onboard.tasks.base import Task
 
 CFLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
+NATIVE = "-march=native"
 ROLLOUT_SIGNATURE = (
     "void mpq_rollout(long n_rollouts, long K, long H, const {r} *states, const {r} *actions,"
     " const {r} *params, int params_per_rollout, {r} gamma, {r} *cost_out, {r} *last_state_out);"
@@ -36,34 +43,61 @@ for _real in ("double", "float"):
 
 
 @functools.cache
-def compiler_identity(compiler: str) -> str:
-    """The compiler's version line and the machine, so a cache shared across machines never mixes them."""
+def compiler_flags(compiler: str) -> tuple[list[str], str]:
+    """The flags for this machine, and what identifies the build: the compiler's version, the machine and,
+    with -march=native, the CPU the compiler takes `native` to mean (GCC names it; otherwise the CPU's
+    model and feature flags from /proc/cpuinfo)."""
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     except FileNotFoundError:
         raise RuntimeError(
             f"no C compiler {compiler!r} for the 'c' backend: install one (apt-get install gcc) or use --backend numpy"
         ) from None
-    return f"{compiler} {version} {platform.machine()} {' '.join(CFLAGS)}"
+    flags, target = list(CFLAGS), ""
+    probe = subprocess.run([compiler, NATIVE, "-Q", "--help=target"], capture_output=True, text=True)
+    if probe.returncode == 0 or _accepts(compiler, NATIVE):
+        flags.append(NATIVE)
+        named = [line.split()[-1] for line in probe.stdout.splitlines() if line.strip().startswith("-march=")]
+        target = named[0] if named and named[0] != "native" else _cpu_fingerprint()
+    return flags, f"{compiler} {version} {platform.machine()} {target} {' '.join(flags)}"
+
+
+def _accepts(compiler: str, flag: str) -> bool:
+    """Whether the compiler builds an empty program with the flag."""
+    result = subprocess.run([compiler, flag, "-x", "c", "-c", "-o", os.devnull, "-"], input="", capture_output=True,
+                            text=True)  # fmt: skip
+    return result.returncode == 0
+
+
+def _cpu_fingerprint() -> str:
+    """The CPU's model and feature flags (Linux), hashed: two machines with different instructions differ."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown-cpu"
+    keys = ("model name", "flags", "Features", "CPU part", "CPU implementer")
+    wanted = sorted({line for line in lines if line.split(":")[0].strip() in keys})
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:12]
 
 
 def build_library(source: str, stem: str) -> Path:
     """Compile `source` to a shared library once; later calls return the cached file."""
     compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256((source + compiler_identity(compiler)).encode()).hexdigest()[:16]
+    flags, identity = compiler_flags(compiler)
+    digest = hashlib.sha256((source + identity).encode()).hexdigest()[:16]
     library = cache_dir() / f"{stem}-{digest}.so"
     try:
-        return build_once(library, lambda out: _compile(compiler, source, out))
+        return build_once(library, lambda out: _compile(compiler, flags, source, out))
     except OSError as e:
         raise RuntimeError(
             f"cannot build the 'c' backend in {library.parent} ({e.strerror}): set MPQ_CACHE_DIR to a writable folder"
         ) from None
 
 
-def _compile(compiler: str, source: str, out: Path) -> None:
+def _compile(compiler: str, flags: list[str], source: str, out: Path) -> None:
     src = out.with_suffix(".c")
     src.write_text(source)
-    result = subprocess.run([compiler, *CFLAGS, "-o", str(out), str(src), "-lm"], capture_output=True, text=True)
+    result = subprocess.run([compiler, *flags, "-o", str(out), str(src), "-lm"], capture_output=True, text=True)
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["(no output)"])[0]
         raise RuntimeError(f"compiling the 'c' backend ({out.stem}) failed: {first}")
