@@ -26,18 +26,33 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert out.returncode == 0, out.stderr
     (report_path,) = tmp_path.glob("mppi-*.json")
     report = json.loads(report_path.read_text())
-    planners = {(r["case"], r["planner"]) for r in report["rows"]}
+    step = report["step"]  # every planner at each thread count, the peer in both its settings, and the limit
+    assert step["thread_counts"] == [1]
+    planners = {(r["case"], r["planner"]) for r in step["rows"]}
+    limit = {"Q alone", "rollout alone"}
     one_iteration = {
         (case, planner)
         for case in ("K=1024 H=32 Q=2x256", "K=24 H=8 Q=2x100")
-        for planner in ("mpq numpy", "mpq c", "pytorch-mppi")
+        for planner in ("mpq numpy", "mpq c", "pytorch-mppi float32", "pytorch-mppi float64", *limit)
     }
-    acting = {("K=24 H=8 Q=2x100 3 iters", planner) for planner in ("mpq numpy", "mpq c")}
+    acting = {("K=24 H=8 Q=2x100 3 iters", planner) for planner in ("mpq numpy", "mpq c", *limit)}
     assert planners == one_iteration | acting
-    assert report["cases"]["K=24 H=8 Q=2x100 3 iters"]["mppi"]["n_iters"] == 3
-    assert report["cases"]["K=24 H=8 Q=2x100"]["mppi"]["n_iters"] == 1
-    assert all(0 < r["median_ms"] <= r["p99_ms"] for r in report["rows"])
-    assert len(report["targets"]) == 2
+    assert step["cases"]["K=24 H=8 Q=2x100 3 iters"]["mppi"]["n_iters"] == 3
+    assert step["cases"]["K=24 H=8 Q=2x100"]["mppi"]["n_iters"] == 1
+    assert all(0 < r["median_ms"] <= r["p99_ms"] for r in step["rows"])
+    for r in step["rows"]:  # mpq's rows against the limit and the faster pytorch-mppi, as measured in the run
+        if r["planner"].startswith("mpq"):
+            same = [x for x in step["rows"] if x["case"] == r["case"] and x["threads"] == r["threads"]]
+            iters = step["cases"][r["case"]]["mppi"]["n_iters"]
+            floor = iters * sum(x["median_ms"] for x in same if x["planner"] in limit)
+            assert r["x_limit"] == pytest.approx(r["median_ms"] / floor)
+            peers = [x["median_ms"] for x in same if x["planner"].startswith("pytorch-mppi")]
+            assert ("x_faster_than_best_peer" in r) == bool(peers)
+            if peers:
+                assert r["x_faster_than_best_peer"] == pytest.approx(min(peers) / r["median_ms"])
+    assert len(step["targets"]) == 3
+    grown = {(r["K"], r["H"]) for r in step["growth"]["rows"]}
+    assert grown == {(K, 32) for K in (256, 1024, 4096, 16384)} | {(1024, H) for H in (4, 8, 16, 64)}
     link = report["link"]
     assert 0 < link["round_trip_us_median"] <= link["round_trip_us_p99"] and link["steps_per_second"] > 0
     assert link["link_counters"]["seq_gaps"] == 0 and link["link_counters"]["crc_errors"] == 0
@@ -48,7 +63,8 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert set(loop["realtime_loaded"]) == {"SCHED_FIFO 50", "normal priority"}
     if realtime_refusal(50) is None:  # at realtime priority the loop plans on, with a spinning process per core
         assert loop["realtime_loaded"]["SCHED_FIFO 50"]["scheduling"] == "SCHED_FIFO 50"
-    assert "pytorch-mppi" in out.stdout and "median ms" in out.stdout and "round trip median us" in out.stdout
+    assert "pytorch-mppi float32" in out.stdout and "x limit" in out.stdout and "ns per sample-step" in out.stdout
+    assert "median ms" in out.stdout and "round trip median us" in out.stdout
     mujoco = report["mujoco"]  # the MJCF planner against raw mujoco.rollout and a Python loop, every case
     assert {(r["task"], r["case"], r["planner"]) for r in mujoco["rows"]} == {
         (task, case, planner)
@@ -69,7 +85,7 @@ def test_the_torch_restatement_for_pytorch_mppi_is_the_task(name):
     """pytorch-mppi needs torch functions: the copy of each task's model it runs must be the task's."""
     import torch
 
-    from offboard.bench import torch_model
+    from offboard.bench_step import torch_model
 
     task = get_task(name)
     rng = np.random.default_rng(3)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offboard.bench import time_calls
+from offboard.bench_step import time_calls
 
 REPEATS = 200
 
