@@ -248,13 +248,15 @@ class Link:
             self.mav.send(self._last_command)
         return self.command_seq
 
-    def exchange(self, u, state_seq: int, timeout: float) -> PlantState | None:
+    def exchange(self, u, state_seq: int, timeout: float, meanwhile=None) -> PlantState | None:
         """Lockstep: send u answering state `state_seq` and return the state the plant sends after applying
         it (or after latching a failsafe); the same command goes again every COMMAND_RESEND until it comes.
         The plant applies a command once, by its seq, and answers a repeat with that state again.
-        None after `timeout` seconds."""
+        meanwhile(), if given, runs once while the plant steps. None after `timeout` seconds."""
         seq = self.send_command(u, state_seq)
         end = time.monotonic() + timeout
+        if meanwhile is not None:
+            meanwhile()
 
         def came_back() -> bool:
             return any(s.command_seq >= seq or s.failsafe or s.seq > state_seq + 1 for s in self.states)

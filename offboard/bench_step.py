@@ -6,7 +6,8 @@ pytorch-mppi's `command` runs), at each thread count (1 and the machine's):
   3. K=24, H=8 at the 3 iterations the pendulum's MPQ acts with (mpq only: pytorch-mppi runs one).
 Every planner of a case runs in one process, in interleaved rounds (a block of steps each, the order
 rotated every round), so a slow minute of the machine falls on all of them alike:
-  - mpq numpy and mpq c;
+  - mpq numpy and mpq c (a whole plan: noise, rollout, Q, update), and `mpq c in the loop`: the step from
+    state to action as the onboard loop runs it, the plan's noise drawn while the plant stepped (untimed);
   - pytorch-mppi (PyPI) given the same dynamics, cost, K, H, sigma, lambda and the same MLP (in torch) as
     its terminal cost, in float32 and in float64, on the same thread count: each row names its setting,
     and mpq is compared with the faster of the two (its best);
@@ -44,6 +45,7 @@ WARMUP = 20
 MODEL = "mean"  # fixed planner parameters, so every planner does the same work
 ITERS = 1  # one MPPI iteration per control step, as pytorch-mppi's command does (the demo's pendulum acts with 3)
 LIMIT = ("Q alone", "rollout alone")
+AHEAD = "mpq c in the loop"  # the state-to-action step as the onboard loop runs it
 
 
 def _summary(seconds: list[float]) -> dict:
@@ -69,13 +71,16 @@ class Timed:
                 self.between(result)
 
 
-def closed_loop(task, policy) -> Timed:
-    """policy(state) -> action from the hanging start, the planner's model stepping the state untimed."""
+def closed_loop(task, policy, meanwhile=None) -> Timed:
+    """policy(state) -> action from the hanging start, the planner's model stepping the state untimed, and
+    meanwhile(), if given, untimed after each action (what a loop does while the plant steps)."""
     params = task.planner_params(MODEL, (), None)
     state = task.hanging_state()
 
     def step(action) -> None:
         nonlocal state
+        if meanwhile is not None:
+            meanwhile()
         state = task.step(state, action, params)
 
     return Timed(lambda: policy(state), step)
@@ -264,6 +269,10 @@ def compare(threads: int, quick: bool, tmp: Path) -> list[dict]:
         planners = {f"mpq {b}": mpq_planner(task, b, case["K"], case["H"], q, n_iters) for b in ("numpy", "c")}
         contenders = {name: closed_loop(task, mppi.act) for name, mppi in planners.items()}
         settings = {name: "float64" for name in planners}
+        # The onboard loop's control step: the same plan, its noise drawn while the plant stepped (draw_ahead).
+        ahead = mpq_planner(task, "c", case["K"], case["H"], q, n_iters)
+        contenders[AHEAD] = closed_loop(task, ahead.act, meanwhile=ahead.draw_ahead)
+        settings[AHEAD] = "float64, noise drawn ahead"
         if n_iters == ITERS:  # pytorch-mppi's command runs one iteration
             for dtype in ("float32", "float64"):
                 name = f"pytorch-mppi {dtype}"

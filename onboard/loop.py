@@ -446,15 +446,17 @@ def _run(
 
 
 def _exchange(link: Link, u, state, profile: RobotProfile, period: float, planner):
-    """Send u answering `state`; the plant's next state. Lockstep sends u again until its state comes back.
+    """Send u answering `state`; the plant's next state (the planner draws its next noise while it waits).
+    Lockstep sends u again until its state comes back.
     Realtime sends profile.command_copies copies, and while no state comes (lost on the wire) it keeps the
     plant fed each period with the plan's next action (as after a missed deadline), so that a few lost
     states in a row never trip its watchdog; while the states that come are rejected (non-finite), with
     the safe action (zero) instead."""
     if profile.mode == "lockstep":
-        next_state = link.exchange(u, state.seq, STATE_TIMEOUT)
+        next_state = link.exchange(u, state.seq, STATE_TIMEOUT, meanwhile=planner.draw_ahead)
     else:
         link.send_command(u, state.seq, profile.command_copies)
+        planner.draw_ahead()  # the next plan's noise, while the plant steps
         give_up, rejected = time.monotonic() + STATE_TIMEOUT, link.counts["states_rejected"]
         next_state = link.recv_state(STATE_LATE * period)
         while next_state is None and time.monotonic() < give_up:

@@ -33,9 +33,16 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     one_iteration = {
         (case, planner)
         for case in ("K=1024 H=32 Q=2x256", "K=24 H=8 Q=2x100")
-        for planner in ("mpq numpy", "mpq c", "pytorch-mppi float32", "pytorch-mppi float64", *limit)
+        for planner in (
+            "mpq numpy",
+            "mpq c",
+            "mpq c in the loop",
+            "pytorch-mppi float32",
+            "pytorch-mppi float64",
+            *limit,
+        )  # fmt: skip
     }
-    acting = {("K=24 H=8 Q=2x100 3 iters", planner) for planner in ("mpq numpy", "mpq c", *limit)}
+    acting = {("K=24 H=8 Q=2x100 3 iters", planner) for planner in ("mpq numpy", "mpq c", "mpq c in the loop", *limit)}
     assert planners == one_iteration | acting
     assert step["cases"]["K=24 H=8 Q=2x100 3 iters"]["mppi"]["n_iters"] == 3
     assert step["cases"]["K=24 H=8 Q=2x100"]["mppi"]["n_iters"] == 1

@@ -354,3 +354,21 @@ def test_mpq_lambda_one_is_the_papers_mpq():
         plans.append(mppi.plan(state))
     np.testing.assert_allclose(plans[0].actions, plans[1].actions, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(plans[0].value, plans[1].value, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_noise_drawn_ahead_while_the_plant_steps_leaves_every_action_as_it_was(backend):
+    """The loop draws the next plan's noise while it waits for the plant: the same numbers in the same order,
+    so acting with it gives the very actions acting without it gives."""
+    task = get_task("pendulum")
+    config = MPPIConfig.for_task(task, K=32, H=8, n_iters=3, seed=5)
+    plain, ahead = MPPI(task, config, backend), MPPI(task, config, backend)
+    state = task.hanging_state()
+    for t in range(30):
+        u_plain, u_ahead = plain.act(state), ahead.act(state)
+        np.testing.assert_array_equal(u_ahead, u_plain)
+        ahead.draw_ahead()
+        if t % 7 == 3:
+            ahead.draw_ahead()  # a second call before the plan draws nothing more
+        state = task.step(state, u_plain, task.true_params)
+    assert len(ahead._drawn) == 3 and plain._drawn == []
