@@ -78,6 +78,9 @@ class DemoConfig:
     td_lambda: float = 1.0
     td_lambda_final: float = 0.5
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
+    # Exploration while collecting training data (MPPIConfig.explore, e.g. 0.25,0.8,0); the learning curve and the
+    # final evaluation act on the plan itself.
+    explore: tuple[float, float, float] = (0.0, 0.0, 0.0)
     # Also MPQ trained on stand-ins whose plant is drawn per episode from the planner's bias (the paper's domain
     # randomisation column), evaluated like every learner on the TRUE plant; reported, not held to the target.
     domain_randomisation: bool = False
@@ -148,7 +151,7 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
         for iteration in range(1, cfg.iterations + 1):
             started = time.monotonic()
             # Collection: new starts each episode (seeded by (seed, episode id)), the planner's noise by iteration.
-            collect = dict(H=horizon, td_lambda=trainer.td_lambda, seed=seed * 1000 + iteration)
+            collect = dict(H=horizon, td_lambda=trainer.td_lambda, seed=seed * 1000 + iteration, explore=cfg.explore)
             episodes(
                 stop,
                 here / "data",
@@ -364,6 +367,10 @@ def config_problem(cfg: DemoConfig) -> str | None:
         value = getattr(cfg, name)
         if value is not None and not 0 <= value <= 1:
             return f"--{name.replace('_', '-')} {value}: use a number from 0 to 1 (1: the paper's MPQ)"
+    try:
+        MPPIConfig(explore=cfg.explore)
+    except ValueError:
+        return f"--explore {cfg.explore}: give three numbers b0,b1,b2, e.g. 0.25,0.8,0 (0,0,0: act on the plan)"
     if not 1 <= cfg.horizon < cfg.long_horizon:
         return (
             f"--horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
@@ -388,7 +395,12 @@ def config_problem(cfg: DemoConfig) -> str | None:
 def parse_config(argv=None) -> DemoConfig:
     """The command line over the task's DEMO_SETTINGS over DemoConfig's defaults."""
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
-    kinds = {"bool": lambda v: v.lower() in ("1", "true", "yes"), "int | None": int, "float | None": float}
+    kinds = {
+        "bool": lambda v: v.lower() in ("1", "true", "yes"),
+        "int | None": int,
+        "float | None": float,
+        "tuple[float, float, float]": lambda v: tuple(float(x) for x in v.split(",")),
+    }
     for field in dataclasses.fields(DemoConfig):  # None: not given
         kind = kinds.get(str(field.type), type(field.default))
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)

@@ -50,6 +50,12 @@ class MPPIConfig:
     # eps_t <- b0 eps_t + b1 eps_(t-1) + b2 eps_(t-2) for t >= 2, in order (an autoregressive filter). (1, 0, 0): white
     # noise, which at a 20 ms control period shakes a plant rather than swinging it.
     noise_filter: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    # Exploration while collecting training data (the paper's authors' "sample" mode): act on the plan's first
+    # action plus e_t = b0 n_t + b1 e_(t-1) + b2 e_(t-2), n_t ~ N(0, sigma) fresh each control step, clipped to the
+    # bounds. (0, 0, 0): act on the plan itself (evaluation, deployment). (1, 0, 0) is mjmpc's sample mode;
+    # (0.25, 0.8, 0) pushes the plant for a few tenths of a second at a time, which a swing needs. Not a trained
+    # setting: the Q is the value of the plan, whatever was acted while its data was collected.
+    explore: tuple[float, float, float] = (0.0, 0.0, 0.0)
     model: str = "biased"  # planner parameters: "biased" (per rollout), "mean", or "true"
     seed: int | None = 0
 
@@ -75,14 +81,15 @@ class MPPIConfig:
         except (TypeError, ValueError):
             sigma_ok = False
         kinds.append(("sigma", sigma_ok, "a number or a list of numbers (one per action dim)"))
-        try:
-            coefficients = tuple(float(b) for b in self.noise_filter)
-            filter_ok = len(coefficients) == 3 and bool(np.all(np.isfinite(coefficients)))
-        except (TypeError, ValueError):
-            filter_ok = False
-        kinds.append(("noise_filter", filter_ok, "three numbers b0, b1, b2, e.g. [0.25, 0.8, 0.0] ([1, 0, 0]: white)"))
-        if filter_ok:  # a TOML list or a JSON round trip: one hashable tuple of floats, as the default
-            object.__setattr__(self, "noise_filter", coefficients)
+        for name, example in (("noise_filter", "([1, 0, 0]: white)"), ("explore", "([0, 0, 0]: act on the plan)")):
+            try:
+                coefficients = tuple(float(b) for b in getattr(self, name))
+                filter_ok = len(coefficients) == 3 and bool(np.all(np.isfinite(coefficients)))
+            except (TypeError, ValueError):
+                filter_ok = False
+            kinds.append((name, filter_ok, f"three numbers b0, b1, b2, e.g. [0.25, 0.8, 0.0] {example}"))
+            if filter_ok:  # a TOML list or a JSON round trip: one hashable tuple of floats, as the default
+                object.__setattr__(self, name, coefficients)
         _raise_problems([(name, rule) for name, ok, rule in kinds if not ok], self)
         _raise_problems(
             [
@@ -152,9 +159,11 @@ class MPPI:
         self.std = xp.asarray(np.sqrt(variance), dtype=dtype)
         self.sigma_inv = xp.asarray(1.0 / variance, dtype=dtype)
         self.u_min, self.u_max = xp.asarray(task.u_min, dtype=dtype), xp.asarray(task.u_max, dtype=dtype)
-        noise_seed, param_seed = np.random.SeedSequence(self.config.seed).spawn(2)
+        noise_seed, param_seed, explore_seed = np.random.SeedSequence(self.config.seed).spawn(3)
         self.noise_rng = self.backend.rng(noise_seed)
         self.param_rng = self.backend.rng(param_seed)
+        self.explore_rng = np.random.default_rng(explore_seed)  # its own stream: exploring leaves the plans' noise
+        self._explored = np.zeros((2, m))  # e_(t-1), e_(t-2) of the exploration noise
         # "mean" and "true" parameters never change: made once, not once per iteration (a device copy on the GPU)
         fixed = self.config.model != "biased"
         self.fixed_params = task.planner_params(self.config.model, (), None, xp=xp, dtype=dtype) if fixed else None
@@ -166,9 +175,10 @@ class MPPI:
         self._drawn: list = []  # noise drawn ahead for the next plan (draw_ahead), in the order it would be drawn
 
     def reset(self) -> None:
-        """Forget the warm start (a new episode)."""
+        """Forget the warm start and the exploration noise (a new episode)."""
         with self.backend.scope():
             self.mean[:] = 0.0
+        self._explored[:] = 0.0
 
     def warm_up(self, states) -> None:
         """Plan twice from states (B, n), leaving the warm start as it is, so that no control step pays
@@ -339,9 +349,23 @@ class MPPI:
         return plan
 
     def commit(self, plan: Plan) -> np.ndarray:
-        """Act on a proposed plan: its first action; its rest becomes the warm start."""
+        """Act on a proposed plan: its first action (plus the exploration noise, where the settings ask for it);
+        its rest becomes the warm start."""
         self._shift(plan.device_actions[0])
-        return plan.actions[0, 0].copy()
+        return self._explore(plan.actions[0, 0].copy())
+
+    def _explore(self, action: np.ndarray) -> np.ndarray:
+        """action + e_t, e_t = b0 n_t + b1 e_(t-1) + b2 e_(t-2), clipped to the bounds; the action itself when
+        the settings explore = (0, 0, 0)."""
+        b0, b1, b2 = self.config.explore
+        if b0 == b1 == b2 == 0.0:
+            return action
+        fresh = self.explore_rng.standard_normal(action.shape) * np.sqrt(
+            np.broadcast_to(self.config.sigma, action.shape)
+        )
+        e = b0 * fresh + b1 * self._explored[0] + b2 * self._explored[1]
+        self._explored = np.stack([e, self._explored[0]])
+        return np.clip(action + e, self.task.u_min, self.task.u_max)
 
     def skip(self) -> np.ndarray:
         """Act without a new plan (the last one came too late): the previous plan's next action."""

@@ -372,3 +372,40 @@ def test_noise_drawn_ahead_while_the_plant_steps_leaves_every_action_as_it_was(b
             ahead.draw_ahead()  # a second call before the plan draws nothing more
         state = task.step(state, u_plain, task.true_params)
     assert len(ahead._drawn) == 3 and plain._drawn == []
+
+
+@pytest.mark.parametrize("explore, correlation", [((1.0, 0.0, 0.0), 0.0), ((0.25, 0.8, 0.0), 0.8)])
+def test_exploring_acts_on_the_plan_plus_smoothed_noise_and_leaves_the_plans_alone(explore, correlation):
+    """While collecting training data the loop may act on a sample around the plan: the plan's first action plus
+    e_t = b0 n_t + b1 e_(t-1) + b2 e_(t-2), n_t ~ N(0, sigma). The plans themselves (and so the warm start and the
+    planner's own noise) are those of a planner that does not explore."""
+    task = get_task("pendulum")
+    sigma = 0.01  # std 0.1: far inside the +-2 bounds, so nothing is clipped
+    plain = MPPI(task, MPPIConfig.for_task(task, K=16, H=4, n_iters=1, sigma=sigma, seed=3))
+    exploring = MPPI(task, MPPIConfig.for_task(task, K=16, H=4, n_iters=1, sigma=sigma, seed=3, explore=explore))
+    rng = np.random.default_rng(0)
+    offsets = []
+    for _ in range(3000):
+        state = task.initial_state(rng)
+        plan, explored_plan = plain.propose(state), exploring.propose(state)
+        np.testing.assert_array_equal(explored_plan.actions, plan.actions)
+        u, u_explored = plain.commit(plan), exploring.commit(explored_plan)
+        np.testing.assert_array_equal(u, plan.actions[0, 0])
+        offsets.append(u_explored[0] - u[0])
+    offsets = np.array(offsets)
+    b0, b1, _ = explore
+    std = np.sqrt(sigma) * b0 / np.sqrt(1 - b1**2)  # the AR(1) process's stationary spread
+    assert offsets[100:].std() == pytest.approx(std, rel=0.1)
+    assert np.corrcoef(offsets[101:], offsets[100:-1])[0, 1] == pytest.approx(correlation, abs=0.06)
+    exploring.reset()  # a new episode starts its exploration noise afresh
+    assert np.all(exploring._explored == 0)
+
+
+def test_exploration_is_clipped_to_the_bounds_and_checked_like_the_filter():
+    task = get_task("pendulum")
+    mppi = MPPI(task, MPPIConfig.for_task(task, K=8, H=4, sigma=1e4, explore=(1, 0, 0)))
+    actions = np.array([mppi.act(task.hanging_state()) for _ in range(50)])
+    assert np.all(actions >= task.u_min) and np.all(actions <= task.u_max) and np.any(np.abs(actions) == 2.0)
+    with pytest.raises(ValueError, match=r"explore=\[1, 2\] must be three numbers"):
+        MPPIConfig(explore=[1, 2])
+    assert MPPIConfig(explore=[0.25, 0.8, 0]).explore == (0.25, 0.8, 0.0)
