@@ -52,13 +52,17 @@ DEFAULT_TARGET_RATIO = 1.10
 DR_LABEL = "MPQ trained with DR"  # domain randomisation: reported beside MPQ, not held to a target
 # A sparse task is held to its success rate instead (the paper's Table 2: MPQ H=4 on BallInCupSparse, 0.85).
 TARGET_SUCCESS = {"ball_in_cup": 0.85}
-# Per-task defaults of the demo where the pendulum's do not fit. The ball-in-cup's targets run MuJoCo (about 0.55 s
-# a minibatch on one core) and its long baselines take about 25 s an episode: fewer, larger rounds, fewer updates
-# and a short curve evaluation keep `make demo TASK=ball_in_cup` near 20 minutes on 2 cores; MPQ(lambda) is left
-# out (its blend multiplies the Q's work by H), soft-Q stays (its H=1 targets are cheap).
+# Per-task defaults of the demo where the pendulum's do not fit. The ball-in-cup's targets run MuJoCo and its long
+# baselines take about 25 s an episode: fewer, larger rounds and a short curve evaluation keep `make demo
+# TASK=ball_in_cup` near 20 minutes on 2 cores; MPQ(lambda) is left out (its blend multiplies the Q's work by H),
+# soft-Q stays (its H=1 targets are cheap). Its sparse cost gives the Q nothing to learn from until a catch is in
+# the data, and acting on the plan alone rarely swings the ball: collection explores (smoothed noise on the acted
+# action, MPPIConfig.explore), and the targets run one MPPI iteration, three times the updates for the same MuJoCo
+# steps (the robot still acts with the task's three). Measured on 20 fixed starts (one seed): MPQ reached 0.60
+# success after 140 episodes this way, against 0.20-0.30 at 100-200 episodes without exploration.
 DEMO_SETTINGS = {
-    "ball_in_cup": dict(iterations=4, episodes_per_iteration=10, updates_per_iteration=100, eval_episodes=5,
-                        mpq_lambda=False),
+    "ball_in_cup": dict(iterations=4, episodes_per_iteration=10, updates_per_iteration=300, eval_episodes=5,
+                        mpq_lambda=False, explore=(0.25, 0.8, 0.0), target_iters=1),
 }  # fmt: skip
 
 
@@ -78,6 +82,7 @@ class DemoConfig:
     td_lambda: float = 1.0
     td_lambda_final: float = 0.5
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
+    target_iters: int | None = None  # MPPI iterations per soft-Bellman target (None: the task's acting n_iters)
     # Exploration while collecting training data (MPPIConfig.explore, e.g. 0.25,0.8,0); the learning curve and the
     # final evaluation act on the plan itself.
     explore: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -143,7 +148,7 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
         task=cfg.task, data=(str(here / "data" / "robot"),), out=str(here / "train"), iterations=cfg.iterations,
         updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
         target_network=target_network, seed=seed, torch_threads=cfg.torch_threads, td_lambda=td_lambda[0],
-        td_lambda_final=td_lambda[1],
+        td_lambda_final=td_lambda[1], target_iters=cfg.target_iters,
     )  # fmt: skip
     trainer = Trainer(config, progress=False, log=lambda *_: None)
     curve, model = [], ""
@@ -361,8 +366,9 @@ def config_problem(cfg: DemoConfig) -> str | None:
     for name in ("seed", "final_episodes"):
         if getattr(cfg, name) < 0:
             return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 0 or more"
-    if cfg.torch_threads is not None and cfg.torch_threads < 1:
-        return f"--torch-threads {cfg.torch_threads}: use 1 or more"
+    for name in ("torch_threads", "target_iters"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 1 or more"
     for name in ("td_lambda", "td_lambda_final"):
         value = getattr(cfg, name)
         if value is not None and not 0 <= value <= 1:

@@ -194,10 +194,17 @@ def trained_settings_mismatch(q: OnnxQ, config: MPPIConfig) -> str | None:
         except (TypeError, ValueError):  # not numbers, or shapes that do not broadcast
             return False
 
+    def fits(key) -> bool:
+        """More iterations than trained optimise the same objective further (the ball-in-cup's Q is trained with
+        one and acts with three); fewer leave K rollouts weighted mostly by their model draws."""
+        if key == "n_iters" and isinstance(trained[key], int) and isinstance(acting[key], int):
+            return acting[key] >= trained[key]
+        return same(acting[key], trained[key])
+
     differ = [
         f"{key}={acting[key]!r} (trained with {trained[key]!r})"
         for key in TRAINED_SETTINGS
-        if key in trained and not same(acting[key], trained[key])
+        if key in trained and not fits(key)
     ]
     if not differ:
         return None

@@ -145,6 +145,7 @@ def test_a_task_brings_its_own_demo_settings_and_the_command_line_wins():
     assert parse_config([]).iterations == DemoConfig.iterations
     ball = parse_config(["--task", "ball_in_cup"])
     assert (ball.iterations, ball.episodes_per_iteration, ball.mpq_lambda) == (4, 10, False)
+    assert (ball.explore, ball.target_iters) == ((0.25, 0.8, 0.0), 1)  # collection explores; one-iteration targets
     assert parse_config(["--task", "ball_in_cup", "--iterations", "2", "--mpq-lambda", "true"]).iterations == 2
     assert parse_config(["--task", "ball_in_cup", "--mpq-lambda", "true"]).mpq_lambda is True
 
@@ -183,9 +184,12 @@ def test_the_domain_randomised_learner_collects_on_drawn_plants_and_is_evaluated
                                (run_dir / "MPQ" / "seed0" / "data" / "robot", False)):  # fmt: skip
         (segment,), problems = verified_segments(folder)
         assert problems == []
-        plant = read_segment(segment)[0]["segment"]["standin_plant"]
+        metadata = read_segment(segment)[0]["segment"]
+        plant = metadata["standin_plant"]
         assert (plant is not None) == randomised, folder
         assert plant is None or 0.0087 <= plant["body_mass[ball]"] <= 0.87
+        exploring = folder.name == "robot"  # collection explores (the task's demo settings); evaluation does not
+        assert metadata["mppi"]["explore"] == ([0.25, 0.8, 0.0] if exploring else [0.0, 0.0, 0.0]), folder
 
 
 def test_domain_randomisation_of_a_task_with_derived_fields_is_refused_before_anything_runs(tmp_path, capsys):

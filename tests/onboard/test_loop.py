@@ -352,6 +352,11 @@ def test_a_model_trained_for_other_mppi_settings_is_named_before_it_plans(tmp_pa
     assert "H=32 (trained with 8)" in record.message and "n_iters=1 (trained with 3)" in record.message
     assert "K=" not in record.message and "[mppi]" in record.message
     assert any(line.startswith("warning: ") and "H=32" in line for line in selfcheck(profile, link=False))
+    caplog.clear()  # more iterations than trained: the same objective optimised further, no warning
+    profile.mppi = {**profile.mppi, "H": 8, "n_iters": 5}
+    with caplog.at_level("WARNING", logger="mpq.loop"):
+        make_planner(profile, task)
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize("recorded, warned", [("not a table", False), ({"sigma": [1.0, 2.0, 3.0]}, True), ({}, False)])
