@@ -30,6 +30,16 @@ def _raise_problems(problems: list[tuple[str, str]], config) -> None:
         )
 
 
+def _stable(coefficients) -> bool:
+    """Whether e_t = b0 n_t + b1 e_(t-1) + b2 e_(t-2) stays bounded (its AR(2) roots inside the unit circle): run
+    over a whole episode, an unstable filter would grow the exploration noise without limit."""
+    try:
+        _, b1, b2 = (float(b) for b in coefficients)
+    except (TypeError, ValueError):
+        return True  # the kind check names it
+    return abs(b2) < 1 and b1 + b2 < 1 and b2 - b1 < 1
+
+
 @dataclass(frozen=True)
 class MPPIConfig:
     """MPPI settings; `for_task` starts from the paper's values for the task (docs/algorithm.md, Table 3).
@@ -103,6 +113,7 @@ class MPPIConfig:
                     ("alpha", 0 < self.alpha <= 1, "in (0, 1]"),
                     ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
                     ("td_lambda", 0 <= self.td_lambda <= 1, "in [0, 1]"),
+                    ("explore", _stable(self.explore), "a stable filter: |b2| < 1, b1 + b2 < 1 and b2 - b1 < 1"),
                     ("model", self.model in ("biased", "mean", "true"), "'biased', 'mean' or 'true'"),
                     ("seed", self.seed is None or self.seed >= 0, ">= 0"),
                 ]
@@ -294,20 +305,26 @@ class MPPI:
         H=32 about a tenth of the plan). The same numbers in the same order as the plan would draw them: plans
         are unchanged to the bit. Host backends only (the GPU draws inside its graph)."""
         if self.xp is np and not self._drawn:
+            self._rng_before_drawing = self.noise_rng.bit_generator.state
             shape = (1, self.config.K, self.config.H, self.task.act_dim)
             self._drawn = [self.noise_rng.standard_normal(shape, dtype=self.dtype) for _ in range(self.config.n_iters)]
 
     def _noise(self, shape):
-        """Standard normals for one iteration: drawn ahead where they match, else drawn now."""
+        """Standard normals for one iteration: the ones drawn ahead where they fit; a plan of another shape puts
+        the generator back to before they were drawn and draws now, so the order of the numbers never changes."""
         if self._drawn and self._drawn[0].shape == shape:
             return self._drawn.pop(0)
+        if self._drawn:
+            self.noise_rng.bit_generator.state = self._rng_before_drawing
+            self._drawn = []
         return self.noise_rng.standard_normal(shape, dtype=self.dtype)
 
     def _contract(self, a, b):
-        """sum_j a[i, k, j] * b[i, j] -> (B, k): a matrix product on the host, one pass over `a` without a
-        temporary; on the GPU products and sums, because CuPy cannot put cuBLAS calls in a CUDA graph."""
+        """sum_j a[i, k, j] * b[i, j] -> (B, k). On the host np.einsum: one pass over `a` without a temporary, and
+        no BLAS call (OpenBLAS would hand a matrix-vector product this size to threads outside the loop's CPUs and
+        priority); on the GPU products and sums, because CuPy cannot put cuBLAS calls in a CUDA graph."""
         if self.xp is np:
-            return np.matmul(a, b[:, :, None])[:, :, 0]
+            return np.einsum("ikj,ij->ik", a, b)
         return (a * b[:, None, :]).sum(axis=2)
 
     def blended_return(self, states, actions, params):

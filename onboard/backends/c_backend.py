@@ -7,10 +7,10 @@ is built on first use into a cache keyed by the source, the compiler and the mac
 which matters at the paper's K=24, H=8); a robot builds it once, at deploy time or on first run.
 
 Flags: -O3, and -march=native where the compiler takes it: the library is built on the machine that runs
-it, so it may use every instruction that CPU has. The cache key holds the CPU the compiler resolved
-`native` to, so a cache folder shared between two machines never hands one the other's build. -std=c99
-keeps floating-point contraction off (no fused multiply-adds): the results stay those of the NumPy
-reference whatever the target.
+it, so it may use every instruction that CPU has. The cache key holds what the compiler resolved `native`
+to (GCC's target and every feature flag; otherwise the CPU's model and features), so a cache folder shared
+between two machines never hands one the other's build. -ffp-contract=off: no fused multiply-adds, so the
+results stay those of the NumPy reference whatever the target and compiler.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from onboard.backends import HostArrays, check_rollout_shapes
 from onboard.backends.source import task_program
 from onboard.tasks.base import Task
 
-CFLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
+CFLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-ffp-contract=off"]
 NATIVE = "-march=native"
 ROLLOUT_SIGNATURE = (
     "void mpq_rollout(long n_rollouts, long K, long H, const {r} *states, const {r} *actions,"
@@ -45,8 +45,8 @@ for _real in ("double", "float"):
 @functools.cache
 def compiler_flags(compiler: str) -> tuple[list[str], str]:
     """The flags for this machine, and what identifies the build: the compiler's version, the machine and,
-    with -march=native, the CPU the compiler takes `native` to mean (GCC names it; otherwise the CPU's
-    model and feature flags from /proc/cpuinfo)."""
+    with -march=native, what the compiler takes `native` to mean (GCC prints its target and each feature it
+    turns on or off; other compilers: the CPU's model and feature flags from /proc/cpuinfo)."""
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     except FileNotFoundError:
@@ -58,7 +58,10 @@ def compiler_flags(compiler: str) -> tuple[list[str], str]:
     if probe.returncode == 0 or _accepts(compiler, NATIVE):
         flags.append(NATIVE)
         named = [line.split()[-1] for line in probe.stdout.splitlines() if line.strip().startswith("-march=")]
-        target = named[0] if named and named[0] != "native" else _cpu_fingerprint()
+        if probe.returncode == 0 and named and named[0] != "native":  # GCC: the target and all its -m flags
+            target = f"{named[0]}-{hashlib.sha256(probe.stdout.encode()).hexdigest()[:12]}"
+        else:
+            target = _cpu_fingerprint()
     return flags, f"{compiler} {version} {platform.machine()} {target} {' '.join(flags)}"
 
 

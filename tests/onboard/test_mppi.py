@@ -372,6 +372,10 @@ def test_noise_drawn_ahead_while_the_plant_steps_leaves_every_action_as_it_was(b
             ahead.draw_ahead()  # a second call before the plan draws nothing more
         state = task.step(state, u_plain, task.true_params)
     assert len(ahead._drawn) == 3 and plain._drawn == []
+    # a plan of another shape (a batch) while numbers wait: the generator goes back, the order stays
+    states = np.stack([task.initial_state(np.random.default_rng(i)) for i in range(4)])
+    np.testing.assert_array_equal(ahead.plan(states).actions, plain.plan(states).actions)
+    np.testing.assert_array_equal(ahead.act(state), plain.act(state))
 
 
 @pytest.mark.parametrize("explore, correlation", [((1.0, 0.0, 0.0), 0.0), ((0.25, 0.8, 0.0), 0.8)])
@@ -408,4 +412,6 @@ def test_exploration_is_clipped_to_the_bounds_and_checked_like_the_filter():
     assert np.all(actions >= task.u_min) and np.all(actions <= task.u_max) and np.any(np.abs(actions) == 2.0)
     with pytest.raises(ValueError, match=r"explore=\[1, 2\] must be three numbers"):
         MPPIConfig(explore=[1, 2])
+    with pytest.raises(ValueError, match=r"explore=\(1.0, 1.5, 0.0\) must be a stable filter"):
+        MPPIConfig(explore=(1, 1.5, 0))  # e_t = n_t + 1.5 e_(t-1) grows without limit
     assert MPPIConfig(explore=[0.25, 0.8, 0]).explore == (0.25, 0.8, 0.0)
