@@ -253,7 +253,9 @@ class MPPI:
                 b0, b1, b2 = cfg.noise_filter
                 for t in range(2, H):
                     eps[:, :, t] = b0 * eps[:, :, t] + b1 * eps[:, :, t - 1] + b2 * eps[:, :, t - 2]
-            actions = xp.clip(U[:, None] + eps, self.u_min, self.u_max)
+            actions = U[:, None] + eps
+            xp.maximum(actions, self.u_min, out=actions)  # in place: np.clip with these bounds is 4x slower
+            xp.minimum(actions, self.u_max, out=actions)
             xp.subtract(actions, U[:, None], out=eps)
             params = self.fixed_params
             if params is None:  # "biased": each rollout draws its own
@@ -276,8 +278,8 @@ class MPPI:
             # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (docs/algorithm.md).
             scaled_U = (U * self.sigma_inv).reshape(B, H * m)
             eps_flat = eps.reshape(B, K, H * m)
-            quadratic = self._contract(U.reshape(B, 1, H * m), scaled_U)  # (B, 1)
-            cross = self._contract(eps_flat, scaled_U)  # (B, K)
+            quadratic = (U.reshape(B, H * m) * scaled_U).sum(axis=1, keepdims=True)  # (B, 1)
+            cross = self._per_sample_dot(eps_flat, scaled_U)  # (B, K)
             S = returns + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
 
             # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
@@ -291,7 +293,7 @@ class MPPI:
             z = xp.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
             z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
             weights = z / z_sum
-            U = U + cfg.alpha * self._contract(xp.moveaxis(eps_flat, 1, 2), weights).reshape(B, H, m)
+            U = U + cfg.alpha * self._weighted_sum(eps_flat, weights).reshape(B, H, m)
 
         value = S_min[:, 0] - cfg.lam * xp.log(z_sum[:, 0] / K)
         sum_w2 = (weights * weights).sum(axis=1)
@@ -319,13 +321,20 @@ class MPPI:
             self._drawn = []
         return self.noise_rng.standard_normal(shape, dtype=self.dtype)
 
-    def _contract(self, a, b):
-        """sum_j a[i, k, j] * b[i, j] -> (B, k). On the host np.einsum: one pass over `a` without a temporary, and
-        no BLAS call (OpenBLAS would hand a matrix-vector product this size to threads outside the loop's CPUs and
-        priority); on the GPU products and sums, because CuPy cannot put cuBLAS calls in a CUDA graph."""
+    # The two products over all samples: np.einsum on the host (one pass, no temporary, and no BLAS call: OpenBLAS
+    # would hand a product this size to threads outside the loop's CPUs and priority); products and sums on the
+    # GPU, because CuPy cannot put cuBLAS calls in a CUDA graph.
+    def _per_sample_dot(self, a, b):
+        """sum_j a[i, k, j] b[i, j] -> (B, K)."""
         if self.xp is np:
             return np.einsum("ikj,ij->ik", a, b)
         return (a * b[:, None, :]).sum(axis=2)
+
+    def _weighted_sum(self, a, w):
+        """sum_k w[i, k] a[i, k, j] -> (B, H m)."""
+        if self.xp is np:
+            return np.einsum("ikj,ik->ij", a, w)
+        return (w[:, :, None] * a).sum(axis=1)
 
     def blended_return(self, states, actions, params):
         """MPQ(lambda) (Bhardwaj et al., ICLR 2021): per sample, with Q_t = Q(s_t, a_t) along the rollout,
