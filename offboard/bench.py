@@ -35,12 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from offboard import bench_link, bench_mujoco, bench_step
-from offboard.onnx_mlp import mlp_onnx, random_mlp
-from onboard.qfunction import save_q_model
+from offboard.bench_step import ITERS, WARMUP
+from offboard.onnx_mlp import save_random_q
 from onboard.tasks import get_task
 
-WARMUP = 20
-ITERS = 1  # one MPPI iteration per control step in the loop rows, as in bench_step's comparison
 REALTIME_SECONDS = {"20 Hz": 60, "200 Hz": 600}  # the 200 Hz target: no miss over 10 minutes
 
 
@@ -123,9 +121,8 @@ def run_loop(quick: bool) -> dict:
         tmp = Path(tmp)
         models = {}
         for hidden in ((100, 100), (256, 256)):
-            layers = random_mlp(rng, task.obs_dim + task.act_dim, hidden)
             models[hidden] = tmp / f"q{hidden[0]}" / "q.onnx"
-            save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), models[hidden], task, {"name": "offboard.bench"})
+            save_random_q(task, hidden, models[hidden], rng, "offboard.bench")
         base = dict(task="pendulum", backend="c", log_dir=str(tmp / "data"), threads=1)
         lockstep = _onboard_run(
             dict(name="bench-lockstep", mode="lockstep", model=str(models[(100, 100)]), **base,

@@ -27,9 +27,9 @@ import numpy as np
 
 from offboard.bench import publish
 from offboard.bench_step import time_calls, time_mpq, time_pytorch_mppi
-from offboard.onnx_mlp import mlp_onnx, random_mlp
+from offboard.onnx_mlp import save_random_q
 from onboard.mppi import MPPI, MPPIConfig
-from onboard.qfunction import OnnxQ, save_q_model
+from onboard.qfunction import OnnxQ
 from onboard.tasks import get_task
 
 TASK_NAMES = ("pendulum", "cartpole")
@@ -86,9 +86,8 @@ def run(steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in TASK_NAMES:
             task = get_task(name)
-            layers = random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, HIDDEN)
             path = Path(tmp) / name / "q.onnx"
-            save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "offboard.bench_gpu"})
+            layers = save_random_q(task, HIDDEN, path, np.random.default_rng(0), "offboard.bench_gpu")
             q = OnnxQ(path, task)
             for K in SAMPLES:
                 result = time_mpq(task, "cupy", K, H, q, steps)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offboard.onnx_mlp import mlp_onnx, random_mlp
+from offboard.onnx_mlp import save_random_q
 from onboard.mppi import MPPI, MPPIConfig
-from onboard.qfunction import OnnxQ, save_q_model
+from onboard.qfunction import OnnxQ
 from onboard.tasks import get_task
 
 CASES = [
@@ -261,9 +261,8 @@ def compare(threads: int, quick: bool, tmp: Path) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     for case in CASES:
-        layers = random_mlp(rng, task.obs_dim + task.act_dim, case["hidden"])
         path = tmp / case["name"].replace(" ", "_") / "q.onnx"
-        save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "offboard.bench"})
+        layers = save_random_q(task, case["hidden"], path, rng, "offboard.bench")
         q = OnnxQ(path, task, threads=threads)
         n_iters = case.get("n_iters", ITERS)
         planners = {f"mpq {b}": mpq_planner(task, b, case["K"], case["H"], q, n_iters) for b in ("numpy", "c")}
@@ -298,16 +297,14 @@ def compare(threads: int, quick: bool, tmp: Path) -> list[dict]:
 def growth(quick: bool, tmp: Path) -> dict:
     """mpq c's plan time against K and H (1 thread, 2x256 Q), per sample-step, with the working set."""
     task = get_task("pendulum")
-    layers = random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, (256, 256))
     path = tmp / "growth" / "q.onnx"
-    save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "offboard.bench"})
+    save_random_q(task, (256, 256), path, np.random.default_rng(0), "offboard.bench")
     q = OnnxQ(path, task, threads=1)
     points = [(K, 32) for K in GROWTH_K] + [(1024, H) for H in GROWTH_H if H != 32]
     rows = []
     for K, H in points:
         mppi = mpq_planner(task, "c", K, H, q)
-        steps = 5 if quick else max(20, min(200, 2_000_000 // (K * H)))
-        summary = time_mpq(task, "c", K, H, q, steps)
+        summary = measure(closed_loop(task, mppi.act), 5 if quick else max(20, min(200, 2_000_000 // (K * H))))
         rows.append(
             dict(
                 K=K,

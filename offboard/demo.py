@@ -376,8 +376,8 @@ def config_problem(cfg: DemoConfig) -> str | None:
             return f"--{name.replace('_', '-')} {value}: use a number from 0 to 1 (1: the paper's MPQ)"
     try:
         MPPIConfig(explore=cfg.explore)
-    except ValueError:
-        return f"--explore {cfg.explore}: give three numbers b0,b1,b2, e.g. 0.25,0.8,0 (0,0,0: act on the plan)"
+    except ValueError as e:  # the settings' own rule: three numbers, a stable filter
+        return f"--explore: {e}"
     if not 1 <= cfg.horizon < cfg.long_horizon:
         return (
             f"--horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "

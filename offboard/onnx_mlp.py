@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onboard.qfunction import save_q_model
+
 
 def random_mlp(rng: np.random.Generator, in_dim: int, hidden=(100, 100), scale: float = 1.0):
     """Glorot-uniform weights [(W (in, out), b (out,)), ...] ending in one output."""
@@ -61,3 +63,10 @@ def mlp_onnx(layers, obs_dim: int, act_dim: int, obs_name="obs", act_name="act",
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def save_random_q(task, hidden, path, rng: np.random.Generator, producer: str):
+    """A random MLP Q for `task` saved as a verified q.onnx + q.json at `path` (benchmarks); its layers."""
+    layers = random_mlp(rng, task.obs_dim + task.act_dim, hidden)
+    save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": producer})
+    return layers

@@ -174,6 +174,7 @@ class MPPI:
         self.noise_rng = self.backend.rng(noise_seed)
         self.param_rng = self.backend.rng(param_seed)
         self.explore_rng = np.random.default_rng(explore_seed)  # its own stream: exploring leaves the plans' noise
+        self._explore_std = np.sqrt(variance)  # on the host, where the acted action is
         self._explored = np.zeros((2, m))  # e_(t-1), e_(t-2) of the exploration noise
         # "mean" and "true" parameters never change: made once, not once per iteration (a device copy on the GPU)
         fixed = self.config.model != "biased"
@@ -386,11 +387,10 @@ class MPPI:
         b0, b1, b2 = self.config.explore
         if b0 == b1 == b2 == 0.0:
             return action
-        fresh = self.explore_rng.standard_normal(action.shape) * np.sqrt(
-            np.broadcast_to(self.config.sigma, action.shape)
-        )
-        e = b0 * fresh + b1 * self._explored[0] + b2 * self._explored[1]
-        self._explored = np.stack([e, self._explored[0]])
+        e = b0 * self._explore_std * self.explore_rng.standard_normal(action.shape)
+        e += b1 * self._explored[0] + b2 * self._explored[1]
+        self._explored[1] = self._explored[0]
+        self._explored[0] = e
         return np.clip(action + e, self.task.u_min, self.task.u_max)
 
     def skip(self) -> np.ndarray:

@@ -178,15 +178,14 @@ def q_levers(mppi, K: int) -> None:
 
 def main() -> int:
     from offboard.bench_gpu import HIDDEN, TARGET_K, H
-    from offboard.onnx_mlp import mlp_onnx, random_mlp
+    from offboard.onnx_mlp import save_random_q
     from onboard.mppi import MPPI, MPPIConfig
-    from onboard.qfunction import OnnxQ, save_q_model
+    from onboard.qfunction import OnnxQ
     from onboard.tasks import get_task
 
     task = get_task("pendulum")
     path = Path(tempfile.mkdtemp()) / "q.onnx"
-    layers = random_mlp(np.random.default_rng(0), task.obs_dim + task.act_dim, HIDDEN)
-    save_q_model(mlp_onnx(layers, task.obs_dim, task.act_dim), path, task, {"name": "tools/gpu_check/probe.py"})
+    save_random_q(task, HIDDEN, path, np.random.default_rng(0), "tools/gpu_check/probe.py")
     config = MPPIConfig.for_task(task, K=TARGET_K, H=H, n_iters=1, model="biased")
     mppi = MPPI(task, config, "cupy", q=OnnxQ(path, task))
     print(f"pendulum K={TARGET_K} H={H}, Q 2x256 on {mppi.q.provider}")
