@@ -70,15 +70,15 @@ def run_episodes(
     otherwise, the planner's noise. The sim profile's planner, on the mujoco backend for a task given by its MJCF
     alone."""
     profile = load_profile("sim", task=task, log_dir=str(log_dir), model=q, seed=seed, starts=starts)
-    judge = get_task(task)
-    profile.backend = cpu_backend_for(judge)  # the sim profile's c backend needs a closed form
+    task_spec = get_task(task)
+    profile.backend = cpu_backend_for(task_spec)  # the sim profile's c backend needs a closed form
     profile.name = name
     profile.standin_mass_scale = dict(mass_scale or {})
     profile.standin_randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
     profile.mppi = {**profile.mppi, "seed": seed, **mppi}
     before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)
-    outcomes = episode_outcomes(log_dir / name, judge, skip=before)  # only this call's: not hashed or read again
+    outcomes = episode_outcomes(log_dir / name, task_spec, skip=before)  # only this call's: not hashed or read again
     if (stop is not None and stop()) or len(outcomes.costs) != episodes:
         raise Interrupted
     return outcomes

@@ -2,13 +2,13 @@
 
 Q(s, a) is an MLP trained on real (here: stand-in) transitions with soft-Bellman targets
     y = c(s, a) + gamma * V_H(s'),
-where V_H(s') is the free energy of H-step MPPI from s' (n_iters iterations, the BIASED planner
-model) with the CURRENT Q as its terminal value -- the very MPPI code the robot runs (onboard.mppi),
-batched over the minibatch's next states. No target network (MPQ); the soft-Q baseline is the same
-code with H = 1 and a target network; MPQ(lambda) is the same code with td_lambda < 1 (the planner
-blends the returns along each rollout with Q). Episodes end on a time limit, so every transition
-bootstraps. `update` is one step on one minibatch; `Trainer` keeps a run's state (Q, Adam, target
-planners, held-out set, TensorBoard) across the rounds of collection and training.
+where V_H(s') is the free energy of H-step MPPI from s' (`onboard.mppi.free_energy` after n_iters
+iterations, the BIASED planner model) with the CURRENT Q as its terminal value -- the very MPPI code
+the robot runs (onboard.mppi), batched over the minibatch's next states. No target network (MPQ); the
+soft-Q baseline is the same code with H = 1 and a target network; MPQ(lambda) is the same code with
+td_lambda < 1 (the planner blends the returns along each rollout with Q). Episodes end on a time
+limit, so every transition bootstraps. `update` is one step on one minibatch; `Trainer` keeps a run's
+state (Q, Adam, target planners, held-out set, TensorBoard) across the rounds of collection and training.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ class Trainer:
         error (always the current Q), for the current lambda."""
         task, config = self.task, self.config
         self.planner = target_planner(config, task, TorchQ(self.target_net or self.net), self.td_lambda)
-        self.judge = target_planner(config, task, TorchQ(self.net), self.td_lambda)
+        self.holdout_planner = target_planner(config, task, TorchQ(self.net), self.td_lambda)
 
     def td_lambda_at(self, iteration: int) -> float:
         """MPQ(lambda)'s schedule: td_lambda at the first iteration, td_lambda_final at the last, linear between."""
@@ -221,7 +221,7 @@ class Trainer:
     def holdout_error(self) -> float:
         if len(self.holdout_idx) == 0:  # a window that cut the held-out transitions off: nothing to measure on
             return float("nan")
-        return bellman_error(self.net, self.judge, self.buffer, self.holdout_idx)
+        return bellman_error(self.net, self.holdout_planner, self.buffer, self.holdout_idx)
 
     def train_iteration(self) -> dict:
         """M minibatches of K transitions (never held-out ones), a checkpoint, a line in TensorBoard."""

@@ -40,6 +40,21 @@ def _stable(coefficients) -> bool:
     return abs(b2) < 1 and b1 + b2 < 1 and b2 - b1 < 1
 
 
+def free_energy(S, lam: float, xp=np):
+    """MPPI's soft minimum over its samples' costs S (B, K):
+
+        V = -lam log (1/K) sum_n exp(-S_n / lam)        w_n = exp(-S_n / lam) / sum_k exp(-S_k / lam)
+
+    V is the free energy of the start state, the value MPQ's soft Q learns (offboard/mpq.py); w are the
+    weights of MPPI's update. One max-subtracted exponential serves both (the best sample gets 1). A state whose
+    samples are all inf keeps weights 0 (its mean does not move) and gets V = inf. -> V (B,), w (B, K)."""
+    S_min = S.min(axis=1, keepdims=True)
+    shift = xp.where(xp.isfinite(S_min), S_min, 0.0)
+    z = xp.exp((shift - S) / lam)
+    z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
+    return S_min[:, 0] - lam * xp.log(z_sum[:, 0] / S.shape[1]), z / z_sum
+
+
 @dataclass(frozen=True)
 class MPPIConfig:
     """MPPI settings; `for_task` starts from the paper's values for the task (docs/algorithm.md, Table 3).
@@ -224,7 +239,7 @@ class MPPI:
             raise MemoryError(f"B={B} x K={cfg.K} x H={H} samples do not fit in {self.backend.memory_bytes} bytes")
         # The backend runs the iterations (on the GPU: replays them as a CUDA graph) and brings the first
         # five results to the host in one copy. What the graph reads besides its inputs is named in `uses`.
-        host, device = self.backend.run(
+        host, device = self.backend.run_as_graph(
             self._iterate, (states, U), host_outputs=5, uses=(self.noise_rng, self.param_rng, self.q)
         )
         actions, value, ess, min_cost, nonfinite = host
@@ -240,67 +255,76 @@ class MPPI:
         )
 
     def _iterate(self, states, U):
-        """n_iters MPPI iterations from states (B, n) and the mean U (B, H, m), on the backend's arrays.
+        """n_iters MPPI iterations from states (B, n) and the mean U (B, H, m), on the backend's arrays: each
+        samples K action sequences around U, scores them, and moves U towards the low-cost ones.
 
-        Returns the new mean, value, ESS, lowest cost, non-finite count and the last weights."""
-        cfg, task, xp = self.config, self.task, self.xp
-        B, K, H, m = states.shape[0], cfg.K, cfg.H, task.act_dim
-        nonfinite = xp.zeros(B, dtype=xp.int64)
-        for _ in range(cfg.n_iters):
-            # Sample, clip to the bounds, and keep the clipped perturbation for the control cost.
-            eps = self._noise((B, K, H, m))
-            eps *= self.std
-            if cfg.noise_filter != (1.0, 0.0, 0.0):
-                b0, b1, b2 = cfg.noise_filter
-                for t in range(2, H):
-                    eps[:, :, t] = b0 * eps[:, :, t] + b1 * eps[:, :, t - 1] + b2 * eps[:, :, t - 2]
-            actions = U[:, None] + eps
-            xp.maximum(actions, self.u_min, out=actions)  # in place: np.clip with these bounds is 4x slower
-            xp.minimum(actions, self.u_max, out=actions)
-            xp.subtract(actions, U[:, None], out=eps)
-            params = self.fixed_params
-            if params is None:  # "biased": each rollout draws its own
-                params = task.planner_params(cfg.model, (B, K), self.param_rng, xp=xp, dtype=self.dtype)
-
-            # S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1}) + control cost
-            # (MPQ(lambda): the blend of returns in `blended_return`).
-            if self.q is not None and cfg.td_lambda < 1 and H > 1:
-                returns = self.blended_return(states, actions, params)
-            else:
-                running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
-                last_action = actions[:, :, H - 1]
-                if self.q is None:
-                    terminal = task.cost(last_state, last_action)
-                else:
-                    obs = task.obs(last_state).reshape(B * K, task.obs_dim)
-                    terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype)
-                    terminal = terminal.reshape(B, K)
-                returns = running + cfg.gamma ** (H - 1) * terminal
-            # lam * sum_t 0.5 u^T Sigma^-1 (u + 2 eps), undiscounted (docs/algorithm.md).
-            scaled_U = (U * self.sigma_inv).reshape(B, H * m)
-            eps_flat = eps.reshape(B, K, H * m)
-            quadratic = (U.reshape(B, H * m) * scaled_U).sum(axis=1, keepdims=True)  # (B, 1)
-            cross = self._per_sample_dot(eps_flat, scaled_U)  # (B, K)
-            S = returns + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
-
-            # A NaN or inf cost (a broken model or Q) gets zero weight rather than poisoning the mean;
-            # a state with no finite sample keeps its mean and reports value inf. (No branch on the
-            # data: on the GPU a branch would wait for the device.)
-            finite = xp.isfinite(S)
-            nonfinite += K - finite.sum(axis=1)
-            S = xp.where(finite, S, xp.inf)
-            S_min = S.min(axis=1, keepdims=True)
-            shift = xp.where(xp.isfinite(S_min), S_min, 0.0)
-            z = xp.exp((shift - S) / cfg.lam)  # max-subtracted: the best sample gets 1
-            z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
-            weights = z / z_sum
-            U = U + cfg.alpha * self._weighted_sum(eps_flat, weights).reshape(B, H, m)
-
-        value = S_min[:, 0] - cfg.lam * xp.log(z_sum[:, 0] / K)
+        Returns the new mean, the free energy, ESS, lowest cost, non-finite count and the last weights."""
+        nonfinite = self.xp.zeros(states.shape[0], dtype=self.xp.int64)
+        for _ in range(self.config.n_iters):
+            actions, eps, params = self._sample(U)
+            S, broken = self._score(states, U, actions, eps, params)
+            nonfinite += broken
+            value, weights = free_energy(S, self.config.lam, self.xp)
+            U = self._update(U, eps, weights)
         sum_w2 = (weights * weights).sum(axis=1)
-        ess = xp.where(sum_w2 > 0, 1.0 / xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
-        U = xp.minimum(xp.maximum(U, self.u_min), self.u_max)
-        return U, value, ess, S_min[:, 0], nonfinite, weights
+        ess = self.xp.where(sum_w2 > 0, 1.0 / self.xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
+        U = self.xp.minimum(self.xp.maximum(U, self.u_min), self.u_max)
+        return U, value, ess, S.min(axis=1), nonfinite, weights
+
+    def _sample(self, U):
+        """K action sequences around each mean: U + eps with eps ~ N(0, Sigma) (smoothed by `noise_filter`),
+        clipped to the bounds; eps becomes the clipped perturbation (the control cost's). Each rollout's model
+        parameters: its own draw for "biased", else the fixed ones. -> actions, eps (B, K, H, m), params."""
+        cfg, xp = self.config, self.xp
+        B, H = U.shape[0], cfg.H
+        eps = self._noise((B, cfg.K, H, self.task.act_dim))
+        eps *= self.std
+        if cfg.noise_filter != (1.0, 0.0, 0.0):
+            b0, b1, b2 = cfg.noise_filter
+            for t in range(2, H):
+                eps[:, :, t] = b0 * eps[:, :, t] + b1 * eps[:, :, t - 1] + b2 * eps[:, :, t - 2]
+        actions = U[:, None] + eps
+        xp.maximum(actions, self.u_min, out=actions)  # in place: np.clip with these bounds is 4x slower
+        xp.minimum(actions, self.u_max, out=actions)
+        xp.subtract(actions, U[:, None], out=eps)
+        params = self.fixed_params
+        if params is None:  # "biased": each rollout draws its own
+            params = self.task.planner_params(cfg.model, (B, cfg.K), self.param_rng, xp=xp, dtype=self.dtype)
+        return actions, eps, params
+
+    def _score(self, states, U, actions, eps, params):
+        """Each sample's cost S (B, K), rolled out on the model from its start state:
+
+            S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1})
+                + lam sum_t 0.5 U_t^T Sigma^-1 (U_t + 2 eps_t)
+
+        (MPQ(lambda): the blend of returns in `blended_return`; the control cost undiscounted, docs/algorithm.md).
+        A NaN or inf S (a broken model or Q) becomes inf, so it gets zero weight rather than poisoning the mean.
+        -> S, and per state how many samples were not finite."""
+        cfg, task, xp = self.config, self.task, self.xp
+        (B, K, H, m) = actions.shape
+        if self.q is not None and cfg.td_lambda < 1 and H > 1:
+            returns = self.blended_return(states, actions, params)
+        else:
+            running, last_state = self.backend.rollout(states, actions, params, cfg.gamma)
+            last_action = actions[:, :, H - 1]
+            if self.q is None:
+                terminal = task.cost(last_state, last_action)
+            else:
+                obs = task.obs(last_state).reshape(B * K, task.obs_dim)
+                terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype).reshape(B, K)
+            returns = running + cfg.gamma ** (H - 1) * terminal
+        scaled_U = (U * self.sigma_inv).reshape(B, H * m)
+        quadratic = (U.reshape(B, H * m) * scaled_U).sum(axis=1, keepdims=True)  # (B, 1)
+        cross = self._per_sample_dot(eps.reshape(B, K, H * m), scaled_U)  # (B, K)
+        S = returns + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
+        finite = xp.isfinite(S)  # no branch on the data: on the GPU a branch would wait for the device
+        return xp.where(finite, S, xp.inf), K - finite.sum(axis=1)
+
+    def _update(self, U, eps, weights):
+        """U + alpha sum_n w_n eps_n: the mean moves towards the perturbations of the low-cost samples."""
+        B, K, H, m = eps.shape
+        return U + self.config.alpha * self._weighted_sum(eps.reshape(B, K, H * m), weights).reshape(B, H, m)
 
     def draw_ahead(self) -> None:
         """Draw the next act's noise now: a loop calls this after sending an action, while the plant steps, so

@@ -48,7 +48,7 @@ class ReleaseError(RuntimeError):
     """A release that cannot be staged, activated or rolled back; the message names the problem and the fix."""
 
 
-def say(line: str) -> None:
+def print_to_deployer(line: str) -> None:
     """Print for the deploying workstation; a dropped ssh session must not stop the work."""
     try:
         print(line, flush=True)
@@ -95,7 +95,7 @@ def ensure_venv(venv: Path, requirements: Path) -> None:
         return
     if venv.exists():
         shutil.rmtree(venv)
-    say(f"creating {venv} (the onboard dependencies)")
+    print_to_deployer(f"creating {venv} (the onboard dependencies)")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     out = subprocess.run([*pip, "-r", str(requirements)], capture_output=True, text=True)
@@ -121,7 +121,7 @@ def stage(remote_dir: Path, release_id: str) -> None:
         if problems:
             raise ReleaseError(f"release {release_id} arrived damaged ({problems[0]}, {len(problems)} problem(s))")
         release = read_release(staged)
-        say(f"files: {len(release['files'])} verified against {RELEASE_FILE}")
+        print_to_deployer(f"files: {len(release['files'])} verified against {RELEASE_FILE}")
         venv = venv_path(remote_dir, staged)
         ensure_venv(venv, staged / REQUIREMENTS)
         check = subprocess.run(
@@ -129,11 +129,11 @@ def stage(remote_dir: Path, release_id: str) -> None:
              "--offline"], cwd=staged, capture_output=True, text=True,
         )  # fmt: skip
         for line in check.stdout.splitlines():
-            say(f"selfcheck: {line}")
+            print_to_deployer(f"selfcheck: {line}")
         if check.returncode != 0:
             raise ReleaseError(f"selfcheck of release {release_id} failed: {check.stderr.strip() or 'no output'}")
         os.replace(staged, remote_dir / "releases" / release_id)
-    say(f"staged {release_id}")
+    print_to_deployer(f"staged {release_id}")
 
 
 def current_release(remote_dir: Path) -> str | None:
@@ -213,7 +213,7 @@ def activate(remote_dir: Path, release_id: str) -> None:
         history = [r for r in read_history(remote_dir) if r != release_id] + [release_id]
         write_atomic(remote_dir / "HISTORY", "\n".join(history) + "\n")
         prune_releases(remote_dir, history)
-    say(f"release {release_id} is current; service {line}")
+    print_to_deployer(f"release {release_id} is current; service {line}")
 
 
 def rollback(remote_dir: Path) -> None:
@@ -230,7 +230,7 @@ def rollback(remote_dir: Path) -> None:
         ensure_venv(venv_path(remote_dir, target_dir), target_dir / REQUIREMENTS)  # if it was removed
         line = _run_release(remote_dir, target, current)
         write_atomic(remote_dir / "HISTORY", "\n".join(history) + "\n")
-    say(f"rolled back from {current} to {target}; service {line}")
+    print_to_deployer(f"rolled back from {current} to {target}; service {line}")
 
 
 def prune_releases(remote_dir: Path, history: list[str]) -> None:
@@ -240,13 +240,13 @@ def prune_releases(remote_dir: Path, history: list[str]) -> None:
     for folder in sorted(releases.iterdir()):
         if folder.is_dir() and not folder.name.endswith(PARTIAL) and folder.name not in keep:
             shutil.rmtree(folder)
-            say(f"removed old release {folder.name}")
+            print_to_deployer(f"removed old release {folder.name}")
     used = {venv_path(remote_dir, releases / r) for r in keep if (releases / r).is_dir()}
     venvs = remote_dir / "venvs"
     for venv in sorted(venvs.iterdir()) if venvs.is_dir() else []:
         if venv not in used:
             shutil.rmtree(venv)
-            say(f"removed unused venv {venv.name}")
+            print_to_deployer(f"removed unused venv {venv.name}")
 
 
 def status(remote_dir: Path) -> dict:
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
         elif args.action == "rollback":
             rollback(remote_dir)
         else:
-            say(json.dumps(status(remote_dir)))
+            print_to_deployer(json.dumps(status(remote_dir)))
     except (ReleaseError, ServiceError, OSError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ BACKEND_NAMES = ("numpy", "c", "cupy", "mujoco", "warp")
 ANALYTIC_BACKENDS = ("numpy", "c", "cupy")  # these run a task's closed-form model: only tasks that have one
 
 
-class HostArrays:
+class CpuBackend:
     """What the CPU backends share: NumPy arrays and NumPy's generator in host memory, float64."""
 
     xp = np
@@ -43,7 +43,7 @@ class HostArrays:
         return arrays
 
     @staticmethod
-    def run(fn, inputs, host_outputs, uses=()):
+    def run_as_graph(fn, inputs, host_outputs, uses=()):
         """fn(*inputs) -> outputs: the first host_outputs of them on the host, and all of them as computed.
 
         `uses` names what else fn reads (the GPU backend captures fn as a CUDA graph per input shape)."""

@@ -26,7 +26,7 @@ import cffi
 import numpy as np
 
 from firmware_bridge.paths import build_once, cache_dir
-from onboard.backends import HostArrays, check_rollout_shapes
+from onboard.backends import CpuBackend, check_rollout_shapes
 from onboard.backends.source import task_program
 from onboard.tasks.base import Task
 
@@ -106,7 +106,7 @@ def _compile(compiler: str, flags: list[str], source: str, out: Path) -> None:
         raise RuntimeError(f"compiling the 'c' backend ({out.stem}) failed: {first}")
 
 
-class CBackend(HostArrays):
+class CBackend(CpuBackend):
     """real="double" is the backend; real="float" builds the same source as the GPU runs it (tests)."""
 
     name = "c"

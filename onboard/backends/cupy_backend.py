@@ -124,7 +124,7 @@ class CupyBackend:
         """One device-to-host copy for all of them (the step's only synchronisation), split again."""
         return unpack(pack(self.xp, arrays).get(), arrays)
 
-    def run(self, fn, inputs, host_outputs, uses=()):
+    def run_as_graph(self, fn, inputs, host_outputs, uses=()):
         """fn(*inputs) -> outputs, the first host_outputs of them brought to the host in one copy.
 
         The first call per input shape (and per object in `uses`) runs kernel by kernel, which also

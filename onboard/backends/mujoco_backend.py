@@ -24,7 +24,7 @@ import numpy as np
 from mujoco import rollout as mj_rollout
 
 from firmware_bridge.plant import limit_speed
-from onboard.backends import HostArrays, check_rollout_shapes
+from onboard.backends import CpuBackend, check_rollout_shapes
 from onboard.tasks.base import Task
 
 
@@ -52,7 +52,7 @@ def mjcf_rollout(backend, states, actions, params, gamma):
 MAX_MODELS = 2048
 
 
-class MujocoBackend(HostArrays):
+class MujocoBackend(CpuBackend):
     name = "mujoco"
 
     def __init__(self, task: Task, threads: int | None = None):

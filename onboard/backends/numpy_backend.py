@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from onboard.backends import HostArrays, check_rollout_shapes
+from onboard.backends import CpuBackend, check_rollout_shapes
 from onboard.tasks.base import Task
 
 
-class NumpyBackend(HostArrays):
+class NumpyBackend(CpuBackend):
     name = "numpy"
 
     def __init__(self, task: Task):

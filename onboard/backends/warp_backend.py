@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import mujoco
 import numpy as np
 
-from onboard.backends import HostArrays
+from onboard.backends import CpuBackend
 from onboard.backends.mujoco_backend import mjcf_rollout
 from onboard.tasks.base import Task
 
@@ -144,7 +144,7 @@ class WarpWorlds:
         return xp.moveaxis(xp.asarray(self.visited_x, dtype=self.backend.dtype), 0, 1)
 
 
-class WarpBackend(HostArrays):
+class WarpBackend(CpuBackend):
     """On the GPU: CuPy arrays on MPPI's stream (the cupy backend's noise, Q and host copies); on the CPU: NumPy."""
 
     name = "warp"
@@ -165,7 +165,7 @@ class WarpBackend(HostArrays):
             self.xp, self.dtype = self.gpu.xp, self.gpu.dtype
             self.warp_stream = self.wp.Stream(self.wp.get_device(self.device), cuda_stream=self.gpu.stream.ptr)
             self.view = self.xp.asarray
-            for name in ("scope", "rng", "to_host", "run", "device_q", "memory_bytes"):
+            for name in ("scope", "rng", "to_host", "run_as_graph", "device_q", "memory_bytes"):
                 setattr(self, name, getattr(self.gpu, name))
         else:
             self.gpu = None

@@ -27,8 +27,8 @@ def offboard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def on_robot(profile_path: Path, command: str) -> subprocess.CompletedProcess:
     """A shell command on the loopback robot, through its ssh (what an operator would type)."""
-    remote = Remote(load_profile(str(profile_path)))
-    return subprocess.run([*remote.ssh_args(), remote.target, command], capture_output=True, text=True, timeout=120)
+    with Remote(load_profile(str(profile_path))) as remote:  # closes its ssh master and removes its socket folder
+        return subprocess.run([*remote.ssh_args(), remote.target, command], capture_output=True, text=True, timeout=120)
 
 
 def ctrl_c_enabled() -> None:
