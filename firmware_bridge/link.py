@@ -73,7 +73,7 @@ class Link:
                 f"task {task!r} has a state of {state_dim} values and {act_dim} commands: one frame carries at most "
                 f"{MAX_STATE} and {MAX_ACT} (widen mpq.xml and bump MPQ_DIALECT_VERSION)"
             )
-        self.task, self.state_dim, self.act_dim = task, state_dim, act_dim
+        self.url, self.task, self.state_dim, self.act_dim = url, task, state_dim, act_dim
         self.dialect_version = dialect_version
         self.lost_after = lost_after
         try:

@@ -31,11 +31,10 @@ from pathlib import Path
 import tomli_w
 
 from onboard.fileio import blocking_file, sha256_file, write_atomic
-from onboard.loop import code_version
 from onboard.profile import ROOT, RobotProfile, profile_file
 from onboard.qfunction import ModelError, OnnxQ, manifest_path
 from onboard.recorder import MANIFEST, SegmentError, read_manifest, split_torn_tail, verified_segments
-from onboard.release import RELEASE_FILE, REQUIREMENTS
+from onboard.release import RELEASE_FILE, REQUIREMENTS, code_version
 from onboard.tasks import get_task
 
 try:

@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_selfcheck(args) -> int:
-    from onboard.loop import selfcheck
+    from onboard.selfcheck import selfcheck
 
     for line in selfcheck(load_profile(args.robot), link=not args.offline):
         print(line)

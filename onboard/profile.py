@@ -76,11 +76,6 @@ class RobotProfile:
         return p if p.is_absolute() else self.root / p
 
     @property
-    def fifo_priority(self) -> int:
-        """The loop's SCHED_FIFO priority: realtime_priority in realtime, 0 (normal scheduling) in lockstep."""
-        return self.realtime_priority if self.mode == "realtime" else 0
-
-    @property
     def model_path(self) -> Path | None:
         return self.path(self.model)
 

@@ -236,3 +236,41 @@ class OnnxQ:
         }
         (q,) = self.session.run([self.out_name], feeds)
         return q.reshape(-1).astype(np.float64)
+
+
+# What a Q's values depend on: the MPPI it was trained with.
+TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma", "td_lambda", "noise_filter")
+
+
+def trained_settings_mismatch(q: OnnxQ, config) -> str | None:
+    """A Q's values are the free energy of the MPPI it was trained with (q.json's "mppi"); planning with
+    other settings gives the terminal value a meaning it was not trained for. One line, or None."""
+    trained = q.manifest.get("mppi")
+    if not isinstance(trained, dict):  # a model from elsewhere may not record them
+        return None
+    acting = config.to_dict()
+
+    def same(a, b) -> bool:
+        try:
+            return bool(np.allclose(np.asarray(a, float), np.asarray(b, float)))
+        except (TypeError, ValueError):  # not numbers, or shapes that do not broadcast
+            return False
+
+    def fits(key) -> bool:
+        """More iterations than trained optimise the same objective further (the ball-in-cup's Q is trained with
+        one and acts with three); fewer leave K rollouts weighted mostly by their model draws."""
+        if key == "n_iters" and isinstance(trained[key], int) and isinstance(acting[key], int):
+            return acting[key] >= trained[key]
+        return same(acting[key], trained[key])
+
+    differ = [
+        f"{key}={acting[key]!r} (trained with {trained[key]!r})"
+        for key in TRAINED_SETTINGS
+        if key in trained and not fits(key)
+    ]
+    if not differ:
+        return None
+    return (
+        f"{q.path} was trained for other MPPI settings than this profile plans with: {', '.join(differ)}; "
+        "set them in the profile's [mppi] or retrain"
+    )

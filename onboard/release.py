@@ -56,6 +56,24 @@ def print_to_deployer(line: str) -> None:
         pass
 
 
+def code_version() -> str:
+    """This code's version: `git describe` where it is a checkout, else the installed package's."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mpq")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def read_release(release_dir: Path) -> dict:
     try:
         return json.loads((release_dir / RELEASE_FILE).read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onboard.loop import realtime_refusal
+from onboard.scheduling import realtime_refusal
 from onboard.tasks import ANALYTIC_TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[2]

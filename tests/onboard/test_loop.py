@@ -18,9 +18,10 @@ import pytest
 import tomli_w
 
 from firmware_bridge.link import Link
-from onboard.loop import LoopError, make_planner, realtime_refusal, run
+from onboard.loop import LoopError, make_planner, run
 from onboard.profile import load_profile
 from onboard.recorder import Recorder, iter_transitions, read_manifest, read_segment, verified_segments
+from onboard.scheduling import realtime_refusal
 from onboard.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,8 +339,8 @@ def test_a_segment_closed_but_not_listed_before_a_crash_is_listed_at_the_next_st
 def test_a_model_trained_for_other_mppi_settings_is_named_before_it_plans(tmp_path, make_q, caplog):
     """A Q's values are the free energy of the MPPI it was trained with: planning with other settings is
     allowed (an experiment) but never silent."""
-    from onboard.loop import selfcheck
     from onboard.mppi import MPPIConfig
+    from onboard.selfcheck import selfcheck
 
     task = get_task("pendulum")
     path, _ = make_q("pendulum", extra={"mppi": MPPIConfig.for_task(task).to_dict()})
