@@ -7,11 +7,15 @@ import sys
 from pathlib import Path
 
 from offboard.dataset import DatasetError
-from offboard.deploy import DeployError, add_commands, run_command
+from offboard.deploy import add_commands as add_deploy_commands
+from offboard.deploy import run_command as run_deploy_command
 from offboard.evaluate import add_command as add_evaluate
 from offboard.evaluate import run_command as run_evaluation
 from offboard.export import ExportError, check_model_path, export, export_extra, load_checkpoint
 from offboard.mpq import Config, train
+from offboard.pull_data import add_command as add_pull_data
+from offboard.pull_data import run_command as run_pull_data
+from offboard.remote import RemoteError
 from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
 from onboard.tasks import get_task
@@ -78,15 +82,17 @@ def main(argv=None) -> int:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--model", help="default models/<task>/q.onnx")
     add_evaluate(sub)
-    add_commands(sub)
+    add_deploy_commands(sub)
+    add_pull_data(sub)
     args = parser.parse_args(argv)
     if args.command not in ("train", "export", "evaluate"):
         try:
-            return run_command(args, load_profile(args.robot))
+            command = run_pull_data if args.command == "pull-data" else run_deploy_command
+            return command(args, load_profile(args.robot))
         except ProfileError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except DeployError as e:
+        except RemoteError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         except OSError as e:  # this machine's side: a data folder that is read-only or full

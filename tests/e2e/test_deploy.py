@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from offboard.deploy import DeployError, Remote, pull_data
+from offboard.pull_data import pull_data
+from offboard.remote import Remote, RemoteError
 from onboard.fileio import sha256_file
 from onboard.profile import ROOT, load_profile
 from onboard.recorder import read_manifest, verified_segments
@@ -283,7 +284,7 @@ def test_preflight_refuses_a_model_for_another_task_before_touching_the_robot(lo
     assert not (tmp_path / "robot").exists()
     try:
         pull_data(load_profile(str(loopback(host=""))), tmp_path / "data")
-    except DeployError as e:
+    except RemoteError as e:
         assert "has no host" in str(e)
     else:
         raise AssertionError("a profile without host was pulled from")

@@ -1,0 +1,185 @@
+"""The robot over ssh (key authentication only) and rsync: one multiplexed connection per deploy or pull,
+its failures as one line an operator can act on, and the first contact that finds (or creates) the robot's
+folders."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from onboard.profile import RobotProfile, profile_file
+
+CONNECT_TIMEOUT = 10  # s
+
+
+class RemoteError(RuntimeError):
+    """A deploy, rollback, status or pull that cannot go on; one line naming the problem and the fix."""
+
+
+# --- ssh -----------------------------------------------------------------------------------------
+class Remote:
+    """ssh and rsync to one robot, with its profile's key, port and known hosts; errors as one clear line."""
+
+    def __init__(self, profile: RobotProfile):
+        self.profile = profile
+        self.host = profile.host
+        self.port = profile.ssh_port
+        self.user = profile.user or getpass.getuser()
+        self.target = f"{self.user}@{self.host}"
+        self.identity = profile.path(profile.identity_file)
+        self.known_hosts = profile.path(profile.known_hosts_file) or Path("~/.ssh/known_hosts").expanduser()
+        # One ssh connection for every command and rsync of this deploy or pull (ssh multiplexing).
+        self.control_dir = tempfile.mkdtemp(prefix="mpq-ssh-")
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([*self.ssh_args(), "-O", "exit", self.target], capture_output=True)
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+
+    def ssh_args(self) -> list[str]:
+        args = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", "PreferredAuthentications=publickey",
+                "-o", "StrictHostKeyChecking=yes", "-o", f'UserKnownHostsFile="{self.known_hosts}"',
+                "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=5",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", "ControlPersist=30"]  # fmt: skip
+        if self.identity is not None:
+            args += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        return args
+
+    def run(self, command: str, echo: bool = False) -> str:
+        """Run a shell command on the robot; its stdout, echoed line by line when asked. Raises RemoteError."""
+        process = subprocess.Popen(
+            [*self.ssh_args(), self.target, command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if echo:
+                print(f"  robot: {line.rstrip()}", flush=True)
+        stderr = process.stderr.read()
+        if process.wait() != 0:
+            raise RemoteError(self.explain(process.returncode, stderr, what=command.split()[0]))
+        return "".join(lines)
+
+    def rsync(self, *args: str) -> list[str]:
+        """rsync over this ssh; the names it transferred."""
+        argv = ["rsync", "-a", "--protect-args", "--out-format=%n", "-e", shlex.join(self.ssh_args()), *args]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = process.communicate()
+        except KeyboardInterrupt:  # let rsync keep its partial file (a kill would lose it), then stop
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=30)
+            raise
+        if process.returncode != 0:
+            raise RemoteError(self.explain(process.returncode, stderr, what="rsync"))
+        return [line for line in stdout.splitlines() if line and not line.endswith("/")]
+
+    def explain(self, code: int, stderr: str, what: str) -> str:
+        """ssh's failure modes in words an operator can act on."""
+        where = f"{self.host}:{self.port}"
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+            return (
+                f"the host key of {where} does not match {self.known_hosts}: if the robot was reinstalled, remove "
+                f"the old key (ssh-keygen -R '[{self.host}]:{self.port}' -f {self.known_hosts}) and connect once by "
+                "hand to accept the new one; otherwise stop, someone may be impersonating the robot"
+            )
+        if "Host key verification failed" in stderr:
+            return (
+                f"{where} is not in {self.known_hosts}: connect once by hand (ssh -p {self.port} {self.target}) "
+                "to check and accept the robot's host key"
+            )
+        if "Permission denied" in stderr:
+            key = self.identity or "your default key"
+            return (
+                f"{self.target} refused the key {key}: install it on the robot "
+                f"(ssh-copy-id -i {key}.pub -p {self.port} {self.target}) or fix identity_file"
+            )
+        for reason in ("Connection refused", "Connection timed out", "No route to host", "Could not resolve"):
+            if reason in stderr:
+                return f"cannot reach {where} ({reason.lower()}): check that the robot is on the network and runs sshd"
+        lines = [line for line in stderr.strip().splitlines() if line.strip()] or [f"exit status {code}"]
+        specific = [line for line in lines if line.startswith("rsync:")]  # rsync's own cause, not its summary
+        return f"{what} on {self.target} failed: {(specific or lines)[-1].removeprefix('error: ')}"
+
+
+def check_ssh_settings(profile: RobotProfile) -> None:
+    """What can be checked here before connecting: the profile first (a profile without a host needs no ssh),
+    then the tools, the key and the known hosts file."""
+    if not profile.host:
+        raise RemoteError(
+            f"robot {profile.name!r} has no host in {profile.source or profile_file(profile.name)}: it runs here "
+            "(make sim); set host (and user, identity_file) to deploy to it"
+        )
+    for tool in ("ssh", "rsync"):
+        if shutil.which(tool) is None:
+            raise RemoteError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
+    if profile.identity_file and not profile.path(profile.identity_file).is_file():
+        path, user = profile.path(profile.identity_file), profile.user or getpass.getuser()
+        raise RemoteError(
+            f"identity file {path} not found: create a key (ssh-keygen -t ed25519 -f {path}) and install it on the "
+            f"robot (ssh-copy-id -i {path}.pub -p {profile.ssh_port} {user}@{profile.host})"
+        )
+    if profile.known_hosts_file and not profile.path(profile.known_hosts_file).is_file():
+        raise RemoteError(
+            f"known hosts file {profile.path(profile.known_hosts_file)} not found: create it (ssh-keyscan -p "
+            f"{profile.ssh_port} {profile.host}, after checking the key) or clear known_hosts_file"
+        )
+
+
+PREPARE = """
+import fcntl, json, os, shutil, sys
+d = os.path.realpath(os.path.expanduser({dir!r}))
+for sub in ("releases", "data"):
+    os.makedirs(os.path.join(d, sub), exist_ok=True)
+releases = os.path.join(d, "releases")
+session = None
+if {deploy}:  # one deploy at a time: held until the deploy closes this ssh session (or its connection drops)
+    session = open(os.path.join(d, ".deploy-session.lock"), "w")
+    try:
+        fcntl.flock(session, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(json.dumps(dict(busy=True, dir=d)), flush=True)
+        sys.exit(0)
+stale = sorted(n for n in os.listdir(releases) if n.endswith(".partial")) if {deploy} else []
+for name in stale:
+    shutil.rmtree(os.path.join(releases, name))
+current = os.path.join(d, "current")
+print(json.dumps(dict(dir=d, current=os.path.basename(os.readlink(current)) if os.path.islink(current) else None,
+                      releases=sorted(os.listdir(releases)), stale=stale, python=sys.version.split()[0])), flush=True)
+if session is not None:
+    sys.stdin.read()
+"""
+
+
+def prepare_command(remote: Remote, deploy: bool) -> str:
+    script = PREPARE.format(dir=remote.profile.remote_dir, deploy=deploy)
+    return f"{shlex.quote(remote.profile.python)} -c {shlex.quote(script)}"
+
+
+def checked_info(remote: Remote, line: str) -> dict:
+    info = json.loads(line)
+    if info.get("busy"):
+        raise RemoteError(
+            f"another deploy to {remote.profile.name} is running ({info['dir']}): wait for it to finish, then deploy"
+        )
+    if tuple(int(v) for v in info["python"].split(".")[:2]) < (3, 10):
+        raise RemoteError(
+            f"{remote.profile.python} on {remote.host} is Python {info['python']}: mpq needs 3.10 or newer; "
+            "install one and set python in the robot's profile"
+        )
+    return info
+
+
+def prepare_remote(remote: Remote) -> dict:
+    """The robot's absolute remote_dir and current release (creating its folders on a first contact)."""
+    return checked_info(remote, remote.run(prepare_command(remote, deploy=False)).strip().splitlines()[-1])
