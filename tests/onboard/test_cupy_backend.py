@@ -190,7 +190,7 @@ def test_ort_cuda_with_io_binding_equals_cpu_ort(make_q):
     if ort_cuda_missing():
         pytest.skip(ort_cuda_missing())
 
-    from onboard.backends.cupy_backend import DeviceOnnxQ
+    from onboard.backends.device_q import DeviceOnnxQ
 
     task = get_task("cartpole")
     host = OnnxQ(make_q("cartpole", hidden=(256, 256))[0], task)
