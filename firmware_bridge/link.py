@@ -27,9 +27,17 @@ SPIN = 0.0003  # s: how long a wait polls the port before it sleeps in select()
 REQUEST_RETRY = 0.1  # s: a handshake or episode control unanswered this long is sent again (same request)
 COMMAND_RESEND = 0.02  # s: lockstep, a command whose state has not come back is sent again (same seq)
 PLANT_COUNTERS = (
-    "watchdog_trips", "commands_applied", "commands_clipped", "commands_rejected", "commands_repeated",
-    "commands_missed", "crc_errors", "seq_gaps", "bytes_skipped", "signature_errors",
-)  # fmt: skip
+    "watchdog_trips",
+    "commands_applied",
+    "commands_clipped",
+    "commands_rejected",
+    "commands_repeated",
+    "commands_missed",
+    "crc_errors",
+    "seq_gaps",
+    "bytes_skipped",
+    "signature_errors",
+)
 KEPT_COMMANDS = 64  # sent commands remembered by seq: what the plant applied, told by MPQ_STATE.command_seq
 
 
@@ -113,9 +121,15 @@ class Link:
         self.plant_handshake = None
         self.last_state_seq = 0  # a plant that restarted counts its states from 1 again
         message = self.mav.mpq_handshake_encode(
-            self.dialect_version, DIALECT_CHECKSUM, self.task.encode(), self.state_dim, self.act_dim,
-            int(control_period * 1e6), mavlink.MPQ_ROLE_HOST, 0,
-        )  # fmt: skip
+            self.dialect_version,
+            DIALECT_CHECKSUM,
+            self.task.encode(),
+            self.state_dim,
+            self.act_dim,
+            int(control_period * 1e6),
+            mavlink.MPQ_ROLE_HOST,
+            0,
+        )
         if not self._retry(lambda: self.mav.send(message), lambda: self.plant_handshake is not None, timeout):
             raise HandshakeError(
                 f"no handshake from the plant within {timeout:.1f} s on {self.port.name}: "
@@ -123,9 +137,7 @@ class Link:
             )
         theirs = self.plant_handshake
         ours = dict(
-            dialect=(self.dialect_version, DIALECT_CHECKSUM),
-            task=self.task,
-            dims=(self.state_dim, self.act_dim),
+            dialect=(self.dialect_version, DIALECT_CHECKSUM), task=self.task, dims=(self.state_dim, self.act_dim)
         )
         plant = dict(
             dialect=(theirs.dialect_version, theirs.dialect_checksum),
@@ -387,10 +399,17 @@ class Link:
                     self.rtts.append(now - sent)
                 self.states.append(
                     PlantState(
-                        state, msg.seq, msg.command_seq, msg.episode_id, msg.time_us, now, msg.reset_request,
-                        bool(msg.armed), msg.failsafe,
+                        state,
+                        msg.seq,
+                        msg.command_seq,
+                        msg.episode_id,
+                        msg.time_us,
+                        now,
+                        msg.reset_request,
+                        bool(msg.armed),
+                        msg.failsafe,
                     )
-                )  # fmt: skip
+                )
             elif kind == "MPQ_STATUS":
                 self.status = msg
                 self._plant_counters = {name: getattr(msg, name) for name in PLANT_COUNTERS}  # once a status

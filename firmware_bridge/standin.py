@@ -87,9 +87,13 @@ class Firmware:
         self.next_step: float | None = None  # realtime: when the next control period ends
         self.next_status = 0.0
         self.counts = dict(
-            watchdog_trips=0, commands_applied=0, commands_clipped=0, commands_rejected=0, commands_repeated=0,
+            watchdog_trips=0,
+            commands_applied=0,
+            commands_clipped=0,
+            commands_rejected=0,
+            commands_repeated=0,
             commands_missed=0,
-        )  # fmt: skip
+        )
         self.link_counters = None  # the serving loop's FrameParser counters, reported in status
         self.last_result = mavlink.MAV_RESULT_ACCEPTED  # of the last episode control
         self.last_state_msg = None  # the last MPQ_STATE sent: sent again for a repeated request
@@ -461,14 +465,20 @@ def main(argv=None) -> int:
     parser.add_argument("--signing-key-file", type=Path, help="32-byte MAVLink 2 signing key (raw or hex)")
     parser.add_argument("--control-period", type=float, help="override the XML's control period, s (benchmarks)")
     parser.add_argument(
-        "--mass-scale", action="append", default=[], metavar="BODY=FACTOR",
+        "--mass-scale",
+        action="append",
+        default=[],
+        metavar="BODY=FACTOR",
         help="a body heavier or lighter than the MJCF (mass and inertia times FACTOR), e.g. pole=1.3; repeatable",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--randomise", action="append", default=[], metavar="FIELD=LOW:HIGH",
+        "--randomise",
+        action="append",
+        default=[],
+        metavar="FIELD=LOW:HIGH",
         help="domain randomisation: each episode's plant draws this MjModel value from U[LOW, HIGH], e.g. "
-             "body_mass[ball]=0.0087:0.87; repeatable",
-    )  # fmt: skip
+        "body_mass[ball]=0.0087:0.87; repeatable",
+    )
     parser.add_argument("--randomise-seed", type=int, default=0, help="the draws' seed (with each episode's id)")
     parser.add_argument(
         "--applied-log", type=Path, help="append every applied command here, a JSON line each (link tests)"

@@ -33,8 +33,12 @@ def model_path(model: str | None, task: str) -> Path:
 def check_train_args(args) -> Path:
     """Every refusal that needs no training, made before any: the model path to export to."""
     get_task(args.task)
-    for option, value, least in (("iterations", args.iterations, 1), ("updates", args.updates, 1),
-                                 ("window", args.window, 0), ("seed", args.seed, 0)):  # fmt: skip
+    for option, value, least in (
+        ("iterations", args.iterations, 1),
+        ("updates", args.updates, 1),
+        ("window", args.window, 0),
+        ("seed", args.seed, 0),
+    ):
         if value < least:
             raise ValueError(f"--{option} {value}: use {least} or more")
     for option, value in (("td-lambda", args.td_lambda), ("td-lambda-final", args.td_lambda_final)):
@@ -96,8 +100,10 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         except OSError as e:  # this machine's side: a data folder that is read-only or full
-            print(f"error: {args.command}: {e.strerror}: {e.filename or ''} (free space there, or fix its permissions)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: {args.command}: {e.strerror}: {e.filename or ''} (free space there, or fix its permissions)",
+                file=sys.stderr,
+            )
             return 1
         except KeyboardInterrupt:
             print(
@@ -110,17 +116,27 @@ def main(argv=None) -> int:
         if args.command == "train":
             model = check_train_args(args)
             config = Config(
-                task=args.task, data=tuple(args.data), iterations=args.iterations, updates_per_iteration=args.updates,
-                horizon=args.horizon, target_network=args.target_network, buffer_window=args.window, out=args.out,
-                seed=args.seed, torch_threads=args.torch_threads, td_lambda=args.td_lambda,
+                task=args.task,
+                data=tuple(args.data),
+                iterations=args.iterations,
+                updates_per_iteration=args.updates,
+                horizon=args.horizon,
+                target_network=args.target_network,
+                buffer_window=args.window,
+                out=args.out,
+                seed=args.seed,
+                torch_threads=args.torch_threads,
+                td_lambda=args.td_lambda,
                 td_lambda_final=args.td_lambda_final,
-            )  # fmt: skip
+            )
             result = train(config)
             first, last = result.history[0], result.history[-1]
-            print(f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
-                  f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
-                  f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
-                  f"run in {result.run_dir}")  # fmt: skip
+            print(
+                f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
+                f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
+                f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
+                f"run in {result.run_dir}"
+            )
             export(result.net, config.task, model, export_extra(result.trained_config, result.buffer.segments))
             print(f"exported {model} (+ {model.with_suffix('.json').name})")
         else:

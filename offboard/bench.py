@@ -125,15 +125,27 @@ def run_loop(quick: bool) -> dict:
             save_random_q(task, hidden, models[hidden], rng, "offboard.bench")
         base = dict(task="pendulum", backend="c", log_dir=str(tmp / "data"), threads=1)
         lockstep = _onboard_run(
-            dict(name="bench-lockstep", mode="lockstep", model=str(models[(100, 100)]), **base,
-                 mppi=dict(K=24, H=8, n_iters=ITERS, model="mean")),
-            1 if quick else 10, tmp,
-        )  # fmt: skip
+            dict(
+                name="bench-lockstep",
+                mode="lockstep",
+                model=str(models[(100, 100)]),
+                **base,
+                mppi=dict(K=24, H=8, n_iters=ITERS, model="mean"),
+            ),
+            1 if quick else 10,
+            tmp,
+        )
         acting = _onboard_run(  # what the pendulum's MPQ runs: the task's 3 iterations per step
-            dict(name="bench-lockstep-3", mode="lockstep", model=str(models[(100, 100)]), **base,
-                 mppi=dict(K=24, H=8, n_iters=3, model="mean")),
-            1 if quick else 10, tmp,
-        )  # fmt: skip
+            dict(
+                name="bench-lockstep-3",
+                mode="lockstep",
+                model=str(models[(100, 100)]),
+                **base,
+                mppi=dict(K=24, H=8, n_iters=3, model="mean"),
+            ),
+            1 if quick else 10,
+            tmp,
+        )
         seconds = {label: 2 if quick else s for label, s in REALTIME_SECONDS.items()}
         realtime, loaded = {}, {}
         rates = (("20 Hz", 0.05),) if quick else (("20 Hz", 0.05), ("200 Hz", 0.005))  # quick: a smoke run
@@ -142,8 +154,9 @@ def run_loop(quick: bool) -> dict:
         # Beside CPU hogs (on a robot: pull-data's rsync and hashing, a camera driver): what SCHED_FIFO buys.
         for label, priority in (("SCHED_FIFO 50", 50), ("normal priority", 0)):
             with cpu_hogs(os.cpu_count() or 1):
-                loaded[label] = _realtime_run(task, models[(256, 256)], {**base, "realtime_priority": priority},
-                                              0.005, 2 if quick else 30, tmp)  # fmt: skip
+                loaded[label] = _realtime_run(
+                    task, models[(256, 256)], {**base, "realtime_priority": priority}, 0.005, 2 if quick else 30, tmp
+                )
     peak = max(r.get("peak_rss_mb", 0) for r in [lockstep, acting, *realtime.values(), *loaded.values()])
     targets = [
         dict(
@@ -168,10 +181,18 @@ def run_loop(quick: bool) -> dict:
 def _realtime_run(task, model: Path, base: dict, period: float, seconds: float, tmp: Path) -> dict:
     """K=1024, H=32, one iteration, with a 2x256 Q, at `period` for about `seconds`."""
     return _onboard_run(
-        dict(name=f"bench-rt{round(1 / period)}", mode="realtime", model=str(model), standin_period=period,
-             deadline_misses_max=1_000_000, **base, mppi=dict(K=1024, H=32, n_iters=ITERS, model="mean")),
-        max(1, round(seconds / (period * task.episode_steps))), tmp,
-    )  # fmt: skip
+        dict(
+            name=f"bench-rt{round(1 / period)}",
+            mode="realtime",
+            model=str(model),
+            standin_period=period,
+            deadline_misses_max=1_000_000,
+            **base,
+            mppi=dict(K=1024, H=32, n_iters=ITERS, model="mean"),
+        ),
+        max(1, round(seconds / (period * task.episode_steps))),
+        tmp,
+    )
 
 
 @contextmanager
@@ -213,19 +234,18 @@ def print_table(report: dict) -> None:
     for col in ("round trip median us", "p99 us", "stand-in steps/s", "steps"):
         table.add_column(col)
     table.add_row(
-        f"{link['round_trip_us_median']:.0f}", f"{link['round_trip_us_p99']:.0f}", f"{link['steps_per_second']:.0f}",
+        f"{link['round_trip_us_median']:.0f}",
+        f"{link['round_trip_us_p99']:.0f}",
+        f"{link['steps_per_second']:.0f}",
         str(link["steps"]),
-    )  # fmt: skip
+    )
     console.print(table)
     loop = report["loop"]
     table = Table(title="Onboard loop against the stand-in (own process, logging on; 1 MPPI iteration unless named)")
     for col in ("run", "steps/s", "plan p50 ms", "plan p99 ms", "misses", "jitter p99 ms", "peak MB"):
         table.add_column(col)
     for label, r in (
-        [
-            ("lockstep K=24 H=8", loop["lockstep"]),
-            ("lockstep K=24 H=8 3 iters", loop["lockstep_3_iters"]),
-        ]
+        [("lockstep K=24 H=8", loop["lockstep"]), ("lockstep K=24 H=8 3 iters", loop["lockstep_3_iters"])]
         + [(f"realtime {k} K=1024 H=32", v) for k, v in loop["realtime"].items()]
         + [(f"realtime 200 Hz + CPU hogs, {k}", v) for k, v in loop["realtime_loaded"].items()]
     ):
@@ -235,10 +255,14 @@ def print_table(report: dict) -> None:
             )  # the JSON has it all
             continue
         table.add_row(
-            label, f"{r['steps_per_second']:.0f}", f"{r['plan_ms_p50']:.2f}", f"{r['plan_ms_p99']:.2f}",
-            str(r["deadline_misses"]), "" if label.startswith("lockstep") else f"{r['period_jitter_ms_p99']:.2f}",
+            label,
+            f"{r['steps_per_second']:.0f}",
+            f"{r['plan_ms_p50']:.2f}",
+            f"{r['plan_ms_p99']:.2f}",
+            str(r["deadline_misses"]),
+            "" if label.startswith("lockstep") else f"{r['period_jitter_ms_p99']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
-        )  # fmt: skip
+        )
     console.print(table)
     for t in [link["target"], *loop["targets"]]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")

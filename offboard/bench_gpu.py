@@ -112,14 +112,29 @@ def run(steps: int) -> dict:
     ours = median("pendulum", TARGET_K, "mpq cupy")
     peers = [median("pendulum", TARGET_K, f"pytorch-mppi cuda {dtype}") for dtype in ("float32", "float64")]
     theirs = min((t for t in peers if t is not None), default=None)  # pytorch-mppi at its best
-    targets = [dict(target="pendulum K=4096 H=32: mpq cupy under 0.5 ms median (H100)", measured=f"{ours:.3f} ms",
-                    met=ours < 0.5)]  # fmt: skip
+    targets = [
+        dict(
+            target="pendulum K=4096 H=32: mpq cupy under 0.5 ms median (H100)",
+            measured=f"{ours:.3f} ms",
+            met=ours < 0.5,
+        )
+    ]
     if theirs is None:
-        targets.append(dict(target="pendulum K=4096 H=32: >= 5x faster than pytorch-mppi on CUDA",
-                            measured="not run: this torch has no CUDA", met=False))  # fmt: skip
+        targets.append(
+            dict(
+                target="pendulum K=4096 H=32: >= 5x faster than pytorch-mppi on CUDA",
+                measured="not run: this torch has no CUDA",
+                met=False,
+            )
+        )
     else:
-        targets.append(dict(target="pendulum K=4096 H=32: >= 5x faster than pytorch-mppi on CUDA",
-                            measured=f"{theirs / ours:.1f}x", met=theirs / ours >= 5))  # fmt: skip
+        targets.append(
+            dict(
+                target="pendulum K=4096 H=32: >= 5x faster than pytorch-mppi on CUDA",
+                measured=f"{theirs / ours:.1f}x",
+                met=theirs / ours >= 5,
+            )
+        )
     return dict(
         benchmark="mppi_control_step_gpu",
         device=device_name(),
@@ -144,8 +159,9 @@ def print_table(report: dict) -> None:
     for r in report["rows"]:
         parts = "one graph" if r.get("graph_steps") == 1 else f"{r.get('graph_steps')} parts"  # graphs, ORT runs
         graph = {True: f"yes, {parts}", False: "no"}.get(r.get("cuda_graph"), "")
-        table.add_row(r["task"], str(r["K"]), r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                      str(r["steps"]), graph)  # fmt: skip
+        table.add_row(
+            r["task"], str(r["K"]), r["planner"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}", str(r["steps"]), graph
+        )
     console = Console()
     console.print(table)
     for t in report["targets"]:

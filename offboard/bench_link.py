@@ -25,8 +25,10 @@ def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dic
     applied_log = tmp / f"applied-{rate}.jsonl"
     standin = subprocess.Popen(
         [sys.executable, "-m", "firmware_bridge.standin", "--task", "pendulum", "--applied-log", str(applied_log)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     logs = tmp / f"rate-{rate}"
     started = time.monotonic()
     try:
@@ -36,10 +38,24 @@ def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dic
             profile.parent.mkdir(parents=True, exist_ok=True)
             profile.write_text(f'name = "faults"\ntask = "pendulum"\nserial = "{proxy.port}"\nmode = "lockstep"\n')
             run = subprocess.Popen(
-                [sys.executable, "-m", "onboard", "run", "--robot", str(profile), "--episodes", str(episodes),
-                 "--quiet", "--log-dir", str(logs), "--json"],  # fmt: skip
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "onboard",
+                    "run",
+                    "--robot",
+                    str(profile),
+                    "--episodes",
+                    str(episodes),
+                    "--quiet",
+                    "--log-dir",
+                    str(logs),
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 _, err = run.communicate(timeout=budget)
             except subprocess.TimeoutExpired:
@@ -58,8 +74,12 @@ def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dic
     done = [s for s in summaries if not s.get("interrupted")]
     last = summaries[-1] if summaries else {}
     return dict(
-        rate=rate, episodes_asked=episodes, episodes_completed=len(done), seconds=seconds,
-        costs=[s["cost"] for s in done], mean_cost=float(np.mean([s["cost"] for s in done])) if done else None,
+        rate=rate,
+        episodes_asked=episodes,
+        episodes_completed=len(done),
+        seconds=seconds,
+        costs=[s["cost"] for s in done],
+        mean_cost=float(np.mean([s["cost"] for s in done])) if done else None,
         commands_resent=last.get("link", {}).get("commands_resent"),
         requests_resent=last.get("link", {}).get("requests_resent"),
         plant_commands_repeated=last.get("plant", {}).get("commands_repeated"),
@@ -71,7 +91,7 @@ def faulty_episodes(rate: float, episodes: int, budget: float, tmp: Path) -> dic
             for t in transitions
         ),
         error=(err.strip().splitlines() or [""])[-1] if run.returncode else None,
-    )  # fmt: skip
+    )
 
 
 def run(quick: bool) -> dict:
@@ -89,10 +109,12 @@ def run(quick: bool) -> dict:
     actions = "the ones applied" if one["actions_match"] else "NOT the ones applied"
     once = "each applied once" if one["applied_once"] else "some applied TWICE"
     targets = [
-        dict(target="lockstep at 1 % byte faults: every episode completes, the recorded actions the applied ones",
-             measured=f"{one['episodes_completed']} of {one['episodes_asked']}, actions {actions}, {once}",
-             met=one["episodes_completed"] == one["episodes_asked"] and one["actions_match"] and one["applied_once"]),
-    ]  # fmt: skip
+        dict(
+            target="lockstep at 1 % byte faults: every episode completes, the recorded actions the applied ones",
+            measured=f"{one['episodes_completed']} of {one['episodes_asked']}, actions {actions}, {once}",
+            met=one["episodes_completed"] == one["episodes_asked"] and one["actions_match"] and one["applied_once"],
+        )
+    ]
     return dict(rows=rows, targets=targets)
 
 
@@ -100,17 +122,28 @@ def print_table(report: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title="Lockstep pendulum through a faulty link (flipped bits, dropped bytes, garbage bursts)")
-    for col in ("byte faults", "episodes", "seconds", "mean cost", "cost / clean", "commands resent", "repeats",
-                "stopped by"):  # fmt: skip
+    for col in (
+        "byte faults",
+        "episodes",
+        "seconds",
+        "mean cost",
+        "cost / clean",
+        "commands resent",
+        "repeats",
+        "stopped by",
+    ):
         table.add_column(col)
     for r in report["rows"]:
         table.add_row(
-            f"{r['rate'] * 100:g} %", f"{r['episodes_completed']} of {r['episodes_asked']}", f"{r['seconds']:.0f}",
+            f"{r['rate'] * 100:g} %",
+            f"{r['episodes_completed']} of {r['episodes_asked']}",
+            f"{r['seconds']:.0f}",
             "" if r["mean_cost"] is None else f"{r['mean_cost']:.1f}",
             "" if r["cost_ratio_to_clean"] is None else f"{r['cost_ratio_to_clean']:.3f}",
-            str(r["commands_resent"]), str(r["plant_commands_repeated"]),
+            str(r["commands_resent"]),
+            str(r["plant_commands_repeated"]),
             (r["error"] or "").removeprefix("error: ").split(":")[0],  # the JSON keeps the whole line
-        )  # fmt: skip
+        )
     console.print(table)
     for t in report["targets"]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")

@@ -77,9 +77,16 @@ def bench_case(task_name: str, case: dict, threads: int, rounds: int) -> dict:
     for name, times in seconds.items():
         median = float(np.median(times))
         rows.append(
-            dict(task=task_name, case=case["name"], planner=name, median_ms=median * 1e3,
-                 p99_ms=float(np.percentile(times, 99)) * 1e3, steps_per_second=work / median, rounds=len(times))
-        )  # fmt: skip
+            dict(
+                task=task_name,
+                case=case["name"],
+                planner=name,
+                median_ms=median * 1e3,
+                p99_ms=float(np.percentile(times, 99)) * 1e3,
+                steps_per_second=work / median,
+                rounds=len(times),
+            )
+        )
     return rows
 
 
@@ -92,11 +99,17 @@ def run(threads: int, quick: bool) -> dict:
             mpq, raw, loop = (case_rows[k]["median_ms"] for k in ("mpq mujoco", "raw rollout", "python mj_step"))
             label = f"{task_name} {case['name']}"
             targets += [
-                dict(target=f"{label}: mpq mujoco within 1.2x of raw mujoco.rollout", measured=f"{mpq / raw:.2f}x",
-                     met=mpq <= 1.2 * raw),
-                dict(target=f"{label}: mpq mujoco >= 20x a Python mj_step loop", measured=f"{loop / mpq:.1f}x",
-                     met=loop >= 20 * mpq),
-            ]  # fmt: skip
+                dict(
+                    target=f"{label}: mpq mujoco within 1.2x of raw mujoco.rollout",
+                    measured=f"{mpq / raw:.2f}x",
+                    met=mpq <= 1.2 * raw,
+                ),
+                dict(
+                    target=f"{label}: mpq mujoco >= 20x a Python mj_step loop",
+                    measured=f"{loop / mpq:.1f}x",
+                    met=loop >= 20 * mpq,
+                ),
+            ]
     return dict(threads=threads, rows=rows, targets=targets)
 
 
@@ -108,9 +121,14 @@ def print_table(report: dict, console) -> None:
         table.add_column(col)
     for r in report["rows"]:
         table.add_row(
-            r["task"], r["case"], r["planner"], f"{r['median_ms']:.2f}", f"{r['p99_ms']:.2f}",
-            f"{r['steps_per_second']:,.0f}", str(r["rounds"]),
-        )  # fmt: skip
+            r["task"],
+            r["case"],
+            r["planner"],
+            f"{r['median_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['steps_per_second']:,.0f}",
+            str(r["rounds"]),
+        )
     console.print(table)
     for t in report["targets"]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")

@@ -220,10 +220,18 @@ def pytorch_mppi_policy(task, K: int, H: int, layers, device: str = "cpu", dtype
     cfg = MPPIConfig.for_task(task, K=K, H=H)
     sigma = torch.tensor(np.diag(np.broadcast_to(cfg.sigma, (task.act_dim,))), dtype=real)
     ctrl = TorchMPPI(
-        dynamics, running_cost, task.state_dim, noise_sigma=sigma, num_samples=K, horizon=H, lambda_=cfg.lam,
-        u_min=torch.tensor(task.u_min, dtype=real), u_max=torch.tensor(task.u_max, dtype=real),
-        terminal_state_cost=terminal_cost, device=device,
-    )  # fmt: skip
+        dynamics,
+        running_cost,
+        task.state_dim,
+        noise_sigma=sigma,
+        num_samples=K,
+        horizon=H,
+        lambda_=cfg.lam,
+        u_min=torch.tensor(task.u_min, dtype=real),
+        u_max=torch.tensor(task.u_max, dtype=real),
+        terminal_state_cost=terminal_cost,
+        device=device,
+    )
 
     def policy(state):
         with torch.no_grad():
@@ -275,8 +283,9 @@ def compare(threads: int, quick: bool, tmp: Path) -> list[dict]:
         if n_iters == ITERS:  # pytorch-mppi's command runs one iteration
             for dtype in ("float32", "float64"):
                 name = f"pytorch-mppi {dtype}"
-                contenders[name] = closed_loop(task, pytorch_mppi_policy(task, case["K"], case["H"], layers,
-                                                                         dtype=dtype))  # fmt: skip
+                contenders[name] = closed_loop(
+                    task, pytorch_mppi_policy(task, case["K"], case["H"], layers, dtype=dtype)
+                )
                 settings[name] = dtype
         contenders.update(limit_contenders(task, planners["mpq c"], q))
         settings.update({"Q alone": f"ORT, batch {case['K']}", "rollout alone": f"C, {case['K']}x{case['H']} steps"})
@@ -313,7 +322,7 @@ def growth(quick: bool, tmp: Path) -> dict:
                 ns_per_sample_step=summary["median_ms"] * 1e6 / (K * H),
                 working_set_kib=K * mppi.sample_bytes // 1024,
             )
-        )  # fmt: skip (MPPI's own estimate)
+        )  # (MPPI's own estimate)
     return dict(rows=rows, caches_kib=cpu_caches())
 
 
@@ -337,9 +346,15 @@ def run(threads: int, quick: bool) -> dict:
         rows = [row for n in thread_counts for row in compare(n, quick, Path(tmp))]
         grown = growth(quick, Path(tmp))
     task = get_task("pendulum")
-    cases = {case["name"]: dict(mppi=MPPIConfig.for_task(task, K=case["K"], H=case["H"], model=MODEL,
-                                                         n_iters=case.get("n_iters", ITERS)).to_dict(),
-                                q_hidden=list(case["hidden"])) for case in CASES}  # fmt: skip
+    cases = {
+        case["name"]: dict(
+            mppi=MPPIConfig.for_task(
+                task, K=case["K"], H=case["H"], model=MODEL, n_iters=case.get("n_iters", ITERS)
+            ).to_dict(),
+            q_hidden=list(case["hidden"]),
+        )
+        for case in CASES
+    }
     return dict(thread_counts=thread_counts, cases=cases, rows=rows, growth=grown, targets=targets(rows))
 
 
@@ -352,15 +367,23 @@ def targets(rows: list[dict]) -> list[dict]:
     for threads in sorted({r["threads"] for r in rows}):
         ours = row(big, threads, "mpq c")
         found += [
-            dict(target=f"{big} ({threads} thread{'s' * (threads > 1)}): mpq c >= 5x faster than pytorch-mppi at "
-                 "its best", measured=f"{ours['x_faster_than_best_peer']:.1f}x",
-                 met=ours["x_faster_than_best_peer"] >= 5),
-            dict(target=f"{big} ({threads} thread{'s' * (threads > 1)}): mpq c within 1.3x of Q + rollout",
-                 measured=f"{ours['x_limit']:.2f}x", met=ours["x_limit"] <= 1.3),
-            dict(target=f"{acting} ({threads} thread{'s' * (threads > 1)}): mpq c under 0.25 ms median",
-                 measured=f"{row(acting, threads, 'mpq c')['median_ms']:.3f} ms",
-                 met=row(acting, threads, "mpq c")["median_ms"] < 0.25),
-        ]  # fmt: skip
+            dict(
+                target=f"{big} ({threads} thread{'s' * (threads > 1)}): mpq c >= 5x faster than pytorch-mppi at "
+                "its best",
+                measured=f"{ours['x_faster_than_best_peer']:.1f}x",
+                met=ours["x_faster_than_best_peer"] >= 5,
+            ),
+            dict(
+                target=f"{big} ({threads} thread{'s' * (threads > 1)}): mpq c within 1.3x of Q + rollout",
+                measured=f"{ours['x_limit']:.2f}x",
+                met=ours["x_limit"] <= 1.3,
+            ),
+            dict(
+                target=f"{acting} ({threads} thread{'s' * (threads > 1)}): mpq c under 0.25 ms median",
+                measured=f"{row(acting, threads, 'mpq c')['median_ms']:.3f} ms",
+                met=row(acting, threads, "mpq c")["median_ms"] < 0.25,
+            ),
+        ]
     return found
 
 
@@ -368,8 +391,10 @@ def print_table(report: dict, console) -> None:
     from rich.table import Table
 
     for threads in report["thread_counts"]:
-        table = Table(title=f"MPPI control step, pendulum, {threads} thread{'s' * (threads > 1)} (ORT, torch): mpq, "
-                      "pytorch-mppi at each setting, the limit (Q + rollout)")  # fmt: skip
+        table = Table(
+            title=f"MPPI control step, pendulum, {threads} thread{'s' * (threads > 1)} (ORT, torch): mpq, "
+            "pytorch-mppi at each setting, the limit (Q + rollout)"
+        )
         for col in ("case", "planner", "setting", "median ms", "p99 ms", "steps", "x limit", "x best peer"):
             table.add_column(col)
         for r in report["rows"]:
@@ -377,17 +402,31 @@ def print_table(report: dict, console) -> None:
                 continue
             x_limit = f"{r['x_limit']:.2f}" if "x_limit" in r else ""
             x_peer = f"{r['x_faster_than_best_peer']:.1f}" if "x_faster_than_best_peer" in r else ""
-            table.add_row(r["case"], r["planner"], r["setting"], f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                          str(r["steps"]), x_limit, x_peer)  # fmt: skip
+            table.add_row(
+                r["case"],
+                r["planner"],
+                r["setting"],
+                f"{r['median_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                str(r["steps"]),
+                x_limit,
+                x_peer,
+            )
         console.print(table)
     caches = ", ".join(f"{k} {v} KiB" for k, v in report["growth"]["caches_kib"].items())
     table = Table(title=f"Growth: mpq c, 1 thread, Q 2x256 (this CPU's caches: {caches or 'unknown'})")
     for col in ("K", "H", "median ms", "p99 ms", "ns per sample", "ns per sample-step", "plan arrays KiB"):
         table.add_column(col)
     for r in report["growth"]["rows"]:
-        table.add_row(str(r["K"]), str(r["H"]), f"{r['median_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                      f"{r['median_ms'] * 1e6 / r['K']:.0f}", f"{r['ns_per_sample_step']:.1f}",
-                      str(r["working_set_kib"]))  # fmt: skip
+        table.add_row(
+            str(r["K"]),
+            str(r["H"]),
+            f"{r['median_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['median_ms'] * 1e6 / r['K']:.0f}",
+            f"{r['ns_per_sample_step']:.1f}",
+            str(r["working_set_kib"]),
+        )
     console.print(table)
     for t in report["targets"]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")

@@ -47,9 +47,15 @@ class ReplayBuffer:
             return self
         cut = slice(len(self) - size, None)
         return ReplayBuffer(
-            self.state[cut], self.obs[cut], self.action[cut], self.cost[cut], self.next_state[cut],
-            self.terminal[cut], self.segments, None if self.holdout is None else self.holdout[cut],
-        )  # fmt: skip
+            self.state[cut],
+            self.obs[cut],
+            self.action[cut],
+            self.cost[cut],
+            self.next_state[cut],
+            self.terminal[cut],
+            self.segments,
+            None if self.holdout is None else self.holdout[cut],
+        )
 
 
 COLUMNS = ("state", "obs", "action", "cost", "next_state")

@@ -62,9 +62,16 @@ TARGET_SUCCESS = {"ball_in_cup": 0.85}
 # success after 140 episodes this way with 300 updates a round, after 40 with 600 (and stayed there to 80), against
 # 0.20-0.30 at 100-200 episodes without exploration.
 DEMO_SETTINGS = {
-    "ball_in_cup": dict(iterations=4, episodes_per_iteration=10, updates_per_iteration=600, eval_episodes=5,
-                        mpq_lambda=False, explore=(0.25, 0.8, 0.0), target_iters=1),
-}  # fmt: skip
+    "ball_in_cup": dict(
+        iterations=4,
+        episodes_per_iteration=10,
+        updates_per_iteration=600,
+        eval_episodes=5,
+        mpq_lambda=False,
+        explore=(0.25, 0.8, 0.0),
+        target_iters=1,
+    )
+}
 
 
 @dataclasses.dataclass
@@ -139,18 +146,37 @@ def folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "", label.replace(" ", "_"))
 
 
-def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, target_network: bool,
-          td_lambda: tuple[float, float | None], randomise: bool, log, stop: Stop) -> dict:  # fmt: skip
+def learn(
+    cfg: DemoConfig,
+    run_dir: Path,
+    label: str,
+    seed: int,
+    horizon: int,
+    target_network: bool,
+    td_lambda: tuple[float, float | None],
+    randomise: bool,
+    log,
+    stop: Stop,
+) -> dict:
     """The closed loop for one learner and training seed; returns its learning curve and final model.
     td_lambda: MPQ(lambda)'s (first, last) lambda ((1.0, None): MPQ). randomise: collect on domain-randomised
     stand-ins (the curve's evaluation stays on the TRUE plant)."""
     here = run_dir / folder_name(label) / f"seed{seed}"
     config = Config(
-        task=cfg.task, data=(str(here / "data" / "robot"),), out=str(here / "train"), iterations=cfg.iterations,
-        updates_per_iteration=cfg.updates_per_iteration, batch_size=cfg.batch_size, horizon=horizon,
-        target_network=target_network, seed=seed, torch_threads=cfg.torch_threads, td_lambda=td_lambda[0],
-        td_lambda_final=td_lambda[1], target_iters=cfg.target_iters,
-    )  # fmt: skip
+        task=cfg.task,
+        data=(str(here / "data" / "robot"),),
+        out=str(here / "train"),
+        iterations=cfg.iterations,
+        updates_per_iteration=cfg.updates_per_iteration,
+        batch_size=cfg.batch_size,
+        horizon=horizon,
+        target_network=target_network,
+        seed=seed,
+        torch_threads=cfg.torch_threads,
+        td_lambda=td_lambda[0],
+        td_lambda_final=td_lambda[1],
+        target_iters=cfg.target_iters,
+    )
     trainer = Trainer(config, progress=False, log=lambda *_: None)
     curve, model = [], ""
     try:
@@ -174,8 +200,16 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
             path = here / "models" / f"iter{iteration:03d}" / "q.onnx"
             export(trainer.net, cfg.task, path, export_extra(trainer.trained_config(), trainer.buffer.segments))
             model = str(path)
-            outcomes = episodes(stop, here / "eval", f"iter{iteration:03d}", cfg.task, cfg.eval_episodes, EVAL_SEED,
-                                model, dict(H=horizon, td_lambda=trainer.td_lambda))  # fmt: skip
+            outcomes = episodes(
+                stop,
+                here / "eval",
+                f"iter{iteration:03d}",
+                cfg.task,
+                cfg.eval_episodes,
+                EVAL_SEED,
+                model,
+                dict(H=horizon, td_lambda=trainer.td_lambda),
+            )
             costs = outcomes.costs
             point = dict(
                 iteration=iteration,
@@ -201,8 +235,15 @@ def learn(cfg: DemoConfig, run_dir: Path, label: str, seed: int, horizon: int, t
             )
     finally:
         trainer.close()
-    return dict(seed=seed, horizon=horizon, target_network=target_network, td_lambda=trainer.td_lambda, curve=curve,
-                model=model, run=str(trainer.run_dir))  # fmt: skip
+    return dict(
+        seed=seed,
+        horizon=horizon,
+        target_network=target_network,
+        td_lambda=trainer.td_lambda,
+        curve=curve,
+        model=model,
+        run=str(trainer.run_dir),
+    )
 
 
 def final_evaluation(cfg: DemoConfig, run_dir: Path, learners: dict, log, stop: Stop) -> dict:
@@ -222,26 +263,39 @@ def final_evaluation(cfg: DemoConfig, run_dir: Path, learners: dict, log, stop: 
         rows = {}
         # On the heavier plant only the reference (given the plant's real parameters) and MPQ run: the claim.
         for label, horizon, model in baselines(cfg) if not scale else baselines(cfg)[-1:]:
-            outcomes = episodes(stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model),
-                                **common)  # fmt: skip
+            outcomes = episodes(
+                stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model), **common
+            )
             rows[label] = dict(costs=[outcomes.costs], successes=[outcomes.successes])
         # On the heavier plant: the MPQ learners only (the claim), not soft-Q.
         for label, runs in learners.items() if not scale else [(k, v) for k, v in learners.items() if "MPQ" in k]:
             outcomes = [
-                episodes(stop, where, f"{folder_name(label)}_seed{r['seed']}", cfg.task, n, seed, r["model"],
-                         dict(H=r["horizon"], td_lambda=r["td_lambda"]),
-                         **common)
+                episodes(
+                    stop,
+                    where,
+                    f"{folder_name(label)}_seed{r['seed']}",
+                    cfg.task,
+                    n,
+                    seed,
+                    r["model"],
+                    dict(H=r["horizon"], td_lambda=r["td_lambda"]),
+                    **common,
+                )
                 for r in runs
-            ]  # fmt: skip
+            ]
             rows[label] = dict(costs=[o.costs for o in outcomes], successes=[o.successes for o in outcomes])
         for row in rows.values():
             row["cost"] = mean_interval(np.ravel(row["costs"]))
             row["success"] = mean_interval(np.ravel(row["successes"]).astype(float))
             row["ratio"] = ratio_interval(row["costs"], rows[reference]["costs"][0])
         results[setting] = dict(starts=starts, mass_scale=scale, episodes=n, seed=seed, reference=reference, rows=rows)
-        log(f"final evaluation, {setting}: " + "; ".join(
-            f"{label} {row['cost']['mean']:.1f} (ratio {format_interval(**_ratio(row))})" for label, row in rows.items()
-        ))  # fmt: skip
+        log(
+            f"final evaluation, {setting}: "
+            + "; ".join(
+                f"{label} {row['cost']['mean']:.1f} (ratio {format_interval(**_ratio(row))})"
+                for label, row in rows.items()
+            )
+        )
     return results
 
 
@@ -260,9 +314,17 @@ def claims(cfg: DemoConfig, final: dict) -> dict:
     out = {}
     for setting, label, row in claimed_rows(final):
         r = row["ratio"]
-        out[f"{label}, {setting}"] = dict(learner=label, setting=setting, target=target, ratio=r["ratio"],
-                                          low=r["low"], high=r["high"], seeds=r["seeds"], starts=r["starts"],
-                                          met=r["high"] <= target)  # fmt: skip
+        out[f"{label}, {setting}"] = dict(
+            learner=label,
+            setting=setting,
+            target=target,
+            ratio=r["ratio"],
+            low=r["low"],
+            high=r["high"],
+            seeds=r["seeds"],
+            starts=r["starts"],
+            met=r["high"] <= target,
+        )
     return out
 
 
@@ -282,12 +344,24 @@ def success_claims(cfg: DemoConfig, final: dict) -> dict:
     out = {}
     for setting, label, row in claimed_rows(final):
         s = row["success"]
-        peers = {other: r["success"]["mean"] for other, r in final[setting]["rows"].items()
-                 if "TRUE" not in other and "MPQ" not in other}  # fmt: skip
+        peers = {
+            other: r["success"]["mean"]
+            for other, r in final[setting]["rows"].items()
+            if "TRUE" not in other and "MPQ" not in other
+        }
         met = s["mean"] >= target and all(s["mean"] > p for p in peers.values())
-        out[f"{label}, {setting}"] = dict(learner=label, setting=setting, target=target, success=s["mean"],
-                                          low=s["low"], high=s["high"], seeds=len(row["successes"]),
-                                          starts=len(row["successes"][0]), above=peers, met=met)  # fmt: skip
+        out[f"{label}, {setting}"] = dict(
+            learner=label,
+            setting=setting,
+            target=target,
+            success=s["mean"],
+            low=s["low"],
+            high=s["high"],
+            seeds=len(row["successes"]),
+            starts=len(row["successes"][0]),
+            above=peers,
+            met=met,
+        )
     return out
 
 
@@ -296,12 +370,16 @@ def claim_line(claim: dict, reference: str) -> str:
     if "success" in claim:
         peers = ", ".join(f"{label} {value:.2f}" for label, value in claim["above"].items())
         success = format_interval(claim["success"], claim["low"], claim["high"], 2)
-        return (f"claim, {claim['setting']} starts: {claim['learner']} success {success} over {claim['seeds']} "
-                f"training seeds x {claim['starts']} starts; target >= {claim['target']:.2f} and above {peers}: "
-                f"{verdict}")  # fmt: skip
-    return (f"claim, {claim['setting']} starts: {claim['learner']} / {reference} = "
-            f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training seeds "
-            f"x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): {verdict}")  # fmt: skip
+        return (
+            f"claim, {claim['setting']} starts: {claim['learner']} success {success} over {claim['seeds']} "
+            f"training seeds x {claim['starts']} starts; target >= {claim['target']:.2f} and above {peers}: "
+            f"{verdict}"
+        )
+    return (
+        f"claim, {claim['setting']} starts: {claim['learner']} / {reference} = "
+        f"{format_interval(claim['ratio'], claim['low'], claim['high'])} over {claim['seeds']} training seeds "
+        f"x {claim['starts']} starts; target <= {claim['target']:.2f} (upper end): {verdict}"
+    )
 
 
 def table(final: dict) -> str:
@@ -360,8 +438,14 @@ def plot(results: dict, path: Path, task) -> None:
 def config_problem(cfg: DemoConfig) -> str | None:
     """What is wrong with the settings (None: nothing), found before anything runs: the loop reads 0 episodes as
     "until stopped", so a count below 1 would run forever."""
-    for name in ("iterations", "episodes_per_iteration", "eval_episodes", "updates_per_iteration", "batch_size",
-                 "seeds"):  # fmt: skip
+    for name in (
+        "iterations",
+        "episodes_per_iteration",
+        "eval_episodes",
+        "updates_per_iteration",
+        "batch_size",
+        "seeds",
+    ):
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 1 or more"
     for name in ("seed", "final_episodes"):
@@ -384,8 +468,10 @@ def config_problem(cfg: DemoConfig) -> str | None:
             "MPQ's point is a short horizon against a long one"
         )
     if cfg.domain_randomisation and get_task(cfg.task).derived_fields:
-        return (f"--domain-randomisation: task {cfg.task} derives {', '.join(get_task(cfg.task).derived_fields)} "
-                "from its parameters, which the stand-in cannot draw: use a task without derived fields")  # fmt: skip
+        return (
+            f"--domain-randomisation: task {cfg.task} derives {', '.join(get_task(cfg.task).derived_fields)} "
+            "from its parameters, which the stand-in cannot draw: use a task without derived fields"
+        )
     if cfg.robustness:
         if not cfg.final_episodes:
             return "--robustness runs in the final evaluation: give --final-episodes too"
@@ -452,12 +538,25 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
     log(f"demo in {run_dir}: {cfg}")
     curve_baselines = {}
     for label, horizon, model in baselines(cfg):
-        outcomes = episodes(stop, run_dir / "baselines", folder_name(label), cfg.task, cfg.eval_episodes, EVAL_SEED,
-                            "", dict(H=horizon, model=model))  # fmt: skip
+        outcomes = episodes(
+            stop,
+            run_dir / "baselines",
+            folder_name(label),
+            cfg.task,
+            cfg.eval_episodes,
+            EVAL_SEED,
+            "",
+            dict(H=horizon, model=model),
+        )
         costs = outcomes.costs
-        curve_baselines[label] = dict(horizon=horizon, model=model, eval_cost_mean=float(np.mean(costs)),
-                                      eval_cost_std=float(np.std(costs)), eval_costs=costs,
-                                      eval_success_rate=outcomes.success_rate)  # fmt: skip
+        curve_baselines[label] = dict(
+            horizon=horizon,
+            model=model,
+            eval_cost_mean=float(np.mean(costs)),
+            eval_cost_std=float(np.std(costs)),
+            eval_costs=costs,
+            eval_success_rate=outcomes.success_rate,
+        )
         log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {outcomes.success_rate:.2f}")
     kinds = [("MPQ", cfg.horizon, False, (1.0, None), False)]
     if cfg.mpq_lambda:
@@ -469,8 +568,9 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
     learners = {label: [] for label, *_ in kinds}
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         for label, horizon, target_network, td_lambda, randomise in kinds:
-            learners[label].append(learn(cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise,
-                                         log, stop))  # fmt: skip
+            learners[label].append(
+                learn(cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise, log, stop)
+            )
 
     first = learners["MPQ(lambda)" if cfg.mpq_lambda else "MPQ"][0]  # the run's q.onnx: the best learner's
     shutil.copy(first["model"], run_dir / "q.onnx")

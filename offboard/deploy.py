@@ -83,8 +83,9 @@ def robot_profile(profile: RobotProfile, remote_dir: str, model_on_robot: str) -
     return data
 
 
-def build_release(profile: RobotProfile, q: OnnxQ | None, release_id: str, remote: dict, dest: Path,
-                  version: str) -> dict:  # fmt: skip
+def build_release(
+    profile: RobotProfile, q: OnnxQ | None, release_id: str, remote: dict, dest: Path, version: str
+) -> dict:
     """The release folder: code, the task's models/ folder with the chosen model, the robot's profile."""
     for package in CODE_PACKAGES:
         for path in sorted((ROOT / package).rglob("*")):
@@ -111,10 +112,17 @@ def build_release(profile: RobotProfile, q: OnnxQ | None, release_id: str, remot
     (dest / REQUIREMENTS).write_text(requirements(profile))
     files = {p.relative_to(dest).as_posix(): sha256_file(p) for p in sorted(dest.rglob("*")) if p.is_file()}
     release = dict(
-        id=release_id, robot=profile.name, task=profile.task, model_sha256=q.sha256 if q else None,
-        code_version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        venv_dir=profile.venv_dir, service=profile.service, episodes=profile.episodes, files=files,
-    )  # fmt: skip
+        id=release_id,
+        robot=profile.name,
+        task=profile.task,
+        model_sha256=q.sha256 if q else None,
+        code_version=version,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        venv_dir=profile.venv_dir,
+        service=profile.service,
+        episodes=profile.episodes,
+        files=files,
+    )
     (dest / RELEASE_FILE).write_text(json.dumps(release, indent=2) + "\n")
     return release
 
@@ -125,8 +133,11 @@ def deploy_session(remote: Remote):
     (which, under the lock, can only be left by an interrupted deploy)."""
     process = subprocess.Popen(
         [*remote.ssh_args(), remote.target, prepare_command(remote, deploy=True)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         if not line:
@@ -171,8 +182,11 @@ def _deploy_locked(remote: Remote, profile: RobotProfile, q: OnnxQ | None, info:
         print(f"removed half-staged release(s) of an interrupted deploy: {', '.join(info['stale'])}")
     version = code_version()
     rid = release_id(info, q, version)
-    print(f"deploying release {rid} to {profile.name} ({remote.target}:{info['dir']}), "
-          f"model {q.sha256 if q else 'none (plain MPPI)'}", flush=True)  # fmt: skip
+    print(
+        f"deploying release {rid} to {profile.name} ({remote.target}:{info['dir']}), "
+        f"model {q.sha256 if q else 'none (plain MPPI)'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="mpq-release-") as tmp:
         release = build_release(profile, q, rid, info, Path(tmp), version)
         print(f"staging: rsync of {len(release['files'])} files", flush=True)

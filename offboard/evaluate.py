@@ -61,9 +61,18 @@ def episode_outcomes(log_folder: Path, task: Task, skip: set[str] = frozenset())
 
 
 def run_episodes(
-    log_dir: Path, name: str, task: str, episodes: int, seed: int, q: str, mppi: dict, stop=None,
-    starts: str = "uniform", mass_scale: dict | None = None, randomise: bool = False,
-) -> Outcomes:  # fmt: skip
+    log_dir: Path,
+    name: str,
+    task: str,
+    episodes: int,
+    seed: int,
+    q: str,
+    mppi: dict,
+    stop=None,
+    starts: str = "uniform",
+    mass_scale: dict | None = None,
+    randomise: bool = False,
+) -> Outcomes:
     """`episodes` more episodes on the stand-in through the onboard loop, logged under log_dir/name; their outcomes.
 
     seed: the starts (seeded by (seed, episode id); the ids go on from the folder's last) and, unless mppi says
@@ -119,11 +128,18 @@ def evaluate(cfg: EvalConfig, stop=None) -> dict:
     if cfg.q and not Path(cfg.q).is_file():
         raise ValueError(f"--q {cfg.q}: no such file; give a q.onnx (q.json beside it), or leave --q out for MPPI")
     run_dir = new_run_dir(Path(cfg.out))
-    outcomes = run_episodes(run_dir, "episodes", cfg.task, cfg.episodes, cfg.seed, cfg.q, cfg.mppi(), stop,
-                            cfg.starts, mass_scale)  # fmt: skip
-    result = dict(settings=dataclasses.asdict(cfg), label=cfg.label(), costs=outcomes.costs,
-                  cost=mean_interval(outcomes.costs), successes=outcomes.successes,
-                  success_rate=outcomes.success_rate, segments=str(run_dir / "episodes"))  # fmt: skip
+    outcomes = run_episodes(
+        run_dir, "episodes", cfg.task, cfg.episodes, cfg.seed, cfg.q, cfg.mppi(), stop, cfg.starts, mass_scale
+    )
+    result = dict(
+        settings=dataclasses.asdict(cfg),
+        label=cfg.label(),
+        costs=outcomes.costs,
+        cost=mean_interval(outcomes.costs),
+        successes=outcomes.successes,
+        success_rate=outcomes.success_rate,
+        segments=str(run_dir / "episodes"),
+    )
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     result["path"] = str(run_dir / "evaluation.json")
     return result
@@ -140,8 +156,13 @@ def add_command(sub) -> None:
     e.add_argument("--starts", default="uniform", choices=("uniform", "hanging"))
     e.add_argument("--episodes", type=int, default=EvalConfig.episodes)
     e.add_argument("--seed", type=int, default=EvalConfig.seed, help="seeds the starts and the planner's noise")
-    e.add_argument("--mass-scale", action="append", default=[], metavar="BODY=FACTOR",
-                   help="the stand-in's plant: a body heavier (mass and inertia x FACTOR), e.g. pole=1.3")  # fmt: skip
+    e.add_argument(
+        "--mass-scale",
+        action="append",
+        default=[],
+        metavar="BODY=FACTOR",
+        help="the stand-in's plant: a body heavier (mass and inertia x FACTOR), e.g. pole=1.3",
+    )
     e.add_argument("--out", default=EvalConfig.out)
 
 
@@ -151,7 +172,9 @@ def run_command(args) -> int:
     cfg.mass_scale = tuple(cfg.mass_scale)
     result = evaluate(cfg)
     c = result["cost"]
-    print(f"{cfg.task}, {result['label']}, {cfg.episodes} {cfg.starts} starts (seed {cfg.seed}): mean episode cost "
-          f"{format_interval(c['mean'], c['low'], c['high'], 1)} (95 %), success {result['success_rate']:.2f}; "
-          f"{result['path']}")  # fmt: skip
+    print(
+        f"{cfg.task}, {result['label']}, {cfg.episodes} {cfg.starts} starts (seed {cfg.seed}): mean episode cost "
+        f"{format_interval(c['mean'], c['low'], c['high'], 1)} (95 %), success {result['success_rate']:.2f}; "
+        f"{result['path']}"
+    )
     return 0

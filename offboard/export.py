@@ -84,8 +84,13 @@ def check_against_torch(data: bytes, net: QNetwork, obs_dim: int, act_dim: int, 
 def export_extra(config: dict, segments: list[dict]) -> dict:
     """What q.json records beyond the basics: the MPPI settings trained with, the segments, the training."""
     task = get_task(config["task"])
-    mppi = MPPIConfig.for_task(task, H=config["horizon"], n_iters=config["target_iters"], model=config["planner_model"],
-                               td_lambda=config.get("td_lambda", 1.0))  # fmt: skip
+    mppi = MPPIConfig.for_task(
+        task,
+        H=config["horizon"],
+        n_iters=config["target_iters"],
+        model=config["planner_model"],
+        td_lambda=config.get("td_lambda", 1.0),
+    )
     return dict(mppi=mppi.to_dict(), segments=segments, training=config)
 
 
@@ -117,9 +122,13 @@ def export(net: QNetwork, task_name: str, path: str | Path, extra: dict, seed: i
     if error > allowed:
         raise ExportError(f"ONNX Runtime differs from torch by {error:.2g} (> {allowed:.2g}): not exported")
     producer = dict(
-        name="offboard.export", torch=torch.__version__, onnx=onnx.__version__, max_relative_error=error,
-        float32_rounding=floor, allowed_error=allowed,
-    )  # fmt: skip
+        name="offboard.export",
+        torch=torch.__version__,
+        onnx=onnx.__version__,
+        max_relative_error=error,
+        float32_rounding=floor,
+        allowed_error=allowed,
+    )
     manifest = save_q_model(data, path, task, producer, extra=extra)
     try:
         OnnxQ(path, task)

@@ -123,9 +123,14 @@ def target_planner(config: Config, task, q, td_lambda: float | None = None) -> M
         raise ValueError(
             f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c, numpy or mujoco"
         )
-    mppi = MPPIConfig.for_task(task, H=config.horizon, n_iters=config.target_iters, model=config.planner_model,
-                               td_lambda=config.td_lambda if td_lambda is None else td_lambda,
-                               seed=config.seed)  # fmt: skip
+    mppi = MPPIConfig.for_task(
+        task,
+        H=config.horizon,
+        n_iters=config.target_iters,
+        model=config.planner_model,
+        td_lambda=config.td_lambda if td_lambda is None else td_lambda,
+        seed=config.seed,
+    )
     return MPPI(task, mppi, config.backend, q=q)
 
 
@@ -236,8 +241,9 @@ class Trainer:
             self.make_planners()
         before = self.holdout_error()
         metrics = []
-        for _ in tqdm(range(config.updates_per_iteration), disable=not self.progress, desc=f"MPQ {iteration}",
-                      unit="update"):  # fmt: skip
+        for _ in tqdm(
+            range(config.updates_per_iteration), disable=not self.progress, desc=f"MPQ {iteration}", unit="update"
+        ):
             idx = self.rng.choice(self.train_idx, size=min(config.batch_size, len(self.train_idx)), replace=False)
             metrics.append(update(self.net, self.optimizer, self.planner, self.buffer, idx))
             self.updates += 1
@@ -256,10 +262,15 @@ class Trainer:
         self.history.append(record)
         self.scalars(iteration, {k: v for k, v in record.items() if k != "iteration"})
         torch.save(
-            dict(state_dict=self.net.state_dict(), optimizer=self.optimizer.state_dict(), config=config.to_dict(),
-                 iteration=iteration, segments=self.buffer.segments),
+            dict(
+                state_dict=self.net.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                config=config.to_dict(),
+                iteration=iteration,
+                segments=self.buffer.segments,
+            ),
             self.run_dir / f"checkpoint-{iteration:03d}.pt",
-        )  # fmt: skip
+        )
         (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
         return record
 
@@ -296,9 +307,18 @@ def train(config: Config, net: QNetwork | None = None, progress: bool = True, lo
         for _ in range(config.iterations):
             record = trainer.train_iteration()
             if progress:
-                log(f"iteration {record['iteration']}: loss {record['loss']:.3g}, "
-                    f"held-out Bellman error {record['holdout_bellman_error']:.3g}")  # fmt: skip
+                log(
+                    f"iteration {record['iteration']}: loss {record['loss']:.3g}, "
+                    f"held-out Bellman error {record['holdout_bellman_error']:.3g}"
+                )
     finally:
         trainer.close()
-    return TrainResult(trainer.net, trainer.run_dir, trainer.history, trainer.buffer, trainer.problems, config,
-                       trainer.trained_config())  # fmt: skip
+    return TrainResult(
+        trainer.net,
+        trainer.run_dir,
+        trainer.history,
+        trainer.buffer,
+        trainer.problems,
+        config,
+        trainer.trained_config(),
+    )

@@ -81,9 +81,13 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
     if wanted:
         (incoming / "wanted").write_text("\n".join(wanted) + "\n")
         report.transferred = remote.rsync(
-            *limit, "--partial-dir=.incoming/partial", "--ignore-missing-args", f"--files-from={incoming / 'wanted'}",
-            f"{remote.target}:{source}/", f"{folder}/",
-        )  # fmt: skip
+            *limit,
+            "--partial-dir=.incoming/partial",
+            "--ignore-missing-args",
+            f"--files-from={incoming / 'wanted'}",
+            f"{remote.target}:{source}/",
+            f"{folder}/",
+        )
     report.gone = [name for name in wanted if not (folder / name).is_file()]  # pruned on the robot by an earlier pull
     # 3. MANIFEST here: what was here, plus the robot's lines for the segments that arrived.
     merged = dict(local_entries)

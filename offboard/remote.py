@@ -45,11 +45,29 @@ class Remote:
         shutil.rmtree(self.control_dir, ignore_errors=True)
 
     def ssh_args(self) -> list[str]:
-        args = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", "PreferredAuthentications=publickey",
-                "-o", "StrictHostKeyChecking=yes", "-o", f'UserKnownHostsFile="{self.known_hosts}"',
-                "-o", f"ConnectTimeout={CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=5",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
-                "-o", "ControlPersist=30"]  # fmt: skip
+        args = [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PreferredAuthentications=publickey",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f'UserKnownHostsFile="{self.known_hosts}"',
+            "-o",
+            f"ConnectTimeout={CONNECT_TIMEOUT}",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={self.control_dir}/%C",
+            "-o",
+            "ControlPersist=30",
+        ]
         if self.identity is not None:
             args += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
         return args
@@ -57,9 +75,12 @@ class Remote:
     def run(self, command: str, echo: bool = False) -> str:
         """Run a shell command on the robot; its stdout, echoed line by line when asked. Raises RemoteError."""
         process = subprocess.Popen(
-            [*self.ssh_args(), self.target, command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [*self.ssh_args(), self.target, command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         lines = []
         for line in process.stdout:
             lines.append(line)

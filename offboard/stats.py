@@ -37,8 +37,9 @@ def ratio_interval(ours, reference, draws: int = 10_000, seed: int = 0) -> dict:
     ours_mean = ours[seeds[:, :, None], starts[:, None, :]].mean(axis=(1, 2))
     ratios = ours_mean / reference[starts].mean(axis=1)
     low, high = np.percentile(ratios, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-    return dict(ratio=float(ours.mean() / reference.mean()), low=float(low), high=float(high),
-                seeds=n_seeds, starts=n_starts)  # fmt: skip
+    return dict(
+        ratio=float(ours.mean() / reference.mean()), low=float(low), high=float(high), seeds=n_seeds, starts=n_starts
+    )
 
 
 def format_interval(value: float, low: float, high: float, digits: int = 3) -> str:

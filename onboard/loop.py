@@ -93,8 +93,16 @@ class ControlLoop:
     """One run's parts (profile, task, planner, recorder, a handshaken link, the run's statistics) and the
     robot's heartbeat over them."""
 
-    def __init__(self, profile: RobotProfile, task, planner: MPPI, recorder: Recorder, link: Link,
-                 stats: LoopStats, show_status: bool):  # fmt: skip
+    def __init__(
+        self,
+        profile: RobotProfile,
+        task,
+        planner: MPPI,
+        recorder: Recorder,
+        link: Link,
+        stats: LoopStats,
+        show_status: bool,
+    ):
         self.profile, self.task, self.planner, self.recorder, self.link = profile, task, planner, recorder, link
         self.stats, self.show_status = stats, show_status
         self.realtime = profile.mode == "realtime"
@@ -139,10 +147,17 @@ class ControlLoop:
         stats.seconds += time.monotonic() - started
         link.disarm()
         self.recorder.end_episode(
-            dict(cost=tally.cost, steps=tally.steps, interrupted=tally.interrupted, held_steps=tally.held_steps,
-                 unarmed_steps=tally.unarmed_steps, rearms=tally.rearms, link=link.counters(),
-                 plant=link.plant_counters())
-        )  # fmt: skip
+            dict(
+                cost=tally.cost,
+                steps=tally.steps,
+                interrupted=tally.interrupted,
+                held_steps=tally.held_steps,
+                unarmed_steps=tally.unarmed_steps,
+                rearms=tally.rearms,
+                link=link.counters(),
+                plant=link.plant_counters(),
+            )
+        )
         stats.episodes += 1
         if self.show_status:
             line = stats.line(episode, max(tally.steps - 1, 0), tally.cost, link)
@@ -170,58 +185,54 @@ class ControlLoop:
     def control_step(self, t: int, state, tally: EpisodeTally):
         """One control period: plan from `state` (or, too late in realtime, the previous plan's next action), send,
         receive the next state, record the transition as the plant applied it; the next state."""
-        profile, task, link, planner, stats = self.profile, self.task, self.link, self.planner, self.stats
-        obs = task.obs(state.state)
+        stats, planner = self.stats, self.planner
+        obs = self.task.obs(state.state)
         started = time.perf_counter()
         plan = planner.propose(state.state)
         compute = time.perf_counter() - started
-        missed = self.realtime and compute > self.period
-        if missed:  # too late for this state: the previous plan's next action goes out
-            stats.deadline_misses += 1
-            tally.misses_in_a_row += 1
-            u = planner.skip()
-        else:
-            tally.misses_in_a_row = 0
-            u = planner.commit(plan)
-        next_state = _exchange(link, u, state, profile, self.period, planner)
-        stats.send_times.append(link.last_sent)
+        missed = self.realtime and compute > self.period  # too late: the previous plan's next action goes out
+        u = planner.skip() if missed else planner.commit(plan)
+        next_state = _exchange(self.link, u, state, self.profile, self.period, planner)
+        stats.send_times.append(self.link.last_sent)
         next_state = self._after_failsafe(t, next_state, tally)
-        # What the plant did over this period, from the state's command_seq: our command, an older one it held
-        # (ours came too late or was lost), or nothing (disarmed). Training reads it.
-        applied = link.applied(next_state)
-        held = next_state.command_seq != link.command_seq
-        tally.held_steps += held
-        tally.unarmed_steps += not next_state.armed
-        action = np.asarray(u if applied is None else applied, dtype=np.float64)
-        cost = float(task.cost(state.state, action))
-        tally.cost += cost
-        self.recorder.write(
-            "/transition",
-            dict(t=t, state=state.state.tolist(), obs=obs.tolist(), action=action.tolist(),
-                 commanded=np.asarray(u).tolist(), applied_seq=next_state.command_seq, held=held,
-                 armed=next_state.armed, cost=cost, next_state=next_state.state.tolist(),
-                 done=t == task.episode_steps - 1),
-        )  # fmt: skip
-        self.recorder.write(
-            "/mppi",
-            dict(t=t, compute_ms=compute * 1e3, ess=float(plan.ess[0]), value=float(plan.value[0]),
-                 deadline_missed=missed),
-        )  # fmt: skip
+        self._record(t, state, obs, u, next_state, tally)
+        mppi = dict(t=t, compute_ms=compute * 1e3, ess=float(plan.ess[0]), value=float(plan.value[0]))
+        self.recorder.write("/mppi", dict(**mppi, deadline_missed=missed))
+        link = self.link
         rtt = link.rtts[-1] * 1e6 if link.rtts else None
         self.recorder.write("/link", dict(t=t, rtt_us=rtt, **link.counters(), plant=link.plant_counters()))
         self.recorder.flush()
         stats.steps += 1
-        tally.steps += 1
+        stats.deadline_misses += missed
         stats.plan_ms.append(compute * 1e3)
-        if tally.misses_in_a_row >= profile.deadline_misses_max:
+        tally.steps += 1
+        tally.misses_in_a_row = tally.misses_in_a_row + 1 if missed else 0
+        if tally.misses_in_a_row >= self.profile.deadline_misses_max:
             why = (
                 f"stopped: {tally.misses_in_a_row} planning deadlines missed in a row (last plan "
                 f"{compute * 1e3:.1f} ms, period {self.period * 1e3:.1f} ms): lower K or H, use a faster backend, "
                 "or run in lockstep"
             )
-            _safe_stop(link, next_state, self.recorder, tally.cost, "deadline misses", why)
+            _safe_stop(self.link, next_state, self.recorder, tally.cost, "deadline misses", why)
             raise LoopError(why)
         return next_state
+
+    def _record(self, t: int, state, obs, u, next_state, tally: EpisodeTally) -> None:
+        """The transition as the plant applied it. What the plant did over the period comes from the state's
+        command_seq: our command, an older one it held (ours came too late or was lost), or nothing (disarmed).
+        Training reads it."""
+        link = self.link
+        applied = link.applied(next_state)
+        held = next_state.command_seq != link.command_seq
+        tally.held_steps += held
+        tally.unarmed_steps += not next_state.armed
+        action = np.asarray(u if applied is None else applied, dtype=np.float64)
+        cost = float(self.task.cost(state.state, action))
+        tally.cost += cost
+        transition = dict(t=t, state=state.state.tolist(), obs=obs.tolist(), action=action.tolist())
+        transition.update(commanded=np.asarray(u).tolist(), applied_seq=next_state.command_seq, held=held)
+        transition.update(armed=next_state.armed, cost=cost, next_state=next_state.state.tolist())
+        self.recorder.write("/transition", dict(**transition, done=t == self.task.episode_steps - 1))
 
     def _after_failsafe(self, t: int, state, tally: EpisodeTally):
         """Every state carries the plant's failsafe, so the host learns of one at once: a watchdog trip re-armed
@@ -252,9 +263,13 @@ class ControlLoop:
             if recorder.in_episode:
                 failure = sys.exc_info()[1]  # the error on its way out
                 recorder.end_episode(
-                    dict(interrupted=True, error=str(failure) or type(failure).__name__, link=link.counters(),
-                         plant=link.plant_counters())
-                )  # fmt: skip
+                    dict(
+                        interrupted=True,
+                        error=str(failure) or type(failure).__name__,
+                        link=link.counters(),
+                        plant=link.plant_counters(),
+                    )
+                )
         except OSError as e:  # the disk that failed mid-episode: the error above says so; the .partial stays
             log.warning("could not close the segment (%s): the next start recovers its .partial", e.strerror)
 
@@ -305,9 +320,15 @@ def _safe_stop(link: Link, state, recorder: Recorder, episode_cost: float, why: 
     except LinkError:
         pass  # a plant in failsafe is already at zero actuation
     recorder.end_episode(
-        dict(cost=episode_cost, interrupted=True, safe_stop=why, error=error, link=link.counters(),
-             plant=link.plant_counters())
-    )  # fmt: skip
+        dict(
+            cost=episode_cost,
+            interrupted=True,
+            safe_stop=why,
+            error=error,
+            link=link.counters(),
+            plant=link.plant_counters(),
+        )
+    )
 
 
 def _failsafe_name(code: int) -> str:

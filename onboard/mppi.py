@@ -377,8 +377,9 @@ class MPPI:
         running = xp.zeros((B, K), dtype=self.dtype)
         visited = []
         for t in range(H - 1):  # each call: the cost at step t and the state after it
-            cost, state = self.backend.rollout(state, actions[:, :, t : t + 2].reshape(B * K, 1, 2, m), per_rollout,
-                                               gamma)  # fmt: skip
+            cost, state = self.backend.rollout(
+                state, actions[:, :, t : t + 2].reshape(B * K, 1, 2, m), per_rollout, gamma
+            )
             state = state.reshape(B * K, n)
             running = running + (gamma * lam) ** t * cost.reshape(B, K)
             visited.append(state)

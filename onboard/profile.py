@@ -135,8 +135,12 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT, source=path)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
-    choices = dict(mode=("lockstep", "realtime"), starts=("uniform", "hanging"),
-                   service=("auto", "systemd", "supervisor"), gpu_extra=("gpu", "gpu-cuda12"))  # fmt: skip
+    choices = dict(
+        mode=("lockstep", "realtime"),
+        starts=("uniform", "hanging"),
+        service=("auto", "systemd", "supervisor"),
+        gpu_extra=("gpu", "gpu-cuda12"),
+    )
     for key, allowed in choices.items():
         if getattr(profile, key) not in allowed:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: use {' or '.join(map(repr, allowed))}")
@@ -152,15 +156,27 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("realtime_priority", 0 <= profile.realtime_priority <= 99, "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"),
         ("seed", profile.seed >= 0, "use 0 or more"),
         ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
-        ("standin_mass_scale", not profile.standin_mass_scale or profile.serial == "standin",
-         'only with serial = "standin": a real plant weighs what it weighs (clear it)'),
-        ("standin_randomise", not profile.standin_randomise or profile.serial == "standin",
-         'only with serial = "standin": a real plant is what it is (set it to false)'),
-        ("standin_randomise", not (profile.standin_randomise and profile.standin_mass_scale),
-         "or standin_mass_scale, not both: each sets the plant's masses"),
-        ("standin_period", profile.standin_period == 0 or low <= profile.standin_period <= high,
-         f"use 0 (the model's) or seconds from {low:g} to {high:g}"),
-    ]:  # fmt: skip
+        (
+            "standin_mass_scale",
+            not profile.standin_mass_scale or profile.serial == "standin",
+            'only with serial = "standin": a real plant weighs what it weighs (clear it)',
+        ),
+        (
+            "standin_randomise",
+            not profile.standin_randomise or profile.serial == "standin",
+            'only with serial = "standin": a real plant is what it is (set it to false)',
+        ),
+        (
+            "standin_randomise",
+            not (profile.standin_randomise and profile.standin_mass_scale),
+            "or standin_mass_scale, not both: each sets the plant's masses",
+        ),
+        (
+            "standin_period",
+            profile.standin_period == 0 or low <= profile.standin_period <= high,
+            f"use 0 (the model's) or seconds from {low:g} to {high:g}",
+        ),
+    ]:
         if not ok:
             raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: {fix}")
     try:

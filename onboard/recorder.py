@@ -369,8 +369,11 @@ def listed_segment_problem(path: Path, sha256: str) -> str | None:
 
 def unlisted_segment_problems(directory: Path, listed: set[str]) -> list[str]:
     """One line for each segment in `directory` whose name is not in `listed` (MANIFEST's): not closed by us."""
-    return [f"{path}: not in MANIFEST (not closed by the recorder)"
-            for path in sorted(Path(directory).glob("*.mcap")) if path.name not in listed]  # fmt: skip
+    return [
+        f"{path}: not in MANIFEST (not closed by the recorder)"
+        for path in sorted(Path(directory).glob("*.mcap"))
+        if path.name not in listed
+    ]
 
 
 def verified_segments(directory: Path, skip: set[str] = frozenset()) -> tuple[list[Path], list[str]]:

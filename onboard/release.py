@@ -143,9 +143,19 @@ def stage(remote_dir: Path, release_id: str) -> None:
         venv = venv_path(remote_dir, staged)
         ensure_venv(venv, staged / REQUIREMENTS)
         check = subprocess.run(
-            [str(venv / "bin/python"), "-m", "onboard", "selfcheck", "--robot", f"robots/{release['robot']}.toml",
-             "--offline"], cwd=staged, capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                str(venv / "bin/python"),
+                "-m",
+                "onboard",
+                "selfcheck",
+                "--robot",
+                f"robots/{release['robot']}.toml",
+                "--offline",
+            ],
+            cwd=staged,
+            capture_output=True,
+            text=True,
+        )
         for line in check.stdout.splitlines():
             print_to_deployer(f"selfcheck: {line}")
         if check.returncode != 0:
@@ -168,8 +178,16 @@ def service_for(remote_dir: Path, release_id: str):
     release_dir = remote_dir / "releases" / release_id
     release = read_release(release_dir)
     python = venv_path(remote_dir, release_dir) / "bin/python"
-    command = [str(python), "-m", "onboard", "run", "--robot", f"robots/{release['robot']}.toml",
-               "--episodes", str(release["episodes"])]  # fmt: skip
+    command = [
+        str(python),
+        "-m",
+        "onboard",
+        "run",
+        "--robot",
+        f"robots/{release['robot']}.toml",
+        "--episodes",
+        str(release["episodes"]),
+    ]
     spec = ServiceSpec(release["robot"], command, str(remote_dir), release["service"])
     return spec, get_service(spec)
 

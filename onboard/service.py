@@ -196,9 +196,12 @@ class Supervisor:
         with open(self.logfile, "ab") as log:
             supervisor = subprocess.Popen(
                 [sys.executable, "-m", "onboard.service", "supervise", "--dir", self.spec.remote_dir],
-                cwd=self.spec.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the ssh session that started it
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             if self._state().get("starts") and self.pidfile.exists():

@@ -67,8 +67,9 @@ def compiler_flags(compiler: str) -> tuple[list[str], str]:
 
 def _accepts(compiler: str, flag: str) -> bool:
     """Whether the compiler builds an empty program with the flag."""
-    result = subprocess.run([compiler, flag, "-x", "c", "-c", "-o", os.devnull, "-"], input="", capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        [compiler, flag, "-x", "c", "-c", "-o", os.devnull, "-"], input="", capture_output=True, text=True
+    )
     return result.returncode == 0
 
 
@@ -133,7 +134,15 @@ class CBackend(CpuBackend):
         last = np.empty((B, K, self.task.state_dim), dtype=self.dtype)
         buffer, kind = self._ffi.from_buffer, self.array_kind
         self._lib.mpq_rollout(
-            B * K, K, H, buffer(kind, states), buffer(kind, actions), buffer(kind, params),
-            params.ndim > 1, gamma, buffer(kind, cost), buffer(kind, last),
-        )  # fmt: skip
+            B * K,
+            K,
+            H,
+            buffer(kind, states),
+            buffer(kind, actions),
+            buffer(kind, params),
+            params.ndim > 1,
+            gamma,
+            buffer(kind, cost),
+            buffer(kind, last),
+        )
         return cost, last

@@ -144,11 +144,16 @@ class CupyBackend:
                 except Exception as e:  # CUDA and CuPy errors of an operation that cannot be captured
                     why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                     if inline and calls_onnx_runtime:
-                        log.warning("the plan with ONNX Runtime's run inside is not captured as one CUDA graph "
-                                    "(%s): captured again with the run between graphs", why)  # fmt: skip
+                        log.warning(
+                            "the plan with ONNX Runtime's run inside is not captured as one CUDA graph "
+                            "(%s): captured again with the run between graphs",
+                            why,
+                        )
                     else:
-                        log.warning("the plan runs kernel by kernel, not as a CUDA graph (%s): each control step "
-                                    "costs more", why)  # fmt: skip
+                        log.warning(
+                            "the plan runs kernel by kernel, not as a CUDA graph (%s): each control step costs more",
+                            why,
+                        )
         if self.graphs and self.captured.get(key) is not None:
             return self.captured[key].replay(inputs)
         self._warm.add(key)
@@ -168,10 +173,21 @@ class CupyBackend:
         n = B * K
         blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
         self.kernel(
-            (blocks,), (THREADS_PER_BLOCK,),
-            (np.int64(n), np.int64(K), np.int64(H), states, actions, params, np.int32(params.ndim > 1),
-             np.float32(gamma), cost, last),
-        )  # fmt: skip
+            (blocks,),
+            (THREADS_PER_BLOCK,),
+            (
+                np.int64(n),
+                np.int64(K),
+                np.int64(H),
+                states,
+                actions,
+                params,
+                np.int32(params.ndim > 1),
+                np.float32(gamma),
+                cost,
+                last,
+            ),
+        )
         return cost, last
 
     def device_q(self, q):

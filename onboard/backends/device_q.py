@@ -81,8 +81,10 @@ class DeviceOnnxQ:
         if self.session is None:
             log.warning(
                 "%s: the Q runs on the CPU with a copy each way per step (%s); install onnxruntime-gpu "
-                "(make setup GPU=1)", q.path, why,
-            )  # fmt: skip
+                "(make setup GPU=1)",
+                q.path,
+                why,
+            )
             return
         self.run_options = ort.RunOptions()
         # ORT would otherwise wait for the device after each run: the stream keeps the order instead.

@@ -120,9 +120,16 @@ class MujocoBackend(CpuBackend):
         warmstart = np.zeros((n, self.model.nv))
         control_spec = int(mujoco.mjtState.mjSTATE_CTRL)
         self.pool.rollout(
-            models, self._data, start, controls, control_spec=control_spec, skip_checks=True, nstep=nstep,
-            initial_warmstart=warmstart, state=path,
-        )  # fmt: skip
+            models,
+            self._data,
+            start,
+            controls,
+            control_spec=control_spec,
+            skip_checks=True,
+            nstep=nstep,
+            initial_warmstart=warmstart,
+            state=path,
+        )
         return path
 
     def visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -132,8 +139,12 @@ class MujocoBackend(CpuBackend):
         n = controls.shape[0]
         if params.ndim == 2 and n > MAX_MODELS:
             chunks = range(0, n, MAX_MODELS)
-            return np.concatenate([self._visit(start[i : i + MAX_MODELS], controls[i : i + MAX_MODELS],
-                                               params[i : i + MAX_MODELS]) for i in chunks])  # fmt: skip
+            return np.concatenate(
+                [
+                    self._visit(start[i : i + MAX_MODELS], controls[i : i + MAX_MODELS], params[i : i + MAX_MODELS])
+                    for i in chunks
+                ]
+            )
         return self._visit(start, controls, params)
 
     def _visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:

@@ -7,11 +7,7 @@ from onboard.tasks.base import Task
 from onboard.tasks.cartpole import CartPole
 from onboard.tasks.pendulum import Pendulum
 
-TASKS: dict[str, type[Task]] = {
-    "pendulum": Pendulum,
-    "cartpole": CartPole,
-    "ball_in_cup": BallInCup,
-}
+TASKS: dict[str, type[Task]] = {"pendulum": Pendulum, "cartpole": CartPole, "ball_in_cup": BallInCup}
 
 # The tasks with a closed-form fast path (`step` and `c_source`: the numpy, c and cupy backends); the others
 # plan with the MuJoCo backends only.

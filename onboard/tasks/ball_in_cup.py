@@ -83,8 +83,9 @@ class BallInCup(Task):
         mx, mz = self._margins(s)
         slack = self.string_length - np.sqrt(sx * sx + sz * sz)
         inside = ((mx > 0) & (mz > 0)).astype(s.dtype)
-        return np.stack([q[..., 0], q[..., 1], dx, dz, v[..., 0], v[..., 1], v[..., 2], v[..., 3], mx, mz, slack,
-                         inside], axis=-1)  # fmt: skip
+        return np.stack(
+            [q[..., 0], q[..., 1], dx, dz, v[..., 0], v[..., 1], v[..., 2], v[..., 3], mx, mz, slack, inside], axis=-1
+        )
 
     def success(self, s):
         return self.in_cup(s)

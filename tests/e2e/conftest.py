@@ -90,10 +90,13 @@ def loopback(sshd, shared_venvs, tmp_path):
     def write(**overrides) -> Path:
         data = tomllib.loads((ROBOTS_DIR / "loopback.toml").read_text())
         data.update(
-            ssh_port=port, identity_file=str(keys / "user_ed25519"), known_hosts_file=str(keys / "known_hosts"),
-            remote_dir=str(tmp_path / "robot"), venv_dir=str(shared_venvs),
+            ssh_port=port,
+            identity_file=str(keys / "user_ed25519"),
+            known_hosts_file=str(keys / "known_hosts"),
+            remote_dir=str(tmp_path / "robot"),
+            venv_dir=str(shared_venvs),
             python=str(Path(sys.base_prefix) / "bin" / "python3"),  # a python with venv, like a robot's
-        )  # fmt: skip
+        )
         data.update(overrides)
         path = tmp_path / "robots" / "loopback.toml"
         path.parent.mkdir(exist_ok=True)

@@ -98,9 +98,20 @@ def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
     # One offboard iteration on the pulled data, exported as the next model.
     new_model = tmp_path / "trained" / "q.onnx"
     out = offboard(
-        "train", "--task", "pendulum", "--data", str(data / "loopback"), "--iterations", "1", "--updates", "20",
-        "--out", str(tmp_path / "runs"), "--model", str(new_model),
-    )  # fmt: skip
+        "train",
+        "--task",
+        "pendulum",
+        "--data",
+        str(data / "loopback"),
+        "--iterations",
+        "1",
+        "--updates",
+        "20",
+        "--out",
+        str(tmp_path / "runs"),
+        "--model",
+        str(new_model),
+    )
     assert out.returncode == 0, out.stderr
     new_sha = sha256_file(new_model)
     assert new_sha != first_sha
@@ -109,8 +120,11 @@ def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     second = (remote_dir / "current").resolve().name
     assert second != first
-    check = on_robot(profile, f"cd {remote_dir}/current && {load_profile(str(profile)).python} -c 'import sys' && "
-                     f"{venv_python(remote_dir)} -m onboard selfcheck --robot robots/loopback.toml")  # fmt: skip
+    check = on_robot(
+        profile,
+        f"cd {remote_dir}/current && {load_profile(str(profile)).python} -c 'import sys' && "
+        f"{venv_python(remote_dir)} -m onboard selfcheck --robot robots/loopback.toml",
+    )
     assert check.returncode == 0, check.stderr
     assert f"sha256 {new_sha}" in check.stdout
 
@@ -143,9 +157,13 @@ def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback,
     assert robot_status(profile)["service"].startswith("running")
 
     deploy = subprocess.Popen(
-        [sys.executable, "-m", "offboard", "deploy", "--robot", str(profile)], cwd=ROOT, stdout=subprocess.PIPE,
-        text=True, start_new_session=True, preexec_fn=ctrl_c_enabled,
-    )  # fmt: skip
+        [sys.executable, "-m", "offboard", "deploy", "--robot", str(profile)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ctrl_c_enabled,
+    )
     for line in deploy.stdout:  # interrupt it (as Ctrl-C does) while the release is still being staged
         if line.startswith("staging"):
             os.killpg(deploy.pid, signal.SIGINT)
@@ -204,11 +222,25 @@ def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_
     total = sum(p.stat().st_size for p in robot_data.glob("*.mcap"))
     data = tmp_path / "data"
     pull = subprocess.Popen(
-        [sys.executable, "-m", "offboard", "pull-data", "--robot", str(profile_path), "--data-dir", str(data),
-         "--bwlimit", str(max(1, total // 1024 // 8))],  # about 8 s at this limit
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "offboard",
+            "pull-data",
+            "--robot",
+            str(profile_path),
+            "--data-dir",
+            str(data),
+            "--bwlimit",
+            str(max(1, total // 1024 // 8)),
+        ],  # about 8 s at this limit
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         preexec_fn=ctrl_c_enabled,
-    )  # fmt: skip
+    )
     partial_dir = data / "loopback" / ".incoming" / "partial"
     deadline = time.monotonic() + 30
     while not list((data / "loopback").glob(".0*")):  # rsync's temporary file: a segment is in flight
@@ -303,9 +335,24 @@ def robot_holding_segments(loopback, tmp_path: Path):
 def recorded_segments(tmp_path: Path) -> Path:
     """Four closed segments of a local lockstep run (the loop and recorder a robot uses)."""
     out = subprocess.run(
-        [sys.executable, "-m", "onboard", "run", "--robot", "sim", "--episodes", "4", "--quiet",
-         "--log-dir", str(tmp_path / "local")], cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "onboard",
+            "run",
+            "--robot",
+            "sim",
+            "--episodes",
+            "4",
+            "--quiet",
+            "--log-dir",
+            str(tmp_path / "local"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "local" / "sim"
     (folder / "standin.log").unlink(missing_ok=True)

@@ -97,9 +97,14 @@ def test_an_mjcf_only_task_plans_runs_over_the_link_records_and_trains(puck, tmp
 
     # it trains with MuJoCo targets (no closed-form model anywhere), exports, and plans with its Q
     config = Config(
-        task="puck", data=(str(tmp_path / "data" / "sim"),), out=str(tmp_path / "runs"),
-        iterations=1, updates_per_iteration=10, batch_size=16, torch_threads=1,
-    )  # fmt: skip
+        task="puck",
+        data=(str(tmp_path / "data" / "sim"),),
+        out=str(tmp_path / "runs"),
+        iterations=1,
+        updates_per_iteration=10,
+        batch_size=16,
+        torch_threads=1,
+    )
     assert config.backend == "mujoco"
     result = train(config, progress=False, log=lambda *_: None)
     assert len(result.buffer) == 2 * puck.episode_steps and result.problems == []

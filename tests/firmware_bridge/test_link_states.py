@@ -15,9 +15,16 @@ from onboard.recorder import strict_json
 
 def plant_state(mav, seq: int, values) -> bytes:
     message = mav.mpq_state_encode(
-        time_us=0, seq=seq, command_seq=0, episode_id=1, reset_request=1, state_dim=len(values), armed=0,
-        failsafe=0, state=list(values) + [0.0] * (MAX_STATE - len(values)),
-    )  # fmt: skip
+        time_us=0,
+        seq=seq,
+        command_seq=0,
+        episode_id=1,
+        reset_request=1,
+        state_dim=len(values),
+        armed=0,
+        failsafe=0,
+        state=list(values) + [0.0] * (MAX_STATE - len(values)),
+    )
     return bytes(message.pack(mav))
 
 

@@ -30,8 +30,10 @@ def test_a_chain_that_fits_one_frame_is_served_and_a_longer_one_is_refused_in_on
     assert MujocoPlant.for_task("toolong", tmp_path).state_dim == 1 + 2 * too_long > MAX_STATE
     out = subprocess.run(
         [sys.executable, "-m", "firmware_bridge.standin", "--task", "toolong", "--models", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert f"its state has {1 + 2 * too_long} values, at most {MAX_STATE} fit one frame" in out.stderr
 

@@ -40,7 +40,7 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
             "pytorch-mppi float32",
             "pytorch-mppi float64",
             *limit,
-        )  # fmt: skip
+        )
     }
     acting = {("K=24 H=8 Q=2x100 3 iters", planner) for planner in ("mpq numpy", "mpq c", "mpq c in the loop", *limit)}
     assert planners == one_iteration | acting

@@ -77,7 +77,10 @@ def test_train_on_a_manifest_line_that_is_not_an_entry_is_one_error_line(tmp_pat
     (folder / "MANIFEST").write_text("1\n" + (folder / "MANIFEST").read_text())
     out = subprocess.run(
         [sys.executable, "-m", "offboard", "train", "--data", str(folder), "--out", str(tmp_path / "runs")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "MANIFEST:1 is not a segment entry ('1')" in out.stderr and "fix: delete that line" in out.stderr

@@ -119,8 +119,11 @@ def test_a_signal_stops_the_loop_cleanly_while_episodes_run_and_at_once_elsewher
 def test_one_ctrl_c_stops_the_whole_demo_and_reports_no_result(tmp_path, signum):
     demo = subprocess.Popen(
         [sys.executable, "-m", "offboard.demo", "--eval-episodes", "1000", "--out", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob("*/baselines/*/*.mcap")):  # the first baseline is in its episodes
@@ -172,16 +175,36 @@ def test_a_sparse_task_is_held_to_its_success_rate_and_to_beating_the_biased_bas
 
 
 def test_the_domain_randomised_learner_collects_on_drawn_plants_and_is_evaluated_on_the_true_one(tmp_path):
-    args = ["--task", "ball_in_cup", "--iterations", "1", "--episodes-per-iteration", "1", "--eval-episodes", "1",
-            "--updates-per-iteration", "5", "--long-horizon", "5", "--soft-q", "false", "--domain-randomisation",
-            "true", "--out", str(tmp_path)]  # fmt: skip
+    args = [
+        "--task",
+        "ball_in_cup",
+        "--iterations",
+        "1",
+        "--episodes-per-iteration",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--updates-per-iteration",
+        "5",
+        "--long-horizon",
+        "5",
+        "--soft-q",
+        "false",
+        "--domain-randomisation",
+        "true",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     (run_dir,) = tmp_path.iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["learners"]) == {"MPQ", "MPQ trained with DR"}
     here = run_dir / "MPQ_trained_with_DR" / "seed0"
-    for folder, randomised in ((here / "data" / "robot", True), (here / "eval" / "iter001", False),
-                               (run_dir / "MPQ" / "seed0" / "data" / "robot", False)):  # fmt: skip
+    for folder, randomised in (
+        (here / "data" / "robot", True),
+        (here / "eval" / "iter001", False),
+        (run_dir / "MPQ" / "seed0" / "data" / "robot", False),
+    ):
         (segment,), problems = verified_segments(folder)
         assert problems == []
         metadata = read_segment(segment)[0]["segment"]

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "offboard", "evaluate", *args], capture_output=True, text=True,
-                          cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "offboard", "evaluate", *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def segments_of(evaluation: Path) -> list[tuple[dict, dict]]:
@@ -65,8 +66,12 @@ def test_a_task_given_by_its_mjcf_alone_is_evaluated_on_the_mujoco_backend_with_
 def test_the_same_seed_gives_the_same_episodes_and_another_seed_other_starts(tmp_path):
     costs = {}
     for run, seed in (("a", "5"), ("b", "5"), ("c", "6")):
-        assert evaluate("--episodes", "2", "--H", "4", "--iters", "1", "--seed", seed, "--out",
-                        str(tmp_path / run)).returncode == 0  # fmt: skip
+        assert (
+            evaluate(
+                "--episodes", "2", "--H", "4", "--iters", "1", "--seed", seed, "--out", str(tmp_path / run)
+            ).returncode
+            == 0
+        )
         (path,) = (tmp_path / run).glob("*/evaluation.json")
         costs[run] = json.loads(path.read_text())["costs"]
         starts = [topics["/transition"][0]["state"] for _, topics in segments_of(path)]

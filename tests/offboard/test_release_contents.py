@@ -47,9 +47,16 @@ def test_a_release_lists_every_file_with_its_sha256_and_rewrites_the_profile(tmp
     assert release["model_sha256"] == q.sha256 and release["robot"] == "jetson"
     for name, sha in release["files"].items():
         assert sha256_file(folder / name) == sha
-    assert {"onboard/loop.py", "onboard/backends/rollout_kernel.cu", "firmware_bridge/mpq.xml",
-            "models/pendulum/pendulum.xml", "models/pendulum/q.onnx", "models/pendulum/q.json",
-            "robots/jetson.toml", "requirements.txt"} <= set(release["files"])  # fmt: skip
+    assert {
+        "onboard/loop.py",
+        "onboard/backends/rollout_kernel.cu",
+        "firmware_bridge/mpq.xml",
+        "models/pendulum/pendulum.xml",
+        "models/pendulum/q.onnx",
+        "models/pendulum/q.json",
+        "robots/jetson.toml",
+        "requirements.txt",
+    } <= set(release["files"])
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in release["files"])
     on_robot = tomllib.loads((folder / "robots" / "jetson.toml").read_text())
     assert on_robot["model"] == "models/pendulum/q.onnx"
@@ -71,6 +78,9 @@ def test_a_damaged_release_is_named_file_by_file(tmp_path, damage):
     else:
         (folder / "onboard" / "debug.py").write_text("print('left behind')\n")
     (problem,) = verify_files(folder)
-    expected = {"changed": "onboard/mppi.py: sha256", "missing": "onboard/mppi.py: missing",
-                "extra": "onboard/debug.py: not part of the release"}[damage]  # fmt: skip
+    expected = {
+        "changed": "onboard/mppi.py: sha256",
+        "missing": "onboard/mppi.py: missing",
+        "extra": "onboard/debug.py: not part of the release",
+    }[damage]
     assert problem.startswith(expected)

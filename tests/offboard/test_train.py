@@ -61,9 +61,14 @@ def test_training_lowers_the_held_out_bellman_error_and_the_export_plans_onboard
 
 def test_soft_q_baseline_is_the_same_code_with_h1_and_a_target_network(robot_logs, tmp_path):
     config = Config(
-        data=(str(robot_logs),), out=str(tmp_path), iterations=1, updates_per_iteration=20, horizon=1,
-        target_network=True, target_sync_every=10,
-    )  # fmt: skip
+        data=(str(robot_logs),),
+        out=str(tmp_path),
+        iterations=1,
+        updates_per_iteration=20,
+        horizon=1,
+        target_network=True,
+        target_sync_every=10,
+    )
     result = train(config, progress=False, log=quiet)
     assert np.isfinite(result.history[-1]["loss"])
 

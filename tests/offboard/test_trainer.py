@@ -27,8 +27,15 @@ def write_segment(folder: Path, episode: int, steps: int = 40) -> Path:
     recorder.start_episode(episode, dict(task="pendulum", robot=folder.name))
     for t in range(steps):
         state = np.array([0.05 * t, *rng.uniform(-3, 3, 2)])
-        step = dict(t=t, state=state.tolist(), obs=PENDULUM.obs(state).tolist(), action=[float(rng.uniform(-2, 2))],
-                    cost=float(PENDULUM.cost(state, 0)), next_state=(state + 0.01).tolist(), done=False)  # fmt: skip
+        step = dict(
+            t=t,
+            state=state.tolist(),
+            obs=PENDULUM.obs(state).tolist(),
+            action=[float(rng.uniform(-2, 2))],
+            cost=float(PENDULUM.cost(state, 0)),
+            next_state=(state + 0.01).tolist(),
+            done=False,
+        )
         recorder.write("/transition", step)
     segment = recorder.end_episode()
     recorder.close()
@@ -46,8 +53,14 @@ def trainer(tmp_path, monkeypatch):
         return real_update(net, optimizer, planner, buffer, idx)
 
     monkeypatch.setattr(offboard.mpq, "update", recording_update)
-    config = Config(data=(str(tmp_path / "robot"),), out=str(tmp_path / "runs"), updates_per_iteration=15,
-                    batch_size=16, holdout_fraction=0.2, torch_threads=1)  # fmt: skip
+    config = Config(
+        data=(str(tmp_path / "robot"),),
+        out=str(tmp_path / "runs"),
+        updates_per_iteration=15,
+        batch_size=16,
+        holdout_fraction=0.2,
+        torch_threads=1,
+    )
     trainer = Trainer(config, progress=False, log=lambda *_: None)
     trainer.seen = seen
     yield trainer

@@ -78,9 +78,12 @@ print(json.dumps(dict(
 def plan_on_fake_cupy(task_name: str, q_kind: str, q_path="", warm_up=False) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, task_name, str(q_path), q_kind, str(N_ITERS), str(STEPS), str(int(warm_up))],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKE_CUPY), str(ROOT)])},
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 

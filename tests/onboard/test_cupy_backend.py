@@ -60,8 +60,9 @@ def test_without_cupy_or_a_gpu_the_backend_is_one_clear_error():
     with pytest.raises(RuntimeError, match="backend 'cupy'") as error:
         get_backend("cupy", get_task("pendulum"))
     assert "use backend 'c'" in str(error.value)
-    out = subprocess.run([sys.executable, "-m", "onboard", "plan", "--backend", "cupy"], capture_output=True,
-                         text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "onboard", "plan", "--backend", "cupy"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode != 0 and out.stderr.count("\n") == 1 and "backend 'cupy'" in out.stderr
 
 

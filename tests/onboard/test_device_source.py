@@ -113,8 +113,11 @@ def test_the_cuda_source_compiles(task_name, tmp_path):
         pytest.skip("no CUDA compiler here (neither NVRTC from the dev extra nor nvcc)")
     cu = tmp_path / f"{task_name}.cu"
     cu.write_text(source)
-    out = subprocess.run(["nvcc", f"--gpu-architecture={ARCH}", "-ptx", str(cu), "-o", str(tmp_path / "k.ptx")],
-                         capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        ["nvcc", f"--gpu-architecture={ARCH}", "-ptx", str(cu), "-o", str(tmp_path / "k.ptx")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert KERNEL_NAME in (tmp_path / "k.ptx").read_text()
 

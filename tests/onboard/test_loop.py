@@ -268,8 +268,17 @@ def test_where_the_run_cannot_start_it_says_why_in_one_line(tmp_path):
     (tmp_path / "a-file").write_text("")
     out = onboard_cli("run", "--robot", str(write_profile(tmp_path, log_dir=str(tmp_path / "a-file"))), "--quiet")
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot keep segments in" in out.stderr
-    out = onboard_cli("run", "--robot", "sim", "--log-dir", str(tmp_path), "--task", "pendulum", "--quiet",
-                      env={**os.environ, "MPQ_MODELS_DIR": str(tmp_path / "no-models")})  # fmt: skip
+    out = onboard_cli(
+        "run",
+        "--robot",
+        "sim",
+        "--log-dir",
+        str(tmp_path),
+        "--task",
+        "pendulum",
+        "--quiet",
+        env={**os.environ, "MPQ_MODELS_DIR": str(tmp_path / "no-models")},
+    )
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr  # the task's MJCF is read first
     assert "no MuJoCo model for task 'pendulum'" in out.stderr and "add models/pendulum/pendulum.xml" in out.stderr
 
@@ -427,15 +436,23 @@ def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path
         write_profile(tmp_path, mode="realtime", standin_period=0.01, deadline_misses_max=50)
     )  # no priority: margin
     prefix = without_realtime_rights()
-    out = subprocess.run([*prefix, sys.executable, "-m", "onboard", "run", "--robot", robot, "--quiet", "--json"],
-                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [*prefix, sys.executable, "-m", "onboard", "run", "--robot", robot, "--quiet", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("\n") == 1 and "cannot run at realtime priority 50" in out.stderr, out.stderr
     assert "realtime_priority = 0" in out.stderr  # the way to silence it, and (above it) the ways to allow it
     summary = json.loads(out.stdout.splitlines()[-1])
     assert summary["steps"] == 200 and summary["scheduling"].startswith("normal")
-    out = subprocess.run([*prefix, sys.executable, "-m", "onboard", "selfcheck", "--robot", robot, "--offline"],
-                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [*prefix, sys.executable, "-m", "onboard", "selfcheck", "--robot", robot, "--offline"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0 and "warning: the control loop cannot run at realtime priority 50" in out.stdout
     if prefix:  # and where it is allowed, selfcheck says so
         assert (

@@ -46,8 +46,11 @@ def cut(segment: Path, keep: int) -> bytes:
 def onboard_run(log_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "onboard", "run", "--episodes", "1", "--quiet", "--log-dir", str(log_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("keep", [0.5, -9, -1])  # mid-messages, the footer's magic gone, its last byte gone
@@ -96,8 +99,16 @@ def test_a_listed_segment_cut_short_is_one_segment_error_not_a_crash(tmp_path):
         list(iter_transitions(folder))
 
 
-NOT_ENTRIES = ["1", '{"sha256": "x"}', "[]", "null", '"000001.mcap"', '{"segment": 1, "sha256": "x"}',
-               '{"segment": "../other/000001.mcap", "sha256": "x"}', "{not json"]  # fmt: skip
+NOT_ENTRIES = [
+    "1",
+    '{"sha256": "x"}',
+    "[]",
+    "null",
+    '"000001.mcap"',
+    '{"segment": 1, "sha256": "x"}',
+    '{"segment": "../other/000001.mcap", "sha256": "x"}',
+    "{not json",
+]
 
 
 @pytest.mark.parametrize("line", NOT_ENTRIES)

@@ -20,9 +20,12 @@ def supervisor(tmp_path: Path, script: str, stop_timeout: float = 30.0) -> Super
     (tmp_path / "current").mkdir()
     (tmp_path / "runtime.py").write_text(script)
     spec = ServiceSpec(
-        robot="test", command=[sys.executable, str(tmp_path / "runtime.py")], remote_dir=str(tmp_path),
-        kind="supervisor", stop_timeout=stop_timeout,
-    )  # fmt: skip
+        robot="test",
+        command=[sys.executable, str(tmp_path / "runtime.py")],
+        remote_dir=str(tmp_path),
+        kind="supervisor",
+        stop_timeout=stop_timeout,
+    )
     spec.save()
     return Supervisor(spec)
 
@@ -82,8 +85,14 @@ def test_a_crash_looping_runtime_is_reported_failed(tmp_path):
 def test_systemd_unit_matches_the_supervisor():
     spec = ServiceSpec("jetson", [sys.executable, "-m", "onboard", "run"], "/opt/mpq")
     text = unit_text(spec)
-    for line in ("Restart=on-failure", "TimeoutStopSec=30", "KillSignal=SIGTERM", "WorkingDirectory=/opt/mpq/current",
-                 f'ExecStart="{sys.executable}" "-m" "onboard" "run"', "StartLimitBurst=5"):  # fmt: skip
+    for line in (
+        "Restart=on-failure",
+        "TimeoutStopSec=30",
+        "KillSignal=SIGTERM",
+        "WorkingDirectory=/opt/mpq/current",
+        f'ExecStart="{sys.executable}" "-m" "onboard" "run"',
+        "StartLimitBurst=5",
+    ):
         assert line in text.splitlines()
 
 
@@ -128,8 +137,15 @@ def test_two_starts_at_once_leave_one_supervisor_and_one_runtime(tmp_path):
     """Two runtimes would record into one log folder: the starts take turns and the second finds the first running;
     a supervisor started by hand beside a running one sees its lock and leaves."""
     service = supervisor(tmp_path, "import time\ntime.sleep(60)\n")
-    starts = [subprocess.Popen([sys.executable, "-m", "onboard.service", "start", "--dir", str(tmp_path)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "onboard.service", "start", "--dir", str(tmp_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     try:
         for start in starts:
             assert start.wait(timeout=30) == 0, start.stderr.read()

@@ -1,4 +1,4 @@
-"""Diagnostics for the GPU backend on a lent GPU, for the issue 7 target (K=4096, H=32 under 0.5 ms).
+"""Diagnostics for the GPU backend on a lent GPU, against its target: a K=4096, H=32 plan under 0.5 ms.
 
 Prints, for the pendulum planner of `make bench-gpu` (K=4096, H=32, one iteration, 2x256 ONNX Q):
 1. whether the plan was captured as CUDA graphs, and if not the whole traceback of a direct capture
@@ -139,22 +139,30 @@ def q_levers(mppi, K: int) -> None:
         print(f"{'ONNX Runtime run (as replayed)':40s} {ms(run, stream):7.3f} / {ms(run):7.3f}   ({q.provider})")
 
         try:
-            cuda_options = {"device_id": str(q.device_id), "user_compute_stream": str(stream.ptr), "use_tf32": "0",
-                            "enable_cuda_graph": "1"}  # fmt: skip
+            cuda_options = {
+                "device_id": str(q.device_id),
+                "user_compute_stream": str(stream.ptr),
+                "use_tf32": "0",
+                "enable_cuda_graph": "1",
+            }
             options = ort.SessionOptions()
             options.log_severity_level = 3
             session = ort.InferenceSession(
-                q.host_q.model_bytes, options, enable_fallback=0,
+                q.host_q.model_bytes,
+                options,
+                enable_fallback=0,
                 providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"],
-            )  # fmt: skip
+            )
             print(f"(session providers: {session.get_providers()})")
             out, run_graph = bound(session)
             run_graph()  # ONNX Runtime captures on its first runs
             run_graph()
             stream.synchronize()
             gap = float(cupy.abs(out - reference).max())
-            print(f"{'ONNX Runtime with enable_cuda_graph':40s} {ms(run_graph, stream):7.3f} / "
-                  f"{ms(run_graph):7.3f}   max |diff| {gap:.2e}")  # fmt: skip
+            print(
+                f"{'ONNX Runtime with enable_cuda_graph':40s} {ms(run_graph, stream):7.3f} / "
+                f"{ms(run_graph):7.3f}   max |diff| {gap:.2e}"
+            )
         except Exception:
             report_failure("ONNX Runtime with enable_cuda_graph")
 
@@ -170,8 +178,10 @@ def q_levers(mppi, K: int) -> None:
             stream.synchronize()
             gap = float(cupy.abs(out - reference).max())
             launch = functools.partial(graph.launch, stream)
-            print(f"{'ONNX Runtime run inside a CuPy graph':40s} {ms(launch, stream):7.3f} / "
-                  f"{ms(launch):7.3f}   max |diff| {gap:.2e}")  # fmt: skip
+            print(
+                f"{'ONNX Runtime run inside a CuPy graph':40s} {ms(launch, stream):7.3f} / "
+                f"{ms(launch):7.3f}   max |diff| {gap:.2e}"
+            )
         except Exception:
             report_failure("ONNX Runtime run inside a CuPy graph")
 
