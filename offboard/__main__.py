@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from offboard.cli import add_options, given
 from offboard.dataset import DatasetError
 from offboard.deploy import add_commands as add_deploy_commands
 from offboard.deploy import run_command as run_deploy_command
@@ -18,7 +19,6 @@ from offboard.pull_data import run_command as run_pull_data
 from offboard.remote import RemoteError
 from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
-from onboard.tasks import get_task
 
 
 def model_path(model: str | None, task: str) -> Path:
@@ -30,58 +30,24 @@ def model_path(model: str | None, task: str) -> Path:
     return path
 
 
-def check_train_args(args) -> Path:
-    """Every refusal that needs no training, made before any: the model path to export to."""
-    get_task(args.task)
-    for option, value, least in (
-        ("iterations", args.iterations, 1),
-        ("updates", args.updates, 1),
-        ("window", args.window, 0),
-        ("seed", args.seed, 0),
-    ):
-        if value < least:
-            raise ValueError(f"--{option} {value}: use {least} or more")
-    for option, value in (("td-lambda", args.td_lambda), ("td-lambda-final", args.td_lambda_final)):
-        if value is not None and not 0 <= value <= 1:
-            raise ValueError(f"--{option} {value}: use a number from 0 to 1 (1: the paper's MPQ)")
-    if args.torch_threads is not None and args.torch_threads < 1:
-        raise ValueError(f"--torch-threads {args.torch_threads}: use 1 or more")
-    if args.horizon is not None and args.horizon < 1:
-        raise ValueError(f"--horizon {args.horizon}: use 1 or more (1: soft Q)")
-    blocker = blocking_file(Path(args.out))
+def check_train_paths(config: Config, model: str | None) -> Path:
+    """The refusals about files, made before any training (the settings checked themselves): the export path."""
+    blocker = blocking_file(Path(config.out))
     if blocker is not None:
-        raise ValueError(f"--out {args.out}: {blocker} is a file, not a folder; give a folder for the run folders")
-    for folder in args.data:
+        raise ValueError(f"--out {config.out}: {blocker} is a file, not a folder; give a folder for the run folders")
+    for folder in config.data:
         if not Path(folder).is_dir():
             what = "is a file, not a log folder" if Path(folder).exists() else "does not exist"
             raise ValueError(f"--data {folder} {what}: give a robot log folder such as data/sim (make sim records one)")
-    return model_path(args.model, args.task)
+    return model_path(model, config.task)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="MPQ training from verified robot logs; exports models/<task>/q.onnx")
-    t.add_argument("--task", default="pendulum")
-    t.add_argument("--data", nargs="+", default=["data/sim"], help="robot log folders")
-    t.add_argument("--iterations", type=int, default=Config.iterations)
-    t.add_argument("--updates", type=int, default=Config.updates_per_iteration, help="minibatches per iteration")
-    t.add_argument(
-        "--horizon", type=int, default=Config.horizon, help="H of the target MPPI (default: the task's; 1: soft Q)"
-    )
-    t.add_argument("--target-network", action="store_true", help="the soft-Q baseline's target network")
-    t.add_argument("--window", type=int, default=0, help="train on the newest N transitions (0: all)")
-    t.add_argument("--out", default=Config.out)
+    add_options(t, Config)
     t.add_argument("--model", help="where to export (default models/<task>/q.onnx)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
-        "--td-lambda",
-        type=float,
-        default=1.0,
-        help="MPQ(lambda): the blend of returns in the targets (1: the paper's MPQ)",
-    )
-    t.add_argument("--td-lambda-final", type=float, help="MPQ(lambda): lambda at the last iteration (linear decay)")
-    t.add_argument("--torch-threads", type=int, help="torch's CPU threads (default: half this machine's CPUs)")
     e = sub.add_parser("export", help="export a training checkpoint to q.onnx + q.json")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--model", help="default models/<task>/q.onnx")
@@ -114,21 +80,8 @@ def main(argv=None) -> int:
         if args.command == "evaluate":
             return run_evaluation(args)
         if args.command == "train":
-            model = check_train_args(args)
-            config = Config(
-                task=args.task,
-                data=tuple(args.data),
-                iterations=args.iterations,
-                updates_per_iteration=args.updates,
-                horizon=args.horizon,
-                target_network=args.target_network,
-                buffer_window=args.window,
-                out=args.out,
-                seed=args.seed,
-                torch_threads=args.torch_threads,
-                td_lambda=args.td_lambda,
-                td_lambda_final=args.td_lambda_final,
-            )
+            config = Config(**given(args, Config))
+            model = check_train_paths(config, args.model)
             result = train(config)
             first, last = result.history[0], result.history[-1]
             print(

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.plant import parse_mass_scale
+from offboard.cli import add_options, given
 from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, run_episodes
 from offboard.export import export, export_extra
 from offboard.mpq import Config, Trainer
@@ -76,19 +77,19 @@ DEMO_SETTINGS = {
 
 @dataclasses.dataclass
 class DemoConfig:
-    task: str = "pendulum"
+    task: str = "pendulum"  # its DEMO_SETTINGS (below) stand in for the defaults here
     iterations: int = 10  # collect -> train -> export -> evaluate, this many times (make reproduce: 20)
     episodes_per_iteration: int = 5  # training episodes collected per iteration (N_update)
     eval_episodes: int = 10  # the learning curve's starts per point
     updates_per_iteration: int = 500  # M minibatches of the training after each collection
-    batch_size: int = 64
+    batch_size: int = 64  # K transitions per minibatch
     horizon: int | None = None  # MPQ's H (None: the task's, the pendulum's 8)
     long_horizon: int | None = None  # the long MPPI baseline (None: the task's, the pendulum's 32)
     # MPQ(lambda) beside the paper's MPQ: the same learner with the blend of returns (docs/algorithm.md), lambda
     # going linearly from td_lambda at the first iteration to td_lambda_final at the last.
     mpq_lambda: bool = True
-    td_lambda: float = 1.0
-    td_lambda_final: float = 0.5
+    td_lambda: float = 1.0  # MPQ(lambda)'s lambda at the first iteration
+    td_lambda_final: float = 0.5  # MPQ(lambda)'s lambda at the last iteration
     soft_q: bool = True  # also train the soft-Q baseline (H=1, target network)
     target_iters: int | None = None  # MPPI iterations per soft-Bellman target (None: the task's acting n_iters)
     # Exploration while collecting training data (MPPIConfig.explore, e.g. 0.25,0.8,0); the learning curve and the
@@ -101,8 +102,8 @@ class DemoConfig:
     final_episodes: int = 0  # new starts per setting in the final evaluation, uniform and hanging (0: none)
     robustness: str = ""  # BODY=FACTOR: the final evaluation once more on a heavier plant, e.g. pole=1.3
     torch_threads: int | None = None  # torch's CPU threads (None: half this machine's CPUs)
-    out: str = "runs/demo"
-    seed: int = 0
+    out: str = "runs/demo"  # a run folder <out>/<time> gets the curve, the models and results.json
+    seed: int = 0  # the first training seed (collection, network, minibatches)
 
 
 class Stop:
@@ -488,17 +489,9 @@ def config_problem(cfg: DemoConfig) -> str | None:
 def parse_config(argv=None) -> DemoConfig:
     """The command line over the task's DEMO_SETTINGS over DemoConfig's defaults."""
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
-    kinds = {
-        "bool": lambda v: v.lower() in ("1", "true", "yes"),
-        "int | None": int,
-        "float | None": float,
-        "tuple[float, float, float]": lambda v: tuple(float(x) for x in v.split(",")),
-    }
-    for field in dataclasses.fields(DemoConfig):  # None: not given
-        kind = kinds.get(str(field.type), type(field.default))
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
-    given = {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
-    return DemoConfig(**{**DEMO_SETTINGS.get(given.get("task", DemoConfig.task), {}), **given})
+    add_options(parser, DemoConfig)
+    settings = given(parser.parse_args(argv), DemoConfig)
+    return DemoConfig(**{**DEMO_SETTINGS.get(settings.get("task", DemoConfig.task), {}), **settings})
 
 
 def main(argv=None) -> int:

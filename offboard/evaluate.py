@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from firmware_bridge.plant import parse_mass_scale
+from offboard.cli import add_options, given
 from offboard.stats import format_interval, mean_interval
 from onboard.backends import cpu_backend_for
 from onboard.fileio import new_run_dir
@@ -95,17 +97,19 @@ def run_episodes(
 
 @dataclasses.dataclass
 class EvalConfig:
-    task: str = "pendulum"
-    q: str = ""  # q.onnx (q.json beside it); "": plain MPPI
-    H: int | None = None  # None: the task's
-    iters: int | None = None  # MPPI iterations per step; None: the task's
-    K: int | None = None
-    model: str = "biased"  # the planner's model: biased | mean | true (the plant's, mass scale included)
-    starts: str = "uniform"  # uniform | hanging
-    episodes: int = 50
-    seed: int = FINAL_EVAL_SEED
-    mass_scale: tuple[str, ...] = ()  # BODY=FACTOR: the stand-in's plant heavier than the MJCF
-    out: str = "runs/evaluate"
+    """`python -m offboard evaluate`'s settings (its options, offboard/cli.py)."""
+
+    task: str = "pendulum"  # the task to evaluate on
+    q: str = ""  # q.onnx (q.json beside it); leave out for plain MPPI
+    H: int | None = None  # horizon; None: the task's
+    iters: int | None = None  # MPPI iterations per control step; None: the task's
+    K: int | None = None  # samples per step; None: the task's
+    model: Literal["biased", "mean", "true"] = "biased"  # the planner's model (true: the plant's, its scale included)
+    starts: Literal["uniform", "hanging"] = "uniform"  # the task's start box, or its fixed hanging start
+    episodes: int = 50  # episodes, each from its own seeded start
+    seed: int = FINAL_EVAL_SEED  # seeds the starts and the planner's noise
+    mass_scale: tuple[str, ...] = ()  # BODY=FACTOR: the stand-in's plant heavier than its MJCF, e.g. pole=1.3
+    out: str = "runs/evaluate"  # a run folder <out>/<time> gets evaluation.json and the episodes' segments
 
     def mppi(self) -> dict:
         overrides = dict(H=self.H, n_iters=self.iters, K=self.K, model=self.model)
@@ -147,29 +151,11 @@ def evaluate(cfg: EvalConfig, stop=None) -> dict:
 
 def add_command(sub) -> None:
     e = sub.add_parser("evaluate", help="a Q or plain MPPI through the stand-in from seeded starts: costs, 95 % CI")
-    e.add_argument("--task", default=EvalConfig.task)
-    e.add_argument("--q", default="", help="q.onnx (q.json beside it); leave out for plain MPPI")
-    e.add_argument("--H", type=int, help="horizon (default: the task's)")
-    e.add_argument("--iters", type=int, help="MPPI iterations per control step (default: the task's)")
-    e.add_argument("--K", type=int, help="samples per step (default: the task's)")
-    e.add_argument("--model", default="biased", choices=("biased", "mean", "true"), help="the planner's model")
-    e.add_argument("--starts", default="uniform", choices=("uniform", "hanging"))
-    e.add_argument("--episodes", type=int, default=EvalConfig.episodes)
-    e.add_argument("--seed", type=int, default=EvalConfig.seed, help="seeds the starts and the planner's noise")
-    e.add_argument(
-        "--mass-scale",
-        action="append",
-        default=[],
-        metavar="BODY=FACTOR",
-        help="the stand-in's plant: a body heavier (mass and inertia x FACTOR), e.g. pole=1.3",
-    )
-    e.add_argument("--out", default=EvalConfig.out)
+    add_options(e, EvalConfig)
 
 
 def run_command(args) -> int:
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
-    cfg.mass_scale = tuple(cfg.mass_scale)
+    cfg = EvalConfig(**given(args, EvalConfig))
     result = evaluate(cfg)
     c = result["cost"]
     print(

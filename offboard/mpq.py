@@ -19,11 +19,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from offboard.cli import refuse_unless
 from offboard.dataset import DatasetError, ReplayBuffer, SegmentStore
 from onboard.backends import cpu_backend_for
 from onboard.fileio import new_run_dir
@@ -33,9 +35,10 @@ from onboard.tasks import get_task
 
 @dataclass
 class Config:
-    """Every setting of a training run; the paper leaves N_update, K, M and the buffer to us (docs/algorithm.md)."""
+    """Every setting of a training run; the paper leaves N_update, K, M and the buffer to us (docs/algorithm.md).
+    Also `python -m offboard train`'s options (offboard/cli.py), checked here for code and command line alike."""
 
-    task: str = "pendulum"
+    task: str = "pendulum"  # the task the robot's logs were recorded for
     data: tuple[str, ...] = ("data/sim",)  # robot log folders (verified MCAP segments)
     out: str = "runs/train"  # a run folder <out>/<time> gets the config, checkpoints and TensorBoard
     iterations: int = 5  # training iterations (a checkpoint each)
@@ -44,32 +47,56 @@ class Config:
     buffer_window: int = 0  # train on the newest N transitions (0: all of them)
     hidden: tuple[int, ...] = (100, 100)  # paper: two hidden layers of 100 tanh units
     lr: float = 1e-3  # paper: Adam, 1e-3
-    # The target MPPI's H and iterations; None: the ones the task acts with (the pendulum: the paper's
-    # H=8 and 3 iterations), so the Q learns the value of the planner that will use it. H=1: soft Q.
+    # H of the target MPPI; None: the one the task acts with (the pendulum: the paper's H=8), so the Q learns
+    # the value of the planner that will use it. 1: soft Q.
     horizon: int | None = None
-    target_iters: int | None = None
-    planner_model: str = "biased"  # the planner's model: always the biased one when learning
+    target_iters: int | None = None  # MPPI iterations per target; None: the task's acting n_iters (the paper's 3)
+    planner_model: Literal["biased", "mean", "true"] = "biased"  # the planner's model: the biased one when learning
     # MPQ(lambda)'s blend of returns in the target MPPI (1: the paper's MPQ). With td_lambda_final, lambda goes
     # linearly from td_lambda at the first iteration to td_lambda_final at the last: the model carries the
     # horizon while Q is poor, Q more and more as it improves.
     td_lambda: float = 1.0
-    td_lambda_final: float | None = None
+    td_lambda_final: float | None = None  # MPQ(lambda): lambda at the last iteration (None: td_lambda throughout)
     target_network: bool = False  # MPQ: no; the soft-Q baseline: yes
     target_sync_every: int = 100  # updates between target-network copies (baseline only)
     holdout_fraction: float = 0.1  # transitions kept out of training to measure the Bellman error
-    backend: str | None = None  # the targets' MPPI: None is c where the task has a closed-form model, else mujoco
-    seed: int = 0
-    torch_threads: int | None = None  # None: half this machine's CPUs (default_torch_threads)
+    # the targets' MPPI backend: None is c where the task has a closed-form model, else mujoco
+    backend: Literal["numpy", "c", "mujoco"] | None = None
+    seed: int = 0  # seeds the minibatches, the held-out set, the network's initial weights and the targets' MPPI
+    torch_threads: int | None = None  # torch's CPU threads; None: half this machine's CPUs
 
     def __post_init__(self):
         task = get_task(self.task)
         self.data = tuple(str(d) for d in self.data)
+        self.hidden = tuple(self.hidden)
         self.torch_threads = default_torch_threads() if self.torch_threads is None else self.torch_threads
         acting = MPPIConfig.for_task(task)
         if self.backend is None:
             self.backend = cpu_backend_for(task)
         self.horizon = acting.H if self.horizon is None else self.horizon
         self.target_iters = acting.n_iters if self.target_iters is None else self.target_iters
+        fraction = ("a number from 0 to 1 (1: the paper's MPQ)", lambda v: v is None or 0 <= v <= 1)
+        at_least_1, at_least_0 = ("1 or more", lambda v: v >= 1), ("0 or more", lambda v: v >= 0)
+        refuse_unless(
+            self,
+            iterations=at_least_1,
+            updates_per_iteration=at_least_1,
+            batch_size=at_least_1,
+            buffer_window=("0 (all) or more", at_least_0[1]),
+            hidden=("one or more layer widths of 1 or more", lambda v: len(v) > 0 and min(v) >= 1),
+            lr=("a step size above 0", lambda v: v > 0),
+            horizon=("1 or more (1: soft Q)", at_least_1[1]),
+            target_iters=at_least_1,
+            planner_model=("biased, mean or true", lambda v: v in ("biased", "mean", "true")),
+            td_lambda=fraction,
+            td_lambda_final=fraction,
+            target_sync_every=at_least_1,
+            holdout_fraction=("a fraction from 0 up to (not including) 1", lambda v: 0 <= v < 1),
+            # the Q being trained is a CPU torch net fed NumPy arrays
+            backend=("c, numpy or mujoco (training targets run on the CPU)", lambda v: v in ("numpy", "c", "mujoco")),
+            seed=at_least_0,
+            torch_threads=at_least_1,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,10 +146,6 @@ class TorchQ:
 
 def target_planner(config: Config, task, q, td_lambda: float | None = None) -> MPPI:
     """The MPPI that computes V_H(s'): the task's paper settings, the config's H, iterations and lambda."""
-    if config.backend not in ("numpy", "c", "mujoco"):  # the Q being trained is a CPU torch net fed NumPy arrays
-        raise ValueError(
-            f"training targets run on the CPU: backend {config.backend!r} is for the robot; use c, numpy or mujoco"
-        )
     mppi = MPPIConfig.for_task(
         task,
         H=config.horizon,

@@ -105,7 +105,7 @@ def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
         str(data / "loopback"),
         "--iterations",
         "1",
-        "--updates",
+        "--updates-per-iteration",
         "20",
         "--out",
         str(tmp_path / "runs"),

@@ -35,7 +35,7 @@ def checkpoint(tiny_logs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     model = out / "q.onnx"
     argv = ["train", "--data", str(tiny_logs), "--out", str(out), "--model", str(model), "--iterations", "1"]
-    assert main([*argv, "--updates", "2"]) == 0 and model.is_file()
+    assert main([*argv, "--updates-per-iteration", "2"]) == 0 and model.is_file()
     (path,) = out.glob("*/checkpoint-001.pt")
     return path
 
@@ -55,9 +55,13 @@ def written(folder: Path) -> list[str]:
     [
         (["--iterations", "0"], "--iterations 0"),
         (["--iterations", "-1"], "--iterations -1"),
-        (["--updates", "0"], "--updates 0"),
-        (["--updates", "-5"], "--updates -5"),
-        (["--window", "-1"], "--window -1"),
+        (["--updates-per-iteration", "0"], "--updates-per-iteration 0"),
+        (["--updates-per-iteration", "-5"], "--updates-per-iteration -5"),
+        (["--buffer-window", "-1"], "--buffer-window -1"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--hidden", "100", "0"], "--hidden 100 0"),
+        (["--td-lambda", "1.5"], "--td-lambda 1.5: use a number from 0 to 1"),
+        (["--holdout-fraction", "1"], "--holdout-fraction 1.0"),
         (["--horizon", "0"], "--horizon 0"),
         (["--seed", "-1"], "--seed -1"),
         (["--model", ""], "--model is empty"),
@@ -75,7 +79,7 @@ def test_bad_train_input_is_refused_before_anything_is_trained_or_written(tiny_l
     before = written(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
     defaults = ["--data", str(tiny_logs), "--out", str(tmp_path / "runs"), "--model", str(tmp_path / "q.onnx")]
-    assert main(["train", *defaults, "--updates", "2", *args]) == 2  # later options win over the defaults
+    assert main(["train", *defaults, "--updates-per-iteration", "2", *args]) == 2  # later options win over the defaults
     assert says in one_error_line(capsys)
     assert written(tmp_path) == before  # no run folder, no model, no .partial
     assert (tmp_path / "a_file").read_text() == "keep me\n"
