@@ -57,8 +57,9 @@ def time_us(seconds: float) -> int:
     return int(round(seconds * 1e6))
 
 
-class Firmware:
-    """The plant's protocol logic with no I/O: messages and the clock in, frames out through `send`.
+class PlantProtocol:
+    """The protocol state machine a plant's firmware runs, with no I/O: messages and the clock in, frames out
+    through `send` (handshake, arming, episodes, the watchdog, the failsafes).
 
     `now` is seconds on the monotonic clock. The stand-in's main loop and the tests drive it.
     """
@@ -434,7 +435,7 @@ def make_mav(signing_key: bytes | None = None) -> mavlink.MAVLink:
     return mav
 
 
-def serve(endpoint: SerialEndpoint, firmware: Firmware, parser: FrameParser, should_stop) -> str:
+def serve(endpoint: SerialEndpoint, firmware: PlantProtocol, parser: FrameParser, should_stop) -> str:
     """The firmware's main loop; returns why it stopped.
 
     Input is taken before time is advanced: after a scheduling stall, commands already waiting in the
@@ -506,7 +507,7 @@ def main(argv=None) -> int:
             endpoint, port = SerialEndpoint.pty()
         mav = make_mav(key)
         mav.file = endpoint
-        firmware = Firmware(plant, args.task, args.mode, mav.send, args.watchdog_periods)
+        firmware = PlantProtocol(plant, args.task, args.mode, mav.send, args.watchdog_periods)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

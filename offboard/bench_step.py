@@ -226,7 +226,7 @@ def pytorch_mppi_policy(task, K: int, H: int, layers, device: str = "cpu", dtype
         noise_sigma=sigma,
         num_samples=K,
         horizon=H,
-        lambda_=cfg.lam,
+        lambda_=cfg.temperature,
         u_min=torch.tensor(task.u_min, dtype=real),
         u_max=torch.tensor(task.u_max, dtype=real),
         terminal_state_cost=terminal_cost,

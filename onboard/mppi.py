@@ -40,19 +40,21 @@ def _stable(coefficients) -> bool:
     return abs(b2) < 1 and b1 + b2 < 1 and b2 - b1 < 1
 
 
-def free_energy(S, lam: float, xp=np):
+def free_energy(S, temperature: float, xp=np):
     """MPPI's soft minimum over its samples' costs S (B, K):
 
-        V = -lam log (1/K) sum_n exp(-S_n / lam)        w_n = exp(-S_n / lam) / sum_k exp(-S_k / lam)
+        V = -lambda log (1/K) sum_n exp(-S_n / lambda)        w_n = exp(-S_n / lambda) / sum_k exp(-S_k / lambda)
+
+    with lambda the temperature.
 
     V is the free energy of the start state, the value MPQ's soft Q learns (offboard/mpq.py); w are the
     weights of MPPI's update. One max-subtracted exponential serves both (the best sample gets 1). A state whose
     samples are all inf keeps weights 0 (its mean does not move) and gets V = inf. -> V (B,), w (B, K)."""
     S_min = S.min(axis=1, keepdims=True)
     shift = xp.where(xp.isfinite(S_min), S_min, 0.0)
-    z = xp.exp((shift - S) / lam)
+    z = xp.exp((shift - S) / temperature)
     z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
-    return S_min[:, 0] - lam * xp.log(z_sum[:, 0] / S.shape[1]), z / z_sum
+    return S_min[:, 0] - temperature * xp.log(z_sum[:, 0] / S.shape[1]), z / z_sum
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class MPPIConfig:
     K: int = 24  # samples per start state
     H: int = 8  # horizon, counting the terminal step
     sigma: float | tuple[float, ...] = 4.0  # sampling noise covariance (diagonal, per action dim)
-    lam: float = 0.15  # temperature lambda
+    temperature: float = 0.15  # lambda: how sharply the weights favour the low-cost samples
     alpha: float = 0.5  # step size of the mean update
     gamma: float = 0.9  # discount
     n_iters: int = 1  # MPPI iterations per plan
@@ -93,7 +95,7 @@ class MPPIConfig:
                 ("K", self.K, integer, "a whole number"),
                 ("H", self.H, integer, "a whole number"),
                 ("n_iters", self.n_iters, integer, "a whole number"),
-                ("lam", self.lam, real, "a number"),
+                ("temperature", self.temperature, real, "a number"),
                 ("alpha", self.alpha, real, "a number"),
                 ("gamma", self.gamma, real, "a number"),
                 ("td_lambda", self.td_lambda, real, "a number"),
@@ -123,7 +125,7 @@ class MPPIConfig:
                     ("K", self.K >= 1, ">= 1"),
                     ("H", self.H >= 1, ">= 1"),
                     ("n_iters", self.n_iters >= 1, ">= 1"),
-                    ("lam", self.lam > 0, "> 0"),
+                    ("temperature", self.temperature > 0, "> 0"),
                     ("sigma", bool(np.all(np.asarray(self.sigma) > 0)), "> 0"),
                     ("alpha", 0 < self.alpha <= 1, "in (0, 1]"),
                     ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
@@ -160,7 +162,7 @@ class MPPIConfig:
 @dataclass
 class Plan:
     actions: np.ndarray  # (B, H, m) the updated mean sequences, within bounds
-    value: np.ndarray  # (B,) free energy V(s) = -lam log mean_n exp(-S_n / lam), last iteration
+    value: np.ndarray  # (B,) free energy V(s) = -lambda log mean_n exp(-S_n / lambda), last iteration
     ess: np.ndarray  # (B,) effective sample size 1 / sum w^2, last iteration
     min_cost: np.ndarray  # (B,) lowest sample cost S, last iteration
     nonfinite: np.ndarray  # (B,) samples whose cost was NaN or inf (given zero weight), all iterations
@@ -264,7 +266,7 @@ class MPPI:
             actions, eps, params = self._sample(U)
             S, broken = self._score(states, U, actions, eps, params)
             nonfinite += broken
-            value, weights = free_energy(S, self.config.lam, self.xp)
+            value, weights = free_energy(S, self.config.temperature, self.xp)
             U = self._update(U, eps, weights)
         sum_w2 = (weights * weights).sum(axis=1)
         ess = self.xp.where(sum_w2 > 0, 1.0 / self.xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
@@ -296,7 +298,7 @@ class MPPI:
         """Each sample's cost S (B, K), rolled out on the model from its start state:
 
             S = sum_{t<H-1} gamma^t c(s_t, a_t) + gamma^(H-1) Q(s_{H-1}, a_{H-1})
-                + lam sum_t 0.5 U_t^T Sigma^-1 (U_t + 2 eps_t)
+                + lambda sum_t 0.5 U_t^T Sigma^-1 (U_t + 2 eps_t)          (lambda: the temperature)
 
         (MPQ(lambda): the blend of returns in `blended_return`; the control cost undiscounted, docs/algorithm.md).
         A NaN or inf S (a broken model or Q) becomes inf, so it gets zero weight rather than poisoning the mean.
@@ -317,7 +319,7 @@ class MPPI:
         scaled_U = (U * self.sigma_inv).reshape(B, H * m)
         quadratic = (U.reshape(B, H * m) * scaled_U).sum(axis=1, keepdims=True)  # (B, 1)
         cross = self._per_sample_dot(eps.reshape(B, K, H * m), scaled_U)  # (B, K)
-        S = returns + (0.5 * cfg.lam) * (quadratic + 2.0 * cross)
+        S = returns + (0.5 * cfg.temperature) * (quadratic + 2.0 * cross)
         finite = xp.isfinite(S)  # no branch on the data: on the GPU a branch would wait for the device
         return xp.where(finite, S, xp.inf), K - finite.sum(axis=1)
 
@@ -371,7 +373,7 @@ class MPPI:
         backend's own rollout (every backend, unchanged), and Q runs once on all H-1 visited states. H >= 2."""
         cfg, task, xp = self.config, self.task, self.xp
         B, K, H, m = actions.shape
-        n, lam, gamma = task.state_dim, cfg.td_lambda, cfg.gamma
+        n, td, gamma = task.state_dim, cfg.td_lambda, cfg.gamma
         state = xp.broadcast_to(states[:, None, :], (B, K, n)).reshape(B * K, n)
         per_rollout = params if params.ndim == 1 else params.reshape(B * K, 1, task.param_dim)
         running = xp.zeros((B, K), dtype=self.dtype)
@@ -381,13 +383,13 @@ class MPPI:
                 state, actions[:, :, t : t + 2].reshape(B * K, 1, 2, m), per_rollout, gamma
             )
             state = state.reshape(B * K, n)
-            running = running + (gamma * lam) ** t * cost.reshape(B, K)
+            running = running + (gamma * td) ** t * cost.reshape(B, K)
             visited.append(state)
         obs = task.obs(xp.stack(visited)).reshape((H - 1) * B * K, task.obs_dim)  # s_1 .. s_{H-1}
         acts = xp.moveaxis(actions[:, :, 1:], 2, 0).reshape((H - 1) * B * K, m)  # a_1 .. a_{H-1}
         q = xp.asarray(self.q(obs, acts), dtype=self.dtype).reshape(H - 1, B, K)
-        weights = [(gamma * lam) ** t * gamma * (1 - lam) for t in range(H - 1)]
-        weights[-1] += (gamma * lam) ** (H - 1)
+        weights = [(gamma * td) ** t * gamma * (1 - td) for t in range(H - 1)]
+        weights[-1] += (gamma * td) ** (H - 1)
         return running + sum(w * q[t] for t, w in enumerate(weights))
 
     def act(self, state: np.ndarray) -> np.ndarray:

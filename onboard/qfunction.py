@@ -239,7 +239,7 @@ class OnnxQ:
 
 
 # What a Q's values depend on: the MPPI it was trained with.
-TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "lam", "alpha", "gamma", "td_lambda", "noise_filter")
+TRAINED_SETTINGS = ("K", "H", "n_iters", "sigma", "temperature", "alpha", "gamma", "td_lambda", "noise_filter")
 
 
 def trained_settings_mismatch(q: OnnxQ, config) -> str | None:
@@ -248,6 +248,8 @@ def trained_settings_mismatch(q: OnnxQ, config) -> str | None:
     trained = q.manifest.get("mppi")
     if not isinstance(trained, dict):  # a model from elsewhere may not record them
         return None
+    if "lam" in trained:  # models exported before the temperature had its name
+        trained = {("temperature" if key == "lam" else key): value for key, value in trained.items()}
     acting = config.to_dict()
 
     def same(a, b) -> bool:

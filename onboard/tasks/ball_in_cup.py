@@ -42,7 +42,7 @@ class BallInCup(Task):
         Parameter("tendon_stiffness[string]", 0.00375, 1.5),
     )
     # The paper's Table 3, with the 3 MPPI iterations per plan that the soft-Bellman targets run.
-    mppi_defaults = dict(K=36, H=4, sigma=4.0, lam=0.15, alpha=0.55, gamma=0.9, n_iters=3)
+    mppi_defaults = dict(K=36, H=4, sigma=4.0, temperature=0.15, alpha=0.55, gamma=0.9, n_iters=3)
     long_horizon = 48
 
     def __init__(self, mass_scale: dict[str, float] | None = None):

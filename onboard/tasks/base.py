@@ -95,7 +95,7 @@ class Task:
     name: str
     obs_dim: int
     parameters: tuple[Parameter, ...]  # the planner's bias
-    # The paper's MPPI settings for this task (Table 3): K, H, sigma, lam, alpha, gamma, n_iters.
+    # The paper's MPPI settings for this task (Table 3): K, H, sigma, temperature (lambda), alpha, gamma, n_iters.
     mppi_defaults: dict
     long_horizon: int  # the "long MPPI" baseline horizon
     # The typical size of the task's values (discounted cost-to-go): the trained Q's output is this times its

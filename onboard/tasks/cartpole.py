@@ -41,7 +41,7 @@ class CartPole(Task):
     # Not in the paper (it has no cart-pole). Like the pendulum's H=8, H=12 is too short to swing up
     # without a terminal value, even with the true model; the long baseline, H=24, does it. 3 MPPI
     # iterations per plan, as the pendulum: the iterations of the paper's soft-Bellman targets.
-    mppi_defaults = dict(K=128, H=12, sigma=25.0, lam=0.5, alpha=0.5, gamma=0.98, n_iters=3)
+    mppi_defaults = dict(K=128, H=12, sigma=25.0, temperature=0.5, alpha=0.5, gamma=0.98, n_iters=3)
     long_horizon = 24
     # Costs up to 10 a step (hanging) with gamma = 0.98: values of a few hundred.
     value_scale = 100.0

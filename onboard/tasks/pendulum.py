@@ -29,7 +29,7 @@ class Pendulum(Task):
     parameters = (Parameter("body_mass[pole]", 0.9, 1.5), Parameter("body_ipos[pole][2]", 0.45, 0.75))
     # The paper's Table 3, plus 3 MPPI iterations per control step: the iterations each soft-Bellman
     # target runs, so the robot acts with the optimiser whose value Q learns (README, "Acting iterations").
-    mppi_defaults = dict(K=24, H=8, sigma=4.0, lam=0.15, alpha=0.5, gamma=0.9, n_iters=3)
+    mppi_defaults = dict(K=24, H=8, sigma=4.0, temperature=0.15, alpha=0.5, gamma=0.9, n_iters=3)
     long_horizon = 32
 
     c_source = f"""

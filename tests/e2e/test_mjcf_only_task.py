@@ -48,7 +48,7 @@ class Puck(Task):
     name = "puck"
     obs_dim = 2
     parameters = (Parameter("body_mass[puck]", 0.5, 2.0), Parameter("geom_friction[floor][0]", 0.05, 0.3))
-    mppi_defaults = dict(K=32, H=10, sigma=25.0, lam=0.1, alpha=0.5, gamma=0.9, n_iters=2)
+    mppi_defaults = dict(K=32, H=10, sigma=25.0, temperature=0.1, alpha=0.5, gamma=0.9, n_iters=2)
     long_horizon = 12
 
     def cost(self, s, u):

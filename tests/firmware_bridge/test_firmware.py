@@ -6,7 +6,7 @@ import numpy as np
 
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, mavlink
 from firmware_bridge.plant import MujocoPlant
-from firmware_bridge.standin import Firmware
+from firmware_bridge.standin import PlantProtocol
 
 HOST = mavlink.MAVLink(None, srcSystem=255, srcComponent=191)
 
@@ -14,7 +14,7 @@ HOST = mavlink.MAVLink(None, srcSystem=255, srcComponent=191)
 def armed_firmware(task="pendulum", mode="realtime", state=(0.0, 0.2, 0.0)):
     sent = []
     plant = MujocoPlant.for_task(task)
-    firmware = Firmware(plant, task, mode, send=sent.append)
+    firmware = PlantProtocol(plant, task, mode, send=sent.append)
     dims = (plant.state_dim, plant.model.nu)
     firmware.handle(
         HOST.mpq_handshake_encode(DIALECT_VERSION, DIALECT_CHECKSUM, task.encode(), *dims, 0, 0, 0), now=0.0

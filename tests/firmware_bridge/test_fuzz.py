@@ -8,7 +8,7 @@ import numpy as np
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, MPQ_MESSAGE_IDS, mavlink
 from firmware_bridge.frames import MAGIC, FrameParser, LinkCounters
 from firmware_bridge.plant import MujocoPlant
-from firmware_bridge.standin import Firmware
+from firmware_bridge.standin import PlantProtocol
 
 CASES = 10_000
 
@@ -101,7 +101,7 @@ def test_firmware_stays_safe_on_every_valid_crc_frame():
     in range, and a non-finite command always leaves the plant in the safe state."""
     rng = np.random.default_rng(7)
     sender = mavlink.MAVLink(None, srcSystem=255, srcComponent=191)
-    firmware = Firmware(MujocoPlant.for_task("pendulum"), "pendulum", "lockstep", send=lambda msg: None)
+    firmware = PlantProtocol(MujocoPlant.for_task("pendulum"), "pendulum", "lockstep", send=lambda msg: None)
     parser = FrameParser(mavlink.MAVLink(None))
     handshake = sender.mpq_handshake_encode(
         DIALECT_VERSION, DIALECT_CHECKSUM, b"pendulum", 3, 1, 50000, mavlink.MPQ_ROLE_HOST, 0

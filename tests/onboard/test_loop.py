@@ -19,6 +19,7 @@ import tomli_w
 
 from firmware_bridge.link import Link
 from onboard.loop import LoopError, make_planner, run
+from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile
 from onboard.recorder import Recorder, iter_transitions, read_manifest, read_segment, verified_segments
 from onboard.scheduling import realtime_refusal
@@ -348,7 +349,6 @@ def test_a_segment_closed_but_not_listed_before_a_crash_is_listed_at_the_next_st
 def test_a_model_trained_for_other_mppi_settings_is_named_before_it_plans(tmp_path, make_q, caplog):
     """A Q's values are the free energy of the MPPI it was trained with: planning with other settings is
     allowed (an experiment) but never silent."""
-    from onboard.mppi import MPPIConfig
     from onboard.selfcheck import selfcheck
 
     task = get_task("pendulum")
@@ -367,6 +367,19 @@ def test_a_model_trained_for_other_mppi_settings_is_named_before_it_plans(tmp_pa
     with caplog.at_level("WARNING", logger="mpq.loop"):
         make_planner(profile, task)
     assert caplog.records == []
+
+
+def test_a_model_exported_before_the_temperature_was_named_is_still_held_to_it(tmp_path, make_q, caplog):
+    """q.json files written before the rename record the temperature as "lam": still compared, under its name."""
+    task = get_task("pendulum")
+    trained = {("lam" if k == "temperature" else k): v for k, v in MPPIConfig.for_task(task).to_dict().items()}
+    path, _ = make_q("pendulum", extra={"mppi": trained})
+    profile = load_profile("sim", model=str(path), log_dir=str(tmp_path))
+    profile.mppi = {**profile.mppi, "temperature": 0.5}
+    with caplog.at_level("WARNING", logger="mpq.loop"):
+        make_planner(profile, task)
+    (record,) = caplog.records
+    assert "temperature=0.5 (trained with 0.15)" in record.message
 
 
 @pytest.mark.parametrize("recorded, warned", [("not a table", False), ({"sigma": [1.0, 2.0, 3.0]}, True), ({}, False)])

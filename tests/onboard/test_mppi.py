@@ -115,7 +115,7 @@ def test_one_iteration_equals_mpq_equations_computed_by_hand(backend, with_q):
     weights, the alpha step, and the free energy."""
     task = get_task("pendulum")
     K, H, sigma, lam, alpha, gamma = 6, 3, 4.0, 0.7, 0.6, 0.5
-    config = MPPIConfig(K=K, H=H, sigma=sigma, lam=lam, alpha=alpha, gamma=gamma, model="true")
+    config = MPPIConfig(K=K, H=H, sigma=sigma, temperature=lam, alpha=alpha, gamma=gamma, model="true")
 
     def q(obs, act):
         return 1.3 * obs[:, 0] + 0.1 * obs[:, 2] + 0.7 * act[:, 0] ** 2 + 0.4 * act[:, 0]
@@ -197,7 +197,7 @@ def test_free_energy_matches_closed_form_for_h1(mean):
     """
     task = get_task("pendulum")
     c0, k, sigma, lam = 1.0, 2.0, 0.25, 0.15
-    config = MPPIConfig.for_task(task, K=20000, H=1, sigma=sigma, lam=lam, alpha=1.0, seed=3)
+    config = MPPIConfig.for_task(task, K=20000, H=1, sigma=sigma, temperature=lam, alpha=1.0, seed=3)
     mppi = MPPI(task, config, "numpy", q=lambda obs, act: c0 + 0.5 * k * act[:, 0] ** 2)
     B = 16
     plan = mppi.plan(np.zeros((B, 3)), np.full((B, 1, 1), mean))
@@ -211,7 +211,7 @@ def test_the_value_is_a_soft_minimum_of_the_sample_costs():
     task = get_task("pendulum")
     config = MPPIConfig.for_task(task, K=256, H=4, model="true", seed=0)
     plan = MPPI(task, config, "numpy").plan(np.array([[0.0, 0.5, 0.0]]))
-    assert plan.min_cost[0] < plan.value[0] < plan.min_cost[0] + config.lam * np.log(config.K)
+    assert plan.min_cost[0] < plan.value[0] < plan.min_cost[0] + config.temperature * np.log(config.K)
     assert 1.0 < plan.ess[0] < config.K
     np.testing.assert_allclose(plan.weights.sum(axis=1), 1.0)
 
@@ -288,8 +288,8 @@ def test_plans_for_every_task_and_backend_with_or_without_an_onnx_q(name, backen
 
 
 def test_bad_settings_are_named_in_one_error():
-    with pytest.raises(ValueError, match=r"K=0 must be >= 1; lam=-1.0 must be > 0"):
-        MPPIConfig(K=0, lam=-1.0)
+    with pytest.raises(ValueError, match=r"K=0 must be >= 1; temperature=-1.0 must be > 0"):
+        MPPIConfig(K=0, temperature=-1.0)
     with pytest.raises(ValueError, match="model='exact'"):
         MPPIConfig(model="exact")
     with pytest.raises(ValueError, match=r"noise_filter=\[1, 2\] must be three numbers"):
