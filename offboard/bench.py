@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from offboard import bench_link, bench_mujoco, bench_step
 from offboard.bench_step import ITERS, WARMUP
@@ -89,9 +90,7 @@ def run_link(steps: int) -> dict:
 def _onboard_run(profile: dict, episodes: int, tmp: Path) -> dict:
     path = tmp / "robots" / f"{profile['name']}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"{k} = {json.dumps(v)}" for k, v in profile.items() if k != "mppi"]
-    lines += ["[mppi]"] + [f"{k} = {json.dumps(v)}" for k, v in profile.get("mppi", {}).items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tomli_w.dumps(profile))
     out = subprocess.run(
         [
             sys.executable,
@@ -185,7 +184,7 @@ def _realtime_run(task, model: Path, base: dict, period: float, seconds: float, 
             name=f"bench-rt{round(1 / period)}",
             mode="realtime",
             model=str(model),
-            standin_period=period,
+            standin=dict(period=period),
             deadline_misses_max=1_000_000,
             **base,
             mppi=dict(K=1024, H=32, n_iters=ITERS, model="mean"),

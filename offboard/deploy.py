@@ -60,7 +60,7 @@ def requirements(profile: RobotProfile) -> str:
     and the profile's gpu extra for cupy and warp (gpu: CUDA 13 from PyPI; gpu-cuda12: JetPack 6,
     onnxruntime-gpu from pip_extra_index_url)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    gpu = [profile.gpu_extra] if profile.backend in ("cupy", "warp") else []
+    gpu = [profile.deploy.gpu_extra] if profile.backend in ("cupy", "warp") else []
     warp = ["warp"] if profile.backend == "warp" else []
     extras = ["onboard"] + (["sim"] if profile.serial == "standin" else []) + warp + gpu
     lines = list(project.get("dependencies", []))
@@ -68,14 +68,15 @@ def requirements(profile: RobotProfile) -> str:
         lines += [r for r in project["optional-dependencies"][extra] if r not in lines]
     if gpu:  # onnxruntime-gpu is the same module with the CUDA providers: never both
         lines = [r for r in lines if not re.match(r"onnxruntime\s*[<>=!~;]|onnxruntime$", r)]
-    if profile.pip_extra_index_url:  # a pip option in the requirements file: part of the venv's identity too
-        lines.insert(0, f"--extra-index-url {profile.pip_extra_index_url}")
+    if profile.deploy.pip_extra_index_url:  # a pip option in the requirements file: part of the venv's identity too
+        lines.insert(0, f"--extra-index-url {profile.deploy.pip_extra_index_url}")
     return "\n".join(lines) + "\n"
 
 
 def robot_profile(profile: RobotProfile, remote_dir: str, model_on_robot: str) -> dict:
     """The profile as the robot reads it: paths point into the release or the robot's own folders."""
     data = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name not in ("root", "source")}
+    data.update(standin=dataclasses.asdict(profile.standin), deploy=dataclasses.asdict(profile.deploy))
     data["model"] = model_on_robot
     data["log_dir"] = f"{remote_dir}/data"  # outside the releases: logs outlive deploys and rollbacks
     if profile.signing_key_file and not Path(profile.signing_key_file).expanduser().is_absolute():
@@ -118,8 +119,8 @@ def build_release(
         model_sha256=q.sha256 if q else None,
         code_version=version,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        venv_dir=profile.venv_dir,
-        service=profile.service,
+        venv_dir=profile.deploy.venv_dir,
+        service=profile.deploy.service,
         episodes=profile.episodes,
         files=files,
     )
@@ -165,7 +166,7 @@ def release_id(info: dict, q: OnnxQ | None, version: str) -> str:
 def robot_command(remote: Remote, info: dict, release: str, action: str, *args: str) -> str:
     """`python -m onboard.release <action>` on the robot, from the code of `release`."""
     folder = f"{info['dir']}/releases/{release}"
-    argv = [remote.profile.python, "-m", "onboard.release", action, info["dir"], *args]
+    argv = [remote.profile.deploy.python, "-m", "onboard.release", action, info["dir"], *args]
     return f"cd {shlex.quote(folder)} && {shlex.join(argv)}"
 
 

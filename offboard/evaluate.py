@@ -84,8 +84,8 @@ def run_episodes(
     task_spec = get_task(task)
     profile.backend = cpu_backend_for(task_spec)  # the sim profile's c backend needs a closed form
     profile.name = name
-    profile.standin_mass_scale = dict(mass_scale or {})
-    profile.standin_randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
+    profile.standin.mass_scale = dict(mass_scale or {})
+    profile.standin.randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
     profile.mppi = {**profile.mppi, "seed": seed, **mppi}
     before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)

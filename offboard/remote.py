@@ -28,12 +28,12 @@ class Remote:
 
     def __init__(self, profile: RobotProfile):
         self.profile = profile
-        self.host = profile.host
-        self.port = profile.ssh_port
-        self.user = profile.user or getpass.getuser()
+        self.host = profile.deploy.host
+        self.port = profile.deploy.ssh_port
+        self.user = profile.deploy.user or getpass.getuser()
         self.target = f"{self.user}@{self.host}"
-        self.identity = profile.path(profile.identity_file)
-        self.known_hosts = profile.path(profile.known_hosts_file) or Path("~/.ssh/known_hosts").expanduser()
+        self.identity = profile.path(profile.deploy.identity_file)
+        self.known_hosts = profile.path(profile.deploy.known_hosts_file) or Path("~/.ssh/known_hosts").expanduser()
         # One ssh connection for every command and rsync of this deploy or pull (ssh multiplexing).
         self.control_dir = tempfile.mkdtemp(prefix="mpq-ssh-")
 
@@ -136,7 +136,7 @@ class Remote:
 def check_ssh_settings(profile: RobotProfile) -> None:
     """What can be checked here before connecting: the profile first (a profile without a host needs no ssh),
     then the tools, the key and the known hosts file."""
-    if not profile.host:
+    if not profile.deploy.host:
         raise RemoteError(
             f"robot {profile.name!r} has no host in {profile.source or profile_file(profile.name)}: it runs here "
             "(make sim); set host (and user, identity_file) to deploy to it"
@@ -144,16 +144,16 @@ def check_ssh_settings(profile: RobotProfile) -> None:
     for tool in ("ssh", "rsync"):
         if shutil.which(tool) is None:
             raise RemoteError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
-    if profile.identity_file and not profile.path(profile.identity_file).is_file():
-        path, user = profile.path(profile.identity_file), profile.user or getpass.getuser()
+    if profile.deploy.identity_file and not profile.path(profile.deploy.identity_file).is_file():
+        path, user = profile.path(profile.deploy.identity_file), profile.deploy.user or getpass.getuser()
         raise RemoteError(
             f"identity file {path} not found: create a key (ssh-keygen -t ed25519 -f {path}) and install it on the "
-            f"robot (ssh-copy-id -i {path}.pub -p {profile.ssh_port} {user}@{profile.host})"
+            f"robot (ssh-copy-id -i {path}.pub -p {profile.deploy.ssh_port} {user}@{profile.deploy.host})"
         )
-    if profile.known_hosts_file and not profile.path(profile.known_hosts_file).is_file():
+    if profile.deploy.known_hosts_file and not profile.path(profile.deploy.known_hosts_file).is_file():
         raise RemoteError(
-            f"known hosts file {profile.path(profile.known_hosts_file)} not found: create it (ssh-keyscan -p "
-            f"{profile.ssh_port} {profile.host}, after checking the key) or clear known_hosts_file"
+            f"known hosts file {profile.path(profile.deploy.known_hosts_file)} not found: create it (ssh-keyscan -p "
+            f"{profile.deploy.ssh_port} {profile.deploy.host}, after checking the key) or clear known_hosts_file"
         )
 
 
@@ -183,8 +183,8 @@ if session is not None:
 
 
 def prepare_command(remote: Remote, deploy: bool) -> str:
-    script = PREPARE.format(dir=remote.profile.remote_dir, deploy=deploy)
-    return f"{shlex.quote(remote.profile.python)} -c {shlex.quote(script)}"
+    script = PREPARE.format(dir=remote.profile.deploy.remote_dir, deploy=deploy)
+    return f"{shlex.quote(remote.profile.deploy.python)} -c {shlex.quote(script)}"
 
 
 def checked_info(remote: Remote, line: str) -> dict:
@@ -195,7 +195,7 @@ def checked_info(remote: Remote, line: str) -> dict:
         )
     if tuple(int(v) for v in info["python"].split(".")[:2]) < (3, 10):
         raise RemoteError(
-            f"{remote.profile.python} on {remote.host} is Python {info['python']}: mpq needs 3.10 or newer; "
+            f"{remote.profile.deploy.python} on {remote.host} is Python {info['python']}: mpq needs 3.10 or newer; "
             "install one and set python in the robot's profile"
         )
     return info

@@ -57,7 +57,7 @@ def make_planner(profile: RobotProfile, task) -> MPPI:
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
     """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
     with loop_scheduling(profile) as scheduling:  # before the planner: ONNX Runtime's threads inherit it
-        task = get_task(profile.task, profile.standin_mass_scale)
+        task = get_task(profile.task, profile.standin.mass_scale)
         planner = planner or make_planner(profile, task)
         try:
             recorder = Recorder(profile.log_path, profile.name)
@@ -348,7 +348,7 @@ def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, 
         mode=profile.mode,
         starts=profile.starts,
         seed=profile.seed,
-        standin_mass_scale=profile.standin_mass_scale,  # the profile allows one only for the stand-in
+        standin_mass_scale=profile.standin.mass_scale,  # the profile allows one only for the stand-in
         standin_plant=_randomised_plant(profile, task, episode),
         code_version=version,
         start_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -359,7 +359,7 @@ def _segment_metadata(profile: RobotProfile, task, planner: MPPI, episode: int, 
 
 def _randomised_plant(profile: RobotProfile, task, episode: int) -> dict | None:
     """A domain-randomised stand-in's parameters for this episode (it draws them by the same rule), else None."""
-    if not profile.standin_randomise:
+    if not profile.standin.randomise:
         return None
     return plant_draw(task.bias_ranges, profile.seed, episode)
 

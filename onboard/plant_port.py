@@ -43,11 +43,11 @@ class PlantPort:
         args += ["--models", str(models)]
         if p.signing_key_file:
             args += ["--signing-key-file", str(p.path(p.signing_key_file))]
-        if p.standin_period:
-            args += ["--control-period", str(p.standin_period)]
-        for body, factor in p.standin_mass_scale.items():
+        if p.standin.period:
+            args += ["--control-period", str(p.standin.period)]
+        for body, factor in p.standin.mass_scale.items():
             args += ["--mass-scale", f"{body}={factor!r}"]
-        if p.standin_randomise:  # each episode's plant drawn from the task's bias, by (seed, episode)
+        if p.standin.randomise:  # each episode's plant drawn from the task's bias, by (seed, episode)
             for address, low, high in get_task(p.task).bias_ranges:
                 args += ["--randomise", f"{address}={low!r}:{high!r}"]
             args += ["--randomise-seed", str(p.seed)]

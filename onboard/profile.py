@@ -27,7 +27,39 @@ class ProfileError(ValueError):
 
 
 @dataclass
+class StandinSettings:
+    """[standin]: the firmware stand-in a profile with serial = "standin" starts (a real plant is what it is)."""
+
+    mass_scale: dict = field(default_factory=dict)  # {body: factor}: bodies heavier than the MJCF (mass and inertia)
+    period: float = 0.0  # override the model's control period, s (0: the XML's)
+    randomise: bool = False  # each episode's plant drawn from the task's bias, seeded by (seed, episode)
+
+
+@dataclass
+class DeploySettings:
+    """[deploy]: how the workstation reaches the robot over ssh (offboard/deploy.py) and sets it up; workstation
+    paths are relative to the repository root. The robot's own run never reads them."""
+
+    host: str = ""  # empty: not deployable (runs here)
+    user: str = ""  # empty: your user name
+    ssh_port: int = 22
+    identity_file: str = ""  # the private key ssh logs in with (key authentication only)
+    known_hosts_file: str = ""  # empty: ~/.ssh/known_hosts
+    remote_dir: str = "mpq"  # on the robot; relative to the login's home folder
+    python: str = "python3"  # on the robot: creates the venv
+    venv_dir: str = ""  # on the robot: one venv per set of requirements in it; empty: <remote_dir>/venvs
+    pip_extra_index_url: str = ""  # an extra package index for the robot's venv (JetPack's CUDA wheels)
+    gpu_extra: str = "gpu"  # backend cupy: the pip extra deploy installs: gpu (CUDA 13) or gpu-cuda12 (JetPack 6)
+    service: str = "auto"  # auto (systemd where it runs, else the pidfile supervisor) | systemd | supervisor
+
+
+SECTIONS = {"standin": StandinSettings, "deploy": DeploySettings}
+
+
+@dataclass
 class RobotProfile:
+    """What the onboard loop needs at the top level, the stand-in's and deploy's settings in their sections."""
+
     name: str
     task: str
     serial: str = "standin"
@@ -47,24 +79,10 @@ class RobotProfile:
     realtime_priority: int = 50  # realtime mode: the loop's SCHED_FIFO priority, 1-99 (0: normal scheduling)
     seed: int = 0  # episode starts: drawn from the task's start box seeded by (seed, episode id)
     starts: str = "uniform"  # episode starts: "uniform" over the task's start box, or "hanging" (its fixed start)
-    standin_mass_scale: dict = field(default_factory=dict)  # stand-in only: {body: factor}, a plant off its MJCF
-    standin_period: float = 0.0  # stand-in only: override the model's control period, s (0: the XML's)
-    # stand-in only: domain randomisation, each episode's plant drawn from the task's bias (seeded by (seed, episode))
-    standin_randomise: bool = False
     episodes: int = 0  # the deployed service: episodes per start (0: until stopped)
     mppi: dict = field(default_factory=dict)
-    # Deploy over ssh (offboard/deploy.py); workstation paths are relative to the repository root.
-    host: str = ""  # empty: not deployable (runs here)
-    user: str = ""  # empty: your user name
-    ssh_port: int = 22
-    identity_file: str = ""  # the private key ssh logs in with (key authentication only)
-    known_hosts_file: str = ""  # empty: ~/.ssh/known_hosts
-    remote_dir: str = "mpq"  # on the robot; relative to the login's home folder
-    python: str = "python3"  # on the robot: creates the venv
-    venv_dir: str = ""  # on the robot: one venv per set of requirements in it; empty: <remote_dir>/venvs
-    pip_extra_index_url: str = ""  # an extra package index for the robot's venv (JetPack's CUDA wheels)
-    gpu_extra: str = "gpu"  # backend cupy: the pip extra deploy installs: gpu (CUDA 13) or gpu-cuda12 (JetPack 6)
-    service: str = "auto"  # auto (systemd where it runs, else the pidfile supervisor) | systemd | supervisor
+    standin: StandinSettings = field(default_factory=StandinSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
     root: Path = ROOT  # relative paths are resolved against this
     source: Path | None = None  # the file it was read from (messages name it)
 
@@ -101,7 +119,25 @@ def profile_file(robot: str) -> Path:
     return ROBOTS_DIR / f"{robot}.toml"
 
 
+def check_settings(path: Path, data: dict, cls, where: str, exclude=()) -> None:
+    """Refuse a setting `cls` does not have, or one of the wrong kind, in one line naming it and the fix."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ProfileError(f"{path}: unknown setting(s) {where}{', '.join(unknown)}: check the spelling")
+    for key, value in data.items():
+        default = fields[key].default
+        expected = {"mppi": dict, "mass_scale": dict, "cpus": list}.get(key) or (
+            str if default is dataclasses.MISSING else type(default)
+        )
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = data[key] = float(value)
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            raise ProfileError(f"{path}: {where}{key} = {value!r} should be a {expected.__name__}")
+
+
 def load_profile(robot: str, **overrides) -> RobotProfile:
+    """robots/<robot>.toml (or a path), with `overrides` over its settings (a section's: a dict merged into it)."""
     path = profile_file(robot)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -115,77 +151,117 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path} is not valid TOML ({e}): fix the file") from None
     data.setdefault("name", path.stem)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(RobotProfile)}
-    unknown = sorted(set(data) - set(fields) | set(data) & {"root", "source"})
-    if unknown:
-        raise ProfileError(f"{path}: unknown setting(s) {', '.join(unknown)}: check the spelling")
+    for key, value in overrides.items():  # a section's overrides join the file's section
+        if value is not None:
+            data[key] = {**data.get(key, {}), **value} if key in SECTIONS and isinstance(value, dict) else value
+    sections = {}
+    for section, cls in SECTIONS.items():
+        values = data.pop(section, {})
+        if not isinstance(values, dict):
+            raise ProfileError(f"{path}: {section} = {values!r} should be a [{section}] table")
+        check_settings(path, values, cls, f"[{section}] ")
+        sections[section] = cls(**values)
+    moved = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    moved |= {f"standin_{name}": "standin" for name in ("mass_scale", "period", "randomise")}
+    misplaced = sorted(set(data) & set(moved))
+    if misplaced:
+        raise ProfileError(
+            f"{path}: {', '.join(misplaced)} belong(s) in a section: move them under "
+            + " and ".join(sorted({f"[{moved[k]}]" for k in misplaced}))
+            + " (standin_mass_scale is [standin] mass_scale, and so on)"
+        )
     if "task" not in data:
         raise ProfileError(f'{path}: no task: add task = "pendulum" (or one of {", ".join(sorted(TASKS))})')
-    for key, value in data.items():
-        default = fields[key].default
-        expected = {"mppi": dict, "standin_mass_scale": dict, "cpus": list}.get(key) or (
-            str if default is dataclasses.MISSING else type(default)
-        )
-        if expected is float and isinstance(value, int):
-            value = data[key] = float(value)
-        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            raise ProfileError(f"{path}: {key} = {value!r} should be a {expected.__name__}")
+    check_settings(path, data, RobotProfile, "", exclude=("root", "source", *SECTIONS))
     folder = path.resolve().parent  # robots/ in the repository or in a release: paths start one level up
-    profile = RobotProfile(**data, root=folder.parent if folder.name == "robots" else ROOT, source=path)
+    root = folder.parent if folder.name == "robots" else ROOT
+    profile = RobotProfile(**data, **sections, root=root, source=path)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
-    choices = dict(
-        mode=("lockstep", "realtime"),
-        starts=("uniform", "hanging"),
-        service=("auto", "systemd", "supervisor"),
-        gpu_extra=("gpu", "gpu-cuda12"),
-    )
-    for key, allowed in choices.items():
-        if getattr(profile, key) not in allowed:
-            raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: use {' or '.join(map(repr, allowed))}")
+    standin, deploy = profile.standin, profile.deploy
+    for where, key, value, allowed in [
+        ("", "mode", profile.mode, ("lockstep", "realtime")),
+        ("", "starts", profile.starts, ("uniform", "hanging")),
+        ("[deploy] ", "service", deploy.service, ("auto", "systemd", "supervisor")),
+        ("[deploy] ", "gpu_extra", deploy.gpu_extra, ("gpu", "gpu-cuda12")),
+    ]:
+        if value not in allowed:
+            raise ProfileError(f"{path}: {where}{key} = {value!r}: use {' or '.join(map(repr, allowed))}")
     low, high = CONTROL_PERIOD_LIMITS
-    for key, ok, fix in [
-        ("name", NAME.fullmatch(profile.name), "use letters, digits, '.', '_' or '-' (it names the log folder)"),
-        ("log_dir", profile.log_dir != "", "give the folder for the segments"),
-        ("threads", profile.threads >= 1, "use 1 or more"),
-        ("cpus", all(type(c) is int and c >= 0 for c in profile.cpus), "give CPU numbers, e.g. [2, 3] (empty: all)"),
-        ("baud", profile.baud >= 1, "use the port's baud rate, e.g. 115200"),
-        ("deadline_misses_max", profile.deadline_misses_max >= 1, "use 1 or more"),
-        ("command_copies", 1 <= profile.command_copies <= 4, "use 1-4 (copies of each realtime command)"),
-        ("realtime_priority", 0 <= profile.realtime_priority <= 99, "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)"),
-        ("seed", profile.seed >= 0, "use 0 or more"),
-        ("episodes", profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
+    stand_in = profile.serial == "standin"
+    for where, key, value, ok, fix in [
         (
-            "standin_mass_scale",
-            not profile.standin_mass_scale or profile.serial == "standin",
+            "",
+            "name",
+            profile.name,
+            NAME.fullmatch(profile.name),
+            "use letters, digits, '.', '_' or '-' (it names the log folder)",
+        ),
+        ("", "log_dir", profile.log_dir, profile.log_dir != "", "give the folder for the segments"),
+        ("", "threads", profile.threads, profile.threads >= 1, "use 1 or more"),
+        (
+            "",
+            "cpus",
+            profile.cpus,
+            all(type(c) is int and c >= 0 for c in profile.cpus),
+            "give CPU numbers, e.g. [2, 3] (empty: all)",
+        ),
+        ("", "baud", profile.baud, profile.baud >= 1, "use the port's baud rate, e.g. 115200"),
+        ("", "deadline_misses_max", profile.deadline_misses_max, profile.deadline_misses_max >= 1, "use 1 or more"),
+        (
+            "",
+            "command_copies",
+            profile.command_copies,
+            1 <= profile.command_copies <= 4,
+            "use 1-4 (copies of each realtime command)",
+        ),
+        (
+            "",
+            "realtime_priority",
+            profile.realtime_priority,
+            0 <= profile.realtime_priority <= 99,
+            "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)",
+        ),
+        ("", "seed", profile.seed, profile.seed >= 0, "use 0 or more"),
+        ("", "episodes", profile.episodes, profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
+        (
+            "[standin] ",
+            "mass_scale",
+            standin.mass_scale,
+            not standin.mass_scale or stand_in,
             'only with serial = "standin": a real plant weighs what it weighs (clear it)',
         ),
         (
-            "standin_randomise",
-            not profile.standin_randomise or profile.serial == "standin",
+            "[standin] ",
+            "randomise",
+            standin.randomise,
+            not standin.randomise or stand_in,
             'only with serial = "standin": a real plant is what it is (set it to false)',
         ),
         (
-            "standin_randomise",
-            not (profile.standin_randomise and profile.standin_mass_scale),
-            "or standin_mass_scale, not both: each sets the plant's masses",
+            "[standin] ",
+            "randomise",
+            standin.randomise,
+            not (standin.randomise and standin.mass_scale),
+            "or mass_scale, not both: each sets the plant's masses",
         ),
         (
-            "standin_period",
-            profile.standin_period == 0 or low <= profile.standin_period <= high,
+            "[standin] ",
+            "period",
+            standin.period,
+            standin.period == 0 or low <= standin.period <= high,
             f"use 0 (the model's) or seconds from {low:g} to {high:g}",
         ),
     ]:
         if not ok:
-            raise ProfileError(f"{path}: {key} = {getattr(profile, key)!r}: {fix}")
+            raise ProfileError(f"{path}: {where}{key} = {value!r}: {fix}")
     try:
-        task = get_task(profile.task, profile.standin_mass_scale)
+        task = get_task(profile.task, standin.mass_scale)
     except ValueError as e:
-        raise ProfileError(f"{path}: standin_mass_scale: {e}") from None
-    if profile.standin_randomise and task.derived_fields:
+        raise ProfileError(f"{path}: [standin] mass_scale: {e}") from None
+    if standin.randomise and task.derived_fields:
         raise ProfileError(
-            f"{path}: standin_randomise = true: task {task.name} derives {', '.join(task.derived_fields)} from its "
+            f"{path}: [standin] randomise = true: task {task.name} derives {', '.join(task.derived_fields)} from its "
             "parameters in Python, which the stand-in cannot do: randomise a task without derived fields"
         )
     try:

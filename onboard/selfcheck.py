@@ -18,7 +18,7 @@ from onboard.tasks import get_task
 
 def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
     """Check the model, the backend and (unless link=False) the plant link; report lines, raises on a failure."""
-    task = get_task(profile.task, profile.standin_mass_scale)
+    task = get_task(profile.task, profile.standin.mass_scale)
     lines = [f"robot {profile.name}: task {task.name}, backend {profile.backend}, mode {profile.mode}"]
     q = None
     if profile.model:

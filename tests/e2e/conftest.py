@@ -7,6 +7,7 @@ openssh-server and rsync when missing; without them these tests skip and say so.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from onboard.profile import ROBOTS_DIR, load_profile
+from onboard.profile import ROBOTS_DIR, DeploySettings, load_profile
 
 try:
     import tomllib
@@ -89,7 +90,7 @@ def loopback(sshd, shared_venvs, tmp_path):
 
     def write(**overrides) -> Path:
         data = tomllib.loads((ROBOTS_DIR / "loopback.toml").read_text())
-        data.update(
+        data["deploy"].update(
             ssh_port=port,
             identity_file=str(keys / "user_ed25519"),
             known_hosts_file=str(keys / "known_hosts"),
@@ -97,7 +98,9 @@ def loopback(sshd, shared_venvs, tmp_path):
             venv_dir=str(shared_venvs),
             python=str(Path(sys.base_prefix) / "bin" / "python3"),  # a python with venv, like a robot's
         )
-        data.update(overrides)
+        deploy_settings = {f.name for f in dataclasses.fields(DeploySettings)}
+        for key, value in overrides.items():  # [deploy]'s settings into its section
+            (data["deploy"] if key in deploy_settings else data)[key] = value
         path = tmp_path / "robots" / "loopback.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(tomli_w.dumps(data))

@@ -122,7 +122,7 @@ def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
     assert second != first
     check = on_robot(
         profile,
-        f"cd {remote_dir}/current && {load_profile(str(profile)).python} -c 'import sys' && "
+        f"cd {remote_dir}/current && {load_profile(str(profile)).deploy.python} -c 'import sys' && "
         f"{venv_python(remote_dir)} -m onboard selfcheck --robot robots/loopback.toml",
     )
     assert check.returncode == 0, check.stderr
@@ -147,7 +147,7 @@ def venv_python(remote_dir: Path) -> str:
 def deployed(profile_path: Path) -> str:
     out = offboard("deploy", "--robot", str(profile_path))
     assert out.returncode == 0, out.stdout + out.stderr
-    return load_profile(str(profile_path)).remote_dir
+    return load_profile(str(profile_path)).deploy.remote_dir
 
 
 def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback, tmp_path):
@@ -326,7 +326,7 @@ def robot_holding_segments(loopback, tmp_path: Path):
     """(profile path, profile, the robot's log folder) of a loopback robot that recorded four episodes."""
     profile_path = loopback()
     profile = load_profile(str(profile_path))
-    robot_data = Path(profile.remote_dir) / "data" / "loopback"
+    robot_data = Path(profile.deploy.remote_dir) / "data" / "loopback"
     robot_data.parent.mkdir(parents=True)
     shutil.copytree(recorded_segments(tmp_path), robot_data)
     return profile_path, profile, robot_data

@@ -28,11 +28,13 @@ def test_requirements_follow_the_robot():
     assert any(r.startswith("mujoco-warp") for r in warp) and any(r.startswith("cupy-cuda12x") for r in warp)
     gpu = requirements(load_profile("jetson")).splitlines()  # backend = "cupy"
     assert any(r.startswith("cupy-cuda12x") for r in gpu) and any(r.startswith("onnxruntime-gpu") for r in gpu)
-    cuda13 = requirements(load_profile("jetson", gpu_extra="gpu")).splitlines()  # a CUDA 13 robot
+    cuda13 = requirements(load_profile("jetson", deploy=dict(gpu_extra="gpu"))).splitlines()  # a CUDA 13 robot
     assert any(r.startswith("cupy-cuda13x") for r in cuda13) and not any(r.startswith("cupy-cuda12x") for r in cuda13)
     assert not any(r.startswith("onnxruntime>") for r in gpu)  # never both builds of the same module
     assert any(r.startswith("mujoco") for r in requirements(load_profile("loopback")).splitlines())  # its stand-in
-    indexed = requirements(load_profile("jetson", pip_extra_index_url="https://example.org/jp6")).splitlines()
+    indexed = requirements(
+        load_profile("jetson", deploy=dict(pip_extra_index_url="https://example.org/jp6"))
+    ).splitlines()
     assert indexed[0] == "--extra-index-url https://example.org/jp6"
     assert not any(r.startswith("torch") for r in gpu + plain)  # the robot never trains
 

@@ -162,7 +162,7 @@ def test_domain_randomisation_draws_each_episodes_plant_and_the_log_says_which(t
     """The paper's DR column: the stand-in's plant drawn per episode from the bias, seeded by (seed, episode); the
     segment records the draw, and the recorded motion is that drawn plant's, not the TRUE one's."""
     profile = load_profile("sim", task="ball_in_cup", backend="mujoco", log_dir=str(tmp_path / "data"), seed=3)
-    profile.standin_randomise = True
+    profile.standin.randomise = True
     profile.mppi = {**profile.mppi, "n_iters": 1}
     run(profile, episodes=2, show_status=False)
     segments, problems = verified_segments(tmp_path / "data" / "sim")

@@ -225,10 +225,13 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(mode="turbo"), "mode = 'turbo'"),
         (dict(episodez=3), "unknown setting(s) episodez"),
         (dict(baud="fast"), "baud = 'fast' should be a int"),
-        (dict(service="cron"), "service = 'cron'"),
-        (dict(gpu_extra="cuda"), "gpu_extra = 'cuda': use 'gpu' or 'gpu-cuda12'"),
+        (dict(deploy=dict(service="cron")), "[deploy] service = 'cron'"),
+        (dict(host="robot.local"), "host belong(s) in a section: move them under [deploy]"),  # a profile from before
+        (dict(standin_mass_scale={"pole": 1.3}), "move them under [standin]"),
+        (dict(deploy=dict(hots="robot.local")), "unknown setting(s) [deploy] hots"),
+        (dict(deploy=dict(gpu_extra="cuda")), "[deploy] gpu_extra = 'cuda': use 'gpu' or 'gpu-cuda12'"),
         (dict(episodes=-1), "episodes = -1"),
-        (dict(ssh_port="22"), "ssh_port = '22' should be a int"),
+        (dict(deploy=dict(ssh_port="22")), "[deploy] ssh_port = '22' should be a int"),
         (dict(realtime_priority=120), "realtime_priority = 120: use 1-99"),
         (dict(name=""), "name = '': use letters, digits"),
         (dict(name="../../escape"), "name = '../../escape'"),  # the log folder stays inside log_dir
@@ -237,19 +240,19 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(deadline_misses_max=0), "deadline_misses_max = 0: use 1 or more"),
         (dict(seed=-5), "seed = -5: use 0 or more"),
         (dict(starts="sideways"), "starts = 'sideways': use 'uniform' or 'hanging'"),
-        (dict(standin_mass_scale={"cart": 1.3}), "standin_mass_scale: mass scale: "),
-        (dict(standin_mass_scale={"pole": -1}), "body 'pole' factor -1: use a positive number"),
-        (dict(standin_mass_scale=1.3), "standin_mass_scale = 1.3 should be a dict"),
+        (dict(standin=dict(mass_scale={"cart": 1.3})), "[standin] mass_scale: mass scale: "),
+        (dict(standin=dict(mass_scale={"pole": -1})), "body 'pole' factor -1: use a positive number"),
+        (dict(standin=dict(mass_scale=1.3)), "[standin] mass_scale = 1.3 should be a dict"),
         (
-            dict(serial="/dev/ttyUSB0", standin_mass_scale={"pole": 1.3}),
-            "standin_mass_scale = {'pole': 1.3}: only with serial = \"standin\"",
+            dict(serial="/dev/ttyUSB0", standin=dict(mass_scale={"pole": 1.3})),
+            "[standin] mass_scale = {'pole': 1.3}: only with serial = \"standin\"",
         ),
-        (dict(serial="/dev/ttyUSB0", standin_randomise=True), "standin_randomise = True: only with serial"),
-        (dict(standin_randomise=True, standin_mass_scale={"pole": 1.3}), "or standin_mass_scale, not both"),
-        (dict(standin_randomise=True), "task pendulum derives body_inertia from its parameters in Python"),
-        (dict(standin_randomise="yes"), "standin_randomise = 'yes' should be a bool"),
-        (dict(standin_period=-0.01), "standin_period = -0.01"),
-        (dict(standin_period=1e9), "standin_period = 1000000000.0"),
+        (dict(serial="/dev/ttyUSB0", standin=dict(randomise=True)), "[standin] randomise = True: only with serial"),
+        (dict(standin=dict(randomise=True, mass_scale={"pole": 1.3})), "or mass_scale, not both"),
+        (dict(standin=dict(randomise=True)), "task pendulum derives body_inertia from its parameters in Python"),
+        (dict(standin=dict(randomise="yes")), "[standin] randomise = 'yes' should be a bool"),
+        (dict(standin=dict(period=-0.01)), "[standin] period = -0.01"),
+        (dict(standin=dict(period=1e9)), "[standin] period = 1000000000.0"),
         (dict(signing_key_file="/nonexistent/key"), "signing key file /nonexistent/key"),  # before the plant starts
         (dict(mppi={"K": "24"}), "[mppi] MPPI settings: K='24' must be a whole number"),
         (dict(mppi={"K": 24.5}), "K=24.5 must be a whole number"),
@@ -424,7 +427,7 @@ def children(parent: int) -> list[int]:
 def test_realtime_plans_run_at_fifo_priority_and_the_process_is_left_as_it_was(tmp_path):
     """Other processes cannot delay a realtime plan; the stand-in it starts and the caller stay at normal priority."""
     before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-    profile = load_profile("sim", log_dir=str(tmp_path), mode="realtime", standin_period=0.005)
+    profile = load_profile("sim", log_dir=str(tmp_path), mode="realtime", standin=dict(period=0.005))
     planner = PolicyRecorder(make_planner(profile, get_task("pendulum")))
     stats = run(profile, episodes=1, planner=planner, show_status=False)
     assert planner.seen == {(os.SCHED_FIFO, 50)} and stats.summary()["scheduling"] == "SCHED_FIFO 50"
@@ -446,7 +449,7 @@ def without_realtime_rights() -> list[str]:
 
 def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path):
     robot = str(
-        write_profile(tmp_path, mode="realtime", standin_period=0.01, deadline_misses_max=50)
+        write_profile(tmp_path, mode="realtime", standin=dict(period=0.01), deadline_misses_max=50)
     )  # no priority: margin
     prefix = without_realtime_rights()
     out = subprocess.run(
