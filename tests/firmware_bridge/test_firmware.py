@@ -6,7 +6,7 @@ import numpy as np
 
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, mavlink
 from firmware_bridge.plant import MujocoPlant
-from firmware_bridge.standin import PlantProtocol
+from firmware_bridge.plant_protocol import PlantProtocol
 
 HOST = mavlink.MAVLink(None, srcSystem=255, srcComponent=191)
 

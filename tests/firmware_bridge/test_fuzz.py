@@ -8,7 +8,7 @@ import numpy as np
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_STATE, MPQ_MESSAGE_IDS, mavlink
 from firmware_bridge.frames import MAGIC, FrameParser, LinkCounters
 from firmware_bridge.plant import MujocoPlant
-from firmware_bridge.standin import PlantProtocol
+from firmware_bridge.plant_protocol import PlantProtocol
 
 CASES = 10_000
 
