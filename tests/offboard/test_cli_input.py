@@ -138,7 +138,7 @@ def test_deploy_commands_name_the_profile_file_given_and_check_their_options(tmp
 
 def test_deploy_without_ssh_on_the_workstation_says_what_to_install(tmp_path, capsys, monkeypatch):
     profile = tmp_path / "x.toml"
-    profile.write_text('task = "pendulum"\nhost = "127.0.0.1"\n')
+    profile.write_text('task = "pendulum"\n[deploy]\nhost = "127.0.0.1"\n')
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
     assert main(["deploy", "--robot", str(profile)]) == 1
     assert (
