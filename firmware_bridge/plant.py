@@ -9,7 +9,8 @@ A state is MuJoCo's full physics state (`mjSTATE_FULLPHYSICS`: time, qpos, qvel,
 other things MuJoCo needs to continue a simulation exactly), so the plant, the wire, the logs and every
 planner mean the same vector, and a planner that steps MuJoCo starts from exactly what the plant reports.
 
-The stand-in is the only code that steps the true plant, through `MujocoPlant`. The speed limit acts
+The stand-in (and the plain-MuJoCo Gymnasium environment, offboard/gym_env.py) step the true plant,
+through `MujocoPlant`; `TaskModel.render` draws a state offscreen (EGL where no display is set). The speed limit acts
 like a motor driver's governor and like Gym's Pendulum: the velocity is limited before it moves the
 position (`limit_speed`, which the MuJoCo planner backends apply the same way).
 """
@@ -17,10 +18,13 @@ position (`limit_speed`, which the MuJoCo planner backends apply the same way).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
-import mujoco
+if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"  # headless: MuJoCo picks its GL backend when first imported
+import mujoco  # noqa: E402
 import numpy as np
 
 from firmware_bridge.paths import MODELS_DIR
@@ -226,6 +230,19 @@ class TaskModel:
                 raise ValueError(f"{xml_path}: {name} has {box.size} values, qpos and qvel have {model.nq + model.nv}")
         seconds = self.numeric("episode_seconds")
         self.episode_steps = None if seconds is None else max(1, round(float(seconds[0]) / period))
+
+    def render(self, state, width: int = 320, height: int = 240, camera: str | int = -1) -> np.ndarray:
+        """An RGB image (height, width, 3) of the model in `state`, from `camera` (-1: MuJoCo's free camera)."""
+        key = (width, height)
+        if getattr(self, "_renderer_key", None) != key:
+            self._render_data = mujoco.MjData(self.model)
+            self._renderer = mujoco.Renderer(self.model, height, width)
+            self._renderer_key = key
+        data = self._render_data
+        mujoco.mj_setState(self.model, data, np.asarray(state, dtype=np.float64), STATE_SPEC)
+        mujoco.mj_forward(self.model, data)
+        self._renderer.update_scene(data, camera=camera)
+        return self._renderer.render()
 
     def numeric(self, name: str, required: bool = False) -> np.ndarray | None:
         value = custom_numeric(self.model, name)

@@ -1,0 +1,149 @@
+"""Every task as a Gymnasium environment, on the hardware path: `import offboard.gym_env` registers them.
+
+    env = gymnasium.make("mpq/Pendulum-v0")               # each step a command over the serial link
+    env = gymnasium.make("mpq/Pendulum-v0", robot="jetson")   # the port of a robot profile instead
+    env = gymnasium.make("mpq/PendulumMujoco-v0")         # the same task in plain MuJoCo, in-process
+
+`mpq/<Task>-v0` steps the plant exactly as the onboard loop does: the profile's port (the sim profile's
+firmware stand-in on a pty, by default), the MAVLink handshake, reset to the episode's start, arm, then
+one command and one state per step in lockstep. It is for checking an algorithm on the robot's own path
+(its link, its firmware, its failsafes), not a fast simulator: `make bench` does not time it, and the
+README says what one run printed. `mpq/<Task>Mujoco-v0` steps the same MJCF (MujocoPlant) without the
+link, for speed.
+
+Observation: the task's (`Task.obs`); action: the actuators' range; reward: minus the task's cost of the
+state the action was taken in (the cost the logs record); an episode is the task's length (truncated,
+never terminated, except when the plant latches a failsafe: terminated, with the failsafe in `info`).
+Seeding: `reset(seed=...)` seeds Gymnasium's generator, from which each start is drawn in the task's
+start box. `render_mode="rgb_array"` draws the state with MuJoCo's offscreen renderer.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from onboard.plant_port import PlantPort
+from onboard.profile import load_profile
+from onboard.tasks import TASKS, get_task
+
+STATE_TIMEOUT = 2.0  # s without the plant's answer to a command: the link is dead
+ENV_NAMES = {"pendulum": "Pendulum", "cartpole": "CartPole", "ball_in_cup": "BallInCup"}
+
+
+class MpqEnv(gymnasium.Env):
+    """One task through the serial link to the profile's plant (`path="link"`), or in plain MuJoCo (`"mujoco"`)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, task: str = "pendulum", robot: str = "sim", path: str = "link", render_mode: str | None = None):
+        if path not in ("link", "mujoco"):
+            raise ValueError(f"path {path!r}: use link (the serial link to the profile's plant) or mujoco")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode {render_mode!r}: use rgb_array or None")
+        self.task = get_task(task)
+        self.path, self.render_mode = path, render_mode
+        self.metadata = {**self.metadata, "render_fps": round(1 / self.task.dt)}
+        self.profile = load_profile(robot, task=task, mode="lockstep") if path == "link" else None
+        obs_dim, act_dim = self.task.obs_dim, self.task.act_dim
+        self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float64)
+        self.action_space = spaces.Box(self.task.u_min.astype(np.float32), self.task.u_max.astype(np.float32))
+        self._port = self._link = self._plant = None
+        self._state = None
+        self._episode = 0
+        self._steps = 0
+        assert act_dim == self.action_space.shape[0]
+
+    # --- the plant ---------------------------------------------------------------------------------
+    def _open(self) -> None:
+        """The plant, at the first reset: the link opened and handshaken, or the MuJoCo plant built."""
+        if self.path == "mujoco":
+            from firmware_bridge.plant import MujocoPlant
+
+            self._plant = MujocoPlant(self.task.xml_path)
+            return
+        from firmware_bridge.link import Link
+
+        profile = self.profile
+        self._port = PlantPort(profile)
+        url = self._port.__enter__()
+        try:
+            task = self.task
+            self._link = Link(url, task.name, task.state_dim, task.act_dim, profile.baud, profile.signing_key())
+            self._link.handshake(control_period=task.dt)
+        except BaseException:
+            self.close()
+            raise
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self._link is None and self._plant is None:
+            self._open()
+        start = self.task.initial_state(self.np_random)
+        self._episode += 1
+        self._steps = 0
+        if self._plant is not None:
+            self._state = self._plant.reset(start)
+        else:
+            self._link.disarm()
+            self._state = self._link.reset(self._episode, state=start)
+            self._link.arm()
+        return self.task.obs(self._current()), {}
+
+    def step(self, action):
+        if self._state is None:
+            raise RuntimeError("step before reset: call env.reset() first")
+        u = np.clip(np.asarray(action, dtype=np.float64), self.task.u_min, self.task.u_max)
+        cost = float(self.task.cost(self._current(), u))
+        info = {}
+        if self._plant is not None:
+            self._state = self._plant.step(u)
+        else:
+            state = self._link.exchange(u, self._state.seq, STATE_TIMEOUT)
+            if state is None:
+                raise RuntimeError(f"the plant sent no state for {STATE_TIMEOUT:.0f} s: check the link and firmware")
+            self._state = state
+            if state.failsafe:
+                info["failsafe"] = int(state.failsafe)
+        self._steps += 1
+        terminated = "failsafe" in info
+        truncated = self._steps >= self.task.episode_steps
+        return self.task.obs(self._current()), -cost, terminated, truncated, info
+
+    def _current(self) -> np.ndarray:
+        return self._state if self._plant is not None else self._state.state
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._state is None:
+            return None
+        return self.task.mjcf.render(self._current())
+
+    def close(self) -> None:
+        """Disarm and close the link (and stop the stand-in it started)."""
+        if self._link is not None:
+            try:
+                self._link.disarm(timeout=0.5)
+            except Exception:  # a plant already gone or in failsafe: its actuators are off
+                pass
+            self._link.close()
+            self._link = None
+        if self._port is not None:
+            self._port.__exit__(None, None, None)
+            self._port = None
+
+
+def register_envs() -> None:
+    """mpq/<Task>-v0 (the hardware path) and mpq/<Task>Mujoco-v0 (plain MuJoCo) for every task."""
+    for task in TASKS:
+        name = ENV_NAMES.get(task, "".join(part.title() for part in task.split("_")))
+        steps = get_task(task).episode_steps
+        for suffix, path in (("", "link"), ("Mujoco", "mujoco")):
+            env_id = f"mpq/{name}{suffix}-v0"
+            if env_id not in gymnasium.registry:
+                gymnasium.register(
+                    env_id, entry_point=MpqEnv, kwargs=dict(task=task, path=path), max_episode_steps=steps
+                )
+
+
+register_envs()

@@ -1,0 +1,71 @@
+"""The Gymnasium environments: each task over a real pty to the firmware stand-in, and in plain MuJoCo."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import offboard.gym_env  # noqa: F401 (registers mpq/<Task>-v0)
+from offboard.gym_env import ENV_NAMES
+from onboard.tasks import TASKS
+
+
+@pytest.fixture
+def sim_logs(tmp_path, monkeypatch):
+    """The stand-in's log under tmp_path, not in the repository's data/."""
+    from onboard import profile
+
+    load = profile.load_profile
+    monkeypatch.setattr("offboard.gym_env.load_profile", lambda robot, **kw: load(robot, log_dir=str(tmp_path), **kw))
+    return tmp_path
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_passes_gymnasiums_checks_on_the_hardware_path(task, sim_logs):
+    env = gymnasium.make(f"mpq/{ENV_NAMES[task]}-v0", render_mode="rgb_array")
+    try:
+        check_env(env.unwrapped, skip_render_check=False)
+    finally:
+        env.close()
+
+
+def test_the_link_gives_the_transitions_of_the_plant_itself(sim_logs):
+    """Same seed, same (float32) actions: the stand-in over the pty and MuJoCo in-process agree to the wire's
+    float32, step after step, and the reward is minus the task's cost."""
+    link = gymnasium.make("mpq/Pendulum-v0")
+    plain = gymnasium.make("mpq/PendulumMujoco-v0")
+    try:
+        obs_link, _ = link.reset(seed=7)
+        obs_plain, _ = plain.reset(seed=7)
+        np.testing.assert_allclose(obs_link, obs_plain, rtol=1e-6, atol=1e-6)
+        actions = np.random.default_rng(0).uniform(-2, 2, (200, 1)).astype(np.float32)
+        rewards, steps = [], 0
+        for action in actions:
+            obs_link, r_link, term_link, trunc_link, _ = link.step(action)
+            obs_plain, r_plain, term_plain, trunc_plain, _ = plain.step(action)
+            np.testing.assert_allclose(obs_link, obs_plain, rtol=1e-5, atol=1e-5)
+            assert r_link == pytest.approx(r_plain, rel=1e-5, abs=1e-5) and r_link <= 0
+            rewards.append(r_link)
+            steps += 1
+            assert term_link is term_plain is False
+            if trunc_link:
+                break
+        assert trunc_plain and steps == 200  # the task's episode length, from its MJCF
+        assert np.std(rewards) > 0  # the pendulum moved
+    finally:
+        link.close()
+        plain.close()
+
+
+def test_rendered_frames_follow_the_state(sim_logs):
+    env = gymnasium.make("mpq/PendulumMujoco-v0", render_mode="rgb_array")
+    env.reset(seed=1)
+    first = env.render()
+    for _ in range(20):
+        env.step(np.array([2.0], dtype=np.float32))
+    later = env.render()
+    assert first.shape == later.shape == (240, 320, 3) and first.dtype == np.uint8
+    assert np.abs(first.astype(int) - later.astype(int)).sum() > 0  # the pole moved on screen
+    env.close()
