@@ -1,4 +1,5 @@
-"""`python -m offboard`: train the soft-Q from robot logs, export it, evaluate it, deploy it, pull the robot's logs."""
+"""`python -m offboard`: train the soft-Q from robot logs, export it, evaluate it, deploy it, pull the robot's logs,
+export them as a Minari dataset."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from offboard.deploy import run_command as run_deploy_command
 from offboard.evaluate import add_command as add_evaluate
 from offboard.evaluate import run_command as run_evaluation
 from offboard.export import ExportError, check_model_path, export, export_extra, load_checkpoint
+from offboard.minari_export import add_command as add_export_minari
+from offboard.minari_export import run_command as run_export_minari
 from offboard.mpq import Config, train
 from offboard.pull_data import add_command as add_pull_data
 from offboard.pull_data import run_command as run_pull_data
@@ -52,10 +55,11 @@ def main(argv=None) -> int:
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--model", help="default models/<task>/q.onnx")
     add_evaluate(sub)
+    add_export_minari(sub)
     add_deploy_commands(sub)
     add_pull_data(sub)
     args = parser.parse_args(argv)
-    if args.command not in ("train", "export", "evaluate"):
+    if args.command not in ("train", "export", "evaluate", "export-minari"):
         try:
             command = run_pull_data if args.command == "pull-data" else run_deploy_command
             return command(args, load_profile(args.robot))
@@ -79,6 +83,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "evaluate":
             return run_evaluation(args)
+        if args.command == "export-minari":
+            return run_export_minari(args)
         if args.command == "train":
             config = Config(**given(args, Config))
             model = check_train_paths(config, args.model)

@@ -32,6 +32,18 @@ STATE_TIMEOUT = 2.0  # s without the plant's answer to a command: the link is de
 ENV_NAMES = {"pendulum": "Pendulum", "cartpole": "CartPole", "ball_in_cup": "BallInCup"}
 
 
+def env_id(task: str, path: str = "link") -> str:
+    """mpq/<Task>-v0 (the hardware path) or mpq/<Task>Mujoco-v0 (plain MuJoCo)."""
+    name = ENV_NAMES.get(task, "".join(part.title() for part in task.split("_")))
+    return f"mpq/{name}{'' if path == 'link' else 'Mujoco'}-v0"
+
+
+def spaces_for(task) -> tuple[spaces.Box, spaces.Box]:
+    """(observation space, action space): the task's observation; the actuators' range (float32, as on the wire)."""
+    observation = spaces.Box(-np.inf, np.inf, (task.obs_dim,), dtype=np.float64)
+    return observation, spaces.Box(task.u_min.astype(np.float32), task.u_max.astype(np.float32))
+
+
 class MpqEnv(gymnasium.Env):
     """One task through the serial link to the profile's plant (`path="link"`), or in plain MuJoCo (`"mujoco"`)."""
 
@@ -46,14 +58,11 @@ class MpqEnv(gymnasium.Env):
         self.path, self.render_mode = path, render_mode
         self.metadata = {**self.metadata, "render_fps": round(1 / self.task.dt)}
         self.profile = load_profile(robot, task=task, mode="lockstep") if path == "link" else None
-        obs_dim, act_dim = self.task.obs_dim, self.task.act_dim
-        self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float64)
-        self.action_space = spaces.Box(self.task.u_min.astype(np.float32), self.task.u_max.astype(np.float32))
+        self.observation_space, self.action_space = spaces_for(self.task)
         self._port = self._link = self._plant = None
         self._state = None
         self._episode = 0
         self._steps = 0
-        assert act_dim == self.action_space.shape[0]
 
     # --- the plant ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -136,14 +145,11 @@ class MpqEnv(gymnasium.Env):
 def register_envs() -> None:
     """mpq/<Task>-v0 (the hardware path) and mpq/<Task>Mujoco-v0 (plain MuJoCo) for every task."""
     for task in TASKS:
-        name = ENV_NAMES.get(task, "".join(part.title() for part in task.split("_")))
         steps = get_task(task).episode_steps
-        for suffix, path in (("", "link"), ("Mujoco", "mujoco")):
-            env_id = f"mpq/{name}{suffix}-v0"
-            if env_id not in gymnasium.registry:
-                gymnasium.register(
-                    env_id, entry_point=MpqEnv, kwargs=dict(task=task, path=path), max_episode_steps=steps
-                )
+        for path in ("link", "mujoco"):
+            name, kwargs = env_id(task, path), dict(task=task, path=path)
+            if name not in gymnasium.registry:
+                gymnasium.register(name, "offboard.gym_env:MpqEnv", kwargs=kwargs, max_episode_steps=steps)
 
 
 register_envs()

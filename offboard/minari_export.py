@@ -1,0 +1,168 @@
+"""export-minari: a robot's verified segments as a Minari dataset, for anyone who trains offline RL on them.
+
+    python -m offboard export-minari --data data/sim --name mpq/pendulum/sim-v0
+
+Every segment whose sha256 matches its folder's MANIFEST becomes one episode; a segment that fails its
+check, or was cut short, is named on stderr and left out, never exported. An episode holds the
+observations the loop recorded (plus the observation of the last next state), the actions the plant
+applied, rewards = minus the task's costs, and at its last step a termination (the loop stopped the plant:
+a failsafe or missed deadlines) or a truncation (the task's time limit, or the run was stopped). Its
+metadata: the segment's name and sha256, robot, task, model sha256, MPPI settings (JSON), backend, code
+version, start seed. The dataset's environment is the task's Gymnasium environment on the hardware path
+(`mpq/<Task>-v0`, offboard/gym_env.py). Datasets go where Minari keeps them ($MINARI_DATASETS_PATH, else
+~/.minari/datasets); a name already there is refused, and a write that fails removes what it began.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from onboard.recorder import SegmentError, read_manifest, read_segment, verified_segments
+from onboard.tasks import get_task
+
+
+class MinariExportError(ValueError):
+    """Nothing exported; the message says why and what to do."""
+
+
+def episodes_from_segments(folders: list[Path]) -> tuple[str, list[dict], list[str]]:
+    """(task, episodes, problems) from the verified segments of `folders`: each episode the arrays Minari
+    takes and the segment's metadata."""
+    episodes, problems, tasks = [], [], set()
+    for folder in folders:
+        good, found = verified_segments(folder)
+        problems += found
+        listed = {entry["segment"]: entry["sha256"] for entry in read_manifest(folder)}
+        for path in good:
+            try:
+                metadata, topics = read_segment(path)
+            except SegmentError as e:
+                problems.append(f"{e}: left out")
+                continue
+            transitions = topics["/transition"]
+            if not transitions:
+                problems.append(f"{path}: no transitions: left out")
+                continue
+            segment, summary = metadata.get("segment", {}), metadata.get("summary", {})
+            tasks.add(segment.get("task"))
+            episodes.append(
+                dict(path=path, sha256=listed[path.name], transitions=transitions, segment=segment, summary=summary)
+            )
+    if not episodes:
+        where = ", ".join(map(str, folders))
+        raise MinariExportError(
+            f"no verified segment in {where}" + (f" ({problems[0]})" if problems else "") + ": record episodes first"
+        )
+    if len(tasks) != 1:
+        raise MinariExportError(
+            f"the segments were recorded for several tasks ({', '.join(sorted(map(str, tasks)))}): export one "
+            "task's folders at a time"
+        )
+    return tasks.pop(), episodes, problems
+
+
+def episode_buffer(task, episode: dict):
+    """One Minari EpisodeBuffer from a segment's transitions."""
+    from minari.data_collector import EpisodeBuffer
+
+    steps = episode["transitions"]
+    last = np.asarray(steps[-1]["next_state"], dtype=np.float64)
+    observations = [np.asarray(s["obs"], dtype=np.float64) for s in steps] + [task.obs(last)]
+    actions = [np.asarray(s["action"], dtype=np.float32) for s in steps]
+    rewards = [-float(s["cost"]) for s in steps]
+    stopped = bool(episode["summary"].get("safe_stop"))  # the loop stopped the plant: it cannot go on
+    ends = [False] * (len(steps) - 1)
+    return EpisodeBuffer(
+        observations=observations,
+        actions=actions,
+        rewards=rewards,
+        terminations=ends + [stopped],
+        truncations=ends + [not stopped],
+    )
+
+
+def episode_metadata(episode: dict) -> dict:
+    """What Minari keeps beside an episode: strings and numbers (None as "")."""
+    segment, path = episode["segment"], episode["path"]
+    return dict(
+        segment=f"{path.parent.name}/{path.name}",
+        segment_sha256=episode["sha256"],
+        robot=str(segment.get("robot") or ""),
+        task=str(segment.get("task") or ""),
+        model_sha256=str(segment.get("model_sha256") or ""),
+        mppi=json.dumps(segment.get("mppi") or {}, sort_keys=True),
+        backend=str(segment.get("backend") or ""),
+        code_version=str(segment.get("code_version") or ""),
+        seed=int(segment.get("seed") or 0),
+        episode=int(segment.get("episode") or 0),
+    )
+
+
+def export_minari(folders: list[Path], name: str, author: str = "", log=print):
+    """The Minari dataset `name` from the verified segments of `folders`; returns it."""
+    import gymnasium
+    import minari
+
+    import offboard.gym_env as gym_env
+
+    if name in minari.list_local_datasets():
+        raise MinariExportError(
+            f"a Minari dataset {name!r} exists already: choose another --name, or delete it (minari delete {name})"
+        )
+    task_name, episodes, problems = episodes_from_segments(folders)
+    for problem in problems:
+        log(f"left out: {problem}")
+    task = get_task(task_name)
+    buffers = [episode_buffer(task, episode) for episode in episodes]  # everything read before anything is written
+    observation_space, action_space = gym_env.spaces_for(task)
+    robots = sorted({str(e["segment"].get("robot")) for e in episodes})
+    try:
+        dataset = minari.create_dataset_from_buffers(
+            name,
+            buffers,
+            env=gymnasium.spec(gym_env.env_id(task_name)),
+            observation_space=observation_space,
+            action_space=action_space,
+            algorithm_name="mpq onboard loop (MPPI with the learned soft Q, as recorded)",
+            author=author or "mpq",
+            author_email="",
+            code_permalink="",
+            description=(
+                f"{len(episodes)} verified episodes of task {task_name} from robot(s) {', '.join(robots)}, "
+                "recorded by mpq's onboard loop; rewards are minus the task's costs. Each episode's metadata "
+                "names its segment, model and MPPI settings."
+            ),
+        )
+        dataset.storage.update_episode_metadata([episode_metadata(e) for e in episodes])
+    except BaseException:
+        if name in minari.list_local_datasets():
+            minari.delete_dataset(name)  # no half-written dataset left behind
+        raise
+    return dataset
+
+
+# --- command line (python -m offboard export-minari) ----------------------------------------------
+def add_command(sub) -> None:
+    e = sub.add_parser("export-minari", help="a robot's verified segments as a Minari dataset (offline RL)")
+    e.add_argument("--data", nargs="+", required=True, type=Path, help="robot log folders, e.g. data/sim")
+    e.add_argument("--name", required=True, help="the dataset's id, e.g. mpq/pendulum/sim-v0")
+    e.add_argument("--author", default="", help="who recorded it (Minari's author field)")
+
+
+def run_command(args) -> int:
+    try:
+        import minari  # noqa: F401
+    except ImportError:
+        raise MinariExportError(
+            "export-minari needs Minari: make setup (the gym extra installs minari[hdf5])"
+        ) from None
+    for folder in args.data:
+        if not folder.is_dir():
+            raise MinariExportError(f"--data {folder} is not a folder: give a robot log folder such as data/sim")
+    dataset = export_minari(args.data, args.name, args.author, log=lambda line: print(line, file=sys.stderr))
+    print(f"exported {dataset.total_episodes} episodes ({dataset.total_steps} steps) as Minari dataset {args.name}")
+    return 0
