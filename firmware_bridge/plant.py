@@ -231,17 +231,23 @@ class TaskModel:
         seconds = self.numeric("episode_seconds")
         self.episode_steps = None if seconds is None else max(1, round(float(seconds[0]) / period))
 
-    def render(self, state, width: int = 320, height: int = 240, camera: str | int = -1) -> np.ndarray:
-        """An RGB image (height, width, 3) of the model in `state`, from `camera` (-1: MuJoCo's free camera)."""
-        key = (width, height)
-        if getattr(self, "_renderer_key", None) != key:
+    def render(self, state, width: int = 320, height: int = 240, camera: str | None = None) -> np.ndarray:
+        """An RGB image (height, width, 3) of the model in `state`: from the MJCF's camera `camera`, else its
+        first camera, else from the side (the tasks move in the x-z plane), framing the whole model."""
+        if getattr(self, "_renderer_size", None) != (width, height):
             self._render_data = mujoco.MjData(self.model)
             self._renderer = mujoco.Renderer(self.model, height, width)
-            self._renderer_key = key
+            self._renderer_size = (width, height)
         data = self._render_data
         mujoco.mj_setState(self.model, data, np.asarray(state, dtype=np.float64), STATE_SPEC)
         mujoco.mj_forward(self.model, data)
-        self._renderer.update_scene(data, camera=camera)
+        if camera is not None or self.model.ncam > 0:
+            view = camera if camera is not None else 0
+        else:
+            view = mujoco.MjvCamera()
+            view.lookat[:] = self.model.stat.center
+            view.distance, view.azimuth, view.elevation = 1.4 * self.model.stat.extent, 90.0, -10.0
+        self._renderer.update_scene(data, camera=view)
         return self._renderer.render()
 
     def numeric(self, name: str, required: bool = False) -> np.ndarray | None:

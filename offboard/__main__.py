@@ -1,5 +1,5 @@
 """`python -m offboard`: train the soft-Q from robot logs, export it, evaluate it, deploy it, pull the robot's logs,
-export them as a Minari dataset."""
+export them as a Minari dataset, replay an episode as a video."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from offboard.mpq import Config, train
 from offboard.pull_data import add_command as add_pull_data
 from offboard.pull_data import run_command as run_pull_data
 from offboard.remote import RemoteError
+from offboard.replay import add_command as add_replay
+from offboard.replay import run_command as run_replay
 from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
 
@@ -56,10 +58,11 @@ def main(argv=None) -> int:
     e.add_argument("--model", help="default models/<task>/q.onnx")
     add_evaluate(sub)
     add_export_minari(sub)
+    add_replay(sub)
     add_deploy_commands(sub)
     add_pull_data(sub)
     args = parser.parse_args(argv)
-    if args.command not in ("train", "export", "evaluate", "export-minari"):
+    if args.command not in ("train", "export", "evaluate", "export-minari", "replay"):
         try:
             command = run_pull_data if args.command == "pull-data" else run_deploy_command
             return command(args, load_profile(args.robot))
@@ -85,6 +88,8 @@ def main(argv=None) -> int:
             return run_evaluation(args)
         if args.command == "export-minari":
             return run_export_minari(args)
+        if args.command == "replay":
+            return run_replay(args)
         if args.command == "train":
             config = Config(**given(args, Config))
             model = check_train_paths(config, args.model)

@@ -16,9 +16,10 @@ With --final-episodes N, every final Q and every baseline then runs N new starts
 no setting was tuned on, uniform and hanging, and the claims are ratios of mean cost to the TRUE-model
 MPPI with 95 % bootstrap intervals over training seeds and starts (offboard.stats); with --robustness
 BODY=FACTOR, the MPQ learners once more on a heavier plant, against MPPI given the plant's real parameters.
-Writes runs/demo/<time>/: learning_curve.png, results.json (every number, the full configuration; written
-last, so a run folder holding it is a complete run), table.md (the final evaluation), and the first
-seed's final q.onnx + q.json (MPQ(lambda)'s; MPQ's with --mpq-lambda false).
+Writes runs/demo/<time>/: learning_curve.png, episode.mp4 (the final Q acting from the curve's first
+start), results.json (every number, the full configuration; written last, so a run folder holding it is a
+complete run), table.md (the final evaluation), and the first seed's final q.onnx + q.json (MPQ(lambda)'s;
+MPQ's with --mpq-lambda false).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from offboard.cli import add_options, given
 from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, run_episodes
 from offboard.export import export, export_extra
 from offboard.mpq import Config, Trainer
+from offboard.replay import read_episode, write_video
 from offboard.stats import format_interval, mean_interval, ratio_interval
 from onboard.fileio import blocking_file, new_run_dir
 from onboard.mppi import MPPIConfig
@@ -243,6 +245,7 @@ def learn(
         td_lambda=trainer.td_lambda,
         curve=curve,
         model=model,
+        last_evaluation=str(here / "eval" / f"iter{cfg.iterations:03d}"),
         run=str(trainer.run_dir),
     )
 
@@ -578,11 +581,19 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
             log(claim_line(claim, results["final"][claim["setting"]]["reference"]))
     results["seconds"] = time.monotonic() - started
     plot(results, run_dir / "learning_curve.png", task)
+    results["video"] = episode_video(first, run_dir / "episode.mp4")
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(
-        f"wrote {run_dir}/learning_curve.png, results.json, q.onnx, q.json"
+        f"wrote {run_dir}/learning_curve.png, episode.mp4, results.json, q.onnx, q.json"
         + (", table.md" if cfg.final_episodes else "")
     )
+
+
+def episode_video(learner: dict, path: Path) -> dict:
+    """The first episode of the learner's last curve evaluation (the run's q.onnx acting), as a video."""
+    segment = sorted(Path(learner["last_evaluation"]).glob("*.mcap"))[0]
+    task, _, topics = read_episode(segment)
+    return dict(path=str(path), segment=str(segment), frames=write_video(path, task, topics))
 
 
 if __name__ == "__main__":

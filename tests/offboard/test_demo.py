@@ -39,6 +39,7 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     # horizon and biased model does not: the point of MPQ, on the same fixed-seed starts.
     assert curve[-1]["eval_cost_mean"] < 0.5 * results["baselines"]["MPPI H=8 biased"]["eval_cost_mean"]
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+    assert results["video"]["frames"] == 201 and (run_dir / "episode.mp4").stat().st_size > 1_000  # 200 steps
     task = get_task("pendulum")
     q = OnnxQ(run_dir / "q.onnx", task)  # the final model loads onboard and plans
     assert len(q.manifest["segments"]) == 10
