@@ -153,3 +153,34 @@ def register_envs() -> None:
 
 
 register_envs()
+
+
+def main(argv=None) -> int:
+    """`python -m offboard.gym_env [--task T] [--episodes N]`: random actions on both paths, steps per second."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m offboard.gym_env", description=main.__doc__)
+    parser.add_argument("--task", default="pendulum", choices=sorted(TASKS))
+    parser.add_argument("--episodes", type=int, default=2)
+    args = parser.parse_args(argv)
+    for path in ("link", "mujoco"):
+        env = gymnasium.make(env_id(args.task, path))
+        env.action_space.seed(0)
+        steps, seconds = 0, 0.0
+        try:
+            for episode in range(args.episodes):
+                env.reset(seed=episode)
+                started, done = time.perf_counter(), False
+                while not done:
+                    _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                    steps, done = steps + 1, terminated or truncated
+                seconds += time.perf_counter() - started
+        finally:
+            env.close()
+        print(f"{env_id(args.task, path)}: {steps} steps, {steps / seconds:.0f} steps/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,14 +9,16 @@ applied, rewards = minus the task's costs, and at its last step a termination (t
 a failsafe or missed deadlines) or a truncation (the task's time limit, or the run was stopped). Its
 metadata: the segment's name and sha256, robot, task, model sha256, MPPI settings (JSON), backend, code
 version, start seed. The dataset's environment is the task's Gymnasium environment on the hardware path
-(`mpq/<Task>-v0`, offboard/gym_env.py). Datasets go where Minari keeps them ($MINARI_DATASETS_PATH, else
-~/.minari/datasets); a name already there is refused, and a write that fails removes what it began.
+(`mpq/<Task>-v0`, offboard/gym_env.py); its evaluation environment the same task in plain MuJoCo.
+Datasets go where Minari keeps them ($MINARI_DATASETS_PATH, else ~/.minari/datasets); a name already
+there is refused, and a write that fails removes what it began.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,22 +123,25 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print):
     observation_space, action_space = gym_env.spaces_for(task)
     robots = sorted({str(e["segment"].get("robot")) for e in episodes})
     try:
-        dataset = minari.create_dataset_from_buffers(
-            name,
-            buffers,
-            env=gymnasium.spec(gym_env.env_id(task_name)),
-            observation_space=observation_space,
-            action_space=action_space,
-            algorithm_name="mpq onboard loop (MPPI with the learned soft Q, as recorded)",
-            author=author or "mpq",
-            author_email="",
-            code_permalink="",
-            description=(
-                f"{len(episodes)} verified episodes of task {task_name} from robot(s) {', '.join(robots)}, "
-                "recorded by mpq's onboard loop; rewards are minus the task's costs. Each episode's metadata "
-                "names its segment, model and MPPI settings."
-            ),
-        )
+        with warnings.catch_warnings():  # Minari's advice for datasets published on its server (emails, links)
+            warnings.filterwarnings("ignore", category=UserWarning, module="minari")
+            dataset = minari.create_dataset_from_buffers(
+                name,
+                buffers,
+                env=gymnasium.spec(gym_env.env_id(task_name)),
+                eval_env=gymnasium.spec(gym_env.env_id(task_name, "mujoco")),  # evaluating a policy: the fast one
+                observation_space=observation_space,
+                action_space=action_space,
+                algorithm_name="mpq onboard loop (MPPI with the learned soft Q, as recorded)",
+                author=author or "mpq",
+                author_email="",
+                code_permalink="",
+                description=(
+                    f"{len(episodes)} verified episodes of task {task_name} from robot(s) {', '.join(robots)}, "
+                    "recorded by mpq's onboard loop; rewards are minus the task's costs. Each episode's metadata "
+                    "names its segment, model and MPPI settings."
+                ),
+            )
         dataset.storage.update_episode_metadata([episode_metadata(e) for e in episodes])
     except BaseException:
         if name in minari.list_local_datasets():
