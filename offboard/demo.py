@@ -581,7 +581,11 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
             log(claim_line(claim, results["final"][claim["setting"]]["reference"]))
     results["seconds"] = time.monotonic() - started
     plot(results, run_dir / "learning_curve.png", task)
-    results["video"] = episode_video(first, run_dir / "episode.mp4")
+    try:
+        results["video"] = episode_video(first, run_dir / "episode.mp4")
+    except Exception as e:  # no OpenGL for MuJoCo's offscreen renderer here: the run's results stand without it
+        results["video"] = None
+        log(f"no episode.mp4: MuJoCo could not render here ({e}); apt-get install libegl1 libgl1-mesa-dri")
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(
         f"wrote {run_dir}/learning_curve.png, episode.mp4, results.json, q.onnx, q.json"
