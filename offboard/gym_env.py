@@ -20,11 +20,13 @@ start box. `render_mode="rgb_array"` draws the state with MuJoCo's offscreen ren
 
 from __future__ import annotations
 
+import contextlib
+
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from onboard.plant_port import PlantPort
+from onboard.plant_port import open_plant
 from onboard.profile import load_profile
 from onboard.tasks import TASKS, get_task
 
@@ -59,28 +61,25 @@ class MpqEnv(gymnasium.Env):
         self.metadata = {**self.metadata, "render_fps": round(1 / self.task.dt)}
         self.profile = load_profile(robot, task=task, mode="lockstep") if path == "link" else None
         self.observation_space, self.action_space = spaces_for(self.task)
-        self._port = self._link = self._plant = None
+        self._plant_context = self._link = self._plant = None
         self._state = None
         self._episode = 0
         self._steps = 0
 
     # --- the plant ---------------------------------------------------------------------------------
     def _open(self) -> None:
-        """The plant, at the first reset: the link opened and handshaken, or the MuJoCo plant built."""
+        """The plant, at the first reset: the profile's plant over a handshaken link (as the loop opens it), or
+        the MuJoCo plant built in-process."""
         if self.path == "mujoco":
             from firmware_bridge.plant import MujocoPlant
 
             self._plant = MujocoPlant(self.task.xml_path)
             return
-        from firmware_bridge.link import Link
-
-        profile = self.profile
-        self._port = PlantPort(profile)
-        url = self._port.__enter__()
+        self._plant_context = contextlib.ExitStack()
         try:
-            task = self.task
-            self._link = Link(url, task.name, task.state_dim, task.act_dim, profile.baud, profile.signing_key())
-            self._link.handshake(control_period=task.dt)
+            self._link = self._plant_context.enter_context(
+                open_plant(self.profile, self.task, self.profile.signing_key())
+            )
         except BaseException:
             self.close()
             raise
@@ -129,17 +128,16 @@ class MpqEnv(gymnasium.Env):
         return self.task.mjcf.render(self._current())
 
     def close(self) -> None:
-        """Disarm and close the link (and stop the stand-in it started)."""
+        """Disarm, close the link and stop the stand-in it started."""
         if self._link is not None:
             try:
                 self._link.disarm(timeout=0.5)
             except Exception:  # a plant already gone or in failsafe: its actuators are off
                 pass
-            self._link.close()
             self._link = None
-        if self._port is not None:
-            self._port.__exit__(None, None, None)
-            self._port = None
+        if self._plant_context is not None:
+            self._plant_context.close()
+            self._plant_context = None
 
 
 def register_envs() -> None:
