@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import io
 import tokenize
+import types
 import typing
 from typing import Literal, get_args, get_origin
 
@@ -58,7 +59,7 @@ def _converter(annotation):
     if get_origin(annotation) is Literal:
         return type(get_args(annotation)[0]), None, get_args(annotation)
     args = [a for a in get_args(annotation) if a is not type(None)]
-    if get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:  # X | None
         return _converter(args[0])
     if get_origin(annotation) is tuple:
         inner = get_args(annotation)

@@ -145,3 +145,28 @@ def test_deploy_without_ssh_on_the_workstation_says_what_to_install(tmp_path, ca
         one_error_line(capsys)
         == "error: ssh is not installed on this workstation: apt-get install openssh-client rsync"
     )
+
+
+def test_the_train_options_are_the_configs_fields_with_their_comments_as_help():
+    """One declaration: each Config field is an option, typed by its annotation, helped by its comment."""
+    import argparse
+    import dataclasses
+
+    from offboard.cli import add_options, given
+    from offboard.mpq import Config
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Config)
+    text = parser.format_help()
+    for field in dataclasses.fields(Config):
+        assert "--" + field.name.replace("_", "-") in text
+    assert "M minibatches per iteration (default: 100)" in " ".join(text.split())
+    parse = parser.parse_args
+    assert given(parse(["--target-network"]), Config) == {"target_network": True}
+    assert given(parse(["--target-network", "false", "--hidden", "8", "8"]), Config) == {
+        "target_network": False,
+        "hidden": [8, 8],
+    }
+    assert given(parse(["--data", "a", "--data", "b"]), Config) == {"data": ["a", "b"]}
+    with pytest.raises(SystemExit):  # argparse's own refusal of a choice the Literal does not have
+        parse(["--planner-model", "perfect"])
