@@ -264,6 +264,8 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
             f"{path}: [standin] randomise = true: task {task.name} derives {', '.join(task.derived_fields)} from its "
             "parameters in Python, which the stand-in cannot do: randomise a task without derived fields"
         )
+    if "lam" in profile.mppi:  # a profile written before the temperature had its name
+        raise ProfileError(f"{path}: [mppi] lam is now called temperature: rename it (same value, same meaning)")
     try:
         MPPIConfig.for_task(task, **profile.mppi)
     except ValueError as e:

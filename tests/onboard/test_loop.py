@@ -257,6 +257,7 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(mppi={"K": "24"}), "[mppi] MPPI settings: K='24' must be a whole number"),
         (dict(mppi={"K": 24.5}), "K=24.5 must be a whole number"),
         (dict(mppi={"foo": 1}), "[mppi] unknown MPPI setting(s) foo"),
+        (dict(mppi={"lam": 0.2}), "[mppi] lam is now called temperature"),
         (dict(mppi={"sigma": "x"}), "sigma='x' must be a number or a list of numbers"),
         (dict(mppi={"sigma": [1.0, 2.0]}), "sigma=[1.0, 2.0] has 2 values: give one, or one per action dim"),
         (dict(mppi={"K": 100_000_000_000}), "not enough memory for these MPPI settings"),
