@@ -196,8 +196,8 @@ class ControlLoop:
         stats.send_times.append(self.link.last_sent)
         next_state = self._after_failsafe(t, next_state, tally)
         self._record(t, state, obs, u, next_state, tally)
-        mppi = dict(t=t, compute_ms=compute * 1e3, ess=float(plan.ess[0]), value=float(plan.value[0]))
-        self.recorder.write("/mppi", dict(**mppi, deadline_missed=missed))
+        ess, value = float(plan.ess[0]), float(plan.value[0])
+        self.recorder.write("/mppi", dict(t=t, compute_ms=compute * 1e3, ess=ess, value=value, deadline_missed=missed))
         link = self.link
         rtt = link.rtts[-1] * 1e6 if link.rtts else None
         self.recorder.write("/link", dict(t=t, rtt_us=rtt, **link.counters(), plant=link.plant_counters()))
@@ -229,10 +229,22 @@ class ControlLoop:
         action = np.asarray(u if applied is None else applied, dtype=np.float64)
         cost = float(self.task.cost(state.state, action))
         tally.cost += cost
-        transition = dict(t=t, state=state.state.tolist(), obs=obs.tolist(), action=action.tolist())
-        transition.update(commanded=np.asarray(u).tolist(), applied_seq=next_state.command_seq, held=held)
-        transition.update(armed=next_state.armed, cost=cost, next_state=next_state.state.tolist())
-        self.recorder.write("/transition", dict(**transition, done=t == self.task.episode_steps - 1))
+        self.recorder.write(
+            "/transition",
+            dict(
+                t=t,
+                state=state.state.tolist(),
+                obs=obs.tolist(),
+                action=action.tolist(),
+                commanded=np.asarray(u).tolist(),
+                applied_seq=next_state.command_seq,
+                held=held,
+                armed=next_state.armed,
+                cost=cost,
+                next_state=next_state.state.tolist(),
+                done=t == self.task.episode_steps - 1,
+            ),
+        )
 
     def _after_failsafe(self, t: int, state, tally: EpisodeTally):
         """Every state carries the plant's failsafe, so the host learns of one at once: a watchdog trip re-armed

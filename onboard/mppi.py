@@ -49,12 +49,13 @@ def free_energy(S, temperature: float, xp=np):
 
     V is the free energy of the start state, the value MPQ's soft Q learns (offboard/mpq.py); w are the
     weights of MPPI's update. One max-subtracted exponential serves both (the best sample gets 1). A state whose
-    samples are all inf keeps weights 0 (its mean does not move) and gets V = inf. -> V (B,), w (B, K)."""
+    samples are all inf keeps weights 0 (its mean does not move) and gets V = inf. -> V (B,), w (B, K), and the
+    lowest cost min_n S_n (B,) that the exponential is shifted by."""
     S_min = S.min(axis=1, keepdims=True)
     shift = xp.where(xp.isfinite(S_min), S_min, 0.0)
     z = xp.exp((shift - S) / temperature)
     z_sum = xp.maximum(z.sum(axis=1, keepdims=True), 1.0)  # >= 1 already wherever a sample is finite
-    return S_min[:, 0] - temperature * xp.log(z_sum[:, 0] / S.shape[1]), z / z_sum
+    return S_min[:, 0] - temperature * xp.log(z_sum[:, 0] / S.shape[1]), z / z_sum, S_min[:, 0]
 
 
 @dataclass(frozen=True)
@@ -266,12 +267,12 @@ class MPPI:
             actions, eps, params = self._sample(U)
             S, broken = self._score(states, U, actions, eps, params)
             nonfinite += broken
-            value, weights = free_energy(S, self.config.temperature, self.xp)
+            value, weights, lowest = free_energy(S, self.config.temperature, self.xp)
             U = self._update(U, eps, weights)
         sum_w2 = (weights * weights).sum(axis=1)
         ess = self.xp.where(sum_w2 > 0, 1.0 / self.xp.where(sum_w2 > 0, sum_w2, 1.0), 0.0)
         U = self.xp.minimum(self.xp.maximum(U, self.u_min), self.u_max)
-        return U, value, ess, S.min(axis=1), nonfinite, weights
+        return U, value, ess, lowest, nonfinite, weights
 
     def _sample(self, U):
         """K action sequences around each mean: U + eps with eps ~ N(0, Sigma) (smoothed by `noise_filter`),
