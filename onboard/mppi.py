@@ -58,6 +58,9 @@ def free_energy(S, temperature: float, xp=np):
     return S_min[:, 0] - temperature * xp.log(z_sum[:, 0] / S.shape[1]), z / z_sum, S_min[:, 0]
 
 
+RENAMED = {"lam": "temperature"}  # settings' old names, which older profiles and q.json files may still carry
+
+
 @dataclass(frozen=True)
 class MPPIConfig:
     """MPPI settings; `for_task` starts from the paper's values for the task (docs/algorithm.md, Table 3).
@@ -143,6 +146,8 @@ class MPPIConfig:
     @classmethod
     def for_task(cls, task: Task, **overrides) -> MPPIConfig:
         known = {f.name for f in fields(cls)}
+        for old in sorted(set(overrides) & set(RENAMED)):
+            raise ValueError(f"{old} is now called {RENAMED[old]}: rename it (same value, same meaning)")
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(

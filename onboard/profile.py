@@ -178,82 +178,57 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     profile = RobotProfile(**data, **sections, root=root, source=path)
     if profile.task not in TASKS:
         raise ProfileError(f"{path}: unknown task {profile.task!r}: known tasks are {', '.join(sorted(TASKS))}")
-    standin, deploy = profile.standin, profile.deploy
-    for where, key, value, allowed in [
-        ("", "mode", profile.mode, ("lockstep", "realtime")),
-        ("", "starts", profile.starts, ("uniform", "hanging")),
-        ("[deploy] ", "service", deploy.service, ("auto", "systemd", "supervisor")),
-        ("[deploy] ", "gpu_extra", deploy.gpu_extra, ("gpu", "gpu-cuda12")),
-    ]:
-        if value not in allowed:
-            raise ProfileError(f"{path}: {where}{key} = {value!r}: use {' or '.join(map(repr, allowed))}")
+    p, standin = profile, profile.standin
     low, high = CONTROL_PERIOD_LIMITS
-    stand_in = profile.serial == "standin"
-    for where, key, value, ok, fix in [
+    stand_in = p.serial == "standin"
+
+    def one_of(*allowed) -> tuple[str, object]:
+        return f"use {' or '.join(map(repr, allowed))}", lambda value: value in allowed
+
+    # (the setting's section, "" for the top level; the setting; what to use instead; the rule its value meets)
+    for section, key, fix, ok in [
+        ("", "mode", *one_of("lockstep", "realtime")),
+        ("", "starts", *one_of("uniform", "hanging")),
+        ("deploy", "service", *one_of("auto", "systemd", "supervisor")),
+        ("deploy", "gpu_extra", *one_of("gpu", "gpu-cuda12")),
+        ("", "name", "use letters, digits, '.', '_' or '-' (it names the log folder)", NAME.fullmatch),
+        ("", "log_dir", "give the folder for the segments", bool),
+        ("", "threads", "use 1 or more", lambda v: v >= 1),
+        ("", "cpus", "give CPU numbers, e.g. [2, 3] (empty: all)", lambda v: all(type(c) is int and c >= 0 for c in v)),
+        ("", "baud", "use the port's baud rate, e.g. 115200", lambda v: v >= 1),
+        ("", "deadline_misses_max", "use 1 or more", lambda v: v >= 1),
+        ("", "command_copies", "use 1-4 (copies of each realtime command)", lambda v: 1 <= v <= 4),
+        ("", "realtime_priority", "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)", lambda v: 0 <= v <= 99),
+        ("", "seed", "use 0 or more", lambda v: v >= 0),
+        ("", "episodes", "use 0 (until stopped) or a positive count", lambda v: v >= 0),
         (
-            "",
-            "name",
-            profile.name,
-            NAME.fullmatch(profile.name),
-            "use letters, digits, '.', '_' or '-' (it names the log folder)",
-        ),
-        ("", "log_dir", profile.log_dir, profile.log_dir != "", "give the folder for the segments"),
-        ("", "threads", profile.threads, profile.threads >= 1, "use 1 or more"),
-        (
-            "",
-            "cpus",
-            profile.cpus,
-            all(type(c) is int and c >= 0 for c in profile.cpus),
-            "give CPU numbers, e.g. [2, 3] (empty: all)",
-        ),
-        ("", "baud", profile.baud, profile.baud >= 1, "use the port's baud rate, e.g. 115200"),
-        ("", "deadline_misses_max", profile.deadline_misses_max, profile.deadline_misses_max >= 1, "use 1 or more"),
-        (
-            "",
-            "command_copies",
-            profile.command_copies,
-            1 <= profile.command_copies <= 4,
-            "use 1-4 (copies of each realtime command)",
-        ),
-        (
-            "",
-            "realtime_priority",
-            profile.realtime_priority,
-            0 <= profile.realtime_priority <= 99,
-            "use 1-99 (SCHED_FIFO) or 0 (normal scheduling)",
-        ),
-        ("", "seed", profile.seed, profile.seed >= 0, "use 0 or more"),
-        ("", "episodes", profile.episodes, profile.episodes >= 0, "use 0 (until stopped) or a positive count"),
-        (
-            "[standin] ",
+            "standin",
             "mass_scale",
-            standin.mass_scale,
-            not standin.mass_scale or stand_in,
             'only with serial = "standin": a real plant weighs what it weighs (clear it)',
+            lambda v: not v or stand_in,
         ),
         (
-            "[standin] ",
+            "standin",
             "randomise",
-            standin.randomise,
-            not standin.randomise or stand_in,
             'only with serial = "standin": a real plant is what it is (set it to false)',
+            lambda v: not v or stand_in,
         ),
         (
-            "[standin] ",
+            "standin",
             "randomise",
-            standin.randomise,
-            not (standin.randomise and standin.mass_scale),
             "or mass_scale, not both: each sets the plant's masses",
+            lambda v: not (v and standin.mass_scale),
         ),
         (
-            "[standin] ",
+            "standin",
             "period",
-            standin.period,
-            standin.period == 0 or low <= standin.period <= high,
             f"use 0 (the model's) or seconds from {low:g} to {high:g}",
+            lambda v: v == 0 or low <= v <= high,
         ),
     ]:
-        if not ok:
+        value = getattr(getattr(p, section) if section else p, key)
+        if not ok(value):
+            where = f"[{section}] " if section else ""
             raise ProfileError(f"{path}: {where}{key} = {value!r}: {fix}")
     try:
         task = get_task(profile.task, standin.mass_scale)
@@ -264,8 +239,6 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
             f"{path}: [standin] randomise = true: task {task.name} derives {', '.join(task.derived_fields)} from its "
             "parameters in Python, which the stand-in cannot do: randomise a task without derived fields"
         )
-    if "lam" in profile.mppi:  # a profile written before the temperature had its name
-        raise ProfileError(f"{path}: [mppi] lam is now called temperature: rename it (same value, same meaning)")
     try:
         MPPIConfig.for_task(task, **profile.mppi)
     except ValueError as e:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from onboard.fileio import write_atomic
+from onboard.mppi import RENAMED
 from onboard.tasks.base import Task
 
 MANIFEST_FORMAT = "mpq-q/1"
@@ -248,8 +249,7 @@ def trained_settings_mismatch(q: OnnxQ, config) -> str | None:
     trained = q.manifest.get("mppi")
     if not isinstance(trained, dict):  # a model from elsewhere may not record them
         return None
-    if "lam" in trained:  # models exported before the temperature had its name
-        trained = {("temperature" if key == "lam" else key): value for key, value in trained.items()}
+    trained = {RENAMED.get(key, key): value for key, value in trained.items()}  # older q.json: the old names
     acting = config.to_dict()
 
     def same(a, b) -> bool:
