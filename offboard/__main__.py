@@ -10,18 +10,13 @@ from pathlib import Path
 from offboard.cli import add_options, given
 from offboard.dataset import DatasetError
 from offboard.deploy import add_commands as add_deploy_commands
-from offboard.deploy import run_command as run_deploy_command
 from offboard.evaluate import add_command as add_evaluate
-from offboard.evaluate import run_command as run_evaluation
 from offboard.export import ExportError, check_model_path, export, export_extra, load_checkpoint
 from offboard.minari_export import add_command as add_export_minari
-from offboard.minari_export import run_command as run_export_minari
 from offboard.mpq import Config, train
 from offboard.pull_data import add_command as add_pull_data
-from offboard.pull_data import run_command as run_pull_data
 from offboard.remote import RemoteError
 from offboard.replay import add_command as add_replay
-from offboard.replay import run_command as run_replay
 from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
 
@@ -47,25 +42,48 @@ def check_train_paths(config: Config, model: str | None) -> Path:
     return model_path(model, config.task)
 
 
+def run_train(args) -> int:
+    config = Config(**given(args, Config))
+    model = check_train_paths(config, args.model)
+    result = train(config)
+    first, last = result.history[0], result.history[-1]
+    print(
+        f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
+        f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
+        f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
+        f"run in {result.run_dir}"
+    )
+    export(result.net, config.task, model, export_extra(result.trained_config, result.buffer.segments))
+    print(f"exported {model} (+ {model.with_suffix('.json').name})")
+    return 0
+
+
+def run_export(args) -> int:
+    net, checkpoint = load_checkpoint(args.checkpoint)
+    config = checkpoint["config"]
+    model = model_path(args.model, config["task"])
+    export(net, config["task"], model, export_extra(config, checkpoint.get("segments", [])))
+    print(f"exported {model} (+ {model.with_suffix('.json').name}) from {args.checkpoint}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="MPQ training from verified robot logs; exports models/<task>/q.onnx")
     add_options(t, Config)
     t.add_argument("--model", help="where to export (default models/<task>/q.onnx)")
+    t.set_defaults(run=run_train)
     e = sub.add_parser("export", help="export a training checkpoint to q.onnx + q.json")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--model", help="default models/<task>/q.onnx")
-    add_evaluate(sub)
-    add_export_minari(sub)
-    add_replay(sub)
-    add_deploy_commands(sub)
-    add_pull_data(sub)
+    e.set_defaults(run=run_export)
+    for add_command in (add_evaluate, add_export_minari, add_replay, add_deploy_commands, add_pull_data):
+        add_command(sub)  # each sets its parser's run
     args = parser.parse_args(argv)
-    if args.command not in ("train", "export", "evaluate", "export-minari", "replay"):
+    if hasattr(args, "robot"):  # deploy, rollback, robot-status, pull-data: the robot's profile, over ssh
         try:
-            command = run_pull_data if args.command == "pull-data" else run_deploy_command
-            return command(args, load_profile(args.robot))
+            return args.run(args, load_profile(args.robot))
         except ProfileError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -84,31 +102,7 @@ def main(argv=None) -> int:
             )
             return 130
     try:
-        if args.command == "evaluate":
-            return run_evaluation(args)
-        if args.command == "export-minari":
-            return run_export_minari(args)
-        if args.command == "replay":
-            return run_replay(args)
-        if args.command == "train":
-            config = Config(**given(args, Config))
-            model = check_train_paths(config, args.model)
-            result = train(config)
-            first, last = result.history[0], result.history[-1]
-            print(
-                f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
-                f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
-                f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
-                f"run in {result.run_dir}"
-            )
-            export(result.net, config.task, model, export_extra(result.trained_config, result.buffer.segments))
-            print(f"exported {model} (+ {model.with_suffix('.json').name})")
-        else:
-            net, checkpoint = load_checkpoint(args.checkpoint)
-            config = checkpoint["config"]
-            model = model_path(args.model, config["task"])
-            export(net, config["task"], model, export_extra(config, checkpoint.get("segments", [])))
-            print(f"exported {model} (+ {model.with_suffix('.json').name}) from {args.checkpoint}")
+        return args.run(args)
     except (DatasetError, ExportError, ValueError, FileNotFoundError) as e:  # the input: a model, profile, setting
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -118,7 +112,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: {args.command} did not finish; run it again", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

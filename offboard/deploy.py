@@ -227,6 +227,8 @@ def add_commands(sub) -> None:
     r.add_argument("--robot", required=True)
     s = sub.add_parser("robot-status", help="the robot's current release, history and service state")
     s.add_argument("--robot", required=True)
+    for command in (d, r, s):
+        command.set_defaults(run=run_command)
 
 
 def run_command(args, profile: RobotProfile) -> int:

@@ -156,6 +156,7 @@ def add_command(sub) -> None:
     e.add_argument("--data", nargs="+", required=True, type=Path, help="robot log folders, e.g. data/sim")
     e.add_argument("--name", required=True, help="the dataset's id, e.g. mpq/pendulum/sim-v0")
     e.add_argument("--author", default="", help="who recorded it (Minari's author field)")
+    e.set_defaults(run=run_command)
 
 
 def run_command(args) -> int:

@@ -122,6 +122,7 @@ def add_command(sub) -> None:
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--prune", action="store_true", help="delete on the robot the segments verified here")
     p.add_argument("--bwlimit", type=int, default=0, help="rsync bandwidth limit, KiB/s (0: none)")
+    p.set_defaults(run=run_command)
 
 
 def run_command(args, profile: RobotProfile) -> int:

@@ -93,6 +93,7 @@ def add_command(sub) -> None:
     r.add_argument("--width", type=int, default=480)
     r.add_argument("--height", type=int, default=360)
     r.add_argument("--camera", help="a camera of the task's MJCF (default: its first, else a side view)")
+    r.set_defaults(run=run_command)
 
 
 def run_command(args) -> int:
