@@ -234,10 +234,10 @@ class TaskModel:
     def render(self, state, width: int = 320, height: int = 240, camera: str | None = None) -> np.ndarray:
         """An RGB image (height, width, 3) of the model in `state`: from the MJCF's camera `camera`, else its
         first camera, else from the side (the tasks move in the x-z plane), framing the whole model."""
-        if getattr(self, "_renderer_size", None) != (width, height):
+        renderer = getattr(self, "_renderer", None)  # made at the first frame: most models never draw one
+        if renderer is None or (renderer.width, renderer.height) != (width, height):
+            self._renderer = renderer = mujoco.Renderer(self.model, height, width)
             self._render_data = mujoco.MjData(self.model)
-            self._renderer = mujoco.Renderer(self.model, height, width)
-            self._renderer_size = (width, height)
         data = self._render_data
         mujoco.mj_setState(self.model, data, np.asarray(state, dtype=np.float64), STATE_SPEC)
         mujoco.mj_forward(self.model, data)
@@ -247,8 +247,8 @@ class TaskModel:
             view = mujoco.MjvCamera()
             view.lookat[:] = self.model.stat.center
             view.distance, view.azimuth, view.elevation = 1.4 * self.model.stat.extent, 90.0, -10.0
-        self._renderer.update_scene(data, camera=view)
-        return self._renderer.render()
+        renderer.update_scene(data, camera=view)
+        return renderer.render()
 
     def numeric(self, name: str, required: bool = False) -> np.ndarray | None:
         value = custom_numeric(self.model, name)

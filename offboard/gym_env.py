@@ -26,11 +26,11 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from onboard.loop import STATE_TIMEOUT
 from onboard.plant_port import open_plant
 from onboard.profile import load_profile
 from onboard.tasks import TASKS, get_task
 
-STATE_TIMEOUT = 2.0  # s without the plant's answer to a command: the link is dead
 ENV_NAMES = {"pendulum": "Pendulum", "cartpole": "CartPole", "ball_in_cup": "BallInCup"}
 
 

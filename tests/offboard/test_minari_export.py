@@ -1,0 +1,69 @@
+"""export-minari: a robot's verified segments as a Minari dataset, loaded back and held to the MCAP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def minari_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    return tmp_path / "minari"
+
+
+def test_a_robots_segments_export_to_minari_and_load_back_as_recorded(tmp_path, minari_home, capsys):
+    """Two episodes of the sim robot through the loop; the export, loaded with minari.load_dataset, holds
+    exactly the logged observations, applied actions and minus the costs, with each segment's metadata."""
+    import minari
+
+    from offboard.__main__ import main
+    from onboard.loop import run
+    from onboard.profile import load_profile
+    from onboard.recorder import read_segment, verified_segments
+    from onboard.tasks import get_task
+
+    run(load_profile("sim", log_dir=str(tmp_path / "data")), 2, show_status=False)
+    folder = tmp_path / "data" / "sim"
+    assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/sim-v0"]) == 0
+    assert "exported 2 episodes (400 steps)" in capsys.readouterr().out
+    dataset = minari.load_dataset("mpq/pendulum/sim-v0")
+    segments, _ = verified_segments(folder)
+    task = get_task("pendulum")
+    metadata = list(dataset.storage.get_episode_metadata(range(2)))
+    for episode, path, meta in zip(dataset.iterate_episodes(), segments, metadata, strict=True):
+        recorded, topics = read_segment(path)
+        steps = topics["/transition"]
+        np.testing.assert_array_equal(episode.observations[:-1], [s["obs"] for s in steps])
+        np.testing.assert_allclose(episode.observations[-1], task.obs(np.array(steps[-1]["next_state"])))
+        np.testing.assert_array_equal(episode.actions, np.array([s["action"] for s in steps], dtype=np.float32))
+        np.testing.assert_array_equal(episode.rewards, [-s["cost"] for s in steps])
+        assert not episode.terminations.any() and episode.truncations[-1] and not episode.truncations[:-1].any()
+        assert meta["segment"] == f"sim/{path.name}" and meta["robot"] == "sim"
+        assert meta["mppi"] and meta["task"] == "pendulum" and meta["episode"] == recorded["segment"]["episode"]
+    assert dataset.spec.env_spec.id == "mpq/Pendulum-v0"
+    # the same name again: refused, the dataset untouched
+    assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/sim-v0"]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert minari.load_dataset("mpq/pendulum/sim-v0").total_episodes == 2
+
+
+def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home, capsys):
+    import minari
+
+    from offboard.__main__ import main
+    from onboard.loop import run
+    from onboard.profile import load_profile
+
+    run(load_profile("sim", log_dir=str(tmp_path / "data")), 2, show_status=False)
+    folder = tmp_path / "data" / "sim"
+    damaged = sorted(folder.glob("*.mcap"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/damaged-v0"]) == 0
+    captured = capsys.readouterr()
+    assert "exported 1 episodes" in captured.out and f"left out: {damaged}" in captured.err
+    assert minari.load_dataset("mpq/pendulum/damaged-v0").total_episodes == 1
+    assert main(["export-minari", "--data", str(tmp_path / "nothing"), "--name", "mpq/pendulum/none-v0"]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+"""replay: a logged episode as a video whose frames follow the logged states."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_a_logged_episode_replays_as_a_video_whose_frames_follow_the_states(tmp_path, capsys):
+    import imageio.v2 as imageio
+
+    from offboard.__main__ import main
+    from offboard.replay import frames, read_episode
+    from onboard.loop import run
+    from onboard.profile import load_profile
+
+    run(load_profile("sim", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    (segment,) = sorted((tmp_path / "data" / "sim").glob("*.mcap"))
+    task, _, topics = read_episode(segment)
+    images = list(frames(task, topics, 64, 48))
+    assert len(images) == len(topics["/transition"]) + 1 and images[0].shape == (48, 64, 3)
+    moved = [np.abs(a.astype(int) - b.astype(int)).sum() for a, b in zip(images[:-1], images[1:], strict=True)]
+    assert sum(m > 0 for m in moved) > len(moved) // 2  # the pendulum swings: most frames differ from the last
+    out = tmp_path / "episode.mp4"
+    assert main(["replay", str(segment), "--out", str(out), "--width", "64", "--height", "48"]) == 0
+    assert "201 frames" in capsys.readouterr().out
+    assert imageio.get_reader(out).count_frames() == 201 and not list(tmp_path.glob("*.partial*"))
+    data = bytearray(segment.read_bytes())  # a listed segment that no longer matches MANIFEST: refused
+    data[100] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    assert main(["replay", str(segment), "--out", str(tmp_path / "bad.mp4")]) == 2
+    assert "sha256 does not match MANIFEST" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
