@@ -57,17 +57,24 @@ demo: setup
 # final Q and baseline on 50 new uniform and 50 hanging starts, and on a plant 30 % heavier (ROBUSTNESS).
 # MPQ(lambda) runs beside MPQ for the pendulum; for the cart-pole its targets (Q on 10^5 rollout states per
 # minibatch) would take about 3 hours of this run on 2 cores, so it is left out there (MPQ_LAMBDA=true adds it).
-# The ball-in-cup runs the paper's Table 2: 350 training episodes (35 rounds of 10), 100 final starts of each kind,
-# no heavier plant; on 2 cores that is many hours (its H=48 baselines take about 25 s an episode).
+# The ball-in-cup runs the paper's Table 2: 350 training episodes (35 rounds of 10) per learner and seed, MPQ also
+# trained with domain randomisation, 100 final uniform starts, no heavier plant: about 4 hours on 2 cores.
+# Jobs (a learner's seed, a planner's evaluation) run WORKERS at a time (one per CPU); a stopped run goes on where
+# it stopped with `make reproduce RESUME=runs/demo/<time>`.
 SEEDS ?= 3
+WORKERS ?= $(shell nproc)
 ROBUSTNESS ?= $(if $(filter ball_in_cup,$(TASK)),,pole=1.3)
 # SOFT_Q=false leaves the soft-Q baseline out (a shorter run).
 MPQ_LAMBDA ?= $(if $(filter cartpole ball_in_cup,$(TASK)),false,true)
 SOFT_Q ?= true
-REPRODUCE_ROUNDS = $(if $(filter ball_in_cup,$(TASK)),--iterations 35 --episodes-per-iteration 10 --final-episodes 100,--iterations 20 --episodes-per-iteration 5 --final-episodes 50)
+REPRODUCE_ROUNDS = $(if $(filter ball_in_cup,$(TASK)),--iterations 35 --episodes-per-iteration 10 \
+	--updates-per-iteration 150 --eval-every 5 --final-episodes 100 --final-starts uniform \
+	--domain-randomisation true,--iterations 20 --episodes-per-iteration 5 --final-episodes 50)
+RESUME ?=
 reproduce: setup
-	$(BIN)/python -m offboard.demo --task $(TASK) $(REPRODUCE_ROUNDS) --eval-episodes 10 --seeds $(SEEDS) \
-		$(if $(ROBUSTNESS),--robustness $(ROBUSTNESS)) --mpq-lambda $(MPQ_LAMBDA) --soft-q $(SOFT_Q)
+	$(BIN)/python -m offboard.demo $(if $(RESUME),--resume $(RESUME),--task $(TASK) $(REPRODUCE_ROUNDS) \
+		--eval-episodes 10 --seeds $(SEEDS) --workers $(WORKERS) $(if $(ROBUSTNESS),--robustness $(ROBUSTNESS)) \
+		--mpq-lambda $(MPQ_LAMBDA) --soft-q $(SOFT_Q))
 
 # A Q (or plain MPPI without Q) through the stand-in from 50 seeded starts: `make evaluate Q=runs/demo/<time>/q.onnx`;
 # more settings with `python -m offboard evaluate --help`.

@@ -25,6 +25,7 @@ MPQ's with --mpq-lambda false).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import dataclasses
 import json
 import re
@@ -37,9 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.plant import parse_mass_scale
-from offboard.cli import add_options, given
+from offboard.cli import add_options, given, option
 from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, run_episodes
 from offboard.export import export, export_extra
+from offboard.jobs import Jobs, Stop
 from offboard.mpq import Config, Trainer
 from offboard.replay import read_episode, write_video
 from offboard.stats import format_interval, mean_interval, ratio_interval
@@ -83,6 +85,7 @@ class DemoConfig:
     iterations: int = 10  # collect -> train -> export -> evaluate, this many times (make reproduce: 20)
     episodes_per_iteration: int = 5  # training episodes collected per iteration (N_update)
     eval_episodes: int = 10  # the learning curve's starts per point
+    eval_every: int = 1  # a point of the learning curve every this many iterations (and at the last)
     updates_per_iteration: int = 500  # M minibatches of the training after each collection
     batch_size: int = 64  # K transitions per minibatch
     horizon: int | None = None  # MPQ's H (None: the task's, the pendulum's 8)
@@ -101,29 +104,15 @@ class DemoConfig:
     # randomisation column), evaluated like every learner on the TRUE plant; reported, not held to the target.
     domain_randomisation: bool = False
     seeds: int = 1  # training seeds: seed, seed+1, ... (each its own data, Q and evaluation)
-    final_episodes: int = 0  # new starts per setting in the final evaluation, uniform and hanging (0: none)
+    final_episodes: int = 0  # new starts per setting in the final evaluation (0: none)
+    final_starts: tuple[str, ...] = ("uniform", "hanging")  # the final evaluation's kinds of start, each a setting
     robustness: str = ""  # BODY=FACTOR: the final evaluation once more on a heavier plant, e.g. pole=1.3
     torch_threads: int | None = None  # torch's CPU threads (None: half this machine's CPUs)
+    # jobs (a learner's training seed, a planner's evaluation) run in this many processes at once; each then trains
+    # with one torch and one MuJoCo thread (make reproduce: one per CPU)
+    workers: int = 1
     out: str = "runs/demo"  # a run folder <out>/<time> gets the curve, the models and results.json
     seed: int = 0  # the first training seed (collection, network, minibatches)
-
-
-class Stop:
-    """One Ctrl-C or SIGTERM stops the whole demo. While episodes run, the loop sees it at its next step, ends its
-    segment cleanly and disarms, and the demo stops after it; elsewhere (training, export) it interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.in_episodes = False
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def handler(self, signum, frame) -> None:
-        first = not self.requested
-        self.requested = True
-        if not (first and self.in_episodes):
-            raise KeyboardInterrupt
 
 
 def episodes(stop: Stop, *args, **kwargs) -> Outcomes:
@@ -159,6 +148,7 @@ def learn(
     td_lambda: tuple[float, float | None],
     randomise: bool,
     log,
+    *,
     stop: Stop,
 ) -> dict:
     """The closed loop for one learner and training seed; returns its learning curve and final model.
@@ -175,13 +165,15 @@ def learn(
         horizon=horizon,
         target_network=target_network,
         seed=seed,
-        torch_threads=cfg.torch_threads,
+        # a worker among others: one torch and one MuJoCo thread each, as many busy threads as CPUs
+        torch_threads=cfg.torch_threads or (1 if cfg.workers > 1 else None),
+        target_threads=1 if cfg.workers > 1 else None,
         td_lambda=td_lambda[0],
         td_lambda_final=td_lambda[1],
         target_iters=cfg.target_iters,
     )
     trainer = Trainer(config, progress=False, log=lambda *_: None)
-    curve, model = [], ""
+    curve, model, job_started = [], "", time.monotonic()
     try:
         for iteration in range(1, cfg.iterations + 1):
             started = time.monotonic()
@@ -203,6 +195,14 @@ def learn(
             path = here / "models" / f"iter{iteration:03d}" / "q.onnx"
             export(trainer.net, cfg.task, path, export_extra(trainer.trained_config(), trainer.buffer.segments))
             model = str(path)
+            line = (
+                f"{label} seed {seed} iteration {iteration}/{cfg.iterations}: "
+                f"{iteration * cfg.episodes_per_iteration} training episodes, "
+                f"held-out Bellman error {record['holdout_bellman_error']:.3g}"
+            )
+            if iteration % cfg.eval_every and iteration != cfg.iterations:  # the curve's points: every eval_every
+                log(f"{line} ({time.monotonic() - started:.0f} s)")
+                continue
             outcomes = episodes(
                 stop,
                 here / "eval",
@@ -231,10 +231,8 @@ def learn(
             trainer.scalars(iteration, dict(eval_cost_mean=point["eval_cost_mean"]))
             curve.append(point)
             log(
-                f"{label} seed {seed} iteration {iteration}/{cfg.iterations}: {point['training_episodes']} training "
-                f"episodes, eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, success "
-                f"{point['eval_success_rate']:.2f}, "
-                f"held-out Bellman error {point['holdout_bellman_error']:.3g} ({point['seconds']:.0f} s)"
+                f"{line}, eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, success "
+                f"{point['eval_success_rate']:.2f} ({point['seconds']:.0f} s)"
             )
     finally:
         trainer.close()
@@ -247,51 +245,70 @@ def learn(
         model=model,
         last_evaluation=str(here / "eval" / f"iter{cfg.iterations:03d}"),
         run=str(trainer.run_dir),
+        seconds=time.monotonic() - job_started,
     )
 
 
-def final_evaluation(cfg: DemoConfig, run_dir: Path, learners: dict, log, stop: Stop) -> dict:
-    """Every baseline and every learner's final Q (each seed) on the same new starts; the ratios to the reference.
+def evaluate(
+    cfg: DemoConfig,
+    where: Path,
+    name: str,
+    n: int,
+    seed: int,
+    q: str,
+    mppi: dict,
+    starts: str = "uniform",
+    mass_scale: str = "",
+    *,
+    stop: Stop,
+) -> dict:
+    """One planner's n episodes from seeded starts, logged under where/name (a job): their costs and successes.
+    mass_scale: BODY=FACTOR, the plant made heavier (empty: the TRUE plant)."""
+    scale, started = parse_mass_scale([mass_scale] if mass_scale else []), time.monotonic()
+    outcomes = episodes(stop, where, name, cfg.task, n, seed, q, mppi, starts=starts, mass_scale=scale)
+    successes = [bool(s) for s in outcomes.successes]
+    return dict(costs=outcomes.costs, successes=successes, seconds=time.monotonic() - started)
 
-    {setting: {"starts", "mass_scale", "reference", "rows": {label: {costs, cost, ratio}}}}"""
-    settings = {"uniform": ("uniform", ""), "hanging": ("hanging", "")}
+
+def final_settings(cfg: DemoConfig) -> dict[str, tuple[str, str]]:
+    """{setting: (starts, mass_scale)} of the final evaluation: each kind of start, then the heavier plant."""
+    settings = {starts: (starts, "") for starts in cfg.final_starts}
     if cfg.robustness:
         settings[f"uniform, plant {cfg.robustness}"] = ("uniform", cfg.robustness)
+    return settings
+
+
+def submit_final(cfg: DemoConfig, run_dir: Path, jobs: Jobs, label: str, seed: int | None, q: str, mppi: dict) -> dict:
+    """One planner's final evaluation in every setting it runs in, as jobs: {setting: future}. On the heavier
+    plant only the reference (given the plant's real parameters) and the MPQ learners run: the claim."""
+    name = folder_name(label) + ("" if seed is None else f"_seed{seed}")
+    futures = {}
+    for setting, (starts, scale) in final_settings(cfg).items():
+        if scale and not (label == baselines(cfg)[-1][0] or "MPQ" in label):
+            continue
+        where = run_dir / "final" / folder_name(setting.replace(",", ""))
+        args = (cfg, where, name, cfg.final_episodes, FINAL_EVAL_SEED, q, mppi, starts, scale)
+        futures[setting] = jobs.submit(f"final-{folder_name(setting)}-{name}", where / name, evaluate, *args)
+    return futures
+
+
+def final_results(cfg: DemoConfig, outcomes: dict, log) -> dict:
+    """The final evaluation's table from every planner's outcomes ({(setting, label): [per seed]}), with the
+    ratios to the reference. {setting: {"starts", "mass_scale", "reference", "rows": {label: {costs, cost,
+    ratio, ...}}}}"""
     reference = baselines(cfg)[-1][0]
     results = {}
-    for setting, (starts, scale) in settings.items():
-        where = run_dir / "final" / folder_name(setting.replace(",", ""))
-        mass_scale = parse_mass_scale([scale] if scale else [])
-        common = dict(starts=starts, mass_scale=mass_scale)
-        n, seed = cfg.final_episodes, FINAL_EVAL_SEED
-        rows = {}
-        # On the heavier plant only the reference (given the plant's real parameters) and MPQ run: the claim.
-        for label, horizon, model in baselines(cfg) if not scale else baselines(cfg)[-1:]:
-            outcomes = episodes(
-                stop, where, folder_name(label), cfg.task, n, seed, "", dict(H=horizon, model=model), **common
-            )
-            rows[label] = dict(costs=[outcomes.costs], successes=[outcomes.successes])
-        # On the heavier plant: the MPQ learners only (the claim), not soft-Q.
-        for label, runs in learners.items() if not scale else [(k, v) for k, v in learners.items() if "MPQ" in k]:
-            outcomes = [
-                episodes(
-                    stop,
-                    where,
-                    f"{folder_name(label)}_seed{r['seed']}",
-                    cfg.task,
-                    n,
-                    seed,
-                    r["model"],
-                    dict(H=r["horizon"], td_lambda=r["td_lambda"]),
-                    **common,
-                )
-                for r in runs
-            ]
-            rows[label] = dict(costs=[o.costs for o in outcomes], successes=[o.successes for o in outcomes])
+    for setting, (starts, scale) in final_settings(cfg).items():
+        rows = {
+            label: dict(costs=[r["costs"] for r in runs], successes=[r["successes"] for r in runs])
+            for (where, label), runs in outcomes.items()
+            if where == setting
+        }
         for row in rows.values():
             row["cost"] = mean_interval(np.ravel(row["costs"]))
             row["success"] = mean_interval(np.ravel(row["successes"]).astype(float))
             row["ratio"] = ratio_interval(row["costs"], rows[reference]["costs"][0])
+        n, seed = cfg.final_episodes, FINAL_EVAL_SEED
         results[setting] = dict(starts=starts, mass_scale=scale, episodes=n, seed=seed, reference=reference, rows=rows)
         log(
             f"final evaluation, {setting}: "
@@ -338,10 +355,10 @@ def claims(cfg: DemoConfig, final: dict) -> dict:
 
 def claimed_rows(final: dict):
     """(setting, label, row) of every learner held to the task's claim: the MPQ learners trained on the plant, on
-    uniform and hanging starts (the DR learner is reported beside them)."""
-    for setting in ("uniform", "hanging"):
-        for label, row in final[setting]["rows"].items():
-            if "MPQ" in label and label != DR_LABEL:
+    each kind of start of the TRUE plant (the DR learner is reported beside them, the heavier plant too)."""
+    for setting, result in final.items():
+        for label, row in result["rows"].items():
+            if "MPQ" in label and label != DR_LABEL and not result["mass_scale"]:
                 yield setting, label, row
 
 
@@ -425,6 +442,8 @@ def config_problem(cfg: DemoConfig) -> str | None:
         "updates_per_iteration",
         "batch_size",
         "seeds",
+        "eval_every",
+        "workers",
     ):
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 1 or more"
@@ -442,6 +461,9 @@ def config_problem(cfg: DemoConfig) -> str | None:
         MPPIConfig(explore=cfg.explore)
     except ValueError as e:  # the settings' own rule: three numbers, a stable filter
         return f"--explore: {e}"
+    unknown = [starts for starts in cfg.final_starts if starts not in ("uniform", "hanging")]
+    if unknown or not cfg.final_starts:
+        return f"--final-starts {','.join(unknown)}: use uniform, hanging or both"
     if not 1 <= cfg.horizon < cfg.long_horizon:
         return (
             f"--horizon {cfg.horizon} must be >= 1 and below --long-horizon {cfg.long_horizon}: "
@@ -467,14 +489,42 @@ def config_problem(cfg: DemoConfig) -> str | None:
 
 def parse_config(argv=None) -> DemoConfig:
     """The command line over the task's DEMO_SETTINGS over DemoConfig's defaults."""
+    return parse_command(argv)[0]
+
+
+def parse_command(argv=None) -> tuple[DemoConfig, Path | None]:
+    """The settings and the run folder to go on with (None: a new run). ValueError: a resume that cannot be."""
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
     add_options(parser, DemoConfig)
-    settings = given(parser.parse_args(argv), DemoConfig)
-    return DemoConfig(**{**DEMO_SETTINGS.get(settings.get("task", DemoConfig.task), {}), **settings})
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="go on with a stopped run in its folder, with its own settings (RUN/config.json): its finished jobs "
+        "are kept, an unfinished one runs again",
+    )
+    args = parser.parse_args(argv)
+    settings = given(args, DemoConfig)
+    if args.resume is None:
+        return DemoConfig(**{**DEMO_SETTINGS.get(settings.get("task", DemoConfig.task), {}), **settings}), None
+    run_dir = Path(args.resume)
+    if settings:
+        given_options = " ".join(option(name) for name in settings)
+        raise ValueError(f"--resume {run_dir} goes on with the run's own settings: leave out {given_options}")
+    if (run_dir / "results.json").exists():
+        raise ValueError(f"--resume {run_dir}: that run is complete (it has results.json); start a new one")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}), run_dir
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"--resume {run_dir}: not a demo run folder this version can go on with ({e})") from None
 
 
 def main(argv=None) -> int:
-    cfg = parse_config(argv)
+    try:
+        cfg, resume = parse_command(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         task = get_task(cfg.task)
     except ValueError as e:
@@ -486,13 +536,18 @@ def main(argv=None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    run_dir = new_run_dir(Path(cfg.out))
+    run_dir = resume or new_run_dir(Path(cfg.out))
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     stop = Stop()
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         demo(cfg, task, run_dir, stop)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the demo stopped; its partial run is in {run_dir} (no results.json)", file=sys.stderr)
+        print(
+            f"\ninterrupted: the demo stopped; its partial run is in {run_dir} (no results.json): go on with "
+            f"python -m offboard.demo --resume {run_dir}",
+            file=sys.stderr,
+        )
         return 130
     finally:
         for sig, handler in previous.items():
@@ -500,56 +555,82 @@ def main(argv=None) -> int:
     return 0
 
 
+class Log:
+    """Lines stamped with the seconds since the run started (the monotonic clock: one for every worker process)."""
+
+    def __init__(self, started: float):
+        self.started = started
+
+    def __call__(self, line: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.0f} s] {line}", flush=True)
+
+
 def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
-    """Baselines, learners, the final evaluation, then the plot and results.json."""
+    """Baselines, learners, the final evaluation, then the plot and results.json. Each learner's training seed and
+    each planner's evaluation is a job (offboard.jobs): cfg.workers of them at once, every result kept as it
+    comes, so --resume goes on from the last one. The jobs are submitted longest-first where nothing waits on
+    them (the baselines' final evaluations), each learner's final evaluation as soon as the learner is done."""
     started = time.monotonic()
-
-    def log(line: str) -> None:
-        print(f"[{time.monotonic() - started:6.0f} s] {line}", flush=True)
-
+    log = Log(started)
     log(f"demo in {run_dir}: {cfg}")
-    curve_baselines = {}
-    for label, horizon, model in baselines(cfg):
-        outcomes = episodes(
-            stop,
-            run_dir / "baselines",
-            folder_name(label),
-            cfg.task,
-            cfg.eval_episodes,
-            EVAL_SEED,
-            "",
-            dict(H=horizon, model=model),
-        )
-        costs = outcomes.costs
-        curve_baselines[label] = dict(
-            horizon=horizon,
-            model=model,
-            eval_cost_mean=float(np.mean(costs)),
-            eval_cost_std=float(np.std(costs)),
-            eval_costs=costs,
-            eval_success_rate=outcomes.success_rate,
-        )
-        log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {outcomes.success_rate:.2f}")
-    kinds = [("MPQ", cfg.horizon, False, (1.0, None), False)]
-    if cfg.mpq_lambda:
-        kinds.append(("MPQ(lambda)", cfg.horizon, False, (cfg.td_lambda, cfg.td_lambda_final), False))
-    if cfg.domain_randomisation:
-        kinds.append((DR_LABEL, cfg.horizon, False, (1.0, None), True))
-    if cfg.soft_q:
-        kinds.append(("soft-Q", 1, True, (1.0, None), False))
-    learners = {label: [] for label, *_ in kinds}
-    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-        for label, horizon, target_network, td_lambda, randomise in kinds:
-            learners[label].append(
-                learn(cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise, log, stop)
+    with Jobs(run_dir, cfg.workers, stop) as jobs:
+        curve, finals = {}, {}
+        for label, horizon, model in baselines(cfg):
+            name, mppi = folder_name(label), dict(H=horizon, model=model)
+            args = (cfg, run_dir / "baselines", name, cfg.eval_episodes, EVAL_SEED, "", mppi)
+            curve[label] = (horizon, model, jobs.submit(f"curve-{name}", run_dir / "baselines" / name, evaluate, *args))
+            if cfg.final_episodes:
+                for setting, future in submit_final(cfg, run_dir, jobs, label, None, "", mppi).items():
+                    finals[setting, label] = [(None, future)]
+        kinds = [("MPQ", cfg.horizon, False, (1.0, None), False)]
+        if cfg.mpq_lambda:
+            kinds.append(("MPQ(lambda)", cfg.horizon, False, (cfg.td_lambda, cfg.td_lambda_final), False))
+        if cfg.domain_randomisation:
+            kinds.append((DR_LABEL, cfg.horizon, False, (1.0, None), True))
+        if cfg.soft_q:
+            kinds.append(("soft-Q", 1, True, (1.0, None), False))
+        seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+        learning = {}
+        for seed in seeds:
+            for label, horizon, target_network, td_lambda, randomise in kinds:
+                args = (cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise, log)
+                here = run_dir / folder_name(label) / f"seed{seed}"
+                learning[label, seed] = jobs.submit(f"learn-{folder_name(label)}-seed{seed}", here, learn, *args)
+        curve_baselines = {}
+        for label, (horizon, model, future) in curve.items():
+            costs, successes = future.result()["costs"], future.result()["successes"]
+            curve_baselines[label] = dict(
+                horizon=horizon,
+                model=model,
+                eval_cost_mean=float(np.mean(costs)),
+                eval_cost_std=float(np.std(costs)),
+                eval_costs=costs,
+                eval_success_rate=float(np.mean(successes)),
             )
+            log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {np.mean(successes):.2f}")
+        by_future = {future: key for key, future in learning.items()}
+        for future in cf.as_completed(by_future):
+            label, seed = by_future[future]
+            r = future.result()
+            if cfg.final_episodes:
+                mppi = dict(H=r["horizon"], td_lambda=r["td_lambda"])
+                for setting, final in submit_final(cfg, run_dir, jobs, label, seed, r["model"], mppi).items():
+                    finals.setdefault((setting, label), []).append((seed, final))
+        learners = {label: [learning[label, seed].result() for seed in seeds] for label, *_ in kinds}
+        # in a fixed order (baselines, then learners, each by seed), whichever finished first
+        outcomes = {
+            (setting, label): [future.result() for _, future in sorted(finals[setting, label], key=lambda r: r[0] or 0)]
+            for label in [*curve, *learners]
+            for setting in final_settings(cfg)
+            if (setting, label) in finals
+        }
 
     first = learners["MPQ(lambda)" if cfg.mpq_lambda else "MPQ"][0]  # the run's q.onnx: the best learner's
     shutil.copy(first["model"], run_dir / "q.onnx")
     shutil.copy(Path(first["model"]).with_suffix(".json"), run_dir / "q.json")
     results = dict(config=dataclasses.asdict(cfg), task=cfg.task, baselines=curve_baselines, learners=learners)
     if cfg.final_episodes:
-        results["final"] = final_evaluation(cfg, run_dir, learners, log, stop)
+        results["final"] = final_results(cfg, outcomes, log)
         results["claims"] = claims(cfg, results["final"])
         (run_dir / "table.md").write_text(table(results["final"]).lstrip() + "\n")
         print(table(results["final"]))

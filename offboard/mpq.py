@@ -60,10 +60,14 @@ class Config:
     target_network: bool = False  # MPQ: no; the soft-Q baseline: yes
     target_sync_every: int = 100  # updates between target-network copies (baseline only)
     holdout_fraction: float = 0.1  # transitions kept out of training to measure the Bellman error
+    # the Bellman error is measured on at most this many of them (a seeded sample, the same before and after a
+    # round), so its MPPI work stays bounded as the data grows: 7000 held-out ball-in-cup states cost 25 s a time
+    holdout_measured: int = 256
     # the targets' MPPI backend: None is c where the task has a closed-form model, else mujoco
     backend: Literal["numpy", "c", "mujoco"] | None = None
     seed: int = 0  # seeds the minibatches, the held-out set, the network's initial weights and the targets' MPPI
     torch_threads: int | None = None  # torch's CPU threads; None: half this machine's CPUs
+    target_threads: int | None = None  # the targets' MuJoCo threads (mujoco backend); None: every core
 
     def __post_init__(self):
         task = get_task(self.task)
@@ -92,10 +96,12 @@ class Config:
             td_lambda_final=fraction,
             target_sync_every=at_least_1,
             holdout_fraction=("a fraction from 0 up to (not including) 1", lambda v: 0 <= v < 1),
+            holdout_measured=at_least_1,
             # the Q being trained is a CPU torch net fed NumPy arrays
             backend=("c, numpy or mujoco (training targets run on the CPU)", lambda v: v in ("numpy", "c", "mujoco")),
             seed=at_least_0,
             torch_threads=at_least_1,
+            target_threads=("1 or more (or unset: every core)", lambda v: v is None or v >= 1),
         )
 
     def to_dict(self) -> dict:
@@ -154,7 +160,7 @@ def target_planner(config: Config, task, q, td_lambda: float | None = None) -> M
         td_lambda=config.td_lambda if td_lambda is None else td_lambda,
         seed=config.seed,
     )
-    return MPPI(task, mppi, config.backend, q=q)
+    return MPPI(task, mppi, config.backend, q=q, threads=config.target_threads)
 
 
 def soft_bellman_targets(planner: MPPI, buffer: ReplayBuffer, idx: np.ndarray) -> np.ndarray:
@@ -241,6 +247,9 @@ class Trainer:
         self.buffer = self.store.buffer().window(self.config.buffer_window)
         self.train_idx = np.flatnonzero(~self.buffer.holdout)
         self.holdout_idx = np.flatnonzero(self.buffer.holdout)
+        if len(self.holdout_idx) > self.config.holdout_measured:  # a seeded sample, redrawn as the data grows
+            draw = np.random.default_rng([self.config.seed, len(self.buffer)])
+            self.holdout_idx = np.sort(draw.choice(self.holdout_idx, self.config.holdout_measured, replace=False))
         if len(self.train_idx) == 0:
             raise DatasetError(f"only {len(self.buffer)} transitions, all held out: record more episodes")
         self.problems = problems
@@ -276,7 +285,7 @@ class Trainer:
             iteration=iteration,
             updates=self.updates,
             transitions=len(self.buffer),
-            held_out=len(self.holdout_idx),
+            held_out=int(self.buffer.holdout.sum()),
             td_lambda=self.td_lambda,
             **{key: float(np.mean([m[key] for m in metrics])) for key in metrics[0]},
             holdout_bellman_error_before=before,

@@ -137,7 +137,10 @@ def test_one_ctrl_c_stops_the_whole_demo_and_reports_no_result(tmp_path, signum)
     (run_dir,) = tmp_path.iterdir()
     assert demo.returncode == 130, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last == f"interrupted: the demo stopped; its partial run is in {run_dir} (no results.json)", stderr
+    assert last == (
+        f"interrupted: the demo stopped; its partial run is in {run_dir} (no results.json): go on with "
+        f"python -m offboard.demo --resume {run_dir}"
+    ), stderr
     assert "eval cost" not in stdout  # the interrupted baseline is no result, and no later stage ran
     assert not (run_dir / "results.json").exists()
     (folder,) = (run_dir / "baselines").iterdir()
@@ -165,7 +168,7 @@ def test_a_sparse_task_is_held_to_its_success_rate_and_to_beating_the_biased_bas
         "MPQ": row([[1, 1, 1, 1], [1, 1, 1, 0]]),
         "soft-Q": row([[0, 0, 0, 0]]),
     }
-    final = {s: dict(rows=rows, reference="MPPI H=48 TRUE model") for s in ("uniform", "hanging")}
+    final = {s: dict(rows=rows, reference="MPPI H=48 TRUE model", mass_scale="") for s in ("uniform", "hanging")}
     cfg = DemoConfig(task="ball_in_cup")
     claim = claims(cfg, final)["MPQ, uniform"]
     assert claim["success"] == 7 / 8 and claim["seeds"] == 2 and claim["starts"] == 4 and claim["met"]
@@ -220,3 +223,69 @@ def test_domain_randomisation_of_a_task_with_derived_fields_is_refused_before_an
     assert main(["--domain-randomisation", "true", "--out", str(tmp_path / "runs")]) == 2
     assert "--domain-randomisation: task pendulum derives body_inertia" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+SMALL = [
+    *("--iterations", "1", "--episodes-per-iteration", "2", "--eval-episodes", "1", "--updates-per-iteration", "20"),
+    *("--final-episodes", "1", "--final-starts", "uniform", "--seeds", "2", "--mpq-lambda", "false"),
+    *("--soft-q", "false"),
+]
+
+
+def numbers(run_dir: Path) -> dict:
+    """A run's results without what differs between two runs of the same settings (times, folders)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    learners = {
+        label: [[(p["eval_costs"], p["holdout_bellman_error"]) for p in r["curve"]] for r in runs]
+        for label, runs in results["learners"].items()
+    }
+    final = {
+        setting: {label: row["costs"] for label, row in f["rows"].items()} for setting, f in results["final"].items()
+    }
+    return dict(baselines={k: v["eval_costs"] for k, v in results["baselines"].items()}, learners=learners, final=final)
+
+
+def test_jobs_in_two_worker_processes_give_the_same_run_as_one_after_another(tmp_path):
+    assert main([*SMALL, "--out", str(tmp_path / "one")]) == 0
+    assert main([*SMALL, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    (one,), (two,) = (tmp_path / "one").iterdir(), (tmp_path / "two").iterdir()
+    expected = numbers(one)
+    assert len(expected["learners"]["MPQ"]) == 2 and set(expected["final"]) == {"uniform"}
+    assert numbers(two) == expected
+    assert sorted(p.name for p in (two / "jobs").iterdir()) == sorted(p.name for p in (one / "jobs").iterdir())
+
+
+def test_a_stopped_run_goes_on_with_resume_keeping_its_finished_jobs(tmp_path, capsys):
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "offboard.demo", *SMALL, "--out", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*/MPQ/seed0/data/robot/*.mcap")):  # the baselines are done, MPQ collects
+            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGINT)
+        _, stderr = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130, stderr
+    (run_dir,) = tmp_path.iterdir()
+    finished = {p.name: p.read_text() for p in (run_dir / "jobs").glob("*.json")}
+    assert "curve-MPPI_H32_TRUE_model.json" in finished and not any("learn" in name for name in finished)
+    kept_segments = {p: p.stat().st_mtime_ns for p in (run_dir / "baselines").rglob("*.mcap")}
+
+    assert main(["--resume", str(run_dir), "--seeds", "3"]) == 2  # its own settings, nothing else
+    assert "--resume" in capsys.readouterr().err
+    assert main(["--resume", str(run_dir)]) == 0
+    for name, text in finished.items():  # the finished jobs were not run again
+        assert (run_dir / "jobs" / name).read_text() == text
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "baselines").rglob("*.mcap")} == kept_segments
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [len(r["curve"]) for r in results["learners"]["MPQ"]] == [1, 1]  # MPQ seed 0 ran again, whole
+    (segments, problems) = verified_segments(run_dir / "MPQ" / "seed0" / "data" / "robot")
+    assert len(segments) == 2 and not problems
+    assert main(["--resume", str(run_dir)]) == 2  # a complete run is not resumed

@@ -95,6 +95,39 @@ def test_rounds_keep_one_optimiser_and_a_held_out_set_that_is_never_trained_on(t
     assert len(list((trainer.run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
+def test_the_held_out_error_is_measured_on_a_bounded_sample_of_the_held_out_set(tmp_path, monkeypatch):
+    """As the data grows, the held-out Bellman error's MPPI work stays at holdout_measured states: a seeded sample
+    of held-out transitions only, the same before and after a round."""
+    measured = []
+    real_error = offboard.mpq.bellman_error
+
+    def recording_error(net, planner, buffer, idx):
+        measured.append(buffer.state[idx].copy())
+        return real_error(net, planner, buffer, idx)
+
+    monkeypatch.setattr(offboard.mpq, "bellman_error", recording_error)
+    folder = tmp_path / "robot"
+    for episode in (1, 2, 3):
+        write_segment(folder, episode)
+    config = Config(
+        data=(str(folder),),
+        out=str(tmp_path / "runs"),
+        updates_per_iteration=2,
+        batch_size=8,
+        holdout_fraction=0.5,
+        holdout_measured=10,
+        torch_threads=1,
+    )
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    trainer.load()
+    record = trainer.train_iteration()
+    trainer.close()
+
+    assert record["held_out"] > 10 == len(measured[0])  # more held out than measured
+    assert np.array_equal(measured[0], measured[1])  # before and after the round: the same states
+    assert {tuple(s) for s in measured[0]} <= held_out_states(trainer)
+
+
 def test_only_new_segments_are_read_and_a_changed_one_leaves_with_a_problem(tmp_path):
     folder = tmp_path / "robot"
     first = write_segment(folder, 1)
