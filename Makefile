@@ -108,7 +108,8 @@ deploy: setup
 rollback: setup
 	$(BIN)/python -m offboard rollback --robot $(ROBOT)
 
-# Closed segments into data/$(ROBOT)/, every sha256 verified; PRUNE=1 deletes on the robot what verified here.
+# Closed segments into data/$(ROBOT)/, every sha256 verified; ROBOT="a b c" pulls several robots at once, each into
+# its own folder; PRUNE=1 deletes on the robot what verified here.
 pull-data: setup
 	$(BIN)/python -m offboard pull-data --robot $(ROBOT) $(if $(filter 1,$(PRUNE)),--prune)
 

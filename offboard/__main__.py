@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "robot"):  # deploy, rollback, robot-status, pull-data: the robot's profile, over ssh
         try:
+            if isinstance(args.robot, list):  # pull-data: one or more robots
+                return args.run(args, [load_profile(robot) for robot in args.robot])
             return args.run(args, load_profile(args.robot))
         except ProfileError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -68,6 +68,8 @@ class LoadedSegment:
     stat: tuple[int, int]  # (size, mtime_ns) when it was hashed: unchanged means no need to hash it again
     arrays: dict[str, np.ndarray]
     holdout: np.ndarray  # (transitions,) bool, drawn once from the seed and the segment's name
+    robot: str | None = None  # what recorded it (its metadata): the robot, and the sha256 of the Q it acted with
+    model_sha256: str | None = None
 
 
 class SegmentStore:
@@ -156,7 +158,9 @@ class SegmentStore:
         name = hashlib.sha256(f"{path.parent.name}/{path.name}".encode()).hexdigest()
         draw = np.random.default_rng([self.seed, int(name[:15], 16)])
         holdout = draw.random(len(steps)) < self.holdout_fraction
-        self.loaded[path] = LoadedSegment(path, sha256, stat, arrays, holdout)
+        recorded = metadata.get("segment", {})
+        robot, model = recorded.get("robot"), recorded.get("model_sha256")
+        self.loaded[path] = LoadedSegment(path, sha256, stat, arrays, holdout, robot, model)
         return None
 
     def buffer(self) -> ReplayBuffer:
@@ -171,7 +175,16 @@ class SegmentStore:
             holdout[-1] = True
         # Episodes end on a time limit: the plant could go on, so every transition bootstraps from s'.
         terminal = np.zeros(len(joined["cost"]), dtype=bool)
-        listing = [dict(segment=str(s.path), sha256=s.sha256, transitions=len(s.holdout)) for s in segments]
+        listing = [
+            dict(
+                segment=str(s.path),
+                sha256=s.sha256,
+                transitions=len(s.holdout),
+                robot=s.robot,
+                model_sha256=s.model_sha256,
+            )
+            for s in segments
+        ]
         return ReplayBuffer(**joined, terminal=terminal, segments=listing, holdout=holdout)
 
     def no_data_error(self, problems: list[str]) -> DatasetError:

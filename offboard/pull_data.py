@@ -10,6 +10,7 @@ import json
 import shlex
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,28 +118,50 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
 
 # --- command line (python -m offboard pull-data) ---------------------------------------------------
 def add_command(sub) -> None:
-    p = sub.add_parser("pull-data", help="closed segments + MANIFEST from the robot into data/<robot>/, verified")
-    p.add_argument("--robot", required=True)
+    p = sub.add_parser(
+        "pull-data", help="closed segments + MANIFEST from each robot into data/<robot>/, verified (several at once)"
+    )
+    p.add_argument("--robot", required=True, nargs="+", help="one or more robots' profiles, pulled at once")
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--prune", action="store_true", help="delete on the robot the segments verified here")
-    p.add_argument("--bwlimit", type=int, default=0, help="rsync bandwidth limit, KiB/s (0: none)")
+    p.add_argument("--bwlimit", type=int, default=0, help="rsync bandwidth limit per robot, KiB/s (0: none)")
     p.set_defaults(run=run_command)
 
 
-def run_command(args, profile: RobotProfile) -> int:
-    """The refusals that need no connection first, then the pull; non-zero when a segment failed its check."""
+def run_command(args, profiles: list[RobotProfile]) -> int:
+    """The refusals that need no connection first, then every robot's pull at once (each its own ssh and rsync,
+    into its own folder); non-zero when a robot could not be pulled or a segment failed its check. One robot's
+    failure is its own line: the others' pulls go on."""
     if args.bwlimit < 0:
         raise RemoteError(f"--bwlimit {args.bwlimit}: give a limit in KiB/s above 0, or 0 for none")
-    if (blocker := blocking_file(Path(args.data_dir) / profile.name)) is not None:
-        raise RemoteError(
-            f"--data-dir {args.data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
+    names = [profile.name for profile in profiles]
+    if len(set(names)) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise RemoteError(f"--robot: {', '.join(twice)} given twice; each robot's logs go to one folder, data/<robot>")
+    for profile in profiles:
+        if (blocker := blocking_file(Path(args.data_dir) / profile.name)) is not None:
+            raise RemoteError(
+                f"--data-dir {args.data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
+            )
+    with ThreadPoolExecutor(len(profiles)) as pool:  # each pull waits on its own ssh and rsync processes
+        pulls = [pool.submit(pull_data, p, args.data_dir, prune=args.prune, bwlimit=args.bwlimit) for p in profiles]
+    failed = False
+    for profile, pull in zip(profiles, pulls, strict=True):
+        prefix = f"{profile.name}: " if len(profiles) > 1 else ""
+        try:
+            report = pull.result()
+        except RemoteError as e:
+            if len(profiles) == 1:
+                raise
+            print(f"error: {prefix}{e}", file=sys.stderr)
+            failed = True
+            continue
+        print(
+            f"{prefix}pulled {len(report.transferred)} new segment(s) into {report.folder}; {report.verified} verified"
+            + (f"; pruned {len(report.pruned)} on the robot" if report.pruned else "")
+            + (f"; {len(report.gone)} listed by the robot were pruned there earlier" if report.gone else "")
         )
-    report = pull_data(profile, args.data_dir, prune=args.prune, bwlimit=args.bwlimit)
-    print(
-        f"pulled {len(report.transferred)} new segment(s) into {report.folder}; {report.verified} verified"
-        + (f"; pruned {len(report.pruned)} on the robot" if report.pruned else "")
-        + (f"; {len(report.gone)} listed by the robot were pruned there earlier" if report.gone else "")
-    )
-    for line in report.problems:
-        print(f"kept out of training: {line}", file=sys.stderr)
-    return 1 if report.problems else 0
+        for line in report.problems:
+            print(f"kept out of training: {line}", file=sys.stderr)
+        failed |= bool(report.problems)
+    return 1 if failed else 0

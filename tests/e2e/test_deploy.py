@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import tomli_w
+import tomllib
+
 from offboard.pull_data import pull_data
 from offboard.remote import Remote, RemoteError
 from onboard.fileio import sha256_file
@@ -418,3 +421,41 @@ def test_a_second_deploy_while_one_runs_is_refused_in_one_line(loopback, tmp_pat
     (line,) = out.stderr.strip().splitlines()
     assert out.returncode == 1 and "another deploy to loopback is running" in line
     assert (remote_dir / "releases" / "20261126-000000-abc-nomodel.partial").is_dir()  # its staging untouched
+
+
+def test_several_robots_are_pulled_at_once_into_their_own_folders_and_train_as_one_dataset(loopback, tmp_path):
+    profile_path, profile, robot_data = robot_holding_segments(loopback, tmp_path)
+    settings = tomllib.loads(profile_path.read_text())
+    second = profile_path.with_name("arm_b.toml")  # a second robot on the same host: its own log folder
+    second.write_text(tomli_w.dumps({**settings, "name": "arm_b"}))
+    shutil.copytree(recorded_segments(tmp_path / "b"), robot_data.parent / "arm_b")
+    unreachable = profile_path.with_name("arm_c.toml")  # nothing listens on its port
+    unreachable.write_text(
+        tomli_w.dumps({**settings, "name": "arm_c", "deploy": {**settings["deploy"], "ssh_port": 9}})
+    )
+    data = tmp_path / "data"
+
+    out = offboard("pull-data", "--robot", str(profile_path), str(second), str(unreachable), "--data-dir", str(data))
+    assert out.returncode == 1  # one robot could not be pulled: said in one line, the others were
+    assert f"loopback: pulled 4 new segment(s) into {data / 'loopback'}; 4 verified" in out.stdout, out.stdout
+    assert f"arm_b: pulled 4 new segment(s) into {data / 'arm_b'}; 4 verified" in out.stdout
+    (error,) = out.stderr.strip().splitlines()
+    assert error.startswith("error: arm_c: ") and not (data / "arm_c").exists()
+    for robot in ("loopback", "arm_b"):
+        good, problems = verified_segments(data / robot)
+        assert len(good) == 4 and problems == []
+
+    # Training reads both robots' folders as one dataset; each segment says which robot and Q recorded it.
+    from offboard.mpq import Config, Trainer
+
+    config = Config(data=(str(data / "loopback"), str(data / "arm_b")), out=str(tmp_path / "runs"), torch_threads=1)
+    trainer = Trainer(config, progress=False, log=lambda *_: None)
+    try:
+        trainer.load()
+    finally:
+        trainer.close()
+    listed = trainer.buffer.segments
+    assert len(listed) == 8 and {Path(s["segment"]).parent.name for s in listed} == {"loopback", "arm_b"}
+    assert {s["robot"] for s in listed} == {"sim"} and all(s["model_sha256"] is None for s in listed)  # no Q yet
+    twice = offboard("pull-data", "--robot", str(profile_path), str(profile_path), "--data-dir", str(data))
+    assert twice.returncode == 1 and twice.stderr.startswith("error: --robot: loopback given twice;"), twice.stderr
