@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # GPU=1 adds the gpu extra (CuPy and onnxruntime-gpu for CUDA 13): `make setup GPU=1`, `make bench-gpu`.
 GPU    ?=
 comma  := ,
-EXTRAS := onboard,sim,warp,offboard,gym,dev,bench$(if $(filter 1,$(GPU)),$(comma)gpu)
+EXTRAS := onboard,sim,warp,offboard,gym,cluster,dev,bench$(if $(filter 1,$(GPU)),$(comma)gpu)
 STAMP  := $(VENV)/.mpq-installed$(if $(filter 1,$(GPU)),-gpu)
 TASK   ?= pendulum
 BACKEND ?= c

@@ -68,6 +68,10 @@ class Config:
     seed: int = 0  # seeds the minibatches, the held-out set, the network's initial weights and the targets' MPPI
     torch_threads: int | None = None  # torch's CPU threads; None: half this machine's CPUs
     target_threads: int | None = None  # the targets' MuJoCo threads (mujoco backend); None: every core
+    # the targets on a Ray cluster (the cluster extra): auto (the one running on this machine) or its address
+    # host:port; empty: in this process. Equal to this process's to float tolerance (offboard/target_workers.py)
+    ray: str = ""
+    target_workers: int = 2  # Ray workers for the targets (with --ray), each with one CPU
 
     def __post_init__(self):
         task = get_task(self.task)
@@ -102,6 +106,7 @@ class Config:
             seed=at_least_0,
             torch_threads=at_least_1,
             target_threads=("1 or more (or unset: every core)", lambda v: v is None or v >= 1),
+            target_workers=at_least_1,
         )
 
     def to_dict(self) -> dict:
@@ -163,15 +168,45 @@ def target_planner(config: Config, task, q, td_lambda: float | None = None) -> M
     return MPPI(task, mppi, config.backend, q=q, threads=config.target_threads)
 
 
-def soft_bellman_targets(planner: MPPI, buffer: ReplayBuffer, idx: np.ndarray) -> np.ndarray:
+TARGET_CHUNK = 16  # next states per target plan, each chunk's noise from its own stream (free_energies)
+
+
+def free_energies(planner: MPPI, states: np.ndarray, entropy: tuple[int, ...]) -> np.ndarray:
+    """V_H(s) of each state: TARGET_CHUNK states per plan, chunk i's noise and model draws from the stream
+    (*entropy, i). The values depend on the states, the Q and entropy alone, so targets whose chunks are
+    planned on other processes (offboard/target_workers.py) equal these."""
+    values = []
+    for i, start in enumerate(range(0, len(states), TARGET_CHUNK)):
+        planner.reseed((*entropy, i))
+        values.append(np.asarray(planner.plan(states[start : start + TARGET_CHUNK]).value))
+    return np.concatenate(values)
+
+
+class LocalTargets:
+    """V_H(s') from this process's target MPPI (its TorchQ reads the network as it is now)."""
+
+    def __init__(self, planner: MPPI):
+        self.planner, self.gamma = planner, planner.config.gamma
+
+    def values(self, states: np.ndarray, entropy: tuple[int, ...]) -> np.ndarray:
+        return free_energies(self.planner, states, entropy)
+
+    def sync(self) -> None:
+        """Nothing to send: the planner's Q is the trainer's network itself."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+def soft_bellman_targets(targets, buffer: ReplayBuffer, idx: np.ndarray, entropy: tuple[int, ...]) -> np.ndarray:
     """y = c + gamma * V_H(s') (no bootstrap only where the plant truly terminated)."""
-    value = planner.plan(buffer.next_state[idx]).value
-    return buffer.cost[idx] + planner.config.gamma * np.where(buffer.terminal[idx], 0.0, value)
+    value = targets.values(buffer.next_state[idx], entropy)
+    return buffer.cost[idx] + targets.gamma * np.where(buffer.terminal[idx], 0.0, value)
 
 
-def bellman_error(net: QNetwork, planner: MPPI, buffer: ReplayBuffer, idx: np.ndarray) -> float:
+def bellman_error(net: QNetwork, targets, buffer: ReplayBuffer, idx: np.ndarray, entropy: tuple[int, ...]) -> float:
     """Mean squared soft-Bellman residual on the given transitions."""
-    y = soft_bellman_targets(planner, buffer, idx)
+    y = soft_bellman_targets(targets, buffer, idx, entropy)
     with torch.no_grad():
         q = net(
             torch.as_tensor(buffer.obs[idx], dtype=torch.float32),
@@ -180,9 +215,12 @@ def bellman_error(net: QNetwork, planner: MPPI, buffer: ReplayBuffer, idx: np.nd
     return float(np.mean((y - q.numpy()) ** 2))
 
 
-def update(net: QNetwork, optimizer: torch.optim.Optimizer, planner: MPPI, buffer: ReplayBuffer, idx) -> dict:
-    """Algorithm 1's update on one minibatch: MPPI targets with the planner's Q, squared error, one Adam step."""
-    y = torch.as_tensor(soft_bellman_targets(planner, buffer, idx), dtype=torch.float32)
+def update(
+    net: QNetwork, optimizer: torch.optim.Optimizer, targets, buffer: ReplayBuffer, idx, entropy: tuple[int, ...]
+) -> dict:
+    """Algorithm 1's update on one minibatch: MPPI targets with the targets' Q, squared error, one Adam step.
+    entropy: the minibatch's noise streams (the seed and the update's number)."""
+    y = torch.as_tensor(soft_bellman_targets(targets, buffer, idx, entropy), dtype=torch.float32)
     q = net(
         torch.as_tensor(buffer.obs[idx], dtype=torch.float32), torch.as_tensor(buffer.action[idx], dtype=torch.float32)
     )
@@ -213,6 +251,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.target_net = copy.deepcopy(self.net) if config.target_network else None
         self.td_lambda = config.td_lambda  # the lambda the Q was last trained for (MPQ(lambda); 1: MPQ)
+        self.targets = None
         self.make_planners()
 
         from torch.utils.tensorboard import SummaryWriter
@@ -227,8 +266,17 @@ class Trainer:
         """The planners that compute targets (with the target network's Q, where there is one) and the held-out
         error (always the current Q), for the current lambda."""
         task, config = self.task, self.config
-        self.planner = target_planner(config, task, TorchQ(self.target_net or self.net), self.td_lambda)
-        self.holdout_planner = target_planner(config, task, TorchQ(self.net), self.td_lambda)
+        targets_net = self.target_net or self.net
+        if self.targets is not None:
+            self.targets.close()
+        if config.ray:
+            from offboard.target_workers import RayTargets
+
+            self.targets = RayTargets(config, targets_net, self.td_lambda, MPPIConfig.for_task(task).gamma)
+        else:
+            self.targets = LocalTargets(target_planner(config, task, TorchQ(targets_net), self.td_lambda))
+        # the held-out error (twice a round) here, whatever computes the targets
+        self.holdout_targets = LocalTargets(target_planner(config, task, TorchQ(self.net), self.td_lambda))
 
     def td_lambda_at(self, iteration: int) -> float:
         """MPQ(lambda)'s schedule: td_lambda at the first iteration, td_lambda_final at the last, linear between."""
@@ -258,7 +306,9 @@ class Trainer:
     def holdout_error(self) -> float:
         if len(self.holdout_idx) == 0:  # a window that cut the held-out transitions off: nothing to measure on
             return float("nan")
-        return bellman_error(self.net, self.holdout_planner, self.buffer, self.holdout_idx)
+        self.holdout_targets.sync()
+        entropy = (self.config.seed, 1, len(self.history) + 1)  # one round's before and after: the same draws
+        return bellman_error(self.net, self.holdout_targets, self.buffer, self.holdout_idx, entropy)
 
     def train_iteration(self) -> dict:
         """M minibatches of K transitions (never held-out ones), a checkpoint, a line in TensorBoard."""
@@ -277,7 +327,9 @@ class Trainer:
             range(config.updates_per_iteration), disable=not self.progress, desc=f"MPQ {iteration}", unit="update"
         ):
             idx = self.rng.choice(self.train_idx, size=min(config.batch_size, len(self.train_idx)), replace=False)
-            metrics.append(update(self.net, self.optimizer, self.planner, self.buffer, idx))
+            self.targets.sync()  # a worker's copy of the Q the targets use, where it changed
+            entropy = (config.seed, 0, self.updates)
+            metrics.append(update(self.net, self.optimizer, self.targets, self.buffer, idx, entropy))
             self.updates += 1
             if self.target_net is not None and self.updates % config.target_sync_every == 0:
                 self.target_net.load_state_dict(self.net.state_dict())
@@ -318,6 +370,7 @@ class Trainer:
 
     def close(self) -> None:
         self.writer.close()
+        self.targets.close()  # Ray's workers, where the targets ran on them
 
 
 @dataclass

@@ -193,10 +193,7 @@ class MPPI:
         self.std = xp.asarray(np.sqrt(variance), dtype=dtype)
         self.sigma_inv = xp.asarray(1.0 / variance, dtype=dtype)
         self.u_min, self.u_max = xp.asarray(task.u_min, dtype=dtype), xp.asarray(task.u_max, dtype=dtype)
-        noise_seed, param_seed, explore_seed = np.random.SeedSequence(self.config.seed).spawn(3)
-        self.noise_rng = self.backend.rng(noise_seed)
-        self.param_rng = self.backend.rng(param_seed)
-        self.explore_rng = np.random.default_rng(explore_seed)  # its own stream: exploring leaves the plans' noise
+        self.reseed(self.config.seed)
         self._explore_std = np.sqrt(variance)  # on the host, where the acted action is
         self._explored = np.zeros((2, m))  # e_(t-1), e_(t-2) of the exploration noise
         # "mean" and "true" parameters never change: made once, not once per iteration (a device copy on the GPU)
@@ -208,6 +205,16 @@ class MPPI:
         self.sample_bytes = per_sample * np.dtype(dtype).itemsize
         self.last_plan: Plan | None = None
         self._drawn: list = []  # noise drawn ahead for the next plan (draw_ahead), in the order it would be drawn
+
+    def reseed(self, entropy) -> None:
+        """The noise, the model draws and the exploration from the streams `entropy` names (a whole number or a
+        tuple of them; None: fresh), as at construction: what a plan draws is then a function of entropy, not
+        of the plans before it (a trainer's targets split over worker processes equal its own)."""
+        noise_seed, param_seed, explore_seed = np.random.SeedSequence(entropy).spawn(3)
+        self.noise_rng = self.backend.rng(noise_seed)
+        self.param_rng = self.backend.rng(param_seed)
+        self.explore_rng = np.random.default_rng(explore_seed)  # its own stream: exploring leaves the plans' noise
+        self._drawn = []  # noise drawn ahead from the old streams
 
     def reset(self) -> None:
         """Forget the warm start and the exploration noise (a new episode)."""

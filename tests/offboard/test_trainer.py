@@ -48,9 +48,9 @@ def trainer(tmp_path, monkeypatch):
     seen = []
     real_update = offboard.mpq.update
 
-    def recording_update(net, optimizer, planner, buffer, idx):
+    def recording_update(net, optimizer, targets, buffer, idx, entropy):
         seen.append(buffer.state[idx].copy())
-        return real_update(net, optimizer, planner, buffer, idx)
+        return real_update(net, optimizer, targets, buffer, idx, entropy)
 
     monkeypatch.setattr(offboard.mpq, "update", recording_update)
     config = Config(
@@ -101,9 +101,9 @@ def test_the_held_out_error_is_measured_on_a_bounded_sample_of_the_held_out_set(
     measured = []
     real_error = offboard.mpq.bellman_error
 
-    def recording_error(net, planner, buffer, idx):
+    def recording_error(net, targets, buffer, idx, entropy):
         measured.append(buffer.state[idx].copy())
-        return real_error(net, planner, buffer, idx)
+        return real_error(net, targets, buffer, idx, entropy)
 
     monkeypatch.setattr(offboard.mpq, "bellman_error", recording_error)
     folder = tmp_path / "robot"
