@@ -62,6 +62,29 @@ def episode_outcomes(log_folder: Path, task: Task, skip: set[str] = frozenset())
     return Outcomes(costs, successes)
 
 
+def sim_profile(
+    log_dir: Path,
+    name: str,
+    task: str,
+    seed: int,
+    q: str,
+    mppi: dict,
+    starts: str = "uniform",
+    mass_scale: dict | None = None,
+    randomise: bool = False,
+):
+    """The sim profile set up for episodes logged under log_dir/name: starts seeded by (seed, episode id) and,
+    unless mppi says otherwise, the planner's noise too; the planner on the mujoco backend for a task given by its
+    MJCF alone."""
+    profile = load_profile("sim", task=task, log_dir=str(log_dir), model=q, seed=seed, starts=starts)
+    profile.backend = cpu_backend_for(get_task(task))  # the sim profile's c backend needs a closed form
+    profile.name = name
+    profile.standin.mass_scale = dict(mass_scale or {})
+    profile.standin.randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
+    profile.mppi = {**profile.mppi, "seed": seed, **mppi}
+    return profile
+
+
 def run_episodes(
     log_dir: Path,
     name: str,
@@ -76,20 +99,12 @@ def run_episodes(
     randomise: bool = False,
 ) -> Outcomes:
     """`episodes` more episodes on the stand-in through the onboard loop, logged under log_dir/name; their outcomes.
-
-    seed: the starts (seeded by (seed, episode id); the ids go on from the folder's last) and, unless mppi says
-    otherwise, the planner's noise. The sim profile's planner, on the mujoco backend for a task given by its MJCF
-    alone."""
-    profile = load_profile("sim", task=task, log_dir=str(log_dir), model=q, seed=seed, starts=starts)
-    task_spec = get_task(task)
-    profile.backend = cpu_backend_for(task_spec)  # the sim profile's c backend needs a closed form
-    profile.name = name
-    profile.standin.mass_scale = dict(mass_scale or {})
-    profile.standin.randomise = randomise  # each episode's plant drawn from the task's bias (domain randomisation)
-    profile.mppi = {**profile.mppi, "seed": seed, **mppi}
+    The ids go on from the folder's last (sim_profile: what they seed). offboard.fleet.Fleet.run_episodes: the
+    same over a Ray cluster's stand-ins."""
+    profile = sim_profile(log_dir, name, task, seed, q, mppi, starts, mass_scale, randomise)
     before = {entry["segment"] for entry in read_manifest(log_dir / name)}  # the folder's earlier episodes
     run(profile, episodes, show_status=False, stop=stop)
-    outcomes = episode_outcomes(log_dir / name, task_spec, skip=before)  # only this call's: not hashed or read again
+    outcomes = episode_outcomes(log_dir / name, get_task(task), skip=before)  # only this call's: not read again
     if (stop is not None and stop()) or len(outcomes.costs) != episodes:
         raise Interrupted
     return outcomes

@@ -30,6 +30,12 @@ class PullReport:
     gone: list = field(default_factory=list)  # listed by the robot, deleted there by an earlier pull's prune
 
 
+def write_manifest(folder: Path, entries: dict[str, dict]) -> None:
+    """The folder's MANIFEST, one line per segment by name, replaced whole (a crash leaves the old one or this):
+    what lists a segment here, for pull-data and for a fleet's collectors alike."""
+    write_atomic(folder / MANIFEST, "".join(json.dumps(entries[n], sort_keys=True) + "\n" for n in sorted(entries)))
+
+
 def pull_data(
     profile: RobotProfile, data_dir: Path = Path("data"), prune: bool = False, bwlimit: int = 0
 ) -> PullReport:
@@ -95,7 +101,7 @@ def _pull(remote: Remote, profile: RobotProfile, data_dir: Path, prune: bool, bw
     for entry in robot_entries:
         if entry["segment"] not in clashes and (folder / entry["segment"]).is_file():
             merged.setdefault(entry["segment"], entry)
-    write_atomic(folder / MANIFEST, "".join(json.dumps(merged[n], sort_keys=True) + "\n" for n in sorted(merged)))
+    write_manifest(folder, merged)
     # 4. Verify every segment; one that fails goes to rejected/ (the next pull fetches it again).
     good, problems = verified_segments(folder)
     report.verified = len(good)

@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +55,26 @@ def make_planner(profile: RobotProfile, task) -> MPPI:
     return MPPI(task, config, profile.backend, q=q, threads=profile.threads)
 
 
-def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
-    """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
+def run(
+    profile: RobotProfile,
+    episodes: int,
+    planner=None,
+    show_status: bool = True,
+    stop=None,
+    episode_ids: list[int] | None = None,
+) -> LoopStats:
+    """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each.
+    episode_ids: these episodes (their starts and noise are seeded by their ids), in place of the folder's next."""
+    with open_loop(profile, planner, show_status) as loop:
+        loop.run(episodes, stop or _stop_on_signals(), episode_ids)
+        return loop.stats
+
+
+@contextmanager
+def open_loop(profile: RobotProfile, planner=None, show_status: bool = True):
+    """The loop's parts set up (scheduling, planner, recorder, the handshaken plant) as a ControlLoop, for runs
+    of episodes one after another (a fleet's collector runs one at a time); on the way out the plant is stopped
+    and the recorder's folder free for another run."""
     with loop_scheduling(profile) as scheduling:  # before the planner: ONNX Runtime's threads inherit it
         task = get_task(profile.task, profile.standin.mass_scale)
         planner = planner or make_planner(profile, task)
@@ -68,10 +87,8 @@ def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = 
         try:
             stats = LoopStats(scheduling=scheduling)
             signing_key = profile.signing_key()  # before the plant starts: a bad key is the profile's error
-            stop = stop or _stop_on_signals()
             with open_plant(profile, task, signing_key) as link:
-                ControlLoop(profile, task, planner, recorder, link, stats, show_status).run(episodes, stop)
-            return stats
+                yield ControlLoop(profile, task, planner, recorder, link, stats, show_status)
         finally:
             recorder.close()  # the folder's lock: another run may record into it now
 
@@ -111,14 +128,15 @@ class ControlLoop:
         self.live = show_status and sys.stderr.isatty()  # the \r line only on a terminal; logs get one per episode
         self.status_due = 0.0
 
-    def run(self, episodes: int, stop) -> None:
-        """Episodes until `episodes` (0: until stopped) or stop(); whatever ends it, the plant is left disarmed
-        and a segment cut short by an error is closed with its error line."""
+    def run(self, episodes: int, stop, episode_ids: list[int] | None = None) -> None:
+        """Episodes until `episodes` (0: until stopped) or stop(), numbered on from the folder's last or as
+        episode_ids says; whatever ends it, the plant is left disarmed and a segment cut short by an error is
+        closed with its error line."""
         try:
-            for _ in range(episodes) if episodes else itertools.count():
+            for i in range(episodes) if episodes else itertools.count():
                 if stop():
                     break
-                self.run_episode(stop)
+                self.run_episode(stop, episode_ids[i] if episode_ids else None)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):  # the log folder, not the link
                 raise LoopError(
@@ -129,10 +147,11 @@ class ControlLoop:
         finally:
             self._leave_safe()
 
-    def run_episode(self, stop) -> None:
-        """Reset the plant to the episode's start, arm it, step it through the episode, disarm, close the segment."""
+    def run_episode(self, stop, episode: int | None = None) -> None:
+        """Reset the plant to the episode's start, arm it, step it through the episode, disarm, close the segment.
+        episode: its id (None: the folder's next)."""
         link, stats = self.link, self.stats
-        episode = self.recorder.next_episode
+        episode = self.recorder.next_episode if episode is None else episode
         state = self._start_episode(episode)
         tally = EpisodeTally()
         started = time.monotonic()
@@ -172,6 +191,12 @@ class ControlLoop:
         state = link.reset(episode, state=start)
         planner.warm_up(state.state[None])  # before the watchdog runs: no control step pays for it
         planner.reset()
+        # The episode's noise from its own stream: an episode is the same whichever process runs it, after whatever
+        # episodes (a fleet's collectors, a resumed run). On the GPU the generators live in the captured CUDA graph,
+        # and their stream runs on across episodes.
+        seed = planner.config.seed
+        if planner.xp is np:
+            planner.reseed(None if seed is None else (seed, episode))
         self.recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, self.version))
         # A full garbage collection now, while disarmed (the last episode's objects included), and what lives then
         # (modules, the planner, the link) moved out of the collector's sight: a collection in a control step walks

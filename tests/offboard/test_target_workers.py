@@ -4,9 +4,6 @@ targets (and whole training rounds) equal to the single-process trainer's."""
 from __future__ import annotations
 
 import builtins
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,32 +14,7 @@ from offboard.mpq import Config, Trainer
 from offboard.target_workers import require_ray
 from tests.offboard.test_trainer import write_segment
 
-ray = pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """The address of a two-CPU Ray cluster on 127.0.0.1, started here (`ray start --head`) and stopped after."""
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    start = [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
-    start += ["--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=100000000"]
-    started = subprocess.run([*start, f"--temp-dir={temp}"], capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
 
 
 def trainer(folder: Path, out: Path, **settings) -> Trainer:

@@ -1,0 +1,37 @@
+"""A Ray cluster on 127.0.0.1 for the tests of the paths past one machine (offboard/target_workers.py, fleet.py)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The address of a Ray cluster (4 logical CPUs: 2 collectors and 2 target workers) on 127.0.0.1, started here (`ray start --head`) and stopped after."""
+    ray = pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    start = [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4"]
+    start += ["--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=100000000"]
+    started = subprocess.run([*start, f"--temp-dir={temp}"], capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
