@@ -19,7 +19,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    """The address of a Ray cluster (4 logical CPUs: 2 collectors and 2 target workers) on 127.0.0.1, started here (`ray start --head`) and stopped after."""
+    """The address of a Ray cluster on 127.0.0.1 (4 logical CPUs: 2 collectors and 2 target workers), started here
+    (`ray start --head`) and stopped after."""
     ray = pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = free_port()
