@@ -49,9 +49,13 @@ MODE ?= lockstep
 sim: setup
 	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE) $(if $(filter command line,$(origin BACKEND)),--backend $(BACKEND))
 
-# The main job: MPQ learning through the hardware-in-the-loop path, with the paper's baselines.
+# The main job: MPQ learning through the hardware-in-the-loop path, with the paper's baselines. RAY=auto (the Ray
+# cluster running here) or RAY=host:port: every episode on a fleet of FLEET stand-ins, the targets on its workers.
+RAY ?=
+FLEET ?= 2
+RAY_OPTIONS = $(if $(RAY),--ray $(RAY) --fleet $(FLEET))
 demo: setup
-	$(BIN)/python -m offboard.demo --task $(TASK)
+	$(BIN)/python -m offboard.demo --task $(TASK) $(RAY_OPTIONS)
 
 # The acceptance run (a script, not a test): 3 training seeds x 100 training episodes per learner, then every
 # final Q and baseline on 50 new uniform and 50 hanging starts, and on a plant 30 % heavier (ROBUSTNESS).
@@ -73,8 +77,8 @@ REPRODUCE_ROUNDS = $(if $(filter ball_in_cup,$(TASK)),--iterations 35 --episodes
 RESUME ?=
 reproduce: setup
 	$(BIN)/python -m offboard.demo $(if $(RESUME),--resume $(RESUME),--task $(TASK) $(REPRODUCE_ROUNDS) \
-		--eval-episodes 10 --seeds $(SEEDS) --workers $(WORKERS) $(if $(ROBUSTNESS),--robustness $(ROBUSTNESS)) \
-		--mpq-lambda $(MPQ_LAMBDA) --soft-q $(SOFT_Q))
+		--eval-episodes 10 --seeds $(SEEDS) $(if $(RAY),$(RAY_OPTIONS),--workers $(WORKERS)) \
+		$(if $(ROBUSTNESS),--robustness $(ROBUSTNESS)) --mpq-lambda $(MPQ_LAMBDA) --soft-q $(SOFT_Q))
 
 # A Q (or plain MPPI without Q) through the stand-in from 50 seeded starts: `make evaluate Q=runs/demo/<time>/q.onnx`;
 # more settings with `python -m offboard evaluate --help`.

@@ -111,17 +111,56 @@ class DemoConfig:
     # jobs (a learner's training seed, a planner's evaluation) run in this many processes at once; each then trains
     # with one torch and one MuJoCo thread (make reproduce: one per CPU)
     workers: int = 1
+    # a Ray cluster (the cluster extra): auto (the one on this machine) or its address host:port. Every episode then
+    # runs on a fleet of its stand-ins, the targets on its workers; the results equal a run without it
+    ray: str = ""
+    fleet: int = 2  # with --ray: collectors (each an onboard loop and its stand-in), and as many target workers
     out: str = "runs/demo"  # a run folder <out>/<time> gets the curve, the models and results.json
     seed: int = 0  # the first training seed (collection, network, minibatches)
 
 
-def episodes(stop: Stop, *args, **kwargs) -> Outcomes:
-    """offboard.evaluate.run_episodes with the demo's Ctrl-C handling: the loop ends its episode cleanly."""
+_fleets: dict = {}  # this process's fleet on a Ray cluster, made at its first episodes
+
+
+def fleet(cfg: DemoConfig):
+    """The run's collectors on the Ray cluster (--ray), one set per process."""
+    from offboard.fleet import Fleet
+
+    if (cfg.ray, cfg.fleet) not in _fleets:
+        _fleets[cfg.ray, cfg.fleet] = Fleet(cfg.ray, cfg.fleet)
+    return _fleets[cfg.ray, cfg.fleet]
+
+
+def episodes(stop: Stop, cfg: DemoConfig, *args, **kwargs) -> Outcomes:
+    """offboard.evaluate.run_episodes (with --ray: the fleet's, the same episodes) with the demo's Ctrl-C
+    handling: the loop ends its episode cleanly."""
     stop.in_episodes = True
     try:
-        return run_episodes(*args, stop=stop, **kwargs)
+        return (fleet(cfg).run_episodes if cfg.ray else run_episodes)(*args, stop=stop, **kwargs)
     finally:
         stop.in_episodes = False
+
+
+def ray_problem(cfg: DemoConfig) -> str | None:
+    """What keeps the run from the Ray cluster (None: nothing, or no --ray): Ray missing, no cluster at the
+    address, too few CPUs for the collectors and the target workers, which live at once."""
+    if not cfg.ray:
+        return None
+    if cfg.workers > 1:
+        return "--ray runs the jobs one at a time, each spread over the fleet: leave out --workers"
+    from offboard.target_workers import connect
+
+    try:
+        ray = connect(cfg.ray)
+    except ValueError as e:
+        return str(e)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < 2 * cfg.fleet:
+        return (
+            f"--ray {cfg.ray}: the cluster has {cpus:g} CPUs; --fleet {cfg.fleet} needs {2 * cfg.fleet} "
+            "(a collector and a target worker each): give a smaller --fleet or start the cluster with more"
+        )
+    return None
 
 
 def baselines(cfg: DemoConfig) -> list[tuple[str, int, str]]:
@@ -168,6 +207,8 @@ def learn(
         # a worker among others: one torch and one MuJoCo thread each, as many busy threads as CPUs
         torch_threads=cfg.torch_threads or (1 if cfg.workers > 1 else None),
         target_threads=1 if cfg.workers > 1 else None,
+        ray=cfg.ray,  # with --ray: the targets on as many workers as there are collectors
+        target_workers=cfg.fleet,
         td_lambda=td_lambda[0],
         td_lambda_final=td_lambda[1],
         target_iters=cfg.target_iters,
@@ -181,6 +222,7 @@ def learn(
             collect = dict(H=horizon, td_lambda=trainer.td_lambda, seed=seed * 1000 + iteration, explore=cfg.explore)
             episodes(
                 stop,
+                cfg,
                 here / "data",
                 "robot",
                 cfg.task,
@@ -205,6 +247,7 @@ def learn(
                 continue
             outcomes = episodes(
                 stop,
+                cfg,
                 here / "eval",
                 f"iter{iteration:03d}",
                 cfg.task,
@@ -265,7 +308,7 @@ def evaluate(
     """One planner's n episodes from seeded starts, logged under where/name (a job): their costs and successes.
     mass_scale: BODY=FACTOR, the plant made heavier (empty: the TRUE plant)."""
     scale, started = parse_mass_scale([mass_scale] if mass_scale else []), time.monotonic()
-    outcomes = episodes(stop, where, name, cfg.task, n, seed, q, mppi, starts=starts, mass_scale=scale)
+    outcomes = episodes(stop, cfg, where, name, cfg.task, n, seed, q, mppi, starts=starts, mass_scale=scale)
     successes = [bool(s) for s in outcomes.successes]
     return dict(costs=outcomes.costs, successes=successes, seconds=time.monotonic() - started)
 
@@ -444,6 +487,7 @@ def config_problem(cfg: DemoConfig) -> str | None:
         "seeds",
         "eval_every",
         "workers",
+        "fleet",
     ):
         if getattr(cfg, name) < 1:
             return f"--{name.replace('_', '-')} {getattr(cfg, name)}: use 1 or more"
@@ -532,7 +576,7 @@ def main(argv=None) -> int:
         return 2
     cfg.horizon = MPPIConfig.for_task(task).H if cfg.horizon is None else cfg.horizon
     cfg.long_horizon = task.long_horizon if cfg.long_horizon is None else cfg.long_horizon
-    problem = config_problem(cfg)
+    problem = config_problem(cfg) or ray_problem(cfg)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2

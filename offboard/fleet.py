@@ -32,6 +32,7 @@ class Collector:
 
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="mpq-collector-"))
+        self.calls = 0
 
     def folder(self) -> str:
         return str(self.root)
@@ -47,8 +48,10 @@ class Collector:
             for file, data in q.items():
                 (where / file).write_bytes(data)
             model = str(where / "q.onnx")
-        profile = sim_profile(self.root, name, task, seed, model, mppi, **options)
-        folder = self.root / name
+        self.calls += 1
+        log_dir = self.root / f"call{self.calls:04d}"  # a folder per call: every episode id is new to it
+        profile = sim_profile(log_dir, name, task, seed, model, mppi, **options)
+        folder = log_dir / name
         with open_loop(profile, show_status=False) as loop:
             for episode in ids:
                 loop.run(1, lambda: False, [episode])

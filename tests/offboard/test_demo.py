@@ -92,6 +92,11 @@ def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_p
         (["--td-lambda-final", "-0.1"], "--td-lambda-final -0.1: use a number from 0 to 1"),
         (["--task", "acrobot"], "unknown task 'acrobot'"),
         (["--out", "{tmp}/a_file"], "a_file is a file, not a folder"),
+        (["--ray", "auto", "--workers", "2"], "--ray runs the jobs one at a time"),
+        (["--fleet", "0"], "--fleet 0: use 1 or more"),
+        (["--workers", "0"], "--workers 0: use 1 or more"),
+        (["--eval-every", "0"], "--eval-every 0: use 1 or more"),
+        (["--final-starts", "sideways"], "--final-starts sideways: use uniform, hanging or both"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys, args, says):
@@ -289,3 +294,20 @@ def test_a_stopped_run_goes_on_with_resume_keeping_its_finished_jobs(tmp_path, c
     (segments, problems) = verified_segments(run_dir / "MPQ" / "seed0" / "data" / "robot")
     assert len(segments) == 2 and not problems
     assert main(["--resume", str(run_dir)]) == 2  # a complete run is not resumed
+
+
+def test_the_demo_over_a_ray_cluster_gives_the_run_it_gives_without_one(cluster, tmp_path, capsys):
+    """Collection and evaluation on a fleet of the cluster's stand-ins, the targets on its workers."""
+    pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
+    small = [*SMALL[: SMALL.index("--seeds")], "--seeds", "1", *SMALL[SMALL.index("--seeds") + 2 :]]
+    assert main([*small, "--out", str(tmp_path / "here")]) == 0
+    assert main([*small, "--ray", cluster, "--fleet", "2", "--out", str(tmp_path / "ray")]) == 0
+    (here,), (there,) = (tmp_path / "here").iterdir(), (tmp_path / "ray").iterdir()
+    assert numbers(there) == numbers(here)
+    segments, problems = verified_segments(there / "MPQ" / "seed0" / "data" / "robot")
+    assert len(segments) == 2 and problems == []
+    capsys.readouterr()
+    assert main([*small, "--ray", cluster, "--fleet", "3", "--out", str(tmp_path / "more")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ray {cluster}: the cluster has 4 CPUs; --fleet 3 needs 6") and err.count("\n") == 1
+    assert not (tmp_path / "more").exists()
