@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.mpq-installed$(if $(filter 1,$(GPU)),-gpu)
 TASK   ?= pendulum
 BACKEND ?= c
 
-.PHONY: setup test lint format bench bench-gpu demo reproduce evaluate sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
+.PHONY: setup test lint format bench bench-gpu demo reproduce sweep evaluate sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
 
 setup: $(STAMP)
 
@@ -79,6 +79,14 @@ reproduce: setup
 	$(BIN)/python -m offboard.demo $(if $(RESUME),--resume $(RESUME),--task $(TASK) $(REPRODUCE_ROUNDS) \
 		--eval-episodes 10 --seeds $(SEEDS) $(if $(RAY),$(RAY_OPTIONS),--workers $(WORKERS)) \
 		$(if $(ROBUSTNESS),--robustness $(ROBUSTNESS)) --mpq-lambda $(MPQ_LAMBDA) --soft-q $(SOFT_Q))
+
+# One setting swept on Ray Tune, each (value, seed) trial a whole train-and-evaluate, one table and plot:
+# `make sweep TASK=ball_in_cup PARAM=H VALUES=1,4,8,16 SEEDS=3` (the paper's Fig. 3); RAY=host:port for a cluster.
+PARAM ?= H
+VALUES ?= 4,8,16
+sweep: setup
+	$(BIN)/python -m offboard.sweep --task $(TASK) --param $(PARAM) --values $(VALUES) --sweep-seeds $(SEEDS) \
+		$(if $(RAY),--ray $(RAY))
 
 # A Q (or plain MPPI without Q) through the stand-in from 50 seeded starts: `make evaluate Q=runs/demo/<time>/q.onnx`;
 # more settings with `python -m offboard evaluate --help`.

@@ -536,6 +536,11 @@ def parse_config(argv=None) -> DemoConfig:
     return parse_command(argv)[0]
 
 
+def config_from_dict(saved: dict) -> DemoConfig:
+    """DemoConfig from its dataclasses.asdict (JSON's lists back to the tuples they were)."""
+    return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
 def parse_command(argv=None) -> tuple[DemoConfig, Path | None]:
     """The settings and the run folder to go on with (None: a new run). ValueError: a resume that cannot be."""
     parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
@@ -557,8 +562,7 @@ def parse_command(argv=None) -> tuple[DemoConfig, Path | None]:
     if (run_dir / "results.json").exists():
         raise ValueError(f"--resume {run_dir}: that run is complete (it has results.json); start a new one")
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        return DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}), run_dir
+        return config_from_dict(json.loads((run_dir / "config.json").read_text())), run_dir
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"--resume {run_dir}: not a demo run folder this version can go on with ({e})") from None
 

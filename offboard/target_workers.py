@@ -23,8 +23,9 @@ def require_ray():
     return ray
 
 
-def connect(address: str):
-    """Ray, connected to the cluster at `address` ("auto": the one running on this machine) once per process."""
+def connect(address: str | None):
+    """Ray, connected to the cluster at `address` ("auto": the one running on this machine; None: one started for
+    this process) once per process."""
     ray = require_ray()
     if not ray.is_initialized():
         try:

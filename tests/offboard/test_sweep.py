@@ -1,0 +1,38 @@
+"""A sweep on Ray Tune: every (value, seed) trial a whole train-and-evaluate on a cluster the test starts, with the
+numbers the same trial gives run directly; one table and one plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
+
+from offboard.sweep import main, trial  # noqa: E402
+
+
+def test_a_sweep_runs_each_value_and_seed_on_tune_and_reports_one_table(cluster, tmp_path, capsys):
+    small = ["--task", "pendulum", "--iterations", "1", "--episodes-per-iteration", "2", "--eval-episodes", "1"]
+    small += ["--updates-per-iteration", "20", "--final-episodes", "2"]
+    args = [*small, "--param", "H", "--values", "4,8", "--sweep-seeds", "1", "--ray", cluster, "--out", str(tmp_path)]
+    assert main(args) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    results = json.loads((run_dir / "sweep.json").read_text())
+    assert [(t["value"], t["seed"]) for t in results["trials"]] == [(4, 0), (8, 0)]
+    assert [r["value"] for r in results["rows"]] == [4, 8] and (run_dir / "sweep.png").stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "| H | seeds | mean episode cost [95 %] | success [95 %] |" in out and "| 8 | 1 |" in out
+
+    # The trial Tune ran is the demo's own learning and evaluation: run here, it gives the same episodes.
+    demo = dict(results["config"], out=str(tmp_path / "direct"))
+    direct = trial(dict(demo=demo, param="horizon", value=8, seed=0, out=str(tmp_path / "direct")))
+    assert direct["costs"] == results["trials"][1]["costs"]
+
+
+def test_a_setting_that_cannot_be_swept_is_one_line(tmp_path, capsys):
+    assert main(["--param", "lr", "--values", "1,2", "--out", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.startswith("error: --param lr: sweep one of horizon")
+    assert main(["--param", "H", "--values", "4,x", "--out", str(tmp_path / "runs")]) == 2
+    assert "--values 4,x: give ints" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
