@@ -16,6 +16,8 @@
    mujoco.rollout and a Python mj_step loop (offboard/bench_mujoco.py).
 5. Lockstep episodes through a faulty link at 0.1 %, 1 % and 5 % byte faults against a clean one
    (offboard/bench_link.py; target: every episode completes at 1 %).
+6. Past one machine: fleet collection and training targets on Ray against their number of workers (1 and 2),
+   the serial fraction, and a projection for 8 and 64 (offboard/bench_ray.py; needs the cluster extra).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from offboard import bench_link, bench_mujoco, bench_step
+from offboard import bench_link, bench_mujoco, bench_ray, bench_step
 from offboard.bench_step import ITERS, WARMUP
 from offboard.onnx_mlp import save_random_q
 from onboard.tasks import get_task
@@ -219,6 +221,7 @@ def run(threads: int, quick: bool) -> dict:
         loop=run_loop(quick),
         mujoco=bench_mujoco.run(threads, quick),
         faults=bench_link.run(quick),
+        ray=bench_ray.run(quick),
     )
 
 
@@ -267,6 +270,7 @@ def print_table(report: dict) -> None:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
     bench_mujoco.print_table(report["mujoco"], console)
     bench_link.print_table(report["faults"], console)
+    bench_ray.print_table(report["ray"], console)
 
 
 def main() -> None:

@@ -85,6 +85,12 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert set(faults) == {0.0, 0.001, 0.01, 0.05} and faults[0.0]["episodes_completed"] == 1
     assert faults[0.01]["faults_injected"]["to_plant"]["flip"] > 0 and "byte faults" in out.stdout
     assert faults[0.01]["actions_match"] and faults[0.01]["applied_once"]
+    ray = report["ray"]  # the paths past one machine against their number of workers, and a projection
+    for part, unit in (("fleet", "episodes_per_minute"), ("targets", "per_second")):
+        rates = ray[part][unit]
+        assert set(rates) >= {"this process, no Ray"} and len(rates) == 3 and all(v > 0 for v in rates.values())
+        assert 0 <= ray[part]["serial_fraction"] <= 1 and set(ray[part]["projected"]) == {"8", "64"}
+    assert "PROJECTED" in out.stdout
 
 
 @pytest.mark.parametrize("name", ANALYTIC_TASKS)
