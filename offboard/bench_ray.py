@@ -11,6 +11,7 @@ measurement: it assumes as many free cores as workers and a driver that keeps up
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +91,9 @@ def run_targets(minibatches: int, root: Path) -> dict:
 def run(quick: bool) -> dict:
     from offboard.target_workers import require_ray
 
+    # the bench's own cluster, with its own token (Ray reads these when imported; a user's settings stand)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     ray = require_ray()
     torch.set_num_threads(1)
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False, include_dashboard=False)

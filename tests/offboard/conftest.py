@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -9,6 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# Token authentication, as Ray recommends, with this session's own token for the cluster and its clients. Ray reads
+# these when it is imported, so they are set before any test imports it (a token file another Ray left in ~/.ray
+# would otherwise be sent to a cluster that expects none, and refused).
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 
 
 def free_port() -> int:
