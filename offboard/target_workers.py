@@ -32,7 +32,8 @@ def connect(address: str | None):
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except ConnectionError as e:
             raise ValueError(
-                f"--ray {address}: no Ray cluster there ({e}); start one with `ray start --head` or give its address"
+                f"--ray {address}: no Ray cluster answers there ({e}); start one with `ray start --head`, give its "
+                "address, or run with the RAY_AUTH_MODE it was started with (README: a Ray cluster)"
             ) from None
     return ray
 
