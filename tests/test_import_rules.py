@@ -50,3 +50,22 @@ def test_importing_all_of_onboard_loads_no_torch():
     loaded = set(json.loads(out.stdout))
     assert {"onboard.mppi", "onboard.qfunction", "onboard.backends.c_backend", "onboard.tasks.cartpole"} <= loaded
     assert not {name.split(".")[0] for name in loaded} & {"torch", "offboard", "mujoco_warp", "warp"}
+
+
+def test_ray_is_imported_only_by_the_paths_past_one_machine_and_only_when_asked():
+    """Without the cluster extra every command but --ray works: importing all of offboard and onboard loads no Ray."""
+    allowed = {"offboard/target_workers.py", "offboard/fleet.py", "offboard/sweep.py", "offboard/bench_ray.py"}
+    for package in ("onboard", "offboard", "firmware_bridge"):
+        for path, roots in imported_roots(package).items():
+            assert "ray" not in roots or path in allowed, path
+    code = (
+        "import importlib, json, pkgutil, sys\n"
+        "import offboard, onboard\n"
+        "for p in (offboard, onboard):\n"
+        "    for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.'): importlib.import_module(m.name)\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(json.loads(out.stdout))
+    assert {"offboard.fleet", "offboard.sweep", "offboard.target_workers"} <= loaded
+    assert "ray" not in {name.split(".")[0] for name in loaded}
