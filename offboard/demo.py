@@ -43,10 +43,12 @@ from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, run_episodes
 from offboard.export import export, export_extra
 from offboard.jobs import Jobs, Stop
 from offboard.mpq import Config, Trainer
+from offboard.pull_data import write_manifest
 from offboard.replay import read_episode, write_video
 from offboard.stats import format_interval, mean_interval, ratio_interval
-from onboard.fileio import blocking_file, new_run_dir
+from onboard.fileio import blocking_file, new_run_dir, write_atomic
 from onboard.mppi import MPPIConfig
+from onboard.recorder import read_manifest
 from onboard.tasks import get_task
 
 EVAL_SEED = 10_000  # the learning curves' starts (seeded by (EVAL_SEED, episode)); final evaluations use others
@@ -192,8 +194,14 @@ def learn(
 ) -> dict:
     """The closed loop for one learner and training seed; returns its learning curve and final model.
     td_lambda: MPQ(lambda)'s (first, last) lambda ((1.0, None): MPQ). randomise: collect on domain-randomised
-    stand-ins (the curve's evaluation stays on the TRUE plant)."""
+    stand-ins (the curve's evaluation stays on the TRUE plant). After each round its progress is kept
+    (progress.json and the trainer's checkpoint): a stopped run goes on from its last whole round, as if never
+    stopped (the episodes of a round cut short are dropped and run again: each is seeded by its id)."""
     here = run_dir / folder_name(label) / f"seed{seed}"
+    progress = here / "progress.json"
+    saved = json.loads(progress.read_text()) if progress.exists() else None
+    if saved is None:
+        shutil.rmtree(here, ignore_errors=True)  # a start cut short before its first round: from scratch
     config = Config(
         task=cfg.task,
         data=(str(here / "data" / "robot"),),
@@ -214,9 +222,15 @@ def learn(
         target_iters=cfg.target_iters,
     )
     trainer = Trainer(config, progress=False, log=lambda *_: None)
-    curve, model, job_started = [], "", time.monotonic()
+    curve, model, first, job_started = [], "", 1, time.monotonic()
+    if saved is not None:
+        trainer.restore(Path(saved["checkpoint"]))
+        curve, model, first = saved["curve"], saved["model"], saved["iteration"] + 1
+        keep_first_episodes(here / "data" / "robot", saved["iteration"] * cfg.episodes_per_iteration)
+        shutil.rmtree(here / "eval" / f"iter{first:03d}", ignore_errors=True)
+        log(f"{label} seed {seed}: going on after iteration {saved['iteration']}")
     try:
-        for iteration in range(1, cfg.iterations + 1):
+        for iteration in range(first, cfg.iterations + 1):
             started = time.monotonic()
             # Collection: new starts each episode (seeded by (seed, episode id)), the planner's noise by iteration.
             collect = dict(H=horizon, td_lambda=trainer.td_lambda, seed=seed * 1000 + iteration, explore=cfg.explore)
@@ -242,41 +256,18 @@ def learn(
                 f"{iteration * cfg.episodes_per_iteration} training episodes, "
                 f"held-out Bellman error {record['holdout_bellman_error']:.3g}"
             )
-            if iteration % cfg.eval_every and iteration != cfg.iterations:  # the curve's points: every eval_every
-                log(f"{line} ({time.monotonic() - started:.0f} s)")
-                continue
-            outcomes = episodes(
-                stop,
-                cfg,
-                here / "eval",
-                f"iter{iteration:03d}",
-                cfg.task,
-                cfg.eval_episodes,
-                EVAL_SEED,
-                model,
-                dict(H=horizon, td_lambda=trainer.td_lambda),
+            if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:  # the curve's points
+                point = curve_point(cfg, here, iteration, horizon, trainer, model, record, stop)
+                curve.append(point)
+                line += (
+                    f", eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, success "
+                    f"{point['eval_success_rate']:.2f}"
+                )
+            checkpoint = str(trainer.checkpoint_path(len(trainer.history)))
+            write_atomic(
+                progress, json.dumps(dict(iteration=iteration, curve=curve, model=model, checkpoint=checkpoint))
             )
-            costs = outcomes.costs
-            point = dict(
-                iteration=iteration,
-                training_episodes=iteration * cfg.episodes_per_iteration,
-                eval_cost_mean=float(np.mean(costs)),
-                eval_cost_std=float(np.std(costs)),
-                eval_costs=costs,
-                eval_success_rate=outcomes.success_rate,
-                holdout_bellman_error_before=record["holdout_bellman_error_before"],
-                holdout_bellman_error=record["holdout_bellman_error"],
-                held_out=record["held_out"],
-                td_lambda=trainer.td_lambda,
-                model=model,
-                seconds=time.monotonic() - started,
-            )
-            trainer.scalars(iteration, dict(eval_cost_mean=point["eval_cost_mean"]))
-            curve.append(point)
-            log(
-                f"{line}, eval cost {point['eval_cost_mean']:.1f} +- {point['eval_cost_std']:.1f}, success "
-                f"{point['eval_success_rate']:.2f} ({point['seconds']:.0f} s)"
-            )
+            log(f"{line} ({time.monotonic() - started:.0f} s)")
     finally:
         trainer.close()
     return dict(
@@ -290,6 +281,50 @@ def learn(
         run=str(trainer.run_dir),
         seconds=time.monotonic() - job_started,
     )
+
+
+def curve_point(cfg: DemoConfig, here: Path, iteration: int, horizon: int, trainer, model: str, record, stop) -> dict:
+    """The learning curve's point after an iteration: the Q on the curve's fixed-seed starts."""
+    started = time.monotonic()
+    outcomes = episodes(
+        stop,
+        cfg,
+        here / "eval",
+        f"iter{iteration:03d}",
+        cfg.task,
+        cfg.eval_episodes,
+        EVAL_SEED,
+        model,
+        dict(H=horizon, td_lambda=trainer.td_lambda),
+    )
+    costs = outcomes.costs
+    point = dict(
+        iteration=iteration,
+        training_episodes=iteration * cfg.episodes_per_iteration,
+        eval_cost_mean=float(np.mean(costs)),
+        eval_cost_std=float(np.std(costs)),
+        eval_costs=costs,
+        eval_success_rate=outcomes.success_rate,
+        holdout_bellman_error_before=record["holdout_bellman_error_before"],
+        holdout_bellman_error=record["holdout_bellman_error"],
+        held_out=record["held_out"],
+        td_lambda=trainer.td_lambda,
+        model=model,
+        seconds=time.monotonic() - started,
+    )
+    trainer.scalars(iteration, dict(eval_cost_mean=point["eval_cost_mean"]))
+    return point
+
+
+def keep_first_episodes(folder: Path, n: int) -> None:
+    """Only the folder's first n episodes (ids 1..n) listed and kept: what a round cut short had recorded goes."""
+    if not folder.exists():
+        return
+    entries = {e["segment"]: e for e in read_manifest(folder) if int(e["segment"].split(".")[0]) <= n}
+    write_manifest(folder, entries)
+    for path in folder.iterdir():
+        if path.suffix in (".mcap", ".partial") and path.name not in entries:
+            path.unlink()
 
 
 def evaluate(
@@ -642,8 +677,8 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
         for seed in seeds:
             for label, horizon, target_network, td_lambda, randomise in kinds:
                 args = (cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise, log)
-                here = run_dir / folder_name(label) / f"seed{seed}"
-                learning[label, seed] = jobs.submit(f"learn-{folder_name(label)}-seed{seed}", here, learn, *args)
+                name = f"learn-{folder_name(label)}-seed{seed}"
+                learning[label, seed] = jobs.submit(name, None, learn, *args)  # it goes on from its own progress
         curve_baselines = {}
         for label, (horizon, model, future) in curve.items():
             costs, successes = future.result()["costs"], future.result()["successes"]

@@ -352,11 +352,35 @@ class Trainer:
                 config=config.to_dict(),
                 iteration=iteration,
                 segments=self.buffer.segments,
+                # what `restore` needs to go on as if never stopped
+                target_state_dict=None if self.target_net is None else self.target_net.state_dict(),
+                rng=self.rng.bit_generator.state,
+                updates=self.updates,
+                history=self.history,
+                td_lambda=self.td_lambda,
             ),
-            self.run_dir / f"checkpoint-{iteration:03d}.pt",
+            self.checkpoint_path(iteration),
         )
         (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
         return record
+
+    def checkpoint_path(self, iteration: int) -> Path:
+        return self.run_dir / f"checkpoint-{iteration:03d}.pt"
+
+    def restore(self, checkpoint: Path) -> None:
+        """The run as it stood at a checkpoint of its own (a stopped demo going on): the Q, Adam's moments, the
+        target network, the minibatches' stream, the update count, the history and lambda. Its next round then
+        trains as the stopped run's would have."""
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.target_net is not None:
+            self.target_net.load_state_dict(state["target_state_dict"])
+        self.rng.bit_generator.state = state["rng"]
+        self.updates, self.history = state["updates"], list(state["history"])
+        if state["td_lambda"] != self.td_lambda:
+            self.td_lambda = state["td_lambda"]
+            self.make_planners()
 
     def trained_config(self) -> dict:
         """The settings as the Q now stands (for q.json): lambda is the one it was last trained for."""

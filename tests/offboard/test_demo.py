@@ -16,7 +16,7 @@ from offboard.demo import DemoConfig, Stop, claim_line, claims, main, parse_conf
 from offboard.stats import mean_interval
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
-from onboard.recorder import read_segment, verified_segments
+from onboard.recorder import read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,3 +311,34 @@ def test_the_demo_over_a_ray_cluster_gives_the_run_it_gives_without_one(cluster,
     err = capsys.readouterr().err
     assert err.startswith(f"error: --ray {cluster}: the cluster has 4 CPUs; --fleet 3 needs 6") and err.count("\n") == 1
     assert not (tmp_path / "more").exists()
+
+
+def test_a_learner_stopped_in_its_second_round_goes_on_from_its_first_as_if_never_stopped(tmp_path):
+    two_rounds = [*SMALL, "--iterations", "2"]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "offboard.demo", *two_rounds, "--out", str(tmp_path / "stopped")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        data = tmp_path / "stopped"
+        while len(list(data.glob("*/MPQ/seed0/data/robot/*.mcap"))) < 3:  # round 2's first episode is listed
+            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
+            time.sleep(0.02)
+        demo.send_signal(signal.SIGINT)
+        _, stderr = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130, stderr
+    (run_dir,) = (tmp_path / "stopped").iterdir()
+    assert json.loads((run_dir / "MPQ" / "seed0" / "progress.json").read_text())["iteration"] == 1
+    assert main(["--resume", str(run_dir)]) == 0
+
+    assert main([*two_rounds, "--out", str(tmp_path / "whole")]) == 0  # the same settings, never stopped
+    (whole,) = (tmp_path / "whole").iterdir()
+    assert numbers(run_dir) == numbers(whole)
+    names = [e["segment"] for e in read_manifest(run_dir / "MPQ" / "seed0" / "data" / "robot")]
+    assert names == [f"{i:06d}.mcap" for i in range(1, 5)]  # round 2's cut episodes dropped, run again once
