@@ -39,7 +39,7 @@ import numpy as np
 
 from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given, option
-from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, run_episodes
+from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, episode_outcomes, run_episodes
 from offboard.export import export, export_extra
 from offboard.jobs import Jobs, Stop
 from offboard.mpq import Config, Trainer
@@ -341,9 +341,15 @@ def evaluate(
     stop: Stop,
 ) -> dict:
     """One planner's n episodes from seeded starts, logged under where/name (a job): their costs and successes.
-    mass_scale: BODY=FACTOR, the plant made heavier (empty: the TRUE plant)."""
+    mass_scale: BODY=FACTOR, the plant made heavier (empty: the TRUE plant). A job stopped before keeps its
+    episodes but the last (a stop may have cut it short) and runs the rest: each is seeded by its id."""
     scale, started = parse_mass_scale([mass_scale] if mass_scale else []), time.monotonic()
-    outcomes = episodes(stop, cfg, where, name, cfg.task, n, seed, q, mppi, starts=starts, mass_scale=scale)
+    folder = where / name
+    kept = max(0, len(read_manifest(folder)) - 1) if folder.exists() else 0
+    keep_first_episodes(folder, kept)
+    if n > kept:
+        episodes(stop, cfg, where, name, cfg.task, n - kept, seed, q, mppi, starts=starts, mass_scale=scale)
+    outcomes = episode_outcomes(folder, get_task(cfg.task))
     successes = [bool(s) for s in outcomes.successes]
     return dict(costs=outcomes.costs, successes=successes, seconds=time.monotonic() - started)
 
@@ -366,7 +372,7 @@ def submit_final(cfg: DemoConfig, run_dir: Path, jobs: Jobs, label: str, seed: i
             continue
         where = run_dir / "final" / folder_name(setting.replace(",", ""))
         args = (cfg, where, name, cfg.final_episodes, FINAL_EVAL_SEED, q, mppi, starts, scale)
-        futures[setting] = jobs.submit(f"final-{folder_name(setting)}-{name}", where / name, evaluate, *args)
+        futures[setting] = jobs.submit(f"final-{folder_name(setting)}-{name}", evaluate, *args)
     return futures
 
 
@@ -661,7 +667,7 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
         for label, horizon, model in baselines(cfg):
             name, mppi = folder_name(label), dict(H=horizon, model=model)
             args = (cfg, run_dir / "baselines", name, cfg.eval_episodes, EVAL_SEED, "", mppi)
-            curve[label] = (horizon, model, jobs.submit(f"curve-{name}", run_dir / "baselines" / name, evaluate, *args))
+            curve[label] = (horizon, model, jobs.submit(f"curve-{name}", evaluate, *args))
             if cfg.final_episodes:
                 for setting, future in submit_final(cfg, run_dir, jobs, label, None, "", mppi).items():
                     finals[setting, label] = [(None, future)]
@@ -678,7 +684,7 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
             for label, horizon, target_network, td_lambda, randomise in kinds:
                 args = (cfg, run_dir, label, seed, horizon, target_network, td_lambda, randomise, log)
                 name = f"learn-{folder_name(label)}-seed{seed}"
-                learning[label, seed] = jobs.submit(name, None, learn, *args)  # it goes on from its own progress
+                learning[label, seed] = jobs.submit(name, learn, *args)
         curve_baselines = {}
         for label, (horizon, model, future) in curve.items():
             costs, successes = future.result()["costs"], future.result()["successes"]

@@ -3,8 +3,8 @@
 They run in `workers` processes at once (the standard library's process pool: each job is a whole onboard loop
 with its stand-in, or a trainer, so processes, not threads), and each result is written to <run>/jobs/ the moment
 it is done: a run that was stopped continues where it stopped (`python -m offboard.demo --resume <run>`), the
-finished jobs read back, an unfinished one started again from scratch with its folder cleared first (a learner
-goes on from its last whole round instead: offboard.demo.learn keeps its progress). With one
+finished jobs read back, an unfinished one run again, going on from what it kept (offboard.demo: a learner from
+its last whole round, an evaluation from its episodes but the last; every episode is seeded by its id). With one
 worker the jobs run in this process, one after another, in the order they were submitted.
 """
 
@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 from pathlib import Path
 
@@ -73,16 +72,13 @@ class Jobs:
     def path(self, name: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9._=-]", "_", name) + ".json")
 
-    def submit(self, name: str, folder: Path | None, fn, *args) -> cf.Future:
+    def submit(self, name: str, fn, *args) -> cf.Future:
         """fn(*args, stop=...) -> a JSON-able result, once per run: a result kept from before is returned as it
-        was. folder: where the job writes, cleared before it starts, so a job cut off earlier leaves nothing;
-        None for a job that goes on from the progress it keeps in its own folder (a learner's rounds)."""
+        was. A job stopped before runs again and goes on from what it kept in its own folder."""
         kept, future = self.path(name), cf.Future()
         if kept.exists():
             future.set_result(json.loads(kept.read_text()))
             return future
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
         if self.pool is None:  # here and now: an interruption goes straight up, as without jobs
             future.set_result(self._keep(kept, fn(*args, stop=self.stop)))
             return future

@@ -342,3 +342,15 @@ def test_a_learner_stopped_in_its_second_round_goes_on_from_its_first_as_if_neve
     assert numbers(run_dir) == numbers(whole)
     names = [e["segment"] for e in read_manifest(run_dir / "MPQ" / "seed0" / "data" / "robot")]
     assert names == [f"{i:06d}.mcap" for i in range(1, 5)]  # round 2's cut episodes dropped, run again once
+
+
+def test_an_evaluation_stopped_before_keeps_its_episodes_but_the_last_and_gives_the_whole_runs_numbers(tmp_path):
+    from offboard.demo import evaluate
+
+    cfg, mppi = DemoConfig(), dict(H=8)
+    evaluate(cfg, tmp_path / "stopped", "MPPI", 2, 7, "", mppi, stop=Stop())  # as far as a stop let it come
+    first = sorted((tmp_path / "stopped" / "MPPI").glob("*.mcap"))[0].stat().st_mtime_ns
+    again = evaluate(cfg, tmp_path / "stopped", "MPPI", 4, 7, "", mppi, stop=Stop())
+    whole = evaluate(cfg, tmp_path / "whole", "MPPI", 4, 7, "", mppi, stop=Stop())
+    assert again["costs"] == whole["costs"] and len(whole["costs"]) == 4
+    assert sorted((tmp_path / "stopped" / "MPPI").glob("*.mcap"))[0].stat().st_mtime_ns == first  # kept, not rerun
