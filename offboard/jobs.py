@@ -83,8 +83,13 @@ class Jobs:
             future.set_result(self._keep(kept, fn(*args, stop=self.stop)))
             return future
         running = self.pool.submit(_call, fn, args)
-        running.add_done_callback(lambda done: done.exception() is None and self._keep(kept, done.result()))
+        running.add_done_callback(lambda done: self._keep_done(kept, done))
         return running
+
+    def _keep_done(self, path: Path, done: cf.Future) -> None:
+        """A worker's job that finished, kept (one cancelled by a stop, or failed, leaves nothing here)."""
+        if not done.cancelled() and done.exception() is None:
+            self._keep(path, done.result())
 
     @staticmethod
     def _keep(path: Path, result):
