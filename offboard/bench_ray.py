@@ -30,19 +30,19 @@ def speedup_model(one: float, two: float) -> dict:
     return dict(serial_fraction=serial, projected=projected)
 
 
-def run_fleet(episodes: int, root: Path) -> dict:
+def run_fleet(task: str, episodes: int, root: Path) -> dict:
     from offboard.evaluate import run_episodes
     from offboard.fleet import Fleet
 
     started = time.perf_counter()
-    run_episodes(root / "local", "robot", TASK, episodes, 0, "", {})
+    run_episodes(root / "local", "robot", task, episodes, 0, "", {})
     rates = {"this process, no Ray": episodes / (time.perf_counter() - started) * 60}
     for size in (1, 2):
         fleet = Fleet("bench", size)
         try:
-            fleet.run_episodes(root / f"warm{size}", "robot", TASK, size, 0, "", {})  # collectors up, stand-ins warm
+            fleet.run_episodes(root / f"warm{size}", "robot", task, size, 0, "", {})  # collectors up, stand-ins warm
             started = time.perf_counter()
-            fleet.run_episodes(root / f"fleet{size}", "robot", TASK, episodes, 0, "", {})
+            fleet.run_episodes(root / f"fleet{size}", "robot", task, episodes, 0, "", {})
             rates[f"{size} collector{'s' if size > 1 else ''}"] = episodes / (time.perf_counter() - started) * 60
         finally:
             fleet.close()
@@ -103,7 +103,7 @@ def run(quick: bool) -> dict:
             return dict(
                 task=TASK,
                 cpus=os.cpu_count(),
-                fleet=run_fleet(2 if quick else 8, root),
+                fleet=run_fleet("pendulum" if quick else TASK, 2 if quick else 8, root),  # quick: a smoke run
                 targets=run_targets(3 if quick else 20, root),
             )
     finally:
@@ -114,7 +114,7 @@ def print_table(report: dict, console) -> None:
     from rich.table import Table
 
     for key, unit, what in (
-        ("fleet", "episodes_per_minute", f"Fleet collection, {report['task']} (episodes per minute)"),
+        ("fleet", "episodes_per_minute", f"Fleet collection, {report['fleet']['task']} (episodes per minute)"),
         ("targets", "per_second", f"Training targets, {report['task']}, batch {BATCH} (minibatches per second)"),
     ):
         part = report[key]
