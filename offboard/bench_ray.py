@@ -47,7 +47,10 @@ def run_fleet(task: str, episodes: int, root: Path) -> dict:
         finally:
             fleet.close()
     return dict(
-        episodes=episodes, episodes_per_minute=rates, **speedup_model(rates["1 collector"], rates["2 collectors"])
+        task=task,
+        episodes=episodes,
+        episodes_per_minute=rates,
+        **speedup_model(rates["1 collector"], rates["2 collectors"]),
     )
 
 
