@@ -644,6 +644,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def log_baseline(log, label: str, result: dict) -> None:
+    costs, successes = result["costs"], result["successes"]
+    log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {np.mean(successes):.2f}")
+
+
 class Log:
     """Lines stamped with the seconds since the run started (the monotonic clock: one for every worker process)."""
 
@@ -663,11 +668,14 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
     log = Log(started)
     log(f"demo in {run_dir}: {cfg}")
     with Jobs(run_dir, cfg.workers, stop) as jobs:
-        curve, finals = {}, {}
+        curve, finals, said = {}, {}, set()
         for label, horizon, model in baselines(cfg):
             name, mppi = folder_name(label), dict(H=horizon, model=model)
             args = (cfg, run_dir / "baselines", name, cfg.eval_episodes, EVAL_SEED, "", mppi)
             curve[label] = (horizon, model, jobs.submit(f"curve-{name}", evaluate, *args))
+            if curve[label][2].done():  # run here (one worker) or kept from before: said now, in order
+                log_baseline(log, label, curve[label][2].result())
+                said.add(label)
             if cfg.final_episodes:
                 for setting, future in submit_final(cfg, run_dir, jobs, label, None, "", mppi).items():
                     finals[setting, label] = [(None, future)]
@@ -687,6 +695,8 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
                 learning[label, seed] = jobs.submit(name, learn, *args)
         curve_baselines = {}
         for label, (horizon, model, future) in curve.items():
+            if label not in said:
+                log_baseline(log, label, future.result())
             costs, successes = future.result()["costs"], future.result()["successes"]
             curve_baselines[label] = dict(
                 horizon=horizon,
@@ -696,7 +706,6 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
                 eval_costs=costs,
                 eval_success_rate=float(np.mean(successes)),
             )
-            log(f"{label}: eval cost {np.mean(costs):.1f} +- {np.std(costs):.1f}, success {np.mean(successes):.2f}")
         by_future = {future: key for key, future in learning.items()}
         for future in cf.as_completed(by_future):
             label, seed = by_future[future]
