@@ -48,7 +48,7 @@ from offboard.replay import read_episode, write_video
 from offboard.stats import format_interval, mean_interval, ratio_interval
 from onboard.fileio import blocking_file, new_run_dir, write_atomic
 from onboard.mppi import MPPIConfig
-from onboard.recorder import read_manifest
+from onboard.recorder import episode_id, read_manifest
 from onboard.tasks import get_task
 
 EVAL_SEED = 10_000  # the learning curves' starts (seeded by (EVAL_SEED, episode)); final evaluations use others
@@ -320,7 +320,7 @@ def keep_first_episodes(folder: Path, n: int) -> None:
     """Only the folder's first n episodes (ids 1..n) listed and kept: what a round cut short had recorded goes."""
     if not folder.exists():
         return
-    entries = {e["segment"]: e for e in read_manifest(folder) if int(e["segment"].split(".")[0]) <= n}
+    entries = {e["segment"]: e for e in read_manifest(folder) if episode_id(e["segment"]) <= n}
     write_manifest(folder, entries)
     for path in folder.iterdir():
         if path.suffix in (".mcap", ".partial") and path.name not in entries:

@@ -23,7 +23,7 @@ from offboard.pull_data import write_manifest
 from offboard.target_workers import connect
 from onboard.fileio import write_atomic
 from onboard.loop import open_loop
-from onboard.recorder import read_manifest
+from onboard.recorder import next_episode_id, read_manifest
 from onboard.tasks import get_task
 
 
@@ -91,7 +91,7 @@ class Fleet:
         folder.mkdir(parents=True, exist_ok=True)
         listed = {entry["segment"]: entry for entry in read_manifest(folder)}
         before = set(listed)
-        first = max((int(n.split(".")[0]) for n in listed if n.split(".")[0].isdigit()), default=0) + 1
+        first = next_episode_id(folder)
         todo = list(range(first, first + episodes))
         files = None if not q else {"q.onnx": Path(q).read_bytes(), "q.json": Path(q).with_suffix(".json").read_bytes()}
         options = dict(starts=starts, mass_scale=dict(mass_scale or {}), randomise=randomise)

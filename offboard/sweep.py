@@ -129,10 +129,10 @@ def main(argv=None) -> int:
     parser.add_argument("--param", required=True, help=f"the demo's setting to sweep: {', '.join(SWEPT)} (or H)")
     parser.add_argument("--values", required=True, help="its values, comma-separated: 1,4,8,16")
     parser.add_argument("--sweep-seeds", type=int, default=3, help="training seeds per value (seed, seed+1, ...)")
-    parser.add_argument("--ray", default="", help="a Ray cluster: auto or host:port (empty: one started here)")
+    # dest cluster: the sweep's cluster runs the trials, each learning in its own process (not DemoConfig.ray)
+    parser.add_argument("--ray", dest="cluster", default="", help="a Ray cluster: auto or host:port (empty: one here)")
     args = parser.parse_args(argv)
     settings = given(args, DemoConfig)
-    settings.pop("ray", None)  # the sweep's cluster runs the trials; each trial learns and evaluates in its own process
     task_name = settings.get("task", DemoConfig.task)
     defaults = dict(final_episodes=20, soft_q=False, mpq_lambda=False)
     cfg = DemoConfig(**{**DEMO_SETTINGS.get(task_name, {}), **defaults, **settings})
@@ -152,18 +152,18 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg.long_horizon = task.long_horizon if cfg.long_horizon is None else cfg.long_horizon
+    # No long baseline runs in a sweep: its horizon only has to stay above every swept one for the checks.
+    longest = max(values) if param == "horizon" else cfg.horizon or MPPIConfig.for_task(task).H
+    cfg.long_horizon = max(cfg.long_horizon or task.long_horizon, longest + 1)
     for value in values:  # every trial's settings checked before anything runs
         probe = dataclasses.replace(cfg, **{param: value})
         probe.horizon = MPPIConfig.for_task(task).H if probe.horizon is None else probe.horizon
-        probe.long_horizon = max(probe.long_horizon, probe.horizon + 1)  # no long baseline runs in a sweep
         if (problem := config_problem(probe)) is not None:
             print(f"error: --values {value}: {problem}", file=sys.stderr)
             return 2
-    cfg.long_horizon = max([cfg.long_horizon] + [v + 1 for v in values if param == "horizon"])
     run_dir = new_run_dir(Path(cfg.out))
     started = time.monotonic()
-    trials = sweep(cfg, param, values, args.sweep_seeds, args.ray, run_dir)
+    trials = sweep(cfg, param, values, args.sweep_seeds, args.cluster, run_dir)
     text, rows = table(args.param, values, trials)
     title = (
         f"MPQ on the {task.name} stand-in: {args.param} swept, {args.sweep_seeds} seeds x {cfg.final_episodes} starts"

@@ -55,18 +55,10 @@ def make_planner(profile: RobotProfile, task) -> MPPI:
     return MPPI(task, config, profile.backend, q=q, threads=profile.threads)
 
 
-def run(
-    profile: RobotProfile,
-    episodes: int,
-    planner=None,
-    show_status: bool = True,
-    stop=None,
-    episode_ids: list[int] | None = None,
-) -> LoopStats:
-    """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each.
-    episode_ids: these episodes (their starts and noise are seeded by their ids), in place of the folder's next."""
+def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
+    """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
     with open_loop(profile, planner, show_status) as loop:
-        loop.run(episodes, stop or _stop_on_signals(), episode_ids)
+        loop.run(episodes, stop or _stop_on_signals())
         return loop.stats
 
 

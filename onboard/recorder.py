@@ -114,9 +114,7 @@ class Recorder:
         # After recovery every segment on disk is in MANIFEST or quarantine/: one past the highest id of
         # both, read once here and counted on after. Segments pruned after a pull stay listed, so their
         # names are never reused.
-        names = [entry["segment"].split(".")[0] for entry in read_manifest(self.dir)]
-        names += [path.name.split(".")[0] for path in (self.dir / QUARANTINE).glob("*")]
-        self.next_episode = max((int(n) for n in names if n.isdigit()), default=0) + 1
+        self.next_episode = next_episode_id(self.dir)
 
     def close(self) -> None:
         """Let another run record into this folder (the lock also goes when the process ends)."""
@@ -331,6 +329,20 @@ def _manifest_entry(line: bytes) -> dict | None:
     if not isinstance(name, str) or not name.endswith(".mcap") or Path(name).name != name:
         return None
     return entry
+
+
+def episode_id(name: str) -> int | None:
+    """The episode a segment's file name says (000007.mcap -> 7); None for any other name."""
+    stem = name.split(".")[0]
+    return int(stem) if stem.isdigit() else None
+
+
+def next_episode_id(directory: Path) -> int:
+    """One past the highest episode listed in the folder's MANIFEST or quarantined there: segments pruned after a
+    pull stay listed, so their ids are never used again."""
+    names = [entry["segment"] for entry in read_manifest(directory)]
+    names += [path.name for path in (Path(directory) / QUARANTINE).glob("*")]
+    return max((i for i in map(episode_id, names) if i is not None), default=0) + 1
 
 
 def read_manifest(directory: Path) -> list[dict]:

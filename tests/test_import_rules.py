@@ -39,15 +39,21 @@ def test_firmware_bridge_imports_neither_onboard_nor_offboard():
         assert not roots & {"onboard", "offboard", "torch"}, path
 
 
-def test_importing_all_of_onboard_loads_no_torch():
+def modules_loaded_by_importing_all_of(*packages: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after importing every module of the packages."""
     code = (
         "import importlib, json, pkgutil, sys\n"
-        "import onboard\n"
-        "for m in pkgutil.walk_packages(onboard.__path__, 'onboard.'): importlib.import_module(m.name)\n"
+        f"for name in {list(packages)!r}:\n"
+        "    p = importlib.import_module(name)\n"
+        "    for m in pkgutil.walk_packages(p.__path__, name + '.'): importlib.import_module(m.name)\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    loaded = set(json.loads(out.stdout))
+    return set(json.loads(out.stdout))
+
+
+def test_importing_all_of_onboard_loads_no_torch():
+    loaded = modules_loaded_by_importing_all_of("onboard")
     assert {"onboard.mppi", "onboard.qfunction", "onboard.backends.c_backend", "onboard.tasks.cartpole"} <= loaded
     assert not {name.split(".")[0] for name in loaded} & {"torch", "offboard", "mujoco_warp", "warp"}
 
@@ -58,14 +64,6 @@ def test_ray_is_imported_only_by_the_paths_past_one_machine_and_only_when_asked(
     for package in ("onboard", "offboard", "firmware_bridge"):
         for path, roots in imported_roots(package).items():
             assert "ray" not in roots or path in allowed, path
-    code = (
-        "import importlib, json, pkgutil, sys\n"
-        "import offboard, onboard\n"
-        "for p in (offboard, onboard):\n"
-        "    for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.'): importlib.import_module(m.name)\n"
-        "print(json.dumps(sorted(sys.modules)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    loaded = set(json.loads(out.stdout))
+    loaded = modules_loaded_by_importing_all_of("offboard", "onboard")
     assert {"offboard.fleet", "offboard.sweep", "offboard.target_workers"} <= loaded
     assert "ray" not in {name.split(".")[0] for name in loaded}

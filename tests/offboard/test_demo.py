@@ -22,6 +22,27 @@ from onboard.tasks import get_task
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def demo_stopped_when(args: list[str], ready, signum=signal.SIGINT, within: float = 120) -> tuple[int, str, str]:
+    """`python -m offboard.demo args` in its own process, sent signum once ready() holds: (exit code, out, err)."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "offboard.demo", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + within
+        while not ready():
+            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
+            time.sleep(0.02)
+        demo.send_signal(signum)
+        stdout, stderr = demo.communicate(timeout=60)
+    finally:
+        demo.kill()
+    return demo.returncode, stdout, stderr
+
+
 def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     args = ["--iterations", "2", "--episodes-per-iteration", "5", "--eval-episodes", "3", "--final-episodes", "2"]
     assert main([*args, "--updates-per-iteration", "300", "--robustness", "pole=1.3", "--out", str(tmp_path)]) == 0
@@ -123,24 +144,11 @@ def test_a_signal_stops_the_loop_cleanly_while_episodes_run_and_at_once_elsewher
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_one_ctrl_c_stops_the_whole_demo_and_reports_no_result(tmp_path, signum):
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "offboard.demo", "--eval-episodes", "1000", "--out", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob("*/baselines/*/*.mcap")):  # the first baseline is in its episodes
-            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
-            time.sleep(0.05)
-        demo.send_signal(signum)
-        stdout, stderr = demo.communicate(timeout=30)
-    finally:
-        demo.kill()
+    args = ["--eval-episodes", "1000", "--out", str(tmp_path)]
+    # stopped while the first baseline is in its episodes
+    returncode, stdout, stderr = demo_stopped_when(args, lambda: list(tmp_path.glob("*/baselines/*/*.mcap")), signum)
     (run_dir,) = tmp_path.iterdir()
-    assert demo.returncode == 130, stderr
+    assert returncode == 130, stderr
     last = stderr.strip().splitlines()[-1]
     assert last == (
         f"interrupted: the demo stopped; its partial run is in {run_dir} (no results.json): go on with "
@@ -261,23 +269,10 @@ def test_jobs_in_two_worker_processes_give_the_same_run_as_one_after_another(tmp
 
 
 def test_a_stopped_run_goes_on_with_resume_keeping_its_finished_jobs(tmp_path, capsys):
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "offboard.demo", *SMALL, "--out", str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("*/MPQ/seed0/data/robot/*.mcap")):  # the baselines are done, MPQ collects
-            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
-            time.sleep(0.05)
-        demo.send_signal(signal.SIGINT)
-        _, stderr = demo.communicate(timeout=60)
-    finally:
-        demo.kill()
-    assert demo.returncode == 130, stderr
+    # stopped once the baselines are done and MPQ collects
+    collecting = lambda: list(tmp_path.glob("*/MPQ/seed0/data/robot/*.mcap"))  # noqa: E731
+    returncode, _, stderr = demo_stopped_when([*SMALL, "--out", str(tmp_path)], collecting)
+    assert returncode == 130, stderr
     (run_dir,) = tmp_path.iterdir()
     finished = {p.name: p.read_text() for p in (run_dir / "jobs").glob("*.json")}
     assert "curve-MPPI_H32_TRUE_model.json" in finished and not any("learn" in name for name in finished)
@@ -315,25 +310,12 @@ def test_the_demo_over_a_ray_cluster_gives_the_run_it_gives_without_one(cluster,
 
 def test_a_learner_stopped_in_its_second_round_goes_on_from_its_first_as_if_never_stopped(tmp_path):
     two_rounds = [*SMALL, "--iterations", "2"]
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "offboard.demo", *two_rounds, "--out", str(tmp_path / "stopped")],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        data = tmp_path / "stopped"
-        while len(list(data.glob("*/MPQ/seed0/data/robot/*.mcap"))) < 3:  # round 2's first episode is listed
-            assert demo.poll() is None and time.monotonic() < deadline, demo.communicate()
-            time.sleep(0.02)
-        demo.send_signal(signal.SIGINT)
-        _, stderr = demo.communicate(timeout=60)
-    finally:
-        demo.kill()
-    assert demo.returncode == 130, stderr
-    (run_dir,) = (tmp_path / "stopped").iterdir()
+    data = tmp_path / "stopped"
+    # stopped once round 2's first episode is listed
+    in_round_2 = lambda: len(list(data.glob("*/MPQ/seed0/data/robot/*.mcap"))) >= 3  # noqa: E731
+    returncode, _, stderr = demo_stopped_when([*two_rounds, "--out", str(data)], in_round_2)
+    assert returncode == 130, stderr
+    (run_dir,) = data.iterdir()
     assert json.loads((run_dir / "MPQ" / "seed0" / "progress.json").read_text())["iteration"] == 1
     assert main(["--resume", str(run_dir)]) == 0
 
