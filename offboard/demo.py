@@ -117,6 +117,7 @@ class DemoConfig:
     # runs on a fleet of its stand-ins, the targets on its workers; the results equal a run without it
     ray: str = ""
     fleet: int = 2  # with --ray: collectors (each an onboard loop and its stand-in), and as many target workers
+    video: bool = True  # episode.mp4: the run's Q acting in its last curve evaluation (MuJoCo's offscreen renderer)
     out: str = "runs/demo"  # a run folder <out>/<time> gets the curve, the models and results.json
     seed: int = 0  # the first training seed (collection, network, minibatches)
 
@@ -736,14 +737,17 @@ def demo(cfg: DemoConfig, task, run_dir: Path, stop: Stop) -> None:
             log(claim_line(claim, results["final"][claim["setting"]]["reference"]))
     results["seconds"] = time.monotonic() - started
     plot(results, run_dir / "learning_curve.png", task)
-    try:
-        results["video"] = episode_video(first, run_dir / "episode.mp4")
-    except Exception as e:  # no OpenGL for MuJoCo's offscreen renderer here: the run's results stand without it
-        results["video"] = None
-        log(f"no episode.mp4: MuJoCo could not render here ({e}); apt-get install libegl1 libgl1-mesa-dri")
+    results["video"] = None
+    if cfg.video:
+        try:
+            results["video"] = episode_video(first, run_dir / "episode.mp4")
+        except Exception as e:  # no OpenGL for MuJoCo's offscreen renderer here: the run's results stand without it
+            log(f"no episode.mp4: MuJoCo could not render here ({e}); apt-get install libegl1 libgl1-mesa-dri")
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(
-        f"wrote {run_dir}/learning_curve.png, episode.mp4, results.json, q.onnx, q.json"
+        f"wrote {run_dir}/learning_curve.png"
+        + (", episode.mp4" if results["video"] else "")
+        + ", results.json, q.onnx, q.json"
         + (", table.md" if cfg.final_episodes else "")
     )
 

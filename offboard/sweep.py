@@ -125,7 +125,7 @@ def plot(param: str, rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard.sweep", description=__doc__.splitlines()[0])
-    add_options(parser, DemoConfig, skip=("seeds", "workers", "ray", "fleet"))
+    add_options(parser, DemoConfig, skip=("seeds", "workers", "ray", "fleet", "video"))
     parser.add_argument("--param", required=True, help=f"the demo's setting to sweep: {', '.join(SWEPT)} (or H)")
     parser.add_argument("--values", required=True, help="its values, comma-separated: 1,4,8,16")
     parser.add_argument("--sweep-seeds", type=int, default=3, help="training seeds per value (seed, seed+1, ...)")

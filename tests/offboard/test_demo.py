@@ -209,6 +209,8 @@ def test_the_domain_randomised_learner_collects_on_drawn_plants_and_is_evaluated
         "false",
         "--domain-randomisation",
         "true",
+        "--video",
+        "false",
         "--out",
         str(tmp_path),
     ]
@@ -241,7 +243,7 @@ def test_domain_randomisation_of_a_task_with_derived_fields_is_refused_before_an
 SMALL = [
     *("--iterations", "1", "--episodes-per-iteration", "2", "--eval-episodes", "1", "--updates-per-iteration", "20"),
     *("--final-episodes", "1", "--final-starts", "uniform", "--seeds", "1", "--mpq-lambda", "false"),
-    *("--soft-q", "false"),
+    *("--soft-q", "false", "--video", "false"),
 ]
 
 
@@ -264,6 +266,7 @@ def test_jobs_in_two_worker_processes_give_the_same_run_as_one_after_another(tmp
     (one,), (two,) = (tmp_path / "one").iterdir(), (tmp_path / "two").iterdir()
     expected = numbers(one)
     assert len(expected["learners"]["MPQ"]) == 1 and set(expected["final"]) == {"uniform"}
+    assert json.loads((one / "results.json").read_text())["video"] is None and not (one / "episode.mp4").exists()
     assert numbers(two) == expected
     assert sorted(p.name for p in (two / "jobs").iterdir()) == sorted(p.name for p in (one / "jobs").iterdir())
 
