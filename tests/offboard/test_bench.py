@@ -82,7 +82,7 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert all(r["steps_per_second"] > 0 for r in mujoco["rows"]) and len(mujoco["targets"]) == 8
     assert "MuJoCo steps/s" in out.stdout
     faults = {r["rate"]: r for r in report["faults"]["rows"]}  # the faulty link against a clean one
-    assert set(faults) == {0.0, 0.001, 0.01, 0.05} and faults[0.0]["episodes_completed"] == 1
+    assert set(faults) == {0.0, 0.01} and faults[0.0]["episodes_completed"] == 1
     assert faults[0.01]["faults_injected"]["to_plant"]["flip"] > 0 and "byte faults" in out.stdout
     assert faults[0.01]["actions_match"] and faults[0.01]["applied_once"]
     ray = report["ray"]  # the paths past one machine against their number of workers, and a projection
