@@ -82,6 +82,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, tuple) and nargs is None else format_value(default)
         help_text = comments.get(field.name, "") + (f" (default: {shown})" if shown else "")
+        help_text = help_text.replace("%", "%%")  # prose ("95 %"), not argparse's %-formatting
         extra = dict(const=True) if nargs == "?" else dict(action="extend") if nargs == "+" else {}
         parser.add_argument(
             option(field.name), type=kind, nargs=nargs, choices=choices, default=None, help=help_text, **extra

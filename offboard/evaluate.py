@@ -165,7 +165,7 @@ def evaluate(cfg: EvalConfig, stop=None) -> dict:
 
 
 def add_command(sub) -> None:
-    e = sub.add_parser("evaluate", help="a Q or plain MPPI through the stand-in from seeded starts: costs, 95 % CI")
+    e = sub.add_parser("evaluate", help="a Q or plain MPPI through the stand-in from seeded starts: costs, 95 %% CI")
     add_options(e, EvalConfig)
     e.set_defaults(run=run_command)
 

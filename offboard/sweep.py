@@ -1,7 +1,8 @@
 """`make sweep`: one of the demo's settings swept over values and training seeds on Ray Tune.
 
 Each trial is a whole train-and-evaluate: MPQ learned through the stand-in as the demo learns it (offboard.demo.learn,
-with the value set), then its final Q on `--final-episodes` new uniform starts (the final evaluation's seed). The
+with the value set; --td-lambda below 1 is MPQ(lambda) with that lambda throughout), then its final Q on
+`--final-episodes` new uniform starts (the final evaluation's seed). The
 sweep writes one table (mean episode cost and success per value, over seeds x starts, 95 % intervals) and one plot:
 the paper's Fig. 3 with PARAM=H on the ball-in-cup (success against MPQ's horizon; longer horizons suffer from the
 model's bias), the pendulum's now. Ray Tune schedules the trials on the cluster at --ray (auto: the one running
@@ -32,6 +33,12 @@ from onboard.mppi import MPPIConfig
 from onboard.tasks import get_task
 
 ALIASES = {"H": "horizon"}  # the paper's name for MPQ's horizon
+# The demo's settings a trial has no use for: it trains MPQ alone (with one lambda, --td-lambda), runs in one process
+# of the sweep's cluster and is evaluated on uniform starts of the TRUE plant, without a video.
+NOT_IN_A_TRIAL = (
+    *("seeds", "workers", "ray", "fleet", "video", "mpq_lambda", "td_lambda_final", "soft_q", "domain_randomisation"),
+    *("final_starts", "robustness"),
+)
 SWEPT = ("horizon", "updates_per_iteration", "batch_size", "episodes_per_iteration", "target_iters", "td_lambda")
 
 
@@ -41,10 +48,9 @@ def trial(config: dict) -> dict:
     cfg.horizon = MPPIConfig.for_task(get_task(cfg.task)).H if cfg.horizon is None else cfg.horizon
     here = Path(config["out"]) / f"{config['param']}={config['value']}" / f"seed{cfg.seed}"
     stop = Stop()
-    learned = learn(
-        cfg, here, "MPQ", cfg.seed, cfg.horizon, False, (1.0, None), False, Log(time.monotonic()), stop=stop
-    )
-    mppi = dict(H=cfg.horizon)
+    td_lambda = (cfg.td_lambda, None)  # one lambda for the whole run (1: the paper's MPQ)
+    learned = learn(cfg, here, "MPQ", cfg.seed, cfg.horizon, False, td_lambda, False, Log(time.monotonic()), stop=stop)
+    mppi = dict(H=cfg.horizon, td_lambda=learned["td_lambda"])
     final = evaluate(cfg, here / "final", "MPQ", cfg.final_episodes, FINAL_EVAL_SEED, learned["model"], mppi, stop=stop)
     return dict(value=config["value"], seed=cfg.seed, costs=final["costs"], successes=final["successes"])
 
@@ -125,7 +131,7 @@ def plot(param: str, rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offboard.sweep", description=__doc__.splitlines()[0])
-    add_options(parser, DemoConfig, skip=("seeds", "workers", "ray", "fleet", "video"))
+    add_options(parser, DemoConfig, skip=NOT_IN_A_TRIAL)
     parser.add_argument("--param", required=True, help=f"the demo's setting to sweep: {', '.join(SWEPT)} (or H)")
     parser.add_argument("--values", required=True, help="its values, comma-separated: 1,4,8,16")
     parser.add_argument("--sweep-seeds", type=int, default=3, help="training seeds per value (seed, seed+1, ...)")

@@ -1,5 +1,5 @@
-"""The import rules (README, "Layout"): offboard -> onboard -> firmware_bridge, never back; no torch on the
-robot; MuJoCo imported only by the MuJoCo backends and the MJCF loader (firmware_bridge/plant.py)."""
+"""The import rules (README, "What is in it"; docs/architecture.md): offboard -> onboard -> firmware_bridge, never
+back; no torch on the robot; MuJoCo imported only by the MuJoCo backends and the MJCF loader (plant.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,43 @@
+"""Every command's --help prints its options: the README sends a newcomer there first (a "%" in a help text once
+made `python -m offboard --help` a traceback)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from firmware_bridge import fault_proxy, standin
+from offboard import __main__ as offboard_cli
+from offboard import demo, gym_env, sweep
+from onboard import __main__ as onboard_cli
+from onboard import service
+
+COMMANDS = {
+    "python -m offboard": offboard_cli.main,
+    "python -m onboard": onboard_cli.main,
+    "python -m offboard.demo": demo.main,
+    "python -m offboard.sweep": sweep.main,
+    "python -m offboard.gym_env": gym_env.main,
+    "python -m onboard.service": service.main,
+    "python -m firmware_bridge.standin": standin.main,
+    "python -m firmware_bridge.fault_proxy": fault_proxy.main,
+}
+
+
+def help_text(main, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_and_subcommand_prints_its_help(command, capsys):
+    main = COMMANDS[command]
+    text = help_text(main, [], capsys)
+    assert text.startswith(f"usage: {command}")
+    subcommands = re.search(r"\{([a-z,-]+)\}\s+\.\.\.", text)  # argparse's usage: {a,b,c} ... for subcommands
+    assert bool(subcommands) == (command in ("python -m offboard", "python -m onboard"))
+    for name in subcommands.group(1).split(",") if subcommands else []:
+        assert help_text(main, [name], capsys).startswith(f"usage: {command} {name}")
