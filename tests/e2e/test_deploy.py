@@ -12,7 +12,11 @@ import time
 from pathlib import Path
 
 import tomli_w
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from offboard.pull_data import pull_data
 from offboard.remote import Remote, RemoteError

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from offboard.__main__ import main
+from offboard.export import load_checkpoint
 from offboard.mpq import Config, QNetwork
+from onboard.qfunction import OnnxQ
 from onboard.recorder import Recorder
+from onboard.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,14 @@ def test_bad_train_input_is_refused_before_anything_is_trained_or_written(tiny_l
 def test_the_checkpoint_training_writes_exports_again(checkpoint, tmp_path, capsys):
     """The checkpoint loads as data only (weights_only) and exports."""
     assert main(["export", str(checkpoint), "--model", str(tmp_path / "q.onnx")]) == 0
-    assert (tmp_path / "q.onnx").is_file() and (tmp_path / "q.json").is_file()
+    task = get_task("pendulum")
+    q = OnnxQ(tmp_path / "q.onnx", task)  # loads onboard: q.json's sha256, dimensions and task checked
+    net, _ = load_checkpoint(checkpoint)
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(size=(16, task.obs_dim)), rng.uniform(task.u_min, task.u_max, (16, task.act_dim))
+    with torch.no_grad():
+        expected = net(torch.tensor(obs, dtype=torch.float32), torch.tensor(act, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(q(obs, act), expected, rtol=1e-4, atol=1e-4)  # the checkpoint's Q, as trained
 
 
 def bad_checkpoints(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:

@@ -334,8 +334,11 @@ def test_an_evaluation_stopped_before_keeps_its_episodes_but_the_last_and_gives_
 
     cfg, mppi = DemoConfig(), dict(H=8)
     evaluate(cfg, tmp_path / "stopped", "MPPI", 2, 7, "", mppi, stop=Stop())  # as far as a stop let it come
-    first = sorted((tmp_path / "stopped" / "MPPI").glob("*.mcap"))[0].stat().st_mtime_ns
+    first, last = (p.stat().st_mtime_ns for p in sorted((tmp_path / "stopped" / "MPPI").glob("*.mcap")))
     again = evaluate(cfg, tmp_path / "stopped", "MPPI", 4, 7, "", mppi, stop=Stop())
     whole = evaluate(cfg, tmp_path / "whole", "MPPI", 4, 7, "", mppi, stop=Stop())
     assert again["costs"] == whole["costs"] and len(whole["costs"]) == 4
-    assert sorted((tmp_path / "stopped" / "MPPI").glob("*.mcap"))[0].stat().st_mtime_ns == first  # kept, not rerun
+    segments = sorted((tmp_path / "stopped" / "MPPI").glob("*.mcap"))
+    assert segments[0].stat().st_mtime_ns == first  # kept, not rerun
+    assert segments[1].stat().st_mtime_ns != last  # the last one (a stop may have cut it short) ran again
+    assert [e["segment"] for e in read_manifest(tmp_path / "stopped" / "MPPI")] == [p.name for p in segments]

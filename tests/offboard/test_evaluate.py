@@ -58,6 +58,7 @@ def test_a_task_given_by_its_mjcf_alone_is_evaluated_on_the_mujoco_backend_with_
     (path,) = tmp_path.glob("*/evaluation.json")
     result = json.loads(path.read_text())
     task = get_task("ball_in_cup")
+    assert len(result["successes"]) == 2
     for (metadata, topics), success in zip(segments_of(path), result["successes"], strict=True):
         assert metadata["segment"]["backend"] == "mujoco"
         assert success == bool(task.in_cup(np.array(topics["/transition"][-1]["next_state"])))  # in the cup at the end

@@ -59,7 +59,8 @@ def test_training_lowers_the_held_out_bellman_error_and_the_export_plans_onboard
     assert np.isfinite(u).all() and np.isfinite(mppi.last_plan.value[0])
 
 
-def test_soft_q_baseline_is_the_same_code_with_h1_and_a_target_network(robot_logs, tmp_path):
+@pytest.mark.parametrize("sync_every, synced_last", [(10, True), (15, False)])
+def test_soft_q_baseline_is_the_same_code_with_h1_and_a_target_network(robot_logs, tmp_path, sync_every, synced_last):
     config = Config(
         data=(str(robot_logs),),
         out=str(tmp_path),
@@ -67,10 +68,14 @@ def test_soft_q_baseline_is_the_same_code_with_h1_and_a_target_network(robot_log
         updates_per_iteration=20,
         horizon=1,
         target_network=True,
-        target_sync_every=10,
+        target_sync_every=sync_every,
     )
     result = train(config, progress=False, log=quiet)
-    assert np.isfinite(result.history[-1]["loss"])
+    assert np.isfinite(result.history[-1]["loss"]) and result.trained_config["horizon"] == 1
+    saved = torch.load(result.run_dir / "checkpoint-001.pt", weights_only=False)
+    net, target = saved["state_dict"], saved["target_state_dict"]
+    # copied every sync_every updates: after 20, the target is the net itself (synced at 20) or lags it (at 15)
+    assert all(torch.equal(net[k], target[k]) for k in net) == synced_last
 
 
 def write_segment(folder: Path, episode: int, task: str, cost: float, state_dim: int = 3) -> None:

@@ -5,6 +5,7 @@ collide."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,7 @@ def test_run_folders_started_in_the_same_second_never_collide(tmp_path):
     assert len(set(folders)) == 3 and all(f.is_dir() for f in folders)
 
 
-def test_torch_threads_leave_half_the_machine_free():
-    assert default_torch_threads() >= 1
-    assert Config().torch_threads == default_torch_threads()
+@pytest.mark.parametrize("cpus, threads", [(8, 4), (2, 1), (1, 1)])
+def test_torch_threads_leave_half_the_machine_free(monkeypatch, cpus, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))  # the CPUs this process may use
+    assert default_torch_threads() == threads and Config().torch_threads == threads

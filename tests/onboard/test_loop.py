@@ -6,17 +6,22 @@ import errno
 import gc
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import tty
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tomli_w
 
+from firmware_bridge.dialect import mavlink
 from firmware_bridge.link import Link
 from onboard.loop import LoopError, make_planner, run
 from onboard.mppi import MPPIConfig
@@ -24,6 +29,7 @@ from onboard.profile import load_profile
 from onboard.recorder import Recorder, iter_transitions, read_manifest, read_segment, verified_segments
 from onboard.scheduling import realtime_refusal
 from onboard.tasks import get_task
+from tests.firmware_bridge.test_link_states import plant_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,7 +147,8 @@ def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safel
     assert problems == []
     metadata, topics = read_segment(segment)
     missed = [m["deadline_missed"] for m in topics["/mppi"]]
-    assert missed == [False] * 10 + [True] * 5
+    # the slow plans missed (a good one may miss too on a loaded machine; that is timing, not asserted here)
+    assert len(missed) == 15 and missed[10:] == [True] * 5
     transitions = topics["/transition"]
     commanded = [t["commanded"] for t in transitions]
     for step in range(10, 15):  # each fallback is the next action of the previous, shifted plan
@@ -149,7 +156,10 @@ def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safel
     # what the plant applied: this step's command, or (a late plan) one it held from before, as float32 went out
     sent = [np.float32(c).tolist() for c in commanded]
     for step, t in enumerate(transitions):
-        assert t["action"] == (sent[step] if not t["held"] else t["action"]) and t["action"] in [*sent[: step + 1], [0]]
+        if t["held"]:  # a command sent before (or the safe zero before the first)
+            assert t["action"] in [*sent[:step], [0]]
+        else:
+            assert t["action"] == sent[step]
     assert any(t["held"] for t in transitions[10:])  # late plans: the plant held older commands
     assert metadata["summary"]["safe_stop"] == "deadline misses"
     assert metadata["summary"]["error"].startswith("stopped: 5 planning deadlines missed in a row")
@@ -516,28 +526,12 @@ def test_run_plans_with_the_mjcf_when_asked_and_the_segment_says_so(tmp_path):
     assert problems == [] and read_segment(segment)[0]["segment"]["backend"] == "mujoco"
 
 
-class SilentLink:
-    """A link on which no state comes: every one the plant sends is rejected (NaN) or lost."""
-
-    act_dim, counts, sent = 1, {"states_rejected": 0, "states_late": 0}, []
-
-    def __init__(self, rejecting: bool):
-        self.rejecting, self.counts, self.sent = rejecting, {"states_rejected": 0, "states_late": 0}, []
-
-    def send_command(self, u, state_seq, copies=1):
-        self.sent.append(np.asarray(u, dtype=float).tolist())
-
-    def recv_state(self, timeout):
-        self.counts["states_rejected"] += self.rejecting  # a state arrived, non-finite: dropped and counted
-        time.sleep(min(timeout, 0.01))
-        return None
-
-
 @pytest.mark.parametrize("rejecting, expected", [(True, "zero"), (False, "plan")])
 def test_realtime_feeds_the_plant_while_states_are_lost_and_holds_still_while_they_are_garbage(
     rejecting, expected, monkeypatch
 ):
-    """Lost states: the plan's next actions go out each period; non-finite ones: the safe action (zero)."""
+    """Lost states: the plan's next actions go out each period; non-finite ones: the safe action (zero). A real
+    link on a pty whose plant end sends no state at all, or only states with a NaN inside."""
     from onboard import loop
 
     monkeypatch.setattr(loop, "STATE_TIMEOUT", 0.2)
@@ -545,12 +539,34 @@ def test_realtime_feeds_the_plant_while_states_are_lost_and_holds_still_while_th
     task = get_task("pendulum")
     planner = make_planner(profile, task)
     planner.act(task.hanging_state())  # a plan to fall back on
-    link = SilentLink(rejecting)
-    state = type("State", (), {"seq": 7})()
-    with pytest.raises(LoopError, match="rejected as non-finite" if rejecting else "sent no state"):
-        loop._exchange(link, np.array([0.5]), state, profile, 0.01, planner)
-    first, fallbacks = link.sent[0], link.sent[1:]
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    link = Link(os.ttyname(slave), "pendulum", 3, 1)
+    done = threading.Event()
+
+    def plant_end():
+        mav, seq = mavlink.MAVLink(None, srcSystem=1, srcComponent=1), 7
+        while not done.is_set():
+            if rejecting:  # a valid frame, garbage inside
+                seq += 1
+                os.write(master, plant_state(mav, seq, [0.0, np.nan, 0.0]))
+            if select.select([master], [], [], 0.005)[0]:
+                os.read(master, 4096)  # the commands, taken off the wire
+
+    thread = threading.Thread(target=plant_end, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(LoopError, match="rejected as non-finite" if rejecting else "sent no state"):
+            loop._exchange(link, np.array([0.5]), SimpleNamespace(seq=7), profile, 0.01, planner)
+    finally:
+        done.set()
+        thread.join()
+        link.close()
+        os.close(master)
+        os.close(slave)
+    first, *fallbacks = link.commands.values()  # every command sent, by seq, as the wire carried it
     assert first == [0.5] and len(fallbacks) >= 3 and link.counts["states_late"] == len(fallbacks)
+    assert (link.counts["states_rejected"] > 0) == rejecting
     if expected == "zero":
         assert all(u == [0.0] for u in fallbacks)
     else:

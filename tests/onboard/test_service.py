@@ -3,6 +3,7 @@ SIGTERM then SIGKILL after the stop timeout), and release/service code needs not
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from onboard.profile import ROOT
-from onboard.service import ServiceSpec, Supervisor, unit_text, wait_healthy
+from onboard.service import START_LIMIT, ServiceSpec, Supervisor, unit_text, wait_healthy
 
 
 def supervisor(tmp_path: Path, script: str, stop_timeout: float = 30.0) -> Supervisor:
@@ -51,7 +52,7 @@ def test_a_failed_run_is_restarted_and_a_clean_exit_is_not(tmp_path):
     wait_until(lambda: counter.exists() and counter.read_text() == "2" and not service.status().running)
     status = service.status()
     assert status.line.startswith("exited") and "last exit 0" in status.line and not status.failed
-    time.sleep(2.5)  # longer than the restart delay: an exit 0 is not restarted
+    assert not Path(service.pidfile).exists()  # the supervisor is gone: an exit 0 is not restarted
     assert counter.read_text() == "2"
 
 
@@ -74,12 +75,16 @@ def test_stop_sends_sigterm_then_sigkill_after_the_stop_timeout(tmp_path):
     assert not Path(service.pidfile).exists()
 
 
-def test_a_crash_looping_runtime_is_reported_failed(tmp_path):
+def test_a_crash_looping_runtime_is_reported_failed_and_given_up_after_its_start_limit(tmp_path):
     service = supervisor(tmp_path, "import sys\nsys.exit(3)\n")
     service.start()
     status = wait_healthy(service, settle=3.0)
-    assert status.failed and "last exit 3" in status.line
-    service.stop()
+    assert status.failed and "last exit 3" in status.line  # reported while it is still being restarted
+    # then, as systemd's StartLimitBurst: 5 failed starts within 60 s and the supervisor gives up
+    status = wait_until(lambda: (s := service.status()).line.startswith("failed") and s, timeout=60)
+    assert not status.running and status.failed and "last exit 3" in status.line
+    assert json.loads(service.statefile.read_text())["starts"] == START_LIMIT[0]
+    assert not Path(service.pidfile).exists()
 
 
 def test_systemd_unit_matches_the_supervisor():
