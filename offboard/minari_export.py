@@ -17,6 +17,8 @@ there is refused, and a write that fails removes what it began.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +27,9 @@ import numpy as np
 
 from onboard.recorder import SegmentError, read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
+
+# Minari's dataset id, stricter: a version, and ASCII names only (the id is a folder path in Minari's store)
+DATASET_ID = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*-v[0-9]+")
 
 
 class MinariExportError(ValueError):
@@ -108,10 +113,22 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print):
     """The Minari dataset `name` from the verified segments of `folders`; returns it."""
     import gymnasium
     import minari
+    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.storage.datasets_root_dir import get_dataset_path
 
     import offboard.gym_env as gym_env
 
-    if name in minari.list_local_datasets():
+    usable = DATASET_ID.fullmatch(name) is not None  # checked before anything is written: Minari makes the
+    try:  # dataset's folder first and parses its id after
+        usable = usable and parse_dataset_id(name) is not None
+    except (ValueError, TypeError):
+        usable = False
+    if not usable:
+        raise MinariExportError(
+            f"--name {name}: use NAMESPACE/NAME-vN (letters, digits, - and _), e.g. mpq/pendulum/sim-v0"
+        )
+    where = get_dataset_path(name)
+    if where.exists():
         raise MinariExportError(
             f"a Minari dataset {name!r} exists already: choose another --name, or delete it (minari delete {name})"
         )
@@ -144,8 +161,7 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print):
             )
         dataset.storage.update_episode_metadata([episode_metadata(e) for e in episodes])
     except BaseException:
-        if name in minari.list_local_datasets():
-            minari.delete_dataset(name)  # no half-written dataset left behind
+        shutil.rmtree(where, ignore_errors=True)  # no half-written dataset left behind
         raise
     return dataset
 

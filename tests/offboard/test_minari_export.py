@@ -67,3 +67,22 @@ def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home,
     assert minari.load_dataset("mpq/pendulum/damaged-v0").total_episodes == 1
     assert main(["export-minari", "--data", str(tmp_path / "nothing"), "--name", "mpq/pendulum/none-v0"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["badname", "mpq/pendulum/x y-v0", "../../escape-v0", "a/b-v0", "mpq/pendulum/sim"])
+def test_a_malformed_name_is_one_line_and_leaves_minaris_store_as_it_was(tmp_path, minari_home, capsys, name):
+    import minari
+
+    from offboard.__main__ import main
+    from onboard.loop import run
+    from onboard.profile import load_profile
+
+    run(load_profile("sim", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["export-minari", "--data", str(tmp_path / "data" / "sim"), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --name {name}: use NAMESPACE/NAME-vN") and err.count("\n") == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert not (tmp_path.parent / "escape-v0").exists()
+    assert main(["export-minari", "--data", str(tmp_path / "data" / "sim"), "--name", "mpq/pendulum/after-v0"]) == 0
+    assert list(minari.list_local_datasets()) == ["mpq/pendulum/after-v0"]  # the store still works
