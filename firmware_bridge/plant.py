@@ -75,11 +75,15 @@ def parse_mass_scale(items: list[str]) -> dict[str, float]:
     for item in items:
         body, _, factor = item.partition("=")
         try:
-            scale[body.strip()] = float(factor)
+            value = float(factor)
         except ValueError:
             raise ValueError(f"mass scale {item!r}: write BODY=FACTOR, e.g. pole=1.3") from None
         if not body.strip():
             raise ValueError(f"mass scale {item!r}: write BODY=FACTOR, e.g. pole=1.3")
+        if body.strip() in scale:
+            given = ", ".join(i for i in items if i.partition("=")[0].strip() == body.strip())
+            raise ValueError(f"mass scale: body {body.strip()!r} given twice ({given}): give each body once")
+        scale[body.strip()] = value
     return scale
 
 

@@ -114,6 +114,16 @@ def serve(endpoint: SerialEndpoint, firmware: PlantProtocol, parser: FrameParser
     return "stopped by signal"
 
 
+def open_applied_log(path: Path | None):
+    """--applied-log opened for appending (None: not asked for); ValueError names the flag."""
+    if path is None:
+        return None
+    try:
+        return open(path, "a")
+    except OSError as e:
+        raise ValueError(f"--applied-log {path}: cannot open it ({e.strerror}): give a file path in a folder") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m firmware_bridge.standin", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="a folder under models/ with <task>.xml")
@@ -148,6 +158,8 @@ def main(argv=None) -> int:
         low, high = CONTROL_PERIOD_LIMITS
         if args.control_period is not None and not low <= args.control_period <= high:
             raise ValueError(f"--control-period {args.control_period!r}: use seconds from {low:g} to {high:g}")
+        if args.randomise_seed < 0:
+            raise ValueError(f"--randomise-seed {args.randomise_seed}: use 0 or more")
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period, parse_mass_scale(args.mass_scale))
         if args.randomise:
             if args.mass_scale:
@@ -159,7 +171,13 @@ def main(argv=None) -> int:
                 f"{MAX_STATE} fit one frame; commands <= {MAX_ACT}, name <= 16 characters): widen mpq.xml and "
                 "bump MPQ_DIALECT_VERSION"
             )
-        key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        try:
+            key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        except OSError as e:
+            raise ValueError(
+                f"--signing-key-file {args.signing_key_file}: {e.strerror}: give the file of the key"
+            ) from None
+        applied_log = open_applied_log(args.applied_log)  # open for the whole run
         if args.device:
             endpoint, port = SerialEndpoint.device(args.device, args.baud), args.device
         else:
@@ -172,7 +190,6 @@ def main(argv=None) -> int:
         return 2
     frames = FrameParser(make_mav(key))
     firmware.link_counters = frames.counters
-    applied_log = open(args.applied_log, "a") if args.applied_log else None  # open for the whole run
     if applied_log is not None:
         firmware.on_apply = lambda seq, u: applied_log.write(json.dumps(dict(seq=seq, u=u)) + "\n")
     stop = {"now": False}

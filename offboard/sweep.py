@@ -152,6 +152,9 @@ def main(argv=None) -> int:
             values = [kind(v) for v in args.values.split(",")]
         except ValueError:
             raise ValueError(f"--values {args.values}: give {kind.__name__}s, comma-separated") from None
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # two trials of one value and seed would share a folder
+            raise ValueError(f"--values {args.values}: {', '.join(map(str, twice))} given twice; give each value once")
         if args.sweep_seeds < 1 or cfg.final_episodes < 1:
             raise ValueError("--sweep-seeds and --final-episodes: use 1 or more")
         task = get_task(cfg.task)

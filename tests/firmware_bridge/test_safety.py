@@ -153,6 +153,10 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
         (["--task", "pendulum", "--control-period", "1e12"], "--control-period 1000000000000.0"),
         (["--task", "pendulum", "--watchdog-periods", "nan"], "--watchdog-periods nan"),  # NaN would never trip
         (["--task", "pendulum", "--watchdog-periods", "-1"], "--watchdog-periods -1.0"),
+        (["--task", "pendulum", "--randomise", "body_mass[pole]=0.5:1.5", "--randomise-seed", "-1"], "seed -1: use 0"),
+        (["--task", "pendulum", "--mass-scale", "pole=1.3", "--mass-scale", "pole=2"], "'pole' given twice"),
+        (["--task", "pendulum", "--applied-log", "/dev/null/applied.jsonl"], "--applied-log /dev/null/applied.jsonl"),
+        (["--task", "pendulum", "--signing-key-file", "/nonexistent/key"], "--signing-key-file /nonexistent/key"),
     ],
 )
 def test_standin_refuses_bad_start_up_in_one_line(args, message):
