@@ -604,8 +604,10 @@ def parse_command(argv=None) -> tuple[DemoConfig, Path | None]:
     if (run_dir / "results.json").exists():
         raise ValueError(f"--resume {run_dir}: that run is complete (it has results.json); start a new one")
     try:
-        return config_from_dict(json.loads((run_dir / "config.json").read_text())), run_dir
-    except (OSError, ValueError, TypeError) as e:
+        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+        config_problem(cfg)  # a setting of the wrong type (an edited config.json) fails here, not mid-run
+        return cfg, run_dir
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"--resume {run_dir}: not a demo run folder this version can go on with ({e})") from None
 
 

@@ -20,10 +20,11 @@ from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given
 from offboard.stats import format_interval, mean_interval
 from onboard.backends import cpu_backend_for
-from onboard.fileio import new_run_dir
+from onboard.fileio import blocking_file, new_run_dir
 from onboard.loop import run
 from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile
+from onboard.qfunction import OnnxQ
 from onboard.recorder import read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
 from onboard.tasks.base import Task
@@ -144,8 +145,14 @@ def evaluate(cfg: EvalConfig, stop=None) -> dict:
     MPPIConfig.for_task(task, **cfg.mppi())
     if cfg.episodes < 1:
         raise ValueError(f"--episodes {cfg.episodes}: use 1 or more")
+    if cfg.seed < 0:
+        raise ValueError(f"--seed {cfg.seed}: use 0 or more")
     if cfg.q and not Path(cfg.q).is_file():
         raise ValueError(f"--q {cfg.q}: no such file; give a q.onnx (q.json beside it), or leave --q out for MPPI")
+    if cfg.q:
+        OnnxQ(cfg.q, task)  # one that does not load, or is another task's: refused before any run folder
+    if (blocker := blocking_file(Path(cfg.out))) is not None:
+        raise ValueError(f"--out {cfg.out}: {blocker} is a file, not a folder; give a folder for the run folders")
     run_dir = new_run_dir(Path(cfg.out))
     outcomes = run_episodes(
         run_dir, "episodes", cfg.task, cfg.episodes, cfg.seed, cfg.q, cfg.mppi(), stop, cfg.starts, mass_scale

@@ -21,6 +21,7 @@ start box. `render_mode="rgb_array"` draws the state with MuJoCo's offscreen ren
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import gymnasium
 import numpy as np
@@ -162,6 +163,9 @@ def main(argv=None) -> int:
     parser.add_argument("--task", default="pendulum", choices=sorted(TASKS))
     parser.add_argument("--episodes", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.episodes < 1:
+        print(f"error: --episodes {args.episodes}: use 1 or more", file=sys.stderr)
+        return 2
     for path in ("link", "mujoco"):
         env = gymnasium.make(env_id(args.task, path))
         env.action_space.seed(0)

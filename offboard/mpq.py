@@ -92,7 +92,7 @@ class Config:
             batch_size=at_least_1,
             buffer_window=("0 (all) or more", at_least_0[1]),
             hidden=("one or more layer widths of 1 or more", lambda v: len(v) > 0 and min(v) >= 1),
-            lr=("a step size above 0", lambda v: v > 0),
+            lr=("a step size above 0 and at most 1 (the paper's: 1e-3)", lambda v: 0 < v <= 1),
             horizon=("1 or more (1: soft Q)", at_least_1[1]),
             target_iters=at_least_1,
             planner_model=("biased, mean or true", lambda v: v in ("biased", "mean", "true")),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onboard.fileio import blocking_file
 from onboard.recorder import SegmentError, listed_segment_problem, read_manifest, read_segment
 from onboard.tasks import get_task
 
@@ -101,6 +102,8 @@ def run_command(args) -> int:
         raise ReplayError(f"--width {args.width} --height {args.height}: use multiples of 8, at least 16")
     if args.out.suffix != ".mp4":
         raise ReplayError(f"--out {args.out}: give a .mp4 path")
+    if (blocker := blocking_file(args.out.parent)) is not None:
+        raise ReplayError(f"--out {args.out}: {blocker} is a file, not a folder; give a .mp4 path in a folder")
     count = replay(args.segment, args.out, args.width, args.height, args.camera)
     print(f"wrote {args.out}: {count} frames")
     return 0

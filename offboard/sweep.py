@@ -27,7 +27,7 @@ from offboard.demo import DEMO_SETTINGS, DemoConfig, Log, config_from_dict, conf
 from offboard.evaluate import FINAL_EVAL_SEED
 from offboard.jobs import Stop
 from offboard.stats import format_interval, mean_interval
-from offboard.target_workers import connect, require_ray
+from offboard.target_workers import address_problem, connect, require_ray
 from onboard.fileio import new_run_dir
 from onboard.mppi import MPPIConfig
 from onboard.tasks import get_task
@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     cfg = DemoConfig(**{**DEMO_SETTINGS.get(task_name, {}), **defaults, **settings})
     param = ALIASES.get(args.param, args.param)
     try:
+        if problem := address_problem(args.cluster):
+            raise ValueError(problem)
         require_ray()
         if param not in SWEPT:
             raise ValueError(f"--param {args.param}: sweep one of {', '.join(SWEPT)} (or H)")
@@ -170,6 +172,11 @@ def main(argv=None) -> int:
         if (problem := config_problem(probe)) is not None:
             print(f"error: --values {value}: {problem}", file=sys.stderr)
             return 2
+    try:
+        connect(args.cluster or None)  # before the run folder: a cluster that does not answer leaves nothing behind
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run_dir = new_run_dir(Path(cfg.out))
     started = time.monotonic()
     trials = sweep(cfg, param, values, args.sweep_seeds, args.cluster, run_dir)

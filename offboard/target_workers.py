@@ -23,9 +23,21 @@ def require_ray():
     return ray
 
 
+def address_problem(address: str) -> str | None:
+    """What is wrong with a --ray address, found before Ray is asked (None: nothing; empty is no address)."""
+    if address in ("", "auto"):
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"--ray {address}: give auto (the cluster on this machine) or its address host:port, e.g. 10.0.0.5:6379"
+
+
 def connect(address: str | None):
     """Ray, connected to the cluster at `address` ("auto": the one running on this machine; None: one started for
     this process) once per process."""
+    if address and (problem := address_problem(address)):
+        raise ValueError(problem)
     ray = require_ray()
     if not ray.is_initialized():
         try:

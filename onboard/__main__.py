@@ -17,13 +17,20 @@ from onboard.tasks import TASKS, get_task
 
 def cmd_plan(args) -> int:
     task = get_task(args.task)
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: use 1 or more")
     overrides = {k: v for k, v in dict(K=args.K, H=args.H, n_iters=args.iters, seed=args.seed).items() if v is not None}
     config = MPPIConfig.for_task(task, model=args.model, **overrides)
     q = OnnxQ(args.q, task, threads=args.threads) if args.q else None
     if args.state is None:
         state = task.hanging_state()
     else:
-        state = np.array([float(v) for v in args.state.split(",")])
+        try:
+            state = np.array([float(v) for v in args.state.split(",")])
+        except ValueError:
+            raise ValueError(
+                f"--state {args.state}: give {task.state_dim} comma-separated numbers (time, qpos, qvel)"
+            ) from None
         if state.shape != (task.state_dim,):
             raise ValueError(f"--state has {state.size} values, task {task.name!r} needs {task.state_dim}")
         if not np.all(np.isfinite(state)):

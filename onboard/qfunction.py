@@ -147,6 +147,8 @@ class OnnxQ:
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
+        if self.path.suffix == ".json":
+            raise ModelError(f"{self.path} is the model's manifest: give the q.onnx beside it")
         self.manifest, onnx_bytes = load_verified(self.path)
         self.model_bytes = onnx_bytes  # the verified bytes: a GPU session is built from these, not a re-read
         m = self.manifest

@@ -67,6 +67,8 @@ def written(folder: Path) -> list[str]:
         (["--td-lambda", "1.5"], "--td-lambda 1.5: use a number from 0 to 1"),
         (["--holdout-fraction", "1"], "--holdout-fraction 1.0"),
         (["--horizon", "0"], "--horizon 0"),
+        (["--lr", "inf"], "--lr inf: use a step size above 0 and at most 1"),
+        (["--lr", "nan"], "--lr nan"),
         (["--seed", "-1"], "--seed -1"),
         (["--model", ""], "--model is empty"),
         (["--task", "acrobot"], "unknown task 'acrobot'"),

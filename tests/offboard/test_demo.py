@@ -114,6 +114,7 @@ def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_p
         (["--task", "acrobot"], "unknown task 'acrobot'"),
         (["--out", "{tmp}/a_file"], "a_file is a file, not a folder"),
         (["--ray", "auto", "--workers", "2"], "--ray runs the jobs one at a time"),
+        (["--ray", "garbage:xx"], "--ray garbage:xx: give auto (the cluster on this machine) or its address host:port"),
         (["--fleet", "0"], "--fleet 0: use 1 or more"),
         (["--workers", "0"], "--workers 0: use 1 or more"),
         (["--eval-every", "0"], "--eval-every 0: use 1 or more"),
@@ -342,3 +343,15 @@ def test_an_evaluation_stopped_before_keeps_its_episodes_but_the_last_and_gives_
     assert segments[0].stat().st_mtime_ns == first  # kept, not rerun
     assert segments[1].stat().st_mtime_ns != last  # the last one (a stop may have cut it short) ran again
     assert [e["segment"] for e in read_manifest(tmp_path / "stopped" / "MPPI")] == [p.name for p in segments]
+
+
+@pytest.mark.parametrize("config", [None, "{", "[1, 2]", '{"iterations": "abc"}', '{"iterations": null}'])
+def test_resuming_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys, config):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if config is not None:
+        (run_dir / "config.json").write_text(config)
+    assert main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume {run_dir}: not a demo run folder") and err.count("\n") == 1, err
+    assert sorted(p.name for p in run_dir.iterdir()) == ([] if config is None else ["config.json"])

@@ -111,9 +111,15 @@ def test_the_heavier_plant_accelerates_less_under_the_same_torque():
         (["--episodes", "0"], "--episodes 0: use 1 or more"),
         (["--H", "0"], "H=0 must be >= 1"),
         (["--task", "acrobot"], "unknown task 'acrobot'"),
+        (["--seed", "-1"], "--seed -1: use 0 or more"),
+        (["--q", "{tmp}/garbage.onnx"], "missing manifest"),  # there, but not a model: refused before any run folder
+        (["--out", "{tmp}/a_file/runs"], "a_file is a file, not a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, says):
-    out = evaluate(*args, "--out", str(tmp_path / "runs"))
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model")
+    (tmp_path / "a_file").write_text("keep me\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = evaluate("--out", str(tmp_path / "runs"), *args)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and (tmp_path / "a_file").read_text() == "keep me\n"

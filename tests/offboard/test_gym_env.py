@@ -69,3 +69,8 @@ def test_rendered_frames_follow_the_state(sim_logs):
     assert first.shape == later.shape == (240, 320, 3) and first.dtype == np.uint8
     assert np.abs(first.astype(int) - later.astype(int)).sum() > 0  # the pole moved on screen
     env.close()
+
+
+def test_the_steps_per_second_command_refuses_no_episodes_in_one_line(capsys):
+    assert offboard.gym_env.main(["--episodes", "0"]) == 2
+    assert capsys.readouterr().err == "error: --episodes 0: use 1 or more\n"

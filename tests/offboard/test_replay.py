@@ -24,6 +24,8 @@ def test_a_logged_episode_replays_as_a_video_whose_frames_follow_the_states(tmp_
     assert main(["replay", str(segment), "--out", str(out), "--width", "64", "--height", "48"]) == 0
     assert "201 frames" in capsys.readouterr().out
     assert imageio.get_reader(out).count_frames() == 201 and not list(tmp_path.glob("*.partial*"))
+    assert main(["replay", str(segment), "--out", str(out / "under_a_file.mp4")]) == 2  # out is a file now
+    assert f"{out} is a file, not a folder" in capsys.readouterr().err
     data = bytearray(segment.read_bytes())  # a listed segment that no longer matches MANIFEST: refused
     data[100] ^= 0xFF
     segment.write_bytes(bytes(data))

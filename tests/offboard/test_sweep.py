@@ -37,4 +37,6 @@ def test_a_setting_that_cannot_be_swept_is_one_line(tmp_path, capsys):
     assert "--values 4,x: give ints" in capsys.readouterr().err
     assert main(["--param", "H", "--values", "4,8,4", "--out", str(tmp_path / "runs")]) == 2
     assert "--values 4,8,4: 4 given twice; give each value once" in capsys.readouterr().err
+    assert main(["--param", "H", "--values", "4", "--ray", "garbage:xx", "--out", str(tmp_path / "runs")]) == 2
+    assert "--ray garbage:xx: give auto" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

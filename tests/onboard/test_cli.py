@@ -42,6 +42,8 @@ def test_plan_from_a_given_state_in_text():
         (["--state", "1,2,3,4"], "--state has 4 values"),
         (["--K", "0"], "K=0 must be >= 1"),
         (["--state", "0,nan,0"], "every value must be a finite number"),
+        (["--state", "a,b,c"], "--state a,b,c: give 3 comma-separated numbers (time, qpos, qvel)"),
+        (["--threads", "0"], "--threads 0: use 1 or more"),
         (["--seed", "-1"], "seed=-1 must be >= 0"),
         (["--K", "100000000000"], "not enough memory for these MPPI settings"),
     ],
@@ -58,6 +60,13 @@ def test_tampered_model_is_refused(make_q):
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     out = run("plan", "--q", str(path))
     assert out.returncode == 2 and "sha256" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_the_manifest_given_for_the_model_is_named_as_such(make_q):
+    path, _ = make_q()
+    out = run("plan", "--q", str(path.with_suffix(".json")))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"{path.with_suffix('.json')} is the model's manifest: give the q.onnx beside it" in out.stderr
 
 
 def test_mistyped_manifest_is_one_line_not_a_traceback(make_q):
