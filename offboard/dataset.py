@@ -101,6 +101,8 @@ class SegmentStore:
                 problems.append(str(e))
                 self._forget(lambda path, folder=folder: path.parent == folder)
                 continue
+            if not entries:
+                problems.append(f"{folder}: no segments in it (record some with `make sim`, or leave it out of --data)")
             for entry in sorted(entries, key=lambda e: e["segment"]):
                 path = folder / entry["segment"]
                 listed.add(path)

@@ -124,6 +124,14 @@ def test_no_usable_data_is_one_clear_error(tmp_path):
     assert out.stderr.count("\n") == 1, out.stderr
 
 
+def test_an_empty_folder_among_others_is_named_not_dropped_in_silence(robot_logs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    buffer, problems = load_replay_buffer([robot_logs, tmp_path / "empty"], PENDULUM)
+    assert len(buffer) > 0 and problems == [
+        f"{tmp_path / 'empty'}: no segments in it (record some with `make sim`, or leave it out of --data)"
+    ]
+
+
 def test_segments_of_another_task_alone_are_refused(robot_logs):
     with pytest.raises(DatasetError, match="recorded for task 'pendulum', not 'cartpole'"):
         load_replay_buffer([robot_logs], get_task("cartpole"))
