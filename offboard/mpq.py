@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -410,9 +411,10 @@ class TrainResult:
 
 def train(config: Config, net: QNetwork | None = None, progress: bool = True, log=print) -> TrainResult:
     """`config.iterations` rounds on the data as it is now (`python -m offboard train`)."""
-    trainer = Trainer(config, net, progress, log)
+    trainer, loaded = Trainer(config, net, progress, log), False
     try:
         trainer.load()
+        loaded = True
         for _ in range(config.iterations):
             record = trainer.train_iteration()
             if progress:
@@ -422,6 +424,8 @@ def train(config: Config, net: QNetwork | None = None, progress: bool = True, lo
                 )
     finally:
         trainer.close()
+        if not loaded:  # nothing to train on: no run folder left behind that looks like a run
+            shutil.rmtree(trainer.run_dir, ignore_errors=True)
     return TrainResult(
         trainer.net,
         trainer.run_dir,

@@ -122,6 +122,7 @@ def test_no_usable_data_is_one_clear_error(tmp_path):
     )
     assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments"), out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no run folder that looks like a run
 
 
 def test_an_empty_folder_among_others_is_named_not_dropped_in_silence(robot_logs, tmp_path):
