@@ -20,6 +20,7 @@ from pathlib import Path
 import pymavlink
 from pymavlink.generator import mavgen
 
+from firmware_bridge.cli import ArgumentParser
 from firmware_bridge.paths import build_once, cache_dir
 
 DIALECT_XML = Path(__file__).with_name("mpq.xml")
@@ -84,9 +85,8 @@ DIALECT_CHECKSUM = dialect_checksum()
 
 def main() -> None:
     """`python -m firmware_bridge.dialect c OUTDIR`: the C headers for a firmware."""
-    import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = ArgumentParser(description=main.__doc__)
     parser.add_argument("language", choices=["c"])
     parser.add_argument("output", type=Path)
     args = parser.parse_args()

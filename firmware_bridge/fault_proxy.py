@@ -10,7 +10,6 @@ stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
@@ -19,6 +18,8 @@ import threading
 import tty
 
 import numpy as np
+
+from firmware_bridge.cli import ArgumentParser
 
 KINDS = ("flip", "drop", "burst")
 
@@ -112,7 +113,7 @@ class FaultProxy:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m firmware_bridge.fault_proxy", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m firmware_bridge.fault_proxy", description=__doc__.splitlines()[0])
     parser.add_argument("plant_port", help="the plant's serial port (a stand-in's pty, or a device)")
     parser.add_argument("--rate", type=float, default=0.001, help="faults per byte (0.001: 0.1 %%)")
     parser.add_argument("--seed", type=int, default=0)

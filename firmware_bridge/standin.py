@@ -8,7 +8,6 @@ serves a real serial device instead, with the protocol a real firmware follows
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
@@ -19,6 +18,7 @@ import time
 import tty
 from pathlib import Path
 
+from firmware_bridge.cli import ArgumentParser
 from firmware_bridge.dialect import CONTROL_PERIOD_LIMITS, MAX_ACT, MAX_STATE, mavlink
 from firmware_bridge.frames import FrameParser, enable_signing, read_signing_key
 from firmware_bridge.paths import MODELS_DIR
@@ -125,7 +125,7 @@ def open_applied_log(path: Path | None):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m firmware_bridge.standin", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m firmware_bridge.standin", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="a folder under models/ with <task>.xml")
     parser.add_argument("--models", type=Path, default=MODELS_DIR)
     parser.add_argument("--mode", choices=["lockstep", "realtime"], default="lockstep")

@@ -3,10 +3,10 @@ export them as a Minari dataset, replay an episode as a video."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from firmware_bridge.cli import ArgumentParser
 from offboard.cli import add_options, given
 from offboard.dataset import DatasetError
 from offboard.deploy import add_commands as add_deploy_commands
@@ -68,7 +68,7 @@ def run_export(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offboard", description=__doc__)
+    parser = ArgumentParser(prog="python -m offboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="MPQ training from verified robot logs; exports models/<task>/q.onnx")
     add_options(t, Config)

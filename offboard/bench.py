@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
+from firmware_bridge.cli import ArgumentParser
 from offboard import bench_link, bench_mujoco, bench_ray, bench_step
 from offboard.bench_step import ITERS, WARMUP
 from offboard.onnx_mlp import save_random_q
@@ -274,7 +274,7 @@ def print_table(report: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT and torch threads")
     parser.add_argument("--quick", action="store_true", help="a few steps per row (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")

@@ -14,7 +14,6 @@ K=36, H=4, 3 iterations, as ball-in-cup's targets) on both. Prints JSON and a ta
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import platform
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.cli import ArgumentParser
 from offboard.bench import publish
 from offboard.bench_step import time_calls, time_mpq, time_pytorch_mppi
 from offboard.onnx_mlp import save_random_q
@@ -169,7 +169,7 @@ def print_table(report: dict) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="timed control steps per row (after warm-up)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()

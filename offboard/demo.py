@@ -24,7 +24,6 @@ MPQ's with --mpq-lambda false).
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import dataclasses
 import json
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.cli import ArgumentParser
 from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given, option
 from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, episode_outcomes, run_episodes
@@ -585,7 +585,7 @@ def config_from_dict(saved: dict) -> DemoConfig:
 
 def parse_command(argv=None) -> tuple[DemoConfig, Path | None]:
     """The settings and the run folder to go on with (None: a new run). ValueError: a resume that cannot be."""
-    parser = argparse.ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m offboard.demo", description=__doc__.splitlines()[0])
     add_options(parser, DemoConfig)
     parser.add_argument(
         "--resume",

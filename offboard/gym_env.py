@@ -27,6 +27,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from firmware_bridge.cli import ArgumentParser
 from onboard.loop import STATE_TIMEOUT
 from onboard.plant_port import open_plant
 from onboard.profile import load_profile
@@ -156,10 +157,9 @@ register_envs()
 
 def main(argv=None) -> int:
     """`python -m offboard.gym_env [--task T] [--episodes N]`: random actions on both paths, steps per second."""
-    import argparse
     import time
 
-    parser = argparse.ArgumentParser(prog="python -m offboard.gym_env", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m offboard.gym_env", description=main.__doc__)
     parser.add_argument("--task", default="pendulum", choices=sorted(TASKS))
     parser.add_argument("--episodes", type=int, default=2)
     args = parser.parse_args(argv)

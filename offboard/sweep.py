@@ -13,7 +13,6 @@ here; empty: a Ray started for the sweep on this machine), one CPU each.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.cli import ArgumentParser
 from offboard.cli import add_options, given
 from offboard.demo import DEMO_SETTINGS, DemoConfig, Log, config_from_dict, config_problem, evaluate, learn
 from offboard.evaluate import FINAL_EVAL_SEED
@@ -130,7 +130,7 @@ def plot(param: str, rows: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offboard.sweep", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m offboard.sweep", description=__doc__.splitlines()[0])
     add_options(parser, DemoConfig, skip=NOT_IN_A_TRIAL)
     parser.add_argument("--param", required=True, help=f"the demo's setting to sweep: {', '.join(SWEPT)} (or H)")
     parser.add_argument("--values", required=True, help="its values, comma-separated: 1,4,8,16")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
 
+from firmware_bridge.cli import ArgumentParser
 from onboard.backends import BACKEND_NAMES
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import ProfileError, load_profile
@@ -88,7 +88,7 @@ def cmd_selfcheck(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m onboard", description="mpq on the robot")
+    parser = ArgumentParser(prog="python -m onboard", description="mpq on the robot")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run episodes against the robot's plant, logging MCAP segments")
     run.add_argument("--robot", default="sim", help="robots/<name>.toml, or a path to a profile")

@@ -41,3 +41,13 @@ def test_every_command_and_subcommand_prints_its_help(command, capsys):
     assert bool(subcommands) == (command in ("python -m offboard", "python -m onboard"))
     for name in subcommands.group(1).split(",") if subcommands else []:
         assert help_text(main, [name], capsys).startswith(f"usage: {command} {name}")
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "python -m onboard.service"])  # stdlib-only
+def test_a_bad_argument_is_one_line_that_says_where_the_options_are(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        COMMANDS[command](["--no-such-option"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    # the first problem argparse finds (a missing required argument, or this option), then where the options are
+    assert err.startswith("error: ") and err.endswith(f"({command} --help lists the options)\n")
