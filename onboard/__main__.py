@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run episodes against the robot's plant, logging MCAP segments")
     run.add_argument("--robot", default="sim", help="robots/<name>.toml, or a path to a profile")
     run.add_argument("--episodes", type=int, default=1, help="0: until stopped (Ctrl-C, SIGTERM)")
-    run.add_argument("--task", help="override the profile's task")
+    run.add_argument("--task", choices=sorted(TASKS), help="override the profile's task")
     run.add_argument("--mode", choices=("lockstep", "realtime"), help="override the profile's mode")
     run.add_argument("--backend", choices=BACKEND_NAMES, help="override the profile's backend")
     run.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
