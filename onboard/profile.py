@@ -133,7 +133,14 @@ def check_settings(path: Path, data: dict, cls, where: str, exclude=()) -> None:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = data[key] = float(value)
         if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-            raise ProfileError(f"{path}: {where}{key} = {value!r} should be a {expected.__name__}")
+            kind = {
+                int: "a whole number",
+                float: "a number",
+                str: "a string",
+                bool: "true or false",
+                dict: "a table",
+            }.get(expected, f"a {expected.__name__}")
+            raise ProfileError(f"{path}: {where}{key} = {value!r} should be {kind}")
 
 
 def load_profile(robot: str, **overrides) -> RobotProfile:

@@ -420,7 +420,9 @@ def read_segment(path: Path) -> tuple[dict, dict[str, list[dict]]]:
                 elif isinstance(record, Message):
                     topics.setdefault(channels[record.channel_id], []).append(json.loads(record.data))
     except Exception as e:  # mcap, struct, JSON, key and OS errors alike: this segment cannot be trusted
-        raise SegmentError(f"{path}: not a complete segment (cut short or damaged: {e or type(e).__name__})") from None
+        raise SegmentError(
+            f"{path}: not a complete segment (cut short or damaged: {str(e) or type(e).__name__})"
+        ) from None
     return metadata, topics
 
 

@@ -234,14 +234,14 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(serial="/dev/nope"), "cannot open serial port '/dev/nope'"),
         (dict(mode="turbo"), "mode = 'turbo'"),
         (dict(episodez=3), "unknown setting(s) episodez"),
-        (dict(baud="fast"), "baud = 'fast' should be a int"),
+        (dict(baud="fast"), "baud = 'fast' should be a whole number"),
         (dict(deploy=dict(service="cron")), "[deploy] service = 'cron'"),
         (dict(host="robot.local"), "host belong(s) in a section: move them under [deploy]"),  # a profile from before
         (dict(standin_mass_scale={"pole": 1.3}), "move them under [standin]"),
         (dict(deploy=dict(hots="robot.local")), "unknown setting(s) [deploy] hots"),
         (dict(deploy=dict(gpu_extra="cuda")), "[deploy] gpu_extra = 'cuda': use 'gpu' or 'gpu-cuda12'"),
         (dict(episodes=-1), "episodes = -1"),
-        (dict(deploy=dict(ssh_port="22")), "[deploy] ssh_port = '22' should be a int"),
+        (dict(deploy=dict(ssh_port="22")), "[deploy] ssh_port = '22' should be a whole number"),
         (dict(realtime_priority=120), "realtime_priority = 120: use 1-99"),
         (dict(name=""), "name = '': use letters, digits"),
         (dict(name="../../escape"), "name = '../../escape'"),  # the log folder stays inside log_dir
@@ -252,7 +252,7 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(starts="sideways"), "starts = 'sideways': use 'uniform' or 'hanging'"),
         (dict(standin=dict(mass_scale={"cart": 1.3})), "[standin] mass_scale: mass scale: "),
         (dict(standin=dict(mass_scale={"pole": -1})), "body 'pole' factor -1: use a positive number"),
-        (dict(standin=dict(mass_scale=1.3)), "[standin] mass_scale = 1.3 should be a dict"),
+        (dict(standin=dict(mass_scale=1.3)), "[standin] mass_scale = 1.3 should be a table"),
         (
             dict(serial="/dev/ttyUSB0", standin=dict(mass_scale={"pole": 1.3})),
             "[standin] mass_scale = {'pole': 1.3}: only with serial = \"standin\"",
@@ -260,7 +260,7 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(serial="/dev/ttyUSB0", standin=dict(randomise=True)), "[standin] randomise = True: only with serial"),
         (dict(standin=dict(randomise=True, mass_scale={"pole": 1.3})), "or mass_scale, not both"),
         (dict(standin=dict(randomise=True)), "task pendulum derives body_inertia from its parameters in Python"),
-        (dict(standin=dict(randomise="yes")), "[standin] randomise = 'yes' should be a bool"),
+        (dict(standin=dict(randomise="yes")), "[standin] randomise = 'yes' should be true or false"),
         (dict(standin=dict(period=-0.01)), "[standin] period = -0.01"),
         (dict(standin=dict(period=1e9)), "[standin] period = 1000000000.0"),
         (dict(signing_key_file="/nonexistent/key"), "signing key file /nonexistent/key"),  # before the plant starts
