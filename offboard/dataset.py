@@ -135,18 +135,18 @@ class SegmentStore:
         try:
             metadata, topics = read_segment(path)
         except SegmentError as e:  # its sha256 matches, but it was cut short before it was listed
-            return f"{e}: left out"
+            return str(e)
         task = self.task
         seg_task = metadata.get("segment", {}).get("task")
         if seg_task != task.name:
-            return f"{path}: recorded for task {seg_task!r}, not {task.name!r}: left out"
+            return f"{path}: recorded for task {seg_task!r}, not {task.name!r} (--task {seg_task} trains on it)"
         steps = topics["/transition"]
         if not steps:
-            return f"{path}: no transitions: left out"
+            return f"{path}: no transitions"
         try:
             arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in COLUMNS}
         except (KeyError, TypeError, ValueError):  # a field missing, ragged or not a number
-            return f"{path}: a transition's state, obs, action, cost or next_state is missing or not numbers: left out"
+            return f"{path}: a transition's state, obs, action, cost or next_state is missing or not numbers"
         shapes_ok = (
             arrays["state"].shape[1:] == (task.state_dim,)
             and arrays["next_state"].shape[1:] == (task.state_dim,)
@@ -154,9 +154,9 @@ class SegmentStore:
             and arrays["obs"].shape[1:] == (task.obs_dim,)
         )
         if not shapes_ok:
-            return f"{path}: transitions do not have {task.name}'s dimensions: left out"
+            return f"{path}: transitions do not have {task.name}'s dimensions"
         if not all(np.all(np.isfinite(a)) for a in arrays.values()):
-            return f"{path}: non-finite states, actions or costs: left out"
+            return f"{path}: non-finite states, actions or costs"
         name = hashlib.sha256(f"{path.parent.name}/{path.name}".encode()).hexdigest()
         draw = np.random.default_rng([self.seed, int(name[:15], 16)])
         holdout = draw.random(len(steps)) < self.holdout_fraction

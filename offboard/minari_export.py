@@ -48,11 +48,11 @@ def episodes_from_segments(folders: list[Path]) -> tuple[str, list[dict], list[s
             try:
                 metadata, topics = read_segment(path)
             except SegmentError as e:
-                problems.append(f"{e}: left out")
+                problems.append(str(e))
                 continue
             transitions = topics["/transition"]
             if not transitions:
-                problems.append(f"{path}: no transitions: left out")
+                problems.append(f"{path}: no transitions")
                 continue
             segment, summary = metadata.get("segment", {}), metadata.get("summary", {})
             tasks.add(segment.get("task"))
