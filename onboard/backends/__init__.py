@@ -84,7 +84,8 @@ def get_backend(name: str, task: Task, threads: int | None = None):
     """The backend `name` for the task; `threads`: the CPU threads a MuJoCo backend steps with (None: all)."""
     if name in ANALYTIC_BACKENDS and not task.has_analytic_model:
         raise ValueError(
-            f"task {task.name!r} has no analytic model for backend {name!r}: use backend mujoco (CPU) or warp (GPU)"
+            f"task {task.name!r} has no analytic model for backend {name!r}: use backend mujoco, which steps its MJCF"
+            " (on a robot with a GPU, onboard's warp does too)"
         )
     if name == "mujoco":
         from onboard.backends.mujoco_backend import MujocoBackend
