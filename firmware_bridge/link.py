@@ -12,13 +12,13 @@ import random
 import select
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import serial
 
 from firmware_bridge.dialect import DIALECT_CHECKSUM, DIALECT_VERSION, MAX_ACT, MAX_STATE, mavlink
-from firmware_bridge.frames import FrameParser, enable_signing
+from firmware_bridge.frames import FrameParser, LinkCounters, enable_signing
 
 HOST_SYSTEM, HOST_COMPONENT = 255, mavlink.MAV_COMP_ID_ONBOARD_COMPUTER
 HEARTBEAT_PERIOD = 1.0
@@ -38,6 +38,9 @@ PLANT_COUNTERS = (
     "bytes_skipped",
     "signature_errors",
 )
+# The host end's counters (Link.counters): its frame parser's, then the link's own.
+LINK_COUNTS = ("states_rejected", "states_missed", "states_late", "requests_resent", "commands_resent")
+HOST_COUNTERS = tuple(f.name for f in fields(LinkCounters)) + LINK_COUNTS
 KEPT_COMMANDS = 64  # sent commands remembered by seq: what the plant applied, told by MPQ_STATE.command_seq
 
 
@@ -112,7 +115,7 @@ class Link:
         self._last_command = None  # the last MPQ_COMMAND sent: sent again, as it was, when its state is lost
         self.last_state_seq = 0  # states at or below it are copies the plant sent again: dropped
         self._plant_counters: dict = {}  # from the latest MPQ_STATUS
-        self.counts = dict(states_rejected=0, states_missed=0, states_late=0, requests_resent=0, commands_resent=0)
+        self.counts = dict.fromkeys(LINK_COUNTS, 0)
 
     # --- connection ----------------------------------------------------------------------------
     def handshake(self, timeout: float = 2.0, control_period: float = 0.0) -> None:

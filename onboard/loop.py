@@ -216,8 +216,8 @@ class ControlLoop:
         ess, value = float(plan.ess[0]), float(plan.value[0])
         self.recorder.write("/mppi", dict(t=t, compute_ms=compute * 1e3, ess=ess, value=value, deadline_missed=missed))
         link = self.link
-        rtt = link.rtts[-1] * 1e6 if link.rtts else None
-        self.recorder.write("/link", dict(t=t, rtt_us=rtt, **link.counters(), plant=link.plant_counters()))
+        rtt = dict(rtt_us=link.rtts[-1] * 1e6) if link.rtts else {}  # none until a command has come back
+        self.recorder.write("/link", dict(t=t, **rtt, **link.counters(), plant=link.plant_counters()))
         self.recorder.flush()
         stats.steps += 1
         stats.deadline_misses += missed

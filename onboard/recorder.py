@@ -27,6 +27,7 @@ from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, Writer
 
+from firmware_bridge.link import HOST_COUNTERS, PLANT_COUNTERS
 from onboard.fileio import append_durable, fsync_dir, hold_lock, sha256_file
 
 log = logging.getLogger("mpq.recorder")
@@ -42,14 +43,24 @@ def _array(description: str) -> dict:
     return {"type": "array", "items": {"type": "number"}, "description": description}
 
 
+def _counts(description: str, names: tuple[str, ...]) -> dict:
+    return {name: {"type": "integer", "description": description} for name in names}
+
+
+# Every field the onboard loop writes, with one JSON type each: Foxglove reads these schemas (and Lichtblick refuses a
+# channel whose schema gives a field a list of types). A field that is not known yet is left out, never null.
 CHANNELS = {
     "/transition": {
         "type": "object",
         "properties": {
             "t": {"type": "integer", "description": "step index in the episode"},
-            "state": _array("plant state s (qpos, qvel)"),
+            "state": _array("plant state s (MuJoCo's full physics state: time, qpos, qvel, ...)"),
             "obs": _array("observation of s"),
-            "action": _array("command sent (after clipping to bounds)"),
+            "action": _array("the command the plant applied over the period (zeros while disarmed): trained on"),
+            "commanded": _array("the command the planner sent (after clipping to bounds)"),
+            "applied_seq": {"type": "integer", "description": "sequence number of the command the plant applied"},
+            "held": {"type": "boolean", "description": "the plant held an older command (ours late or lost)"},
+            "armed": {"type": "boolean", "description": "the period drove the actuators"},
             "cost": {"type": "number", "description": "c(s, a)"},
             "next_state": _array("plant state after the action"),
             "done": {"type": "boolean", "description": "last step of the episode (time limit)"},
@@ -59,8 +70,8 @@ CHANNELS = {
         "type": "object",
         "properties": {
             "t": {"type": "integer"},
-            "compute_ms": {"type": "number"},
-            "ess": {"type": "number"},
+            "compute_ms": {"type": "number", "description": "the plan's compute time"},
+            "ess": {"type": "number", "description": "effective sample size of the MPPI weights"},
             "value": {"type": "number", "description": "free energy V(s)"},
             "deadline_missed": {"type": "boolean"},
         },
@@ -69,12 +80,13 @@ CHANNELS = {
         "type": "object",
         "properties": {
             "t": {"type": "integer"},
-            "rtt_us": {"type": ["number", "null"], "description": "command to the state that applied it"},
-            "frames": {"type": "integer"},
-            "crc_errors": {"type": "integer"},
-            "seq_gaps": {"type": "integer"},
-            "bytes_skipped": {"type": "integer"},
-            "signature_errors": {"type": "integer"},
+            "rtt_us": {"type": "number", "description": "command to the state that applied it (absent until one has)"},
+            **_counts("this end's count since the link opened", HOST_COUNTERS),
+            "plant": {
+                "type": "object",
+                "description": "the plant's own counters, from its latest status (empty before the first)",
+                "properties": _counts("the plant's count", PLANT_COUNTERS),
+            },
         },
     },
 }
