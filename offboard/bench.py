@@ -152,11 +152,19 @@ def run_loop(quick: bool) -> dict:
         rates = (("20 Hz", 0.05),) if quick else (("20 Hz", 0.05), ("200 Hz", 0.005))  # quick: a smoke run
         for label, period in rates:
             realtime[label] = _realtime_run(task, models[(256, 256)], base, period, seconds[label], tmp)
-        # Beside CPU hogs (on a robot: pull-data's rsync and hashing, a camera driver): what SCHED_FIFO buys.
+        # Beside CPU hogs (on a robot: pull-data's rsync and hashing, a camera driver): what SCHED_FIFO buys. Quick:
+        # a smoke run at 50 Hz, where the stand-in's watchdog (3 periods, the stand-in at normal priority) outlasts
+        # a stall of the hogged machine; the full bench measures 200 Hz, where it may not.
+        loaded_rate, loaded_period = ("50 Hz", 0.02) if quick else ("200 Hz", 0.005)
         for label, priority in (("SCHED_FIFO 50", 50), ("normal priority", 0)):
             with cpu_hogs(os.cpu_count() or 1):
                 loaded[label] = _realtime_run(
-                    task, models[(256, 256)], {**base, "realtime_priority": priority}, 0.005, 2 if quick else 30, tmp
+                    task,
+                    models[(256, 256)],
+                    {**base, "realtime_priority": priority},
+                    loaded_period,
+                    2 if quick else 30,
+                    tmp,
                 )
     peak = max(r.get("peak_rss_mb", 0) for r in [lockstep, acting, *realtime.values(), *loaded.values()])
     targets = [
@@ -176,7 +184,14 @@ def run_loop(quick: bool) -> dict:
         ],
         dict(target="onboard process peak memory < 400 MB", measured=f"{peak:.0f} MB", met=0 < peak < 400),
     ]
-    return dict(lockstep=lockstep, lockstep_3_iters=acting, realtime=realtime, realtime_loaded=loaded, targets=targets)
+    return dict(
+        lockstep=lockstep,
+        lockstep_3_iters=acting,
+        realtime=realtime,
+        realtime_loaded=loaded,
+        realtime_loaded_rate=loaded_rate,
+        targets=targets,
+    )
 
 
 def _realtime_run(task, model: Path, base: dict, period: float, seconds: float, tmp: Path) -> dict:
@@ -249,7 +264,7 @@ def print_table(report: dict) -> None:
     for label, r in (
         [("lockstep K=24 H=8", loop["lockstep"]), ("lockstep K=24 H=8 3 iters", loop["lockstep_3_iters"])]
         + [(f"realtime {k} K=1024 H=32", v) for k, v in loop["realtime"].items()]
-        + [(f"realtime 200 Hz + CPU hogs, {k}", v) for k, v in loop["realtime_loaded"].items()]
+        + [(f"realtime {loop['realtime_loaded_rate']} + CPU hogs, {k}", v) for k, v in loop["realtime_loaded"].items()]
     ):
         if "error" in r:
             table.add_row(

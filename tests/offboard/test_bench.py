@@ -67,7 +67,9 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     assert loop["lockstep"]["steps"] == 200 and loop["lockstep"]["peak_rss_mb"] > 0
     assert loop["lockstep_3_iters"]["steps"] == 200 and "error" not in loop["lockstep_3_iters"]
     assert set(loop["realtime"]) == {"20 Hz"} and "error" not in loop["realtime"]["20 Hz"]
-    assert set(loop["realtime_loaded"]) == {"SCHED_FIFO 50", "normal priority"}
+    assert (
+        set(loop["realtime_loaded"]) == {"SCHED_FIFO 50", "normal priority"} and loop["realtime_loaded_rate"] == "50 Hz"
+    )
     if realtime_refusal(50) is None:  # at realtime priority the loop plans on, with a spinning process per core
         assert loop["realtime_loaded"]["SCHED_FIFO 50"]["scheduling"] == "SCHED_FIFO 50"
     assert "pytorch-mppi float32" in out.stdout and "x limit" in out.stdout and "ns per sample-step" in out.stdout
