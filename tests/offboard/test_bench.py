@@ -92,6 +92,7 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
         rates = ray[part][unit]
         assert set(rates) >= {"this process, no Ray"} and len(rates) == 3 and all(v > 0 for v in rates.values())
         assert 0 <= ray[part]["serial_fraction"] <= 1 and set(ray[part]["projected"]) == {"8", "64"}
+        assert ray[part]["task"] == "pendulum"  # quick: the task whose episodes take a second
     assert "PROJECTED" in out.stdout
 
 
