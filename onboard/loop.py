@@ -216,8 +216,10 @@ class ControlLoop:
         ess, value = float(plan.ess[0]), float(plan.value[0])
         self.recorder.write("/mppi", dict(t=t, compute_ms=compute * 1e3, ess=ess, value=value, deadline_missed=missed))
         link = self.link
-        rtt = dict(rtt_us=link.rtts[-1] * 1e6) if link.rtts else {}  # none until a command has come back
-        self.recorder.write("/link", dict(t=t, **rtt, **link.counters(), plant=link.plant_counters()))
+        record = dict(t=t, **link.counters(), plant=link.plant_counters())
+        if link.rtts:  # none until a command has come back: left out, not null (the schema has one type)
+            record["rtt_us"] = link.rtts[-1] * 1e6
+        self.recorder.write("/link", record)
         self.recorder.flush()
         stats.steps += 1
         stats.deadline_misses += missed
