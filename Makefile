@@ -32,8 +32,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The suite on every core (pytest-xdist; the slowest tests are taken first by whichever worker is free),
+# then the tests marked `timing` alone (realtime periods and watchdogs, which other tests would crowd).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n logical --dist worksteal -m "not timing"
+	$(BIN)/python -m pytest -m timing
 
 bench: setup
 	$(BIN)/python -m offboard.bench

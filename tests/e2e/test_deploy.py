@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 try:
@@ -157,6 +158,7 @@ def deployed(profile_path: Path) -> str:
     return load_profile(str(profile_path)).deploy.remote_dir
 
 
+@pytest.mark.timing
 def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback, tmp_path):
     profile = loopback(episodes=0, mode="realtime")  # the service runs until stopped
     remote_dir = Path(deployed(profile))
@@ -194,6 +196,7 @@ def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback,
     assert good and problems == [] and not list((remote_dir / "data" / "loopback").glob("*.partial"))
 
 
+@pytest.mark.timing
 def test_a_release_that_fails_to_start_puts_the_previous_one_back(loopback, tmp_path):
     profile = loopback(episodes=0, mode="realtime")
     remote_dir = Path(deployed(profile))
@@ -399,6 +402,7 @@ def test_a_manifest_line_being_written_is_left_for_the_next_pull_and_a_damaged_o
     assert "nothing was imported" in line and "delete that line" in line
 
 
+@pytest.mark.timing
 def test_a_service_the_robot_cannot_run_is_refused_before_the_running_one_stops(loopback, tmp_path):
     profile = loopback(episodes=0, mode="realtime")
     remote_dir = Path(deployed(profile))

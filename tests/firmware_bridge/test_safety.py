@@ -37,6 +37,7 @@ def wait_for_status(link, condition, timeout=3.0):
     raise AssertionError(f"no status matching the condition within {timeout} s (last: {link.status})")
 
 
+@pytest.mark.timing
 def test_realtime_watchdog_latches_until_rearmed(standin):
     plant = standin("--task", "pendulum", "--mode", "realtime")
     link = Link(plant.port, "pendulum", 3, 1)
@@ -196,6 +197,7 @@ def test_seeded_resets_are_reproducible_and_inside_the_models_box(standin):
     plant.stop()
 
 
+@pytest.mark.timing
 def test_link_is_declared_lost_after_the_configured_silence(standin):
     plant = standin("--task", "pendulum")
     link = Link(plant.port, "pendulum", 3, 1, lost_after=0.3)
@@ -212,6 +214,7 @@ def test_link_is_declared_lost_after_the_configured_silence(standin):
     link.close()
 
 
+@pytest.mark.timing
 def test_reusing_an_episode_id_in_realtime_still_returns_the_new_start(standin):
     plant = standin("--task", "pendulum", "--mode", "realtime")
     link = Link(plant.port, "pendulum", 3, 1)

@@ -16,6 +16,7 @@ from onboard.tasks import ANALYTIC_TASKS, get_task
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timing
 def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "offboard.bench", "--quick", "--threads", "1", "--out", str(tmp_path)],

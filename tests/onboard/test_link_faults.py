@@ -79,6 +79,7 @@ def test_lockstep_episodes_complete_under_byte_faults(tmp_path, monkeypatch, rat
         assert host["commands_resent"] > 0 and report["commands_repeated"] + report["crc_errors"] > 0
 
 
+@pytest.mark.timing
 def test_realtime_episodes_complete_under_byte_faults(tmp_path, monkeypatch):
     stats, applied, sent, proxy, report = faulty_run(tmp_path, monkeypatch, 0.001, "realtime", episodes=1)
     assert stats.episodes == 1 and stats.steps == get_task("pendulum").episode_steps
@@ -86,6 +87,7 @@ def test_realtime_episodes_complete_under_byte_faults(tmp_path, monkeypatch):
     check_counters(read_segment(segments[-1])[0]["summary"]["link"], report, proxy)
 
 
+@pytest.mark.timing
 def test_realtime_at_one_percent_rearms_after_watchdog_trips_and_records_the_unarmed_steps(tmp_path, monkeypatch):
     """At 1 % byte faults commands are lost for the watchdog's 3 periods now and then: with
     rearm_after_watchdog the loop re-arms and the episode completes, the zero-actuation steps recorded."""

@@ -153,6 +153,7 @@ class SlowPlanner:
         return self.planner.propose(state)
 
 
+@pytest.mark.timing
 def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safely(tmp_path):
     profile = load_profile("sim", log_dir=str(tmp_path), mode="realtime")
     task = get_task("pendulum")
@@ -451,6 +452,7 @@ def children(parent: int) -> list[int]:
 @pytest.mark.skipif(
     realtime_refusal(50) is not None, reason="SCHED_FIFO is not permitted here (needs root or CAP_SYS_NICE)"
 )
+@pytest.mark.timing
 def test_realtime_plans_run_at_fifo_priority_and_the_process_is_left_as_it_was(tmp_path):
     """Other processes cannot delay a realtime plan; the stand-in it starts and the caller stay at normal priority.
     At 50 Hz: the stand-in's watchdog (3 periods) then survives a loaded machine, and the priority is what is tested."""
@@ -475,6 +477,7 @@ def without_realtime_rights() -> list[str]:
     return ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", "prlimit", "--rtprio=0"]
 
 
+@pytest.mark.timing
 def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path):
     robot = str(
         write_profile(tmp_path, mode="realtime", standin=dict(period=0.01), deadline_misses_max=50)
@@ -543,6 +546,7 @@ def test_run_plans_with_the_mjcf_when_asked_and_the_segment_says_so(tmp_path):
     assert problems == [] and read_segment(segment)[0]["segment"]["backend"] == "mujoco"
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("rejecting, expected", [(True, "zero"), (False, "plan")])
 def test_realtime_feeds_the_plant_while_states_are_lost_and_holds_still_while_they_are_garbage(
     rejecting, expected, monkeypatch

@@ -23,7 +23,7 @@ SWING_UP_RUNS = [
     ("numpy", 1, 1024),
     ("numpy", 2, 1024),
     ("mujoco", 0, 256),  # the planner steps the MJCF itself: MuJoCo's own rollouts, fewer of them (time)
-    pytest.param("warp", 0, 256, marks=needs_warp),  # MuJoCo Warp (on the CPU here: float32, as on a GPU)
+    pytest.param("warp", 0, 64, marks=needs_warp),  # MuJoCo Warp on the CPU (float32, as on a GPU; one thread)
     *(pytest.param("cupy", s, 1024, marks=needs_gpu) for s in (0, 1)),
 ]
 
