@@ -107,26 +107,31 @@ def venv_path(remote_dir: Path, release_dir: Path) -> Path:
 
 
 def ensure_venv(venv: Path, requirements: Path) -> None:
-    """Create the venv and install the requirements once; a half-built venv (no marker) is built again."""
+    """Create the venv and install the requirements once; a half-built venv (no marker) is built again.
+    Robots that share a venv folder on one computer (`venv_dir`) build a given venv one at a time."""
     marker = venv / ".mpq-complete"
     if marker.exists():
         return
-    if venv.exists():
-        shutil.rmtree(venv)
-    print_to_deployer(f"creating {venv} (the onboard dependencies)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    out = subprocess.run([*pip, "-r", str(requirements)], capture_output=True, text=True)
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ReleaseError(f"pip could not install the onboard dependencies into {venv}: {last}")
-    marker.write_text(requirements.read_text())
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with locked(venv.parent, f".{venv.name}.lock"):
+        if marker.exists():  # another robot's deploy built it while this one waited
+            return
+        if venv.exists():
+            shutil.rmtree(venv)
+        print_to_deployer(f"creating {venv} (the onboard dependencies)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        out = subprocess.run([*pip, "-r", str(requirements)], capture_output=True, text=True)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ReleaseError(f"pip could not install the onboard dependencies into {venv}: {last}")
+        marker.write_text(requirements.read_text())
 
 
 @contextmanager
-def locked(remote_dir: Path):
-    """One deploy, activation or rollback at a time on a robot."""
-    with open(remote_dir / ".deploy.lock", "w") as lock:
+def locked(folder: Path, name: str = ".deploy.lock"):
+    """Run the block holding folder/name's lock: one deploy, activation or rollback at a time on a robot."""
+    with open(folder / name, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

@@ -79,7 +79,12 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shared_venvs(tmp_path_factory):
-    """One venvs folder for every test robot: the onboard venv is built once per session (about 30 s)."""
+    """One venvs folder for every test robot: the onboard venv is built once per run (about 30 s), by whichever
+    xdist worker needs it first (the others wait for it: `ensure_venv` locks it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' temporary folders share a parent
+        venvs = tmp_path_factory.getbasetemp().parent / "venvs"
+        venvs.mkdir(exist_ok=True)
+        return venvs
     return tmp_path_factory.mktemp("venvs")
 
 
