@@ -32,7 +32,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The suite on every core (pytest-xdist; the slowest tests are taken first by whichever worker is free),
+# The suite on every core (pytest-xdist; a worker that runs out of tests takes queued ones from another),
 # then the tests marked `timing` alone (realtime periods and watchdogs, which other tests would crowd).
 test: lint
 	$(BIN)/python -m pytest -n logical --dist worksteal -m "not timing"

@@ -285,7 +285,7 @@ def prune_releases(remote_dir: Path, history: list[str]) -> None:
     used = {venv_path(remote_dir, releases / r) for r in keep if (releases / r).is_dir()}
     venvs = remote_dir / "venvs"
     for venv in sorted(venvs.iterdir()) if venvs.is_dir() else []:
-        if venv not in used:
+        if venv.is_dir() and venv not in used:  # beside the venvs: their build locks (files), left alone
             shutil.rmtree(venv)
             print_to_deployer(f"removed unused venv {venv.name}")
 

@@ -1,10 +1,13 @@
-"""The robot side of a release: venvs shared by robots on one computer."""
+"""The robot side of a release: its venvs, built once and shared, and removed with the last release using them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from onboard.release import KEEP_RELEASES, ensure_venv, prune_releases, venv_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +31,24 @@ def test_two_deploys_needing_the_same_venv_build_it_once(tmp_path):
     assert [deploy.returncode for deploy in deploys] == [0, 0], outputs
     assert sum(out.count("creating") for out, _ in outputs) == 1, outputs
     assert (venv / ".mpq-complete").exists() and (venv / "bin" / "python").exists()
+
+
+def test_pruning_keeps_the_newest_releases_and_their_venvs_and_removes_the_rest(tmp_path):
+    remote_dir = tmp_path / "robot"
+    history = [f"r{i}" for i in range(KEEP_RELEASES + 2)]
+    for i, release_id in enumerate(history):  # the two oldest releases need other onboard dependencies
+        release = remote_dir / "releases" / release_id
+        release.mkdir(parents=True)
+        (release / "RELEASE.json").write_text(json.dumps({"files": {}}))
+        (release / "requirements.txt").write_text("mpq[onboard]\n" + ("numpy<2\n" if i < 2 else ""))
+    (remote_dir / "current").symlink_to(Path("releases") / history[-1])
+    old_venv = venv_path(remote_dir, remote_dir / "releases" / history[0])
+    kept_venv = venv_path(remote_dir, remote_dir / "releases" / history[-1])
+    for venv in (old_venv, kept_venv):
+        empty_requirements = tmp_path / "empty.txt"
+        empty_requirements.write_text("")
+        ensure_venv(venv, empty_requirements)  # leaves its build lock beside it
+    prune_releases(remote_dir, history)
+    assert sorted(p.name for p in (remote_dir / "releases").iterdir()) == history[2:]
+    assert kept_venv.is_dir() and not old_venv.exists()
+    assert sorted(p.name for p in (remote_dir / "venvs").iterdir() if p.is_dir()) == [kept_venv.name]
