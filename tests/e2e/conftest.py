@@ -79,13 +79,13 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shared_venvs(tmp_path_factory):
-    """One venvs folder for every test robot: the onboard venv is built once per run (about 30 s), by whichever
-    xdist worker needs it first (the others wait for it: `ensure_venv` locks it)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' temporary folders share a parent
-        venvs = tmp_path_factory.getbasetemp().parent / "venvs"
-        venvs.mkdir(exist_ok=True)
-        return venvs
-    return tmp_path_factory.mktemp("venvs")
+    """One venvs folder for the test robots of every run, kept as a robot keeps its venvs across deploys: the
+    onboard venv (about 30 s) is built by the first test that needs it, in whichever xdist worker; the others
+    wait for it (`ensure_venv` locks it) and later runs reuse it, until the requirements change."""
+    base = tmp_path_factory.getbasetemp()  # pytest-of-<user>/pytest-<n>[/popen-gw<k> in an xdist worker]
+    venvs = (base.parent.parent if os.environ.get("PYTEST_XDIST_WORKER") else base.parent) / "mpq-test-venvs"
+    venvs.mkdir(exist_ok=True)
+    return venvs
 
 
 @pytest.fixture
