@@ -216,7 +216,8 @@ class ControlLoop:
         ess, value = float(plan.ess[0]), float(plan.value[0])
         self.recorder.write("/mppi", dict(t=t, compute_ms=compute * 1e3, ess=ess, value=value, deadline_missed=missed))
         link = self.link
-        record = dict(t=t, **link.counters(), plant=link.plant_counters())
+        record = link.counters()  # a new dict each call: the record itself, not copied into another
+        record.update(t=t, plant=link.plant_counters())
         if link.rtts:  # none until a command has come back: left out, not null (the schema has one type)
             record["rtt_us"] = link.rtts[-1] * 1e6
         self.recorder.write("/link", record)

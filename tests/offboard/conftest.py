@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,12 +37,24 @@ def cluster(tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     start = [ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4"]
     start += ["--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=100000000"]
-    started = subprocess.run([*start, f"--temp-dir={temp}"], capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr
+    # In its own process group: stopped by signalling that group, not by `ray stop`, which stops every Ray on the
+    # machine (another xdist worker's cluster, or a user's). Its workers end with its raylet.
+    started = subprocess.Popen(
+        [*start, f"--temp-dir={temp}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _, stderr = started.communicate(timeout=180)
+    assert started.returncode == 0, stderr
     try:
         yield f"127.0.0.1:{port}"
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):  # the whole group is gone
+                os.killpg(started.pid, signum)
+                time.sleep(3)
         shutil.rmtree(temp, ignore_errors=True)

@@ -44,9 +44,9 @@ def test_pruning_keeps_the_newest_releases_and_their_venvs_and_removes_the_rest(
     (remote_dir / "current").symlink_to(Path("releases") / history[-1])
     old_venv = venv_path(remote_dir, remote_dir / "releases" / history[0])
     kept_venv = venv_path(remote_dir, remote_dir / "releases" / history[-1])
+    empty_requirements = tmp_path / "empty.txt"
+    empty_requirements.write_text("")
     for venv in (old_venv, kept_venv):
-        empty_requirements = tmp_path / "empty.txt"
-        empty_requirements.write_text("")
         ensure_venv(venv, empty_requirements)  # leaves its build lock beside it
     prune_releases(remote_dir, history)
     assert sorted(p.name for p in (remote_dir / "releases").iterdir()) == history[2:]
