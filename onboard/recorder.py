@@ -1,8 +1,9 @@
 """Crash-safe episode logs: one MCAP segment per episode, a sha256 MANIFEST, recovery after a crash.
 
 A segment is written as `<log dir>/<robot>/<episode>.mcap.partial`, without chunking so every record
-reaches the file as it is written (flushed each step); on `end_episode` it is finished, fsynced and
-renamed to `.mcap`, and a line with its sha256 is appended to MANIFEST (fsynced too). On start, a
+reaches the file as it is written (flushed each step); on `end_episode` it is finished and written again
+as the `.mcap` (chunked, zstd-compressed and indexed, so Foxglove seeks in it and a pull moves less),
+fsynced, and a line with its sha256 is appended to MANIFEST (fsynced too). On start, a
 `.partial` left by a crash is rewritten from its complete records into a segment marked `recovered`
 in MANIFEST, or, when nothing in it is readable, moved to `quarantine/` with a log line: never lost,
 never taken for a complete segment. A MANIFEST line that a power cut left unfinished is cut off into
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from mcap.records import Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
-from mcap.writer import CompressionType, Writer
+from mcap.writer import CompressionType, IndexType, Writer
 
 from firmware_bridge.link import HOST_COUNTERS, PLANT_COUNTERS
 from onboard.fileio import append_durable, fsync_dir, hold_lock, sha256_file
@@ -37,6 +38,7 @@ LOCK = ".lock"  # held (flock) by the one recorder of the folder
 TORN = "MANIFEST.torn"
 QUARANTINE = "quarantine"
 PARTIAL = ".mcap.partial"
+CLOSING = ".closing"  # a segment being written from its .partial; the .partial stays until it is renamed
 
 
 def _array(description: str) -> dict:
@@ -160,15 +162,13 @@ class Recorder:
         self._file.flush()
 
     def end_episode(self, summary: dict | None = None) -> Path:
-        """Finish, fsync, rename to .mcap, and append its sha256 to MANIFEST. Returns the segment."""
+        """Finish the .partial, write it again as the indexed .mcap, and append its sha256 to MANIFEST. Returns the
+        segment."""
         if summary:
             self._writer.add_metadata("summary", {k: strict_json(v) for k, v in summary.items()})
         self._writer.finish()
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        segment = self._partial.with_name(self._partial.name[: -len(".partial")])
-        os.replace(self._partial, segment)
+        segment = _close_segment(self.dir, self._partial, _records(self._partial))
         append_manifest(self.dir, segment, recovered=False)
         self._writer = self._file = self._partial = None
         return segment
@@ -178,11 +178,45 @@ class Recorder:
         return self._writer is not None
 
 
-def _start_writer(f) -> Writer:
-    """Unchunked and uncompressed: every record reaches the file as written, so a crash keeps it."""
-    writer = Writer(f, use_chunking=False, compression=CompressionType.NONE)
+def _start_writer(f, live: bool = True) -> Writer:
+    """live (the .partial): unchunked and uncompressed, every record reaches the file as written, so a crash keeps
+    it. Closed (the .mcap): chunked, zstd-compressed and indexed."""
+    if live:
+        writer = Writer(f, use_chunking=False, compression=CompressionType.NONE)
+    else:
+        writer = Writer(f, compression=CompressionType.ZSTD, index_types=IndexType.ALL)
     writer.start(profile="", library="mpq")
     return writer
+
+
+def _close_segment(directory: Path, partial: Path, records: list, metadata: dict | None = None) -> Path:
+    """Write a .partial's records (and `metadata`, name -> {key: str}) as its closed segment, fsynced, then remove
+    the .partial. A crash before the rename leaves the .partial, which the next start recovers (over the stale
+    .closing); a crash after it, a complete .mcap that the next start lists (recovered again from the .partial if
+    that is still there). Returns the segment, not yet in MANIFEST."""
+    segment = partial.with_name(partial.name[: -len(".partial")])
+    closing = segment.with_name(segment.name + CLOSING)
+    with open(closing, "wb") as f:
+        writer = _start_writer(f, live=False)
+        schema_ids, channel_ids = {}, {}
+        for r in records:
+            if isinstance(r, Schema):
+                schema_ids[r.id] = writer.register_schema(r.name, r.encoding, r.data)
+            elif isinstance(r, Channel):
+                channel_ids[r.id] = writer.register_channel(r.topic, r.message_encoding, schema_ids[r.schema_id])
+            elif isinstance(r, Metadata):
+                writer.add_metadata(r.name, r.metadata)
+            elif isinstance(r, Message) and r.channel_id in channel_ids:
+                writer.add_message(channel_ids[r.channel_id], r.log_time, r.data, r.publish_time)
+        for name, values in (metadata or {}).items():
+            writer.add_metadata(name, values)
+        writer.finish()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(closing, segment)
+    partial.unlink()
+    fsync_dir(directory)
+    return segment
 
 
 def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
@@ -191,6 +225,12 @@ def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
         entry["recovered"] = True
     append_durable(directory / MANIFEST, (json.dumps(entry, sort_keys=True) + "\n").encode())
     fsync_dir(directory)
+
+
+def _records(path: Path) -> list:
+    """The records of a finished MCAP file."""
+    with open(path, "rb") as f:
+        return list(StreamReader(f, skip_magic=False).records)
 
 
 def _complete_records(path: Path) -> list:
@@ -245,27 +285,8 @@ def recover_partials(directory: Path) -> list[Path]:
         if not messages:
             _quarantine(directory, partial, "no complete message in it")
             continue
-        segment = partial.with_name(partial.name[: -len(".partial")])
-        tmp = segment.with_name(segment.name + ".recovering")
-        with open(tmp, "wb") as f:
-            writer = _start_writer(f)
-            schema_ids, channel_ids = {}, {}
-            for r in records:
-                if isinstance(r, Schema):
-                    schema_ids[r.id] = writer.register_schema(r.name, r.encoding, r.data)
-                elif isinstance(r, Channel):
-                    channel_ids[r.id] = writer.register_channel(r.topic, r.message_encoding, schema_ids[r.schema_id])
-                elif isinstance(r, Metadata):
-                    writer.add_metadata(r.name, r.metadata)
-                elif isinstance(r, Message) and r.channel_id in channel_ids:
-                    writer.add_message(channel_ids[r.channel_id], r.log_time, r.data, r.publish_time)
-            recovery = {"recovered_from": json.dumps(partial.name), "messages": json.dumps(len(messages))}
-            writer.add_metadata("recovery", recovery)
-            writer.finish()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, segment)
-        partial.unlink()
+        recovery = {"recovered_from": json.dumps(partial.name), "messages": json.dumps(len(messages))}
+        segment = _close_segment(directory, partial, records, {"recovery": recovery})
         append_manifest(directory, segment, recovered=True)
         log.warning("recovered %s: %d messages before the crash", segment, len(messages))
         recovered.append(segment)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mcap.reader import make_reader
 
 from onboard.recorder import (
     FolderInUse,
@@ -222,3 +223,46 @@ def test_one_recorder_per_folder_at_a_time(tmp_path):
     first.end_episode()
     first.close()
     assert Recorder(tmp_path, "robot").next_episode == 2
+
+
+def summary_of(segment: Path):
+    with open(segment, "rb") as f:
+        return make_reader(f).get_summary()
+
+
+def test_a_closed_segment_is_chunked_compressed_and_indexed_for_foxglove(tmp_path):
+    folder = tmp_path / "robot"
+    segment = write_segment(folder, 1)
+    summary = summary_of(segment)
+    assert summary.chunk_indexes and {chunk.compression for chunk in summary.chunk_indexes} == {"zstd"}
+    assert summary.statistics.message_count == 20 and [m.name for m in summary.metadata_indexes] == ["segment"]
+    with open(segment, "rb") as f:  # an indexed read (what Foxglove does) gives every record as written
+        steps = [json.loads(m.data) for _, _, m in make_reader(f).iter_messages(topics=["/transition"])]
+    assert [step["t"] for step in steps] == list(range(20)) and steps == read_segment(segment)[1]["/transition"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "000001.mcap", "MANIFEST"]  # no .partial left
+
+
+def test_a_crash_while_a_segment_is_closed_keeps_the_partial_and_the_next_start_recovers_it(tmp_path, monkeypatch):
+    folder = tmp_path / "robot"
+    recorder = Recorder(tmp_path, "robot")
+    recorder.start_episode(1, dict(task="pendulum"))
+    for t in range(5):
+        recorder.write("/transition", dict(t=t, cost=1.0))
+
+    def crash(*args):
+        raise OSError("the power went")
+
+    monkeypatch.setattr("onboard.recorder.os.replace", crash)  # dies after writing .closing, before renaming it
+    with pytest.raises(OSError, match="the power went"):
+        recorder.end_episode()
+    recorder.close()
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.glob("0*")) == ["000001.mcap.closing", "000001.mcap.partial"]
+    assert read_manifest(folder) == []
+
+    assert [p.name for p in Recorder(tmp_path, "robot").recovered] == ["000001.mcap"]
+    assert sorted(p.name for p in folder.glob("0*")) == ["000001.mcap"]  # the stale .closing was written over
+    metadata, topics = read_segment(folder / "000001.mcap")
+    assert [step["t"] for step in topics["/transition"]] == list(range(5)) and "recovery" in metadata
+    assert summary_of(folder / "000001.mcap").chunk_indexes  # a recovered segment is indexed too
+    assert verified_segments(folder)[1] == []
