@@ -120,6 +120,8 @@ class EvalConfig:
     H: int | None = None  # horizon; None: the task's
     iters: int | None = None  # MPPI iterations per control step; None: the task's
     K: int | None = None  # samples per step; None: the task's
+    temperature: float | None = None  # MPPI's lambda (how sharply it favours low-cost samples); None: the task's
+    sigma: float | None = None  # the action noise's standard deviation; None: the task's
     model: Literal["biased", "mean", "true"] = "biased"  # the planner's model (true: the plant's, its scale included)
     starts: Literal["uniform", "hanging"] = "uniform"  # the task's start box, or its fixed hanging start
     episodes: int = 50  # episodes, each from its own seeded start
@@ -129,13 +131,15 @@ class EvalConfig:
 
     def mppi(self) -> dict:
         overrides = dict(H=self.H, n_iters=self.iters, K=self.K, model=self.model)
+        overrides.update(temperature=self.temperature, sigma=self.sigma)
         return {k: v for k, v in overrides.items() if v is not None}
 
     def label(self) -> str:
         what = Path(self.q).name if self.q else "MPPI"
         scale = f", plant {' '.join(self.mass_scale)}" if self.mass_scale else ""
         planner = MPPIConfig.for_task(get_task(self.task), **self.mppi())
-        return f"{what} H={planner.H} iters={planner.n_iters} {planner.model}{scale}"
+        given = "".join(f" {name}={getattr(planner, name)}" for name in ("temperature", "sigma") if getattr(self, name))
+        return f"{what} H={planner.H} iters={planner.n_iters} {planner.model}{given}{scale}"
 
 
 def evaluate(cfg: EvalConfig, stop=None) -> dict:

@@ -33,10 +33,13 @@ def segments_of(evaluation: Path) -> list[tuple[dict, dict]]:
 
 
 def test_hanging_starts_with_a_given_planner_write_costs_and_their_interval(tmp_path):
-    out = evaluate("--starts", "hanging", "--episodes", "2", "--H", "4", "--iters", "1", "--out", str(tmp_path))
+    planner = ["--H", "4", "--iters", "1", "--temperature", "0.5", "--sigma", "2"]
+    out = evaluate("--starts", "hanging", "--episodes", "2", *planner, "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
-    assert line.startswith("pendulum, MPPI H=4 iters=1 biased, 2 hanging starts (seed 20000): mean episode cost")
+    assert line.startswith(
+        "pendulum, MPPI H=4 iters=1 biased temperature=0.5 sigma=2.0, 2 hanging starts (seed 20000): mean episode cost"
+    )
     (path,) = tmp_path.glob("*/evaluation.json")
     result = json.loads(path.read_text())
     costs = [metadata["summary"]["cost"] for metadata, _ in segments_of(path)]
@@ -49,6 +52,7 @@ def test_hanging_starts_with_a_given_planner_write_costs_and_their_interval(tmp_
     hanging = task.hanging_state()
     for metadata, topics in segments_of(path):
         assert metadata["segment"]["starts"] == "hanging" and metadata["segment"]["mppi"]["H"] == 4
+        assert metadata["segment"]["mppi"]["temperature"] == 0.5 and metadata["segment"]["mppi"]["sigma"] == 2
         assert topics["/transition"][0]["state"] == pytest.approx(hanging.tolist())
 
 
@@ -110,6 +114,7 @@ def test_the_heavier_plant_accelerates_less_under_the_same_torque():
         (["--q", "missing.onnx"], "--q missing.onnx: no such file"),
         (["--episodes", "0"], "--episodes 0: use 1 or more"),
         (["--H", "0"], "H=0 must be >= 1"),
+        (["--temperature", "0"], "temperature=0.0 must be > 0"),
         (["--task", "acrobot"], "unknown task 'acrobot'"),
         (["--seed", "-1"], "--seed -1: use 0 or more"),
         (["--q", "{tmp}/garbage.onnx"], "missing manifest"),  # there, but not a model: refused before any run folder
