@@ -8,7 +8,7 @@ and float64; the target compares with the faster (the peer at its best).
 Targets on an H100: K=4096 H=32 under 0.5 ms median, and >= 5x faster than pytorch-mppi on CUDA.
 `mpq warp` plans by stepping the task's MJCF with MuJoCo Warp (no closed-form model) at K=4096, in the
 same run as the cupy kernel; and one training minibatch of soft-Bellman targets (64 start states x
-K=36, H=4, 3 iterations, as ball-in-cup's targets) on both. Prints JSON and a table and writes
+K=36, H=4, 3 iterations: the ball-in-cup's acting planner) on both. Prints JSON and a table and writes
 `runs/bench/gpu-<time>.json`.
 """
 
