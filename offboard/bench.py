@@ -288,12 +288,12 @@ def print_table(report: dict) -> None:
     bench_ray.print_table(report["ray"], console)
 
 
-def main() -> None:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    parser = ArgumentParser(prog="python -m offboard.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT and torch threads")
     parser.add_argument("--quick", action="store_true", help="a few steps per row (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     publish(run(args.threads, args.quick), args.out, "mppi", print_table)
 
 

@@ -168,11 +168,11 @@ def print_table(report: dict) -> None:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
 
 
-def main() -> int:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m offboard.bench_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="timed control steps per row (after warm-up)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")
+    args = parser.parse_args(argv)
     from onboard.backends.cupy_backend import _cupy
 
     try:

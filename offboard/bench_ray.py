@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -139,9 +140,19 @@ def print_table(report: dict, console) -> None:
         console.print(table)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
     from rich.console import Console
 
-    from offboard.bench import publish
+    from firmware_bridge.cli import ArgumentParser
+    from offboard.bench import publish  # offboard.bench imports this module: here, not at the top
 
-    publish(run(quick=False), Path("runs/bench"), "ray", lambda r: print_table(r, Console(width=120)))
+    parser = ArgumentParser(prog="python -m offboard.bench_ray", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the pendulum, a few episodes (a smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")
+    args = parser.parse_args(argv)
+    publish(run(args.quick), args.out, "ray", lambda r: print_table(r, Console(width=120)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,7 @@ import pytest
 
 from firmware_bridge import fault_proxy, standin
 from offboard import __main__ as offboard_cli
-from offboard import demo, gym_env, sweep
+from offboard import bench, bench_gpu, bench_ray, demo, gym_env, sweep
 from onboard import __main__ as onboard_cli
 from onboard import service
 
@@ -19,6 +19,9 @@ COMMANDS = {
     "python -m offboard.demo": demo.main,
     "python -m offboard.sweep": sweep.main,
     "python -m offboard.gym_env": gym_env.main,
+    "python -m offboard.bench": bench.main,
+    "python -m offboard.bench_gpu": bench_gpu.main,
+    "python -m offboard.bench_ray": bench_ray.main,
     "python -m onboard.service": service.main,
     "python -m firmware_bridge.standin": standin.main,
     "python -m firmware_bridge.fault_proxy": fault_proxy.main,
