@@ -196,23 +196,27 @@ def _close_segment(directory: Path, partial: Path, records: list, metadata: dict
     that is still there). Returns the segment, not yet in MANIFEST."""
     segment = partial.with_name(partial.name[: -len(".partial")])
     closing = segment.with_name(segment.name + CLOSING)
-    with open(closing, "wb") as f:
-        writer = _start_writer(f, live=False)
-        schema_ids, channel_ids = {}, {}
-        for r in records:
-            if isinstance(r, Schema):
-                schema_ids[r.id] = writer.register_schema(r.name, r.encoding, r.data)
-            elif isinstance(r, Channel):
-                channel_ids[r.id] = writer.register_channel(r.topic, r.message_encoding, schema_ids[r.schema_id])
-            elif isinstance(r, Metadata):
-                writer.add_metadata(r.name, r.metadata)
-            elif isinstance(r, Message) and r.channel_id in channel_ids:
-                writer.add_message(channel_ids[r.channel_id], r.log_time, r.data, r.publish_time)
-        for name, values in (metadata or {}).items():
-            writer.add_metadata(name, values)
-        writer.finish()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(closing, "wb") as f:
+            writer = _start_writer(f, live=False)
+            schema_ids, channel_ids = {}, {}
+            for r in records:
+                if isinstance(r, Schema):
+                    schema_ids[r.id] = writer.register_schema(r.name, r.encoding, r.data)
+                elif isinstance(r, Channel):
+                    channel_ids[r.id] = writer.register_channel(r.topic, r.message_encoding, schema_ids[r.schema_id])
+                elif isinstance(r, Metadata):
+                    writer.add_metadata(r.name, r.metadata)
+                elif isinstance(r, Message) and r.channel_id in channel_ids:
+                    writer.add_message(channel_ids[r.channel_id], r.log_time, r.data, r.publish_time)
+            for name, values in (metadata or {}).items():
+                writer.add_metadata(name, values)
+            writer.finish()
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk: the space goes back, the .partial stays for the next start
+        closing.unlink(missing_ok=True)
+        raise
     os.replace(closing, segment)
     partial.unlink()
     fsync_dir(directory)

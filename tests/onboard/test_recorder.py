@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -242,22 +243,34 @@ def test_a_closed_segment_is_chunked_compressed_and_indexed_for_foxglove(tmp_pat
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "000001.mcap", "MANIFEST"]  # no .partial left
 
 
-def test_a_crash_while_a_segment_is_closed_keeps_the_partial_and_the_next_start_recovers_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "fails, left",
+    [
+        (
+            "os.replace",
+            ["000001.mcap.closing", "000001.mcap.partial"],
+        ),  # a crash after writing .closing, before its rename
+        ("os.fsync", ["000001.mcap.partial"]),  # a full disk while writing it: its space is given back
+    ],
+)
+def test_a_failure_while_a_segment_is_closed_keeps_the_partial_and_the_next_start_recovers_it(
+    tmp_path, monkeypatch, fails, left
+):
     folder = tmp_path / "robot"
     recorder = Recorder(tmp_path, "robot")
     recorder.start_episode(1, dict(task="pendulum"))
     for t in range(5):
         recorder.write("/transition", dict(t=t, cost=1.0))
 
-    def crash(*args):
-        raise OSError("the power went")
+    def fail(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("onboard.recorder.os.replace", crash)  # dies after writing .closing, before renaming it
-    with pytest.raises(OSError, match="the power went"):
+    monkeypatch.setattr(f"onboard.recorder.{fails}", fail)
+    with pytest.raises(OSError, match="No space left"):
         recorder.end_episode()
     recorder.close()
     monkeypatch.undo()
-    assert sorted(p.name for p in folder.glob("0*")) == ["000001.mcap.closing", "000001.mcap.partial"]
+    assert sorted(p.name for p in folder.glob("0*")) == left
     assert read_manifest(folder) == []
 
     assert [p.name for p in Recorder(tmp_path, "robot").recovered] == ["000001.mcap"]
