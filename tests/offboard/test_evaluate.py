@@ -115,6 +115,7 @@ def test_the_heavier_plant_accelerates_less_under_the_same_torque():
         (["--episodes", "0"], "--episodes 0: use 1 or more"),
         (["--H", "0"], "H=0 must be >= 1"),
         (["--temperature", "0"], "temperature=0.0 must be > 0"),
+        (["--sigma", "inf"], "sigma=inf must be > 0 and finite"),
         (["--task", "acrobot"], "unknown task 'acrobot'"),
         (["--seed", "-1"], "--seed -1: use 0 or more"),
         (["--q", "{tmp}/garbage.onnx"], "missing manifest"),  # there, but not a model: refused before any run folder

@@ -288,8 +288,10 @@ def test_plans_for_every_task_and_backend_with_or_without_an_onnx_q(name, backen
 
 
 def test_bad_settings_are_named_in_one_error():
-    with pytest.raises(ValueError, match=r"K=0 must be >= 1; temperature=-1.0 must be > 0"):
+    with pytest.raises(ValueError, match=r"K=0 must be >= 1; temperature=-1.0 must be > 0 and finite"):
         MPPIConfig(K=0, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"temperature=inf must be > 0 and finite; sigma=\[1.0, inf\] must be > 0"):
+        MPPIConfig(temperature=float("inf"), sigma=[1.0, float("inf")])  # NaN weights, or bang-bang noise
     with pytest.raises(ValueError, match="model='exact'"):
         MPPIConfig(model="exact")
     with pytest.raises(ValueError, match=r"noise_filter=\[1, 2\] must be three numbers"):
