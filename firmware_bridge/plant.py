@@ -112,6 +112,19 @@ def field_row(model: mujoco.MjModel, field: str, row: str) -> int:
 
 
 FIELD_ADDRESS = re.compile(r"^(?P<field>[a-z_0-9]+)(\[(?P<row>[^\]]+)\])?(\[(?P<col>\d+)\])?$")
+# Fields whose values have a sign that physics needs: a body without mass or inertia cannot move (MuJoCo's mass
+# matrix turns singular), and negative damping, friction or stiffness feeds energy in.
+POSITIVE_FIELDS = ("body_mass", "body_inertia")
+NONNEGATIVE_FIELDS = (
+    "dof_damping",
+    "dof_frictionloss",
+    "dof_armature",
+    "jnt_stiffness",
+    "tendon_stiffness",
+    "tendon_damping",
+    "tendon_frictionloss",
+    "geom_friction",
+)
 
 
 class FieldWriter:
@@ -148,6 +161,13 @@ class FieldWriter:
                 f"{where}: bias field {address!r} addresses values that differ ({addressed.ravel()}): "
                 "address one of them"
             )
+
+    def check_range(self, address: str, low: float, high: float, where: str) -> None:
+        """One ValueError when U[low, high] reaches values this field cannot physically take."""
+        if self.field in POSITIVE_FIELDS and low <= 0:
+            raise ValueError(f"{where}: {address} from {low:g}: a {self.field} must be > 0; give a range above 0")
+        if self.field in NONNEGATIVE_FIELDS and low < 0:
+            raise ValueError(f"{where}: {address} from {low:g}: a {self.field} must be >= 0; give a range from 0 up")
 
     def read(self, model) -> float:
         return float(np.asarray(getattr(model, self.field)[self.index]).flat[0])
@@ -309,6 +329,8 @@ class MujocoPlant(TaskModel):
     def randomise(self, ranges: list[tuple[str, float, float]], seed: int) -> None:
         """Domain randomisation: each episode's plant drawn from these ranges (draw_for), seeded by (seed, episode)."""
         self._writers = {address: FieldWriter(self.model, address, "randomise") for address, _, _ in ranges}
+        for address, low, high in ranges:
+            self._writers[address].check_range(address, low, high, "randomise")
         self.ranges, self.randomise_seed = ranges, seed
 
     def draw_for(self, episode: int) -> dict[str, float]:

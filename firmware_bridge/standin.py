@@ -160,6 +160,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--control-period {args.control_period!r}: use seconds from {low:g} to {high:g}")
         if args.randomise_seed < 0:
             raise ValueError(f"--randomise-seed {args.randomise_seed}: use 0 or more")
+        if args.baud < 1:
+            raise ValueError(f"--baud {args.baud}: use 1 or more (bits per second of --device)")
         plant = MujocoPlant(model_xml(args.task, args.models), args.control_period, parse_mass_scale(args.mass_scale))
         if args.randomise:
             if args.mass_scale:

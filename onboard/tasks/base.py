@@ -125,6 +125,8 @@ class Task:
         self.bias_low = np.array([p.low for p in self.parameters], dtype=np.float64)
         self.bias_high = np.array([p.high for p in self.parameters], dtype=np.float64)
         self._writers = [FieldWriter(model, p.field, f"task {self.name}") for p in self.parameters]
+        for writer, p in zip(self._writers, self.parameters, strict=True):
+            writer.check_range(p.field, p.low, p.high, f"task {self.name}")
         self.true_params = self.read_params(model)  # the plant's: the MJCF is the truth
 
     @property

@@ -156,6 +156,12 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
         (["--task", "pendulum", "--watchdog-periods", "-1"], "--watchdog-periods -1.0"),
         (["--task", "pendulum", "--randomise", "body_mass[pole]=0.5:1.5", "--randomise-seed", "-1"], "seed -1: use 0"),
         (["--task", "pendulum", "--mass-scale", "pole=1.3", "--mass-scale", "pole=2"], "'pole' given twice"),
+        (
+            ["--task", "pendulum", "--randomise", "body_mass[pole]=-2:-1"],
+            "body_mass[pole] from -2: a body_mass must be",
+        ),
+        (["--task", "pendulum", "--randomise", "dof_damping=-1:1"], "a dof_damping must be >= 0"),
+        (["--task", "pendulum", "--baud", "0"], "--baud 0: use 1 or more"),
         (["--task", "pendulum", "--applied-log", "/dev/null/applied.jsonl"], "--applied-log /dev/null/applied.jsonl"),
         (["--task", "pendulum", "--signing-key-file", "/nonexistent/key"], "--signing-key-file /nonexistent/key"),
     ],

@@ -3,6 +3,8 @@ biased draws as perturbed MjModels, and a task's bias checked against its MJCF w
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,23 @@ def test_a_bias_field_the_mjcf_does_not_have_is_one_clear_error_when_the_task_lo
 
     with pytest.raises(ValueError, match=r"task pendulum: bias field .*" + message.replace("[", r"\[")):
         Misnamed()
+
+
+@pytest.mark.parametrize(
+    "parameter, message",
+    [
+        (Parameter("body_mass[pole]", -0.5, 1.5), "body_mass[pole] from -0.5: a body_mass must be > 0"),
+        (Parameter("body_mass[pole]", 0.0, 1.5), "body_mass[pole] from 0: a body_mass must be > 0"),
+        (Parameter("dof_damping", -0.1, 0.1), "dof_damping from -0.1: a dof_damping must be >= 0"),
+    ],
+)
+def test_a_bias_range_that_reaches_unphysical_values_is_one_clear_error_when_the_task_loads(parameter, message):
+    class Unphysical(Pendulum):
+        parameters = (parameter,)
+
+    with pytest.raises(ValueError, match="task pendulum: " + re.escape(message)):
+        Unphysical()
+    Pendulum()  # the same fields over physical ranges load
 
 
 @needs_gpu
