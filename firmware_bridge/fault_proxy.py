@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import termios
 import threading
 import tty
 
@@ -118,10 +119,19 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=0.001, help="faults per byte (0.001: 0.1 %%)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not 0 <= args.rate < 1:
+        parser.error(f"--rate {args.rate}: use a probability per byte in [0, 1)")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed}: use 0 or more")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with FaultProxy(args.plant_port, args.rate, args.seed) as proxy:
+    try:
+        proxy = FaultProxy(args.plant_port, args.rate, args.seed)
+    except (OSError, termios.error) as e:
+        why = e.strerror if isinstance(e, OSError) else e.args[-1]
+        parser.exit(1, f"error: cannot open {args.plant_port}: {why}; give the plant's serial device or pty\n")
+    with proxy:
         print(json.dumps({"port": proxy.port}), flush=True)
         stop.wait()
         print(json.dumps(proxy.counts), flush=True)

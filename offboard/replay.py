@@ -83,6 +83,12 @@ def replay(segment: Path, out: Path, width: int = 480, height: int = 360, camera
     task, _, topics = read_episode(segment)
     if camera is not None and camera not in [task.mjcf.model.camera(i).name for i in range(task.mjcf.model.ncam)]:
         raise ReplayError(f"--camera {camera!r}: {task.name}'s MJCF has no such camera (leave it out for the default)")
+    frame = task.mjcf.model.vis.global_
+    if width > frame.offwidth or height > frame.offheight:
+        raise ReplayError(
+            f"--width {width} --height {height}: {task.name}'s MJCF renders at most {frame.offwidth}x{frame.offheight} "
+            "(its <visual><global offwidth offheight>); give a smaller size"
+        )
     return write_video(out, task, topics, width, height, camera)
 
 

@@ -172,6 +172,22 @@ def test_standin_refuses_bad_start_up_in_one_line(args, message):
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr
 
 
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--rate", "-1", "/dev/ptmx"], 2, "--rate -1.0: use a probability per byte in [0, 1)"),
+        (["--rate", "nan", "/dev/ptmx"], 2, "--rate nan"),
+        (["--seed", "-1", "/dev/ptmx"], 2, "--seed -1: use 0 or more"),
+        (["/dev/does-not-exist"], 1, "cannot open /dev/does-not-exist: No such file or directory"),
+        ([__file__], 1, "Inappropriate ioctl for device; give the plant's serial device or pty"),  # not a tty
+    ],
+)
+def test_fault_proxy_refuses_bad_start_up_in_one_line(args, code, message):
+    out = subprocess.run([sys.executable, "-m", "firmware_bridge.fault_proxy", *args], capture_output=True, text=True)
+    assert out.returncode == code and out.stdout == ""
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr
+
+
 def test_link_to_a_port_that_cannot_open_is_one_line():
     with pytest.raises(LinkError, match="cannot open serial port '/dev/nope'") as error:
         Link("/dev/nope", "pendulum", 3, 1)

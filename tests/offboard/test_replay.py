@@ -26,6 +26,10 @@ def test_a_logged_episode_replays_as_a_video_whose_frames_follow_the_states(tmp_
     assert imageio.get_reader(out).count_frames() == 201 and not list(tmp_path.glob("*.partial*"))
     assert main(["replay", str(segment), "--out", str(out / "under_a_file.mp4")]) == 2  # out is a file now
     assert f"{out} is a file, not a folder" in capsys.readouterr().err
+    big = tmp_path / "big.mp4"  # past the MJCF's offscreen framebuffer: one line, before anything is written
+    assert main(["replay", str(segment), "--out", str(big), "--width", "648", "--height", "48"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "renders at most 640x480" in err and not big.exists()
     data = bytearray(segment.read_bytes())  # a listed segment that no longer matches MANIFEST: refused
     data[100] ^= 0xFF
     segment.write_bytes(bytes(data))
