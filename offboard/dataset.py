@@ -101,7 +101,8 @@ class SegmentStore:
                 problems.append(str(e))
                 self._forget(lambda path, folder=folder: path.parent == folder)
                 continue
-            if not entries:
+            unlisted = unlisted_segment_problems(folder, {entry["segment"] for entry in entries})
+            if not entries and not unlisted:
                 problems.append(f"{folder}: no segments in it (record some with `make sim`, or leave it out of --data)")
             for entry in sorted(entries, key=lambda e: e["segment"]):
                 path = folder / entry["segment"]
@@ -110,7 +111,7 @@ class SegmentStore:
                 if problem is not None:
                     problems.append(problem)
                     self.loaded.pop(path, None)
-            problems += unlisted_segment_problems(folder, {entry["segment"] for entry in entries})
+            problems += unlisted
         self._forget(lambda path: path not in listed)
         return problems
 

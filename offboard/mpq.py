@@ -13,6 +13,7 @@ state (Q, Adam, target planners, held-out set, TensorBoard) across the rounds of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -411,6 +412,7 @@ class TrainResult:
 
 def train(config: Config, net: QNetwork | None = None, progress: bool = True, log=print) -> TrainResult:
     """`config.iterations` rounds on the data as it is now (`python -m offboard train`)."""
+    out_existed = Path(config.out).exists()
     trainer, loaded = Trainer(config, net, progress, log), False
     try:
         trainer.load()
@@ -426,6 +428,9 @@ def train(config: Config, net: QNetwork | None = None, progress: bool = True, lo
         trainer.close()
         if not loaded:  # nothing to train on: no run folder left behind that looks like a run
             shutil.rmtree(trainer.run_dir, ignore_errors=True)
+            if not out_existed:  # nor the --out folder made for it (left empty now)
+                with contextlib.suppress(OSError):
+                    Path(config.out).rmdir()
     return TrainResult(
         trainer.net,
         trainer.run_dir,

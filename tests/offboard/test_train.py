@@ -114,15 +114,28 @@ def test_no_usable_data_is_one_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="no usable pendulum segments"):
         load_replay_buffer([tmp_path / "empty"], PENDULUM)
     (tmp_path / "empty").mkdir()
-    out = subprocess.run(
-        [sys.executable, "-m", "offboard", "train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    for out_dir in (tmp_path, tmp_path / "runs"):  # an --out that exists, and one made for this run
+        out = subprocess.run(
+            [sys.executable, "-m", "offboard", "train", "--data", str(tmp_path / "empty"), "--out", str(out_dir)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments"), out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no run folder, nor an --out made for one
+
+
+def test_an_unlisted_segment_alone_is_named_as_such_not_as_an_empty_folder(robot_logs, tmp_path):
+    folder = tmp_path / "copied"
+    folder.mkdir()
+    (folder / "000001.mcap").write_bytes((robot_logs / "000001.mcap").read_bytes())  # copied without its MANIFEST
+    with pytest.raises(DatasetError) as error:
+        load_replay_buffer([folder], PENDULUM)
+    assert str(error.value) == (
+        f"no usable pendulum segments in {folder}: {folder / '000001.mcap'}: not in MANIFEST (not closed by the "
+        "recorder)"
     )
-    assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments"), out.stderr
-    assert out.stderr.count("\n") == 1, out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no run folder that looks like a run
 
 
 def test_an_empty_folder_among_others_is_named_not_dropped_in_silence(robot_logs, tmp_path):
