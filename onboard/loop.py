@@ -70,6 +70,7 @@ def open_loop(profile: RobotProfile, planner=None, show_status: bool = True):
     with loop_scheduling(profile) as scheduling:  # before the planner: ONNX Runtime's threads inherit it
         task = get_task(profile.task, profile.standin.mass_scale)
         planner = planner or make_planner(profile, task)
+        signing_key = profile.signing_key()  # a bad key is the profile's error: refused before the log folder is made
         try:
             recorder = Recorder(profile.log_path, profile.name)
         except OSError as e:
@@ -78,7 +79,6 @@ def open_loop(profile: RobotProfile, planner=None, show_status: bool = True):
             ) from None
         try:
             stats = LoopStats(scheduling=scheduling)
-            signing_key = profile.signing_key()  # before the plant starts: a bad key is the profile's error
             with open_plant(profile, task, signing_key) as link:
                 yield ControlLoop(profile, task, planner, recorder, link, stats, show_status)
         finally:

@@ -15,6 +15,7 @@ opens the segments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -117,6 +118,7 @@ class Recorder:
 
     def __init__(self, log_dir: str | Path, robot: str):
         self.dir = Path(log_dir) / robot
+        self._made_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_folder(self.dir)
         self.robot = robot
@@ -131,10 +133,16 @@ class Recorder:
         self.next_episode = next_episode_id(self.dir)
 
     def close(self) -> None:
-        """Let another run record into this folder (the lock also goes when the process ends)."""
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        """Let another run record into this folder (the lock also goes when the process ends). A folder this
+        recorder made and never started an episode in (a run refused at its port) is removed, not left behind."""
+        if self._lock is None:
+            return
+        if self._made_dir and [p.name for p in self.dir.iterdir()] == [LOCK]:
+            (self.dir / LOCK).unlink()
+            with contextlib.suppress(OSError):  # another run has just made its lock here: the folder is its
+                self.dir.rmdir()
+        self._lock.close()
+        self._lock = None
 
     # --- one episode ----------------------------------------------------------------------------
     def start_episode(self, episode_id: int, metadata: dict) -> Path:

@@ -294,6 +294,8 @@ def test_bad_profile_settings_exit_non_zero_with_one_clear_line(tmp_path, settin
     out = onboard_cli("run", "--robot", str(write_profile(tmp_path, **settings)), "--quiet")
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
+    if "memory" not in message:  # refused before the plant starts (a plan too big fails at the first plan, after it)
+        assert not (tmp_path / "data" / "bench").exists()  # no log folder left behind
 
 
 def test_where_the_run_cannot_start_it_says_why_in_one_line(tmp_path):
