@@ -65,6 +65,8 @@ def cmd_run(args) -> int:
 
     if args.episodes < 0:
         raise ValueError(f"--episodes {args.episodes}: use 0 (until stopped) or a positive count")
+    if args.log_dir == "":
+        raise ValueError("--log-dir '': give the folder for the segments, or leave it out for the profile's log_dir")
     profile = load_profile(
         args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir, backend=args.backend
     )

@@ -14,6 +14,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from firmware_bridge.dialect import CONTROL_PERIOD_LIMITS
 from firmware_bridge.frames import read_signing_key
+from onboard.backends import BACKEND_NAMES
 from onboard.mppi import MPPIConfig
 from onboard.tasks import TASKS, get_task
 
@@ -195,6 +196,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
     # (the setting's section, "" for the top level; the setting; what to use instead; the rule its value meets)
     for section, key, fix, ok in [
         ("", "mode", *one_of("lockstep", "realtime")),
+        ("", "backend", *one_of(*BACKEND_NAMES)),
         ("", "starts", *one_of("uniform", "hanging")),
         ("deploy", "service", *one_of("auto", "systemd", "supervisor")),
         ("deploy", "gpu_extra", *one_of("gpu", "gpu-cuda12")),

@@ -55,6 +55,19 @@ def test_bad_input_is_one_clear_line(args, expected):
     assert out.stderr.strip().count("\n") == 0 and expected in out.stderr
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--episodes", "-1"], "--episodes -1: use 0 (until stopped) or a positive count"),
+        (["--log-dir", ""], "--log-dir '': give the folder for the segments"),  # the flag named, not the profile
+    ],
+)
+def test_bad_run_options_are_one_clear_line_naming_the_option(args, expected):
+    out = run("run", "--quiet", *args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().count("\n") == 0 and expected in out.stderr
+
+
 def test_tampered_model_is_refused(make_q):
     path, _ = make_q()
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")

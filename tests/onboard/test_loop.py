@@ -250,6 +250,7 @@ def write_profile(tmp_path, **settings) -> Path:
         (dict(task="acrobot"), "unknown task 'acrobot'"),
         (dict(serial="/dev/nope"), "cannot open serial port '/dev/nope'"),
         (dict(mode="turbo"), "mode = 'turbo'"),
+        (dict(backend="nonsense"), "bench.toml: backend = 'nonsense': use 'numpy' or 'c' or"),
         (dict(episodez=3), "unknown setting(s) episodez"),
         (dict(baud="fast"), "baud = 'fast' should be a whole number"),
         (dict(deploy=dict(service="cron")), "[deploy] service = 'cron'"),
