@@ -17,6 +17,7 @@ there is refused, and a write that fails removes what it began.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -119,6 +120,7 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print):
     import offboard.gym_env as gym_env
 
     usable = DATASET_ID.fullmatch(name) is not None  # checked before anything is written: Minari makes the
+    usable = usable and not any(re.search(r"-v[0-9]+$", part) for part in name.split("/")[:-1])  # not in a dataset
     try:  # dataset's folder first and parses its id after
         usable = usable and parse_dataset_id(name) is not None
     except (ValueError, TypeError):
@@ -127,7 +129,13 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print):
         raise MinariExportError(
             f"--name {name}: use NAMESPACE/NAME-vN (letters, digits, - and _), e.g. mpq/pendulum/sim-v0"
         )
-    where = get_dataset_path(name)
+    try:
+        where = get_dataset_path(name)
+    except OSError as e:  # Minari makes its datasets folder first
+        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        raise MinariExportError(
+            f"Minari's datasets folder {root} cannot be used ({e.strerror}): set MINARI_DATASETS_PATH to a folder"
+        ) from None
     if where.exists():
         raise MinariExportError(
             f"a Minari dataset {name!r} exists already: choose another --name, or delete it (minari delete {name})"

@@ -29,7 +29,8 @@ def read_episode(path: Path) -> tuple[object, dict, dict]:
     """(task, metadata, topics) of a segment, checked against its folder's MANIFEST when listed there."""
     path = Path(path)
     if not path.is_file():
-        raise ReplayError(f"{path}: no such segment: give a .mcap file from a robot's log folder")
+        what = "is a folder, not a segment" if path.is_dir() else "no such segment"
+        raise ReplayError(f"{path}: {what}: give a .mcap file from a robot's log folder")
     listed = {entry["segment"]: entry["sha256"] for entry in read_manifest(path.parent)}
     if path.name in listed and (problem := listed_segment_problem(path, listed[path.name])) is not None:
         raise ReplayError(problem)

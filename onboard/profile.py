@@ -117,6 +117,8 @@ def profile_file(robot: str) -> Path:
     path = Path(robot)
     if path.suffix == ".toml":
         return path
+    if "/" in robot:  # a path, but not to a TOML file (a folder, a name without .toml)
+        raise ProfileError(f"robot {robot!r}: give a robot's name (robots/<name>.toml) or the path of its .toml file")
     return ROBOTS_DIR / f"{robot}.toml"
 
 

@@ -147,6 +147,8 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
     "args, message",
     [
         (["--task", "acrobot"], "no MuJoCo model for task 'acrobot'"),
+        (["--task", "../pendulum"], "task '../pendulum': a task is a folder name under"),
+        (["--task", "pendulum", "--models", "/nonexistent"], "no models folder /nonexistent"),
         (["--task", "pendulum", "--device", "/dev/does-not-exist"], "/dev/does-not-exist"),
         (["--task", "pendulum", "--device", "/dev/null"], "cannot serve /dev/null at 115200 baud"),
         (["--task", "pendulum", "--control-period", "0"], "--control-period 0.0: use seconds from"),

@@ -69,7 +69,9 @@ def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home,
     assert "is not a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["badname", "mpq/pendulum/x y-v0", "../../escape-v0", "a/b-v0", "mpq/pendulum/sim"])
+@pytest.mark.parametrize(
+    "name", ["badname", "mpq/pendulum/x y-v0", "../../escape-v0", "a/b-v0", "mpq/pendulum/sim", "mpq/sim-v0/in-v0"]
+)
 def test_a_malformed_name_is_one_line_and_leaves_minaris_store_as_it_was(tmp_path, minari_home, capsys, name):
     import minari
 
@@ -86,3 +88,17 @@ def test_a_malformed_name_is_one_line_and_leaves_minaris_store_as_it_was(tmp_pat
     assert not (tmp_path.parent / "escape-v0").exists()
     assert main(["export-minari", "--data", str(tmp_path / "data" / "sim"), "--name", "mpq/pendulum/after-v0"]) == 0
     assert list(minari.list_local_datasets()) == ["mpq/pendulum/after-v0"]  # the store still works
+
+
+def test_a_minari_datasets_path_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from offboard.__main__ import main
+    from onboard.loop import run
+    from onboard.profile import load_profile
+
+    run(load_profile("sim", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    (tmp_path / "a-file").write_text("keep me\n")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "a-file"))
+    assert main(["export-minari", "--data", str(tmp_path / "data" / "sim"), "--name", "mpq/pendulum/sim-v0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"datasets folder {tmp_path / 'a-file'} cannot be used" in err
+    assert "set MINARI_DATASETS_PATH to a folder" in err and (tmp_path / "a-file").read_text() == "keep me\n"

@@ -60,6 +60,7 @@ def test_bad_input_is_one_clear_line(args, expected):
     [
         (["--episodes", "-1"], "--episodes -1: use 0 (until stopped) or a positive count"),
         (["--log-dir", ""], "--log-dir '': give the folder for the segments"),  # the flag named, not the profile
+        (["--robot", "/tmp"], "robot '/tmp': give a robot's name (robots/<name>.toml) or the path of its .toml"),
     ],
 )
 def test_bad_run_options_are_one_clear_line_naming_the_option(args, expected):
