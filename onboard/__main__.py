@@ -11,7 +11,7 @@ from firmware_bridge.cli import ArgumentParser
 from onboard.backends import BACKEND_NAMES
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import ProfileError, load_profile
-from onboard.qfunction import ModelError, OnnxQ
+from onboard.qfunction import ModelError, OnnxQ, trained_settings_mismatch
 from onboard.tasks import TASKS, get_task
 
 
@@ -22,6 +22,8 @@ def cmd_plan(args) -> int:
     overrides = {k: v for k, v in dict(K=args.K, H=args.H, n_iters=args.iters, seed=args.seed).items() if v is not None}
     config = MPPIConfig.for_task(task, model=args.model, **overrides)
     q = OnnxQ(args.q, task, threads=args.threads) if args.q else None
+    if q is not None and (mismatch := trained_settings_mismatch(q, config)):
+        print(f"warning: {mismatch}", file=sys.stderr)
     if args.state is None:
         state = task.hanging_state()
     else:

@@ -275,6 +275,6 @@ def trained_settings_mismatch(q: OnnxQ, config) -> str | None:
     if not differ:
         return None
     return (
-        f"{q.path} was trained for other MPPI settings than this profile plans with: {', '.join(differ)}; "
-        "set them in the profile's [mppi] or retrain"
+        f"{q.path} was trained for other MPPI settings than it plans with here: {', '.join(differ)}; "
+        "set them in the profile's [mppi] (or the command's options) or retrain"
     )

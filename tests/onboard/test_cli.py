@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from onboard.mppi import MPPIConfig
+from onboard.tasks import get_task
 from tests.gpu import ALL_BACKENDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,16 @@ def test_plan_prints_a_plan_within_bounds(make_q, backend):
     assert report["q"]["path"] == str(path)
     assert len(report["actions"]) == report["config"]["H"] == 12
     assert all(-10 <= a[0] <= 10 for a in report["actions"])
+
+
+def test_plan_with_a_q_trained_for_other_settings_says_so_on_a_warning_line(make_q):
+    task = get_task("pendulum")
+    path, _ = make_q("pendulum", extra={"mppi": MPPIConfig.for_task(task).to_dict()})
+    out = run("plan", "--task", "pendulum", "--q", str(path), "--K", "16")
+    assert out.returncode == 0 and "first action" in out.stdout
+    assert out.stderr.startswith("warning: ") and "K=16 (trained with 24)" in out.stderr, out.stderr
+    out = run("plan", "--task", "pendulum", "--q", str(path))  # the settings it was trained with: no warning
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
 
 
 def test_plan_from_a_given_state_in_text():

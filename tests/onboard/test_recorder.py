@@ -207,6 +207,7 @@ def test_onboard_run_starts_on_a_torn_manifest_and_keeps_every_segment(tmp_path)
     out = onboard_run(tmp_path)
     assert out.returncode == 0, out.stderr
     assert "MANIFEST.torn" in out.stderr and "listed" in out.stderr and "000002.mcap" in out.stderr
+    assert all(line.startswith("warning: ") for line in out.stderr.splitlines()), out.stderr  # as errors say error:
     good, problems = verified_segments(folder)
     assert [p.name for p in good] == ["000001.mcap", "000002.mcap", "000003.mcap"] and problems == []
     assert json.loads((folder / "MANIFEST").read_text().splitlines()[1])["recovered"] is True
