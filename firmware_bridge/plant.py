@@ -38,7 +38,9 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
     if not Path(models_dir).is_dir():
-        raise FileNotFoundError(f"no models folder {models_dir}: give the folder that holds <task>/<task>.xml")
+        raise FileNotFoundError(
+            f"no models folder {models_dir}: give the folder that holds <task>/<task>.xml (--models, MPQ_MODELS_DIR)"
+        )
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", task) or task.startswith("."):
         raise FileNotFoundError(f"no MuJoCo model for task {task!r}: a task is a folder name under {models_dir}")
     path = Path(models_dir) / task / f"{task}.xml"
