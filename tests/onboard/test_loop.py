@@ -303,29 +303,13 @@ def test_where_the_run_cannot_start_it_says_why_in_one_line(tmp_path):
     (tmp_path / "a-file").write_text("")
     out = onboard_cli("run", "--robot", str(write_profile(tmp_path, log_dir=str(tmp_path / "a-file"))), "--quiet")
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot keep segments in" in out.stderr
-    out = onboard_cli(
-        "run",
-        "--robot",
-        "sim",
-        "--log-dir",
-        str(tmp_path),
-        "--task",
-        "pendulum",
-        "--quiet",
-        env={**os.environ, "MPQ_MODELS_DIR": str(tmp_path / "no-models")},
-    )
+    models = tmp_path / "no-models"
+    env = {**os.environ, "MPQ_MODELS_DIR": str(models)}
+    out = onboard_cli("run", "--robot", "sim", "--log-dir", str(tmp_path), "--quiet", env=env)
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr  # the task's MJCF is read first
-    assert f"no models folder {tmp_path / 'no-models'}: give the folder that holds" in out.stderr
-    (tmp_path / "no-models").mkdir()
-    out = onboard_cli(
-        "run",
-        "--robot",
-        "sim",
-        "--log-dir",
-        str(tmp_path),
-        "--quiet",
-        env={**os.environ, "MPQ_MODELS_DIR": str(tmp_path / "no-models")},
-    )
+    assert f"no models folder {models}: give the folder that holds" in out.stderr
+    models.mkdir()
+    out = onboard_cli("run", "--robot", "sim", "--log-dir", str(tmp_path), "--quiet", env=env)
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
     assert "no MuJoCo model for task 'pendulum'" in out.stderr and "add models/pendulum/pendulum.xml" in out.stderr
 
