@@ -28,7 +28,7 @@ KINDS = ("flip", "drop", "burst")
 class FaultProxy:
     def __init__(self, plant_port: str, rate: float, seed: int = 0):
         if not 0 <= rate < 1:
-            raise ValueError(f"fault rate {rate!r}: use a probability per byte in [0, 1)")
+            raise ValueError("use a probability per byte in [0, 1)")
         self.rate = rate
         # One generator per direction: each direction's faults follow its own bytes, whatever the timing.
         self.rngs = dict(zip(("to_plant", "to_host"), np.random.default_rng(seed).spawn(2), strict=True))
@@ -119,8 +119,6 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=0.001, help="faults per byte (0.001: 0.1 %%)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not 0 <= args.rate < 1:
-        parser.error(f"--rate {args.rate}: use a probability per byte in [0, 1)")
     if args.seed < 0:
         parser.error(f"--seed {args.seed}: use 0 or more")
     stop = threading.Event()
@@ -128,6 +126,8 @@ def main(argv=None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         proxy = FaultProxy(args.plant_port, args.rate, args.seed)
+    except ValueError as e:  # the rate, checked before the port opens
+        parser.error(f"--rate {args.rate}: {e}")
     except (OSError, termios.error) as e:
         why = e.strerror if isinstance(e, OSError) else e.args[-1]
         parser.exit(1, f"error: cannot open {args.plant_port}: {why}; give the plant's serial device or pty\n")

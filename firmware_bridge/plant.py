@@ -27,7 +27,7 @@ if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
 import mujoco  # noqa: E402
 import numpy as np
 
-from firmware_bridge.paths import MODELS_DIR
+from firmware_bridge.paths import FOLDER_NAME, MODELS_DIR
 
 log = logging.getLogger("mpq.plant")
 # MuJoCo's warnings go to our log, not to MUJOCO_LOG.TXT in whatever folder the plant runs from.
@@ -39,9 +39,10 @@ STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
     if not Path(models_dir).is_dir():
         raise FileNotFoundError(
-            f"no models folder {models_dir}: give the folder that holds <task>/<task>.xml (--models, MPQ_MODELS_DIR)"
+            f"no models folder {models_dir}: give the folder that holds <task>/<task>.xml (MPQ_MODELS_DIR, or the "
+            "stand-in's --models)"
         )
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", task) or task.startswith("."):
+    if not FOLDER_NAME.fullmatch(task):
         raise FileNotFoundError(f"no MuJoCo model for task {task!r}: a task is a folder name under {models_dir}")
     path = Path(models_dir) / task / f"{task}.xml"
     if not path.is_file():

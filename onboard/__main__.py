@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import numpy as np
@@ -23,7 +24,7 @@ def cmd_plan(args) -> int:
     config = MPPIConfig.for_task(task, model=args.model, **overrides)
     q = OnnxQ(args.q, task, threads=args.threads) if args.q else None
     if q is not None and (mismatch := trained_settings_mismatch(q, config)):
-        print(f"warning: {mismatch}", file=sys.stderr)
+        logging.getLogger("mpq.plan").warning(mismatch)
     if args.state is None:
         state = task.hanging_state()
     else:

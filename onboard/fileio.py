@@ -58,12 +58,20 @@ def blocking_file(folder: Path) -> Path | None:
 def hold_lock(path: Path):
     """An exclusive lock on `path` (created if missing) for as long as the returned file stays open, with this
     process's pid in it; None when another process holds it (the file then names that process's pid)."""
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        try:
+            still_there = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            still_there = False
+        if still_there:
+            break
+        f.close()  # its holder removed it as we opened it (a recorder giving up a folder it made): lock it anew
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +13,13 @@ except ModuleNotFoundError:  # Python 3.10
 
 from firmware_bridge.dialect import CONTROL_PERIOD_LIMITS
 from firmware_bridge.frames import read_signing_key
+from firmware_bridge.paths import FOLDER_NAME
 from onboard.backends import BACKEND_NAMES
 from onboard.mppi import MPPIConfig
 from onboard.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBOTS_DIR = ROOT / "robots"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a robot's name is a folder name: no paths
 
 
 class ProfileError(ValueError):
@@ -202,7 +201,7 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         ("", "starts", *one_of("uniform", "hanging")),
         ("deploy", "service", *one_of("auto", "systemd", "supervisor")),
         ("deploy", "gpu_extra", *one_of("gpu", "gpu-cuda12")),
-        ("", "name", "use letters, digits, '.', '_' or '-' (it names the log folder)", NAME.fullmatch),
+        ("", "name", "use letters, digits, '.', '_' or '-' (it names the log folder)", FOLDER_NAME.fullmatch),
         ("", "log_dir", "give the folder for the segments", bool),
         ("", "threads", "use 1 or more", lambda v: v >= 1),
         ("", "cpus", "give CPU numbers, e.g. [2, 3] (empty: all)", lambda v: all(type(c) is int and c >= 0 for c in v)),

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mcap.records import Channel, Message, Metadata, Schema
+from mcap.records import Channel, DataEnd, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, IndexType, Writer
 
@@ -170,15 +170,20 @@ class Recorder:
         self._file.flush()
 
     def end_episode(self, summary: dict | None = None) -> Path:
-        """Finish the .partial, write it again as the indexed .mcap, and append its sha256 to MANIFEST. Returns the
-        segment."""
-        if summary:
-            self._writer.add_metadata("summary", {k: strict_json(v) for k, v in summary.items()})
-        self._writer.finish()
-        self._file.close()
-        segment = _close_segment(self.dir, self._partial, _records(self._partial))
+        """Finish and fsync the .partial, write it again as the indexed .mcap, and append its sha256 to MANIFEST.
+        Returns the segment. Whatever fails, the episode is over here: the .partial stays for the next start."""
+        partial = self._partial
+        try:
+            if summary:
+                self._writer.add_metadata("summary", {k: strict_json(v) for k, v in summary.items()})
+            self._writer.finish()
+            self._file.flush()
+            os.fsync(self._file.fileno())  # whole on disk before its copy is made: a power cut keeps one of them
+        finally:
+            self._file.close()
+            self._writer = self._file = self._partial = None
+        segment = _close_segment(self.dir, partial, _records(partial))
         append_manifest(self.dir, segment, recovered=False)
-        self._writer = self._file = self._partial = None
         return segment
 
     @property
@@ -199,9 +204,9 @@ def _start_writer(f, live: bool = True) -> Writer:
 
 def _close_segment(directory: Path, partial: Path, records: list, metadata: dict | None = None) -> Path:
     """Write a .partial's records (and `metadata`, name -> {key: str}) as its closed segment, fsynced, then remove
-    the .partial. A crash before the rename leaves the .partial, which the next start recovers (over the stale
-    .closing); a crash after it, a complete .mcap that the next start lists (recovered again from the .partial if
-    that is still there). Returns the segment, not yet in MANIFEST."""
+    the .partial. A crash before the rename leaves the .partial (fsynced by end_episode), which the next start
+    recovers (removing the stale .closing); a crash after it, a complete .mcap that the next start lists (recovered
+    again from the .partial if that is still there). Returns the segment, not yet in MANIFEST."""
     segment = partial.with_name(partial.name[: -len(".partial")])
     closing = segment.with_name(segment.name + CLOSING)
     try:
@@ -239,21 +244,19 @@ def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
     fsync_dir(directory)
 
 
-def _records(path: Path) -> list:
-    """The records of a finished MCAP file."""
-    with open(path, "rb") as f:
-        return list(StreamReader(f, skip_magic=False).records)
-
-
-def _complete_records(path: Path) -> list:
-    """The records of an MCAP file up to the first one a crash cut short."""
+def _records(path: Path, complete_only: bool = False) -> list:
+    """The records of an MCAP file's data section (its summary repeats the schemas and channels); complete_only: up
+    to the first one a crash cut short, else an error there."""
     records = []
     with open(path, "rb") as f:
         try:
             for record in StreamReader(f, skip_magic=False).records:
+                if isinstance(record, DataEnd):
+                    break
                 records.append(record)
         except Exception:  # truncated or garbled tail: keep what came before it
-            pass
+            if not complete_only:
+                raise
     return records
 
 
@@ -289,10 +292,17 @@ def _quarantine(directory: Path, path: Path, why: str) -> None:
 
 
 def recover_partials(directory: Path) -> list[Path]:
-    """Rewrite each `.mcap.partial` from its complete records, marked recovered; quarantine the rest."""
+    """Rewrite each `.mcap.partial` from its complete records, marked recovered; quarantine the rest. A `.closing`
+    that a crash left is a copy of its .partial, which is recovered instead (one without its .partial, which
+    `_close_segment` removes only after the rename, is quarantined: kept, never trusted)."""
+    for closing in sorted(directory.glob(f"*{CLOSING}")):
+        if closing.with_name(closing.name[: -len(CLOSING)] + ".partial").exists():
+            closing.unlink()
+        else:
+            _quarantine(directory, closing, "a segment's copy left by a crash, without its .partial")
     recovered = []
     for partial in sorted(directory.glob(f"*{PARTIAL}")):
-        records = _complete_records(partial)
+        records = _records(partial, complete_only=True)
         messages = [r for r in records if isinstance(r, Message)]
         if not messages:
             _quarantine(directory, partial, "no complete message in it")

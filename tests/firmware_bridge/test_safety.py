@@ -169,7 +169,8 @@ def test_signing_drops_and_counts_unsigned_and_wrongly_signed_frames(standin, ke
     ],
 )
 def test_standin_refuses_bad_start_up_in_one_line(args, message):
-    out = subprocess.run([sys.executable, "-m", "firmware_bridge.standin", *args], capture_output=True, text=True)
+    command = [sys.executable, "-m", "firmware_bridge.standin", *args]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)  # one that is not refused would serve
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr
 
@@ -181,11 +182,14 @@ def test_standin_refuses_bad_start_up_in_one_line(args, message):
         (["--rate", "nan", "/dev/ptmx"], 2, "--rate nan"),
         (["--seed", "-1", "/dev/ptmx"], 2, "--seed -1: use 0 or more"),
         (["/dev/does-not-exist"], 1, "cannot open /dev/does-not-exist: No such file or directory"),
-        ([__file__], 1, "Inappropriate ioctl for device; give the plant's serial device or pty"),  # not a tty
+        (["{tmp}/a-file"], 1, "Inappropriate ioctl for device; give the plant's serial device or pty"),  # not a tty
     ],
 )
-def test_fault_proxy_refuses_bad_start_up_in_one_line(args, code, message):
-    out = subprocess.run([sys.executable, "-m", "firmware_bridge.fault_proxy", *args], capture_output=True, text=True)
+def test_fault_proxy_refuses_bad_start_up_in_one_line(tmp_path, args, code, message):
+    (tmp_path / "a-file").write_text("")
+    args = [a.format(tmp=tmp_path) for a in args]
+    command = [sys.executable, "-m", "firmware_bridge.fault_proxy", *args]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert out.returncode == code and out.stdout == ""
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and message in out.stderr
 

@@ -13,6 +13,7 @@ import pytest
 from mcap.reader import make_reader
 
 from onboard.recorder import (
+    CHANNELS,
     FolderInUse,
     Recorder,
     SegmentError,
@@ -238,6 +239,7 @@ def test_a_closed_segment_is_chunked_compressed_and_indexed_for_foxglove(tmp_pat
     summary = summary_of(segment)
     assert summary.chunk_indexes and {chunk.compression for chunk in summary.chunk_indexes} == {"zstd"}
     assert summary.statistics.message_count == 20 and [m.name for m in summary.metadata_indexes] == ["segment"]
+    assert summary.statistics.channel_count == summary.statistics.schema_count == len(CHANNELS)  # each once
     with open(segment, "rb") as f:  # an indexed read (what Foxglove does) gives every record as written
         steps = [json.loads(m.data) for _, _, m in make_reader(f).iter_messages(topics=["/transition"])]
     assert [step["t"] for step in steps] == list(range(20)) and steps == read_segment(segment)[1]["/transition"]
@@ -247,11 +249,8 @@ def test_a_closed_segment_is_chunked_compressed_and_indexed_for_foxglove(tmp_pat
 @pytest.mark.parametrize(
     "fails, left",
     [
-        (
-            "os.replace",
-            ["000001.mcap.closing", "000001.mcap.partial"],
-        ),  # a crash after writing .closing, before its rename
-        ("os.fsync", ["000001.mcap.partial"]),  # a full disk while writing it: its space is given back
+        ("os.replace", ["000001.mcap.closing", "000001.mcap.partial"]),  # a crash after the copy, before its rename
+        ("os.fsync", ["000001.mcap.partial"]),  # a full disk while the copy is written: its space is given back
     ],
 )
 def test_a_failure_while_a_segment_is_closed_keeps_the_partial_and_the_next_start_recovers_it(
@@ -262,21 +261,61 @@ def test_a_failure_while_a_segment_is_closed_keeps_the_partial_and_the_next_star
     recorder.start_episode(1, dict(task="pendulum"))
     for t in range(5):
         recorder.write("/transition", dict(t=t, cost=1.0))
+    real, calls = getattr(os, fails.split(".")[1]), []
 
-    def fail(*args):
+    def fail_on_the_copy(*args):  # the .partial's own fsync goes through; the copy's fails
+        calls.append(args)
+        if fails == "os.fsync" and len(calls) == 1:
+            return real(*args)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(f"onboard.recorder.{fails}", fail)
+    monkeypatch.setattr(f"onboard.recorder.{fails}", fail_on_the_copy)
     with pytest.raises(OSError, match="No space left"):
         recorder.end_episode()
-    recorder.close()
     monkeypatch.undo()
+    assert not recorder.in_episode  # over: the loop's safe exit does not close it again
+    recorder.close()
     assert sorted(p.name for p in folder.glob("0*")) == left
     assert read_manifest(folder) == []
 
     assert [p.name for p in Recorder(tmp_path, "robot").recovered] == ["000001.mcap"]
-    assert sorted(p.name for p in folder.glob("0*")) == ["000001.mcap"]  # the stale .closing was written over
+    assert sorted(p.name for p in folder.glob("0*")) == ["000001.mcap"]  # the stale .closing is gone
     metadata, topics = read_segment(folder / "000001.mcap")
     assert [step["t"] for step in topics["/transition"]] == list(range(5)) and "recovery" in metadata
-    assert summary_of(folder / "000001.mcap").chunk_indexes  # a recovered segment is indexed too
+    summary = summary_of(folder / "000001.mcap")  # a recovered segment is indexed too, each channel once
+    assert summary.chunk_indexes and summary.statistics.channel_count == len(CHANNELS)
     assert verified_segments(folder)[1] == []
+
+
+def test_a_copy_left_without_its_partial_is_quarantined_not_trusted(tmp_path):
+    folder = tmp_path / "robot"
+    write_segment(folder, 1)
+    stray = folder / "000002.mcap.closing"
+    stray.write_bytes((folder / "000001.mcap").read_bytes())
+    assert Recorder(tmp_path, "robot").recovered == []
+    assert (folder / "quarantine" / "000002.mcap.closing").exists() and not stray.exists()
+    assert [p.name for p in verified_segments(folder)[0]] == ["000001.mcap"]
+
+
+def test_a_lock_file_removed_as_it_is_taken_is_taken_anew(tmp_path, monkeypatch):
+    """A recorder gives up a folder it made and never recorded into by removing its lock file; a run that opened
+    that file a moment before must not lock the removed one while a third run locks its replacement."""
+    import fcntl
+
+    from onboard.fileio import hold_lock
+
+    path = tmp_path / ".lock"
+    path.write_text("")
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_a_removal(f, operation):
+        if not calls:  # the holder removes the file between our open and our lock, and another run makes a new one
+            path.unlink()
+            path.write_text("")
+        calls.append(operation)
+        return real_flock(f, operation)
+
+    monkeypatch.setattr("onboard.fileio.fcntl.flock", flock_after_a_removal)
+    lock = hold_lock(path)
+    assert len(calls) == 2 and os.fstat(lock.fileno()).st_ino == path.stat().st_ino  # the file that is there
+    assert path.read_text() == f"{os.getpid()}\n"
