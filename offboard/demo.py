@@ -465,23 +465,27 @@ def claim_line(claim: dict, reference: str) -> str:
 
 
 def table(final: dict) -> str:
-    """The final evaluation as the README shows it (Markdown)."""
+    """The final evaluation as the README shows it (Markdown); a learner's spread over its training seeds as each
+    seed's ratio (its mean cost over the reference's, on the same starts)."""
     lines = []
     for setting, result in final.items():
         lines += [
             "",
             f"{result['episodes']} {setting} starts (seed {result['seed']}); ratio to {result['reference']}:",
             "",
-            "| planner | seeds | mean episode cost [95 %] | ratio [95 %] | success [95 %] |",
-            "|---|---|---|---|---|",
+            "| planner | seeds | mean episode cost [95 %] | ratio [95 %] | ratio per seed | success [95 %] |",
+            "|---|---|---|---|---|---|",
         ]
+        reference = np.mean(result["rows"][result["reference"]]["costs"][0])
         for label, row in result["rows"].items():
             c, s = row["cost"], row["success"]
             cost, success = (
                 format_interval(c["mean"], c["low"], c["high"], 1),
                 format_interval(s["mean"], s["low"], s["high"], 2),
             )
-            lines.append(f"| {label} | {len(row['costs'])} | {cost} | {format_interval(**_ratio(row))} | {success} |")
+            seeds = len(row["costs"])
+            per_seed = ", ".join(f"{np.mean(costs) / reference:.3f}" for costs in row["costs"]) if seeds > 1 else ""
+            lines.append(f"| {label} | {seeds} | {cost} | {format_interval(**_ratio(row))} | {per_seed} | {success} |")
     return "\n".join(lines)
 
 

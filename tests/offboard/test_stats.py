@@ -37,3 +37,23 @@ def test_a_seed_that_learned_worse_widens_the_interval():
 def test_costs_from_other_starts_are_refused():
     with pytest.raises(ValueError, match="evaluate both on the same starts"):
         ratio_interval(np.ones((3, 50)), np.ones(40))
+
+
+def test_the_final_table_shows_each_training_seeds_ratio_beside_the_pooled_one():
+    from offboard.demo import table
+
+    reference = np.array([100.0, 200.0])
+    seeds = [reference * 1.0, reference * 1.5]  # one seed as good as the reference, one 50 % worse
+    rows = {
+        "MPPI TRUE": dict(costs=[reference.tolist()], successes=[[True, True]]),
+        "MPQ": dict(costs=[s.tolist() for s in seeds], successes=[[True, True], [True, False]]),
+    }
+    for row in rows.values():
+        row["cost"] = mean_interval(np.ravel(row["costs"]))
+        row["success"] = mean_interval(np.ravel(row["successes"]).astype(float))
+        row["ratio"] = ratio_interval(row["costs"], reference)
+    final = {"uniform": dict(episodes=2, seed=1, reference="MPPI TRUE", rows=rows)}
+    lines = table(final).splitlines()
+    assert "| ratio per seed |" in lines[3]
+    assert lines[-2].startswith("| MPPI TRUE | 1 |") and "|  |" in lines[-2]  # one seed: nothing to spread
+    assert lines[-1].startswith("| MPQ | 2 |") and "| 1.000, 1.500 |" in lines[-1] and "1.250 [" in lines[-1]
