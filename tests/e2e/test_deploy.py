@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 
@@ -23,7 +24,7 @@ from offboard.pull_data import pull_data
 from offboard.remote import Remote, RemoteError
 from onboard.fileio import sha256_file
 from onboard.profile import ROOT, load_profile
-from onboard.recorder import read_manifest, verified_segments
+from onboard.recorder import Recorder, read_manifest, verified_segments
 from onboard.release import venv_path
 
 
@@ -228,7 +229,7 @@ def test_a_model_tampered_with_on_the_robot_is_refused_by_selfcheck(loopback, ma
 
 
 def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_path):
-    profile_path, profile, robot_data = robot_holding_segments(loopback, tmp_path)
+    profile_path, profile, robot_data = robot_holding_segments(loopback, tmp_path, large=True)
     total = sum(p.stat().st_size for p in robot_data.glob("*.mcap"))
     data = tmp_path / "data"
     pull = subprocess.Popen(
@@ -332,14 +333,30 @@ def test_preflight_refuses_a_model_for_another_task_before_touching_the_robot(lo
         raise AssertionError("a profile without host was pulled from")
 
 
-def robot_holding_segments(loopback, tmp_path: Path):
-    """(profile path, profile, the robot's log folder) of a loopback robot that recorded four episodes."""
+def robot_holding_segments(loopback, tmp_path: Path, large: bool = False):
+    """(profile path, profile, the robot's log folder) of a loopback robot that recorded four episodes; large:
+    four segments of about 300 kB instead (a pull at a low --bwlimit is still copying one a second in)."""
     profile_path = loopback()
     profile = load_profile(str(profile_path))
     robot_data = Path(profile.deploy.remote_dir) / "data" / "loopback"
     robot_data.parent.mkdir(parents=True)
-    shutil.copytree(recorded_segments(tmp_path), robot_data)
+    if large:
+        large_segments(robot_data)
+    else:
+        shutil.copytree(recorded_segments(tmp_path), robot_data)
     return profile_path, profile, robot_data
+
+
+def large_segments(folder: Path, count: int = 4) -> None:
+    """`count` closed segments of random states (little for zstd to take out), by the recorder a robot uses."""
+    rng = np.random.default_rng(0)
+    recorder = Recorder(folder.parent, folder.name)
+    for episode in range(1, count + 1):
+        recorder.start_episode(episode, dict(task="pendulum", robot=folder.name))
+        for t in range(1000):
+            recorder.write("/transition", dict(t=t, state=rng.random(30).tolist()))
+        recorder.end_episode()
+    recorder.close()
 
 
 def recorded_segments(tmp_path: Path) -> Path:
