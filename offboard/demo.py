@@ -45,7 +45,7 @@ from offboard.jobs import Jobs, Stop
 from offboard.mpq import Config, Trainer
 from offboard.pull_data import write_manifest
 from offboard.replay import read_episode, write_video
-from offboard.stats import format_interval, mean_interval, ratio_interval
+from offboard.stats import format_interval, mean_interval, ratio_interval, success_interval
 from onboard.fileio import blocking_file, new_run_dir, write_atomic
 from onboard.mppi import MPPIConfig
 from onboard.recorder import episode_id, read_manifest
@@ -391,7 +391,7 @@ def final_results(cfg: DemoConfig, outcomes: dict, log) -> dict:
         }
         for row in rows.values():
             row["cost"] = mean_interval(np.ravel(row["costs"]))
-            row["success"] = mean_interval(np.ravel(row["successes"]).astype(float))
+            row["success"] = success_interval(np.ravel(row["successes"]))
             row["ratio"] = ratio_interval(row["costs"], rows[reference]["costs"][0])
         n, seed = cfg.final_episodes, FINAL_EVAL_SEED
         results[setting] = dict(starts=starts, mass_scale=scale, episodes=n, seed=seed, reference=reference, rows=rows)
@@ -478,7 +478,10 @@ def table(final: dict) -> str:
         ]
         reference = np.mean(result["rows"][result["reference"]]["costs"][0])
         for label, row in result["rows"].items():
-            c, s = row["cost"], row["success"]
+            c, s = (
+                row["cost"],
+                success_interval(np.ravel(row["successes"])),
+            )  # from the episodes, as results.json has them
             cost, success = (
                 format_interval(c["mean"], c["low"], c["high"], 1),
                 format_interval(s["mean"], s["low"], s["high"], 2),

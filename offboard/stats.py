@@ -1,6 +1,6 @@
-"""Claims with their uncertainty: a mean with its 95 % t-interval, and a cost ratio to a reference with a
-bootstrap interval that resamples training seeds and evaluation starts (paired: every planner of a
-comparison ran from the same starts)."""
+"""Claims with their uncertainty: a mean with its 95 % t-interval, a success rate with its 95 % Wilson interval,
+and a cost ratio to a reference with a bootstrap interval that resamples training seeds and evaluation starts
+(paired: every planner of a comparison ran from the same starts)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ def mean_interval(values) -> dict:
         return dict(mean=mean, low=mean, high=mean, n=len(x))
     half = float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
     return dict(mean=mean, low=mean - half, high=mean + half, n=len(x))
+
+
+def success_interval(successes) -> dict:
+    """The success rate over independent episodes and its 95 % Wilson score interval: inside [0, 1], and not a
+    point when every episode succeeded or failed (a t-interval on 0/1 outcomes is both)."""
+    x = np.asarray(successes, dtype=bool)
+    n, rate = len(x), float(np.mean(x))
+    z = float(stats.norm.ppf(0.5 + LEVEL / 2))
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return dict(mean=rate, low=float(max(0.0, centre - half)), high=float(min(1.0, centre + half)), n=n)
 
 
 def ratio_interval(ours, reference, draws: int = 10_000, seed: int = 0) -> dict:

@@ -57,3 +57,15 @@ def test_the_final_table_shows_each_training_seeds_ratio_beside_the_pooled_one()
     assert "| ratio per seed |" in lines[3]
     assert lines[-2].startswith("| MPPI TRUE | 1 |") and "|  |" in lines[-2]  # one seed: nothing to spread
     assert lines[-1].startswith("| MPQ | 2 |") and "| 1.000, 1.500 |" in lines[-1] and "1.250 [" in lines[-1]
+
+
+def test_a_success_rate_carries_a_wilson_interval_inside_zero_and_one():
+    from offboard.stats import success_interval
+
+    every = success_interval([True] * 50)  # 50 of 50: not a point, and never past 1
+    assert every["mean"] == 1.0 and every["high"] == 1.0 and every["low"] == pytest.approx(0.9287, abs=1e-4)
+    most = success_interval([True] * 49 + [False])  # a t-interval gave [0.94, 1.02]
+    assert most["low"] == pytest.approx(0.8950, abs=1e-4) and most["high"] == pytest.approx(0.9965, abs=1e-4)
+    paper = success_interval([True] * 264 + [False] * 36)  # 0.88 of 300 episodes
+    assert (paper["low"], paper["high"]) == pytest.approx((0.8383, 0.9120), abs=1e-4)
+    assert success_interval([False] * 10)["low"] == 0.0
