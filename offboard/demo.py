@@ -478,10 +478,7 @@ def table(final: dict) -> str:
         ]
         reference = np.mean(result["rows"][result["reference"]]["costs"][0])
         for label, row in result["rows"].items():
-            c, s = (
-                row["cost"],
-                success_interval(np.ravel(row["successes"])),
-            )  # from the episodes, as results.json has them
+            c, s = row["cost"], success_interval(np.ravel(row["successes"]))  # success: from results.json's episodes
             cost, success = (
                 format_interval(c["mean"], c["low"], c["high"], 1),
                 format_interval(s["mean"], s["low"], s["high"], 2),

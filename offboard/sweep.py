@@ -96,7 +96,7 @@ def table(param: str, values: list, trials: list[dict]) -> tuple[str, list[dict]
     for value in values:
         mine = [t for t in trials if t["value"] == value]
         costs = np.ravel([t["costs"] for t in mine])
-        successes = np.ravel([t["successes"] for t in mine]).astype(float)
+        successes = np.ravel([t["successes"] for t in mine])
         rows.append(dict(value=value, seeds=len(mine), cost=mean_interval(costs), success=success_interval(successes)))
     lines = [f"| {param} | seeds | mean episode cost [95 %] | success [95 %] |", "|---|---|---|---|"]
     for row in rows:

@@ -244,8 +244,8 @@ def append_manifest(directory: Path, segment: Path, recovered: bool) -> None:
     fsync_dir(directory)
 
 
-def _records(path: Path, complete_only: bool = False) -> list:
-    """The records of an MCAP file's data section (its summary repeats the schemas and channels); complete_only: up
+def _records(path: Path, cut_short_ok: bool = False) -> list:
+    """The records of an MCAP file's data section (its summary repeats the schemas and channels); cut_short_ok: up
     to the first one a crash cut short, else an error there."""
     records = []
     with open(path, "rb") as f:
@@ -255,7 +255,7 @@ def _records(path: Path, complete_only: bool = False) -> list:
                     break
                 records.append(record)
         except Exception:  # truncated or garbled tail: keep what came before it
-            if not complete_only:
+            if not cut_short_ok:
                 raise
     return records
 
@@ -302,7 +302,7 @@ def recover_partials(directory: Path) -> list[Path]:
             _quarantine(directory, closing, "a segment's copy left by a crash, without its .partial")
     recovered = []
     for partial in sorted(directory.glob(f"*{PARTIAL}")):
-        records = _records(partial, complete_only=True)
+        records = _records(partial, cut_short_ok=True)
         messages = [r for r in records if isinstance(r, Message)]
         if not messages:
             _quarantine(directory, partial, "no complete message in it")
