@@ -11,9 +11,7 @@ from offboard.cli import add_options, given
 from offboard.dataset import DatasetError
 from offboard.deploy import add_commands as add_deploy_commands
 from offboard.evaluate import add_command as add_evaluate
-from offboard.export import ExportError, check_model_path, export, export_extra, load_checkpoint
 from offboard.minari_export import add_command as add_export_minari
-from offboard.mpq import Config, train
 from offboard.pull_data import add_command as add_pull_data
 from offboard.remote import RemoteError
 from offboard.replay import add_command as add_replay
@@ -23,6 +21,8 @@ from onboard.profile import ProfileError, load_profile
 
 def model_path(model: str | None, task: str) -> Path:
     """--model, or models/<task>/q.onnx; refused now if export could not write it."""
+    from offboard.export import check_model_path
+
     if model == "":
         raise ValueError("--model is empty: give a path such as q.onnx, or leave --model out for models/<task>/q.onnx")
     path = Path(model or f"models/{task}/q.onnx")
@@ -30,7 +30,7 @@ def model_path(model: str | None, task: str) -> Path:
     return path
 
 
-def check_train_paths(config: Config, model: str | None) -> Path:
+def check_train_paths(config, model: str | None) -> Path:
     """The refusals about files, made before any training (the settings checked themselves): the export path."""
     blocker = blocking_file(Path(config.out))
     if blocker is not None:
@@ -43,6 +43,9 @@ def check_train_paths(config: Config, model: str | None) -> Path:
 
 
 def run_train(args) -> int:
+    from offboard.export import export, export_extra
+    from offboard.mpq import Config, train
+
     config = Config(**given(args, Config))
     model = check_train_paths(config, args.model)
     result = train(config)
@@ -59,6 +62,8 @@ def run_train(args) -> int:
 
 
 def run_export(args) -> int:
+    from offboard.export import export, export_extra, load_checkpoint
+
     net, checkpoint = load_checkpoint(args.checkpoint)
     config = checkpoint["config"]
     model = model_path(args.model, config["task"])
@@ -68,10 +73,15 @@ def run_export(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # the parser itself has only --help
     parser = ArgumentParser(prog="python -m offboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="MPQ training from verified robot logs; exports models/<task>/q.onnx")
-    add_options(t, Config)
+    if command == "train":  # torch (seconds to load) only for train and export: a pull or a deploy never needs it
+        from offboard.mpq import Config
+
+        add_options(t, Config)
     t.add_argument("--model", help="where to export (default models/<task>/q.onnx)")
     t.set_defaults(run=run_train)
     e = sub.add_parser("export", help="export a training checkpoint to q.onnx + q.json")
@@ -105,7 +115,7 @@ def main(argv=None) -> int:
             return 130
     try:
         return args.run(args)
-    except (DatasetError, ExportError, ValueError, FileNotFoundError) as e:  # the input: a model, profile, setting
+    except (DatasetError, ValueError, FileNotFoundError) as e:  # the input: a model, profile, setting, export
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (RuntimeError, OSError) as e:  # evaluate's loop, link or stand-in; this machine's disk

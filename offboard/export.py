@@ -35,8 +35,8 @@ FLOOR_FACTOR = 8.0
 MAX_ROUNDING = 2.5e-4  # beyond this the net itself is badly conditioned in float32: refused, not exported
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(ValueError):
+    """What cannot be exported as given: the model path, the checkpoint, or a Q that float32 cannot hold."""
 
 
 def onnx_bytes(net: QNetwork, obs_dim: int, act_dim: int) -> bytes:

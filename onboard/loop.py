@@ -196,8 +196,18 @@ class ControlLoop:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        link.arm()
+        self._arm()
         return _newest(link, state) if self.realtime else state  # the plant streamed while we armed: from now
+
+    def _arm(self) -> None:
+        """Arm the plant. A watchdog trip latched since the last episode (its disarm lost on the wire for the
+        watchdog's periods, the plant still armed) is re-armed where the profile allows it, as in an episode."""
+        try:
+            self.link.arm()
+        except LinkError:
+            if not (self.profile.rearm_after_watchdog and self.link.status.failsafe == WATCHDOG):
+                raise
+            self.link.rearm()
 
     def control_step(self, t: int, state, tally: EpisodeTally):
         """One control period: plan from `state` (or, too late in realtime, the previous plan's next action), send,

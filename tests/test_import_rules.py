@@ -67,3 +67,19 @@ def test_ray_is_imported_only_by_the_paths_past_one_machine_and_only_when_asked(
     loaded = modules_loaded_by_importing_all_of("offboard", "onboard")
     assert {"offboard.fleet", "offboard.sweep", "offboard.target_workers"} <= loaded
     assert "ray" not in {name.split(".")[0] for name in loaded}
+
+
+def test_only_train_and_export_load_torch_on_the_workstation():
+    """A pull, a deploy or an evaluation starts in about a second: torch (seconds to import) is not loaded for it."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['offboard', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('offboard', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    for command, loads_torch in (("pull-data", False), ("deploy", False), ("evaluate", False), ("train", True)):
+        out = subprocess.run([sys.executable, "-c", code, command, "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert out.stdout.splitlines()[-1] == str(loads_torch), (command, out.stderr)

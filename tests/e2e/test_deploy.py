@@ -262,6 +262,11 @@ def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_
     pull.wait(timeout=30)
     assert pull.returncode != 0
     arrived = sorted(p.name for p in (data / "loopback").glob("*.mcap"))
+    # rsync's receiver, a process of its own, moves the cut file into the partial folder as it exits: a moment
+    # after the pull's own exit, at most
+    deadline = time.monotonic() + 10
+    while not (partial_dir.is_dir() and list(partial_dir.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(arrived) < 4 and list(partial_dir.iterdir()), "the pull was not cut midway"
     # What arrived is whole; the cut segment waits in rsync's partial folder, not passed off as complete.
     for name in arrived:

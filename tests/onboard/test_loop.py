@@ -23,7 +23,7 @@ import pytest
 import tomli_w
 
 from firmware_bridge.dialect import mavlink
-from firmware_bridge.link import Link
+from firmware_bridge.link import Link, LinkError
 from onboard.loop import LoopError, make_planner, run
 from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile
@@ -181,6 +181,42 @@ def test_realtime_deadline_misses_fall_back_to_the_previous_plan_then_stop_safel
     assert metadata["summary"]["safe_stop"] == "deadline misses"
     assert metadata["summary"]["error"].startswith("stopped: 5 planning deadlines missed in a row")
     assert metadata["summary"]["plant"]["commands_applied"] >= 10 and "crc_errors" in metadata["summary"]["link"]
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("rearm", [True, False])
+def test_a_watchdog_trip_between_episodes_is_rearmed_where_allowed_or_stops_the_run_in_one_line(
+    tmp_path, monkeypatch, rearm
+):
+    """The first episode's disarm is lost on the wire for longer than the watchdog (held back here): the plant,
+    still armed, latches MPQ_FAILSAFE_WATCHDOG after the episode's last step, and the next episode's arm meets it."""
+    profile = load_profile(
+        "sim", log_dir=str(tmp_path), mode="realtime", standin=dict(period=0.02), rearm_after_watchdog=rearm
+    )
+    disarm, held_back = Link.disarm, []
+
+    def late_disarm(link, timeout=2.0):
+        if not held_back:
+            held_back.append(True)
+            time.sleep(0.3)  # 15 periods: the watchdog's 3 pass without a command
+        disarm(link, timeout)
+
+    monkeypatch.setattr(Link, "disarm", late_disarm)
+    if rearm:
+        stats = run(profile, episodes=2, show_status=False)
+        assert stats.episodes == 2
+    else:
+        with pytest.raises(LinkError, match="did not arm: failsafe MPQ_FAILSAFE_WATCHDOG latched"):
+            run(profile, episodes=2, show_status=False)
+    (first, second), problems = verified_segments(tmp_path / "sim")
+    assert problems == [] and "error" not in read_segment(first)[0]["summary"]
+    metadata, topics = read_segment(second)
+    if rearm:  # the trip came after the first episode's last state: the second episode's plant counted it
+        assert "error" not in metadata["summary"] and len(topics["/transition"]) == get_task("pendulum").episode_steps
+        assert metadata["summary"]["plant"]["watchdog_trips"] >= 1
+    else:  # the second episode's segment says why it never ran
+        assert "failsafe MPQ_FAILSAFE_WATCHDOG latched" in metadata["summary"]["error"]
+        assert topics.get("/transition", []) == []
 
 
 class CallLog:
@@ -509,7 +545,6 @@ def test_a_refused_realtime_priority_is_named_once_and_the_loop_runs_on(tmp_path
 
 def test_a_full_disk_mid_episode_still_disarms_the_plant_first(tmp_path, monkeypatch):
     """The recorder failing (ENOSPC), even again while it closes the segment, must not keep the plant armed."""
-    from firmware_bridge.link import Link
     from onboard.recorder import Recorder
 
     calls = []
