@@ -39,7 +39,7 @@ test: lint
 	$(BIN)/python -m pytest -m timing
 
 bench: setup
-	$(BIN)/python -m offboard.bench
+	$(BIN)/python -m offboard.bench $(if $(SECTIONS),--sections $(SECTIONS))
 
 # The GPU backend against pytorch-mppi on CUDA (needs a CUDA GPU; sets up the gpu extra).
 bench-gpu:

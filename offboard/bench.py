@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -223,7 +224,18 @@ def cpu_hogs(n: int):
             hog.wait()
 
 
-def run(threads: int, quick: bool) -> dict:
+SECTIONS = ("step", "link", "loop", "mujoco", "faults", "ray")  # the docstring's 1-6, in its order
+
+
+def run(threads: int, quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict:
+    measure = dict(
+        step=lambda: bench_step.run(threads, quick),
+        link=lambda: run_link(200 if quick else 5000),
+        loop=lambda: run_loop(quick),
+        mujoco=lambda: bench_mujoco.run(threads, quick),
+        faults=lambda: bench_link.run(quick),
+        ray=lambda: bench_ray.run(quick),
+    )
     return dict(
         benchmark="mppi_control_step and serial_link",
         task="pendulum",
@@ -231,22 +243,31 @@ def run(threads: int, quick: bool) -> dict:
         threads=threads,
         machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version()),
         time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        step=bench_step.run(threads, quick),
-        link=run_link(200 if quick else 5000),
-        loop=run_loop(quick),
-        mujoco=bench_mujoco.run(threads, quick),
-        faults=bench_link.run(quick),
-        ray=bench_ray.run(quick),
+        **{name: measure[name]() for name in SECTIONS if name in sections},
     )
 
 
 def print_table(report: dict) -> None:
+    """The tables of the sections the report has."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console() if sys.stdout.isatty() else Console(width=120)  # a log keeps the rows on one line each
-    bench_step.print_table(report["step"], console)
-    link = report["link"]
+    printers = dict(
+        step=bench_step.print_table,
+        link=print_link_table,
+        loop=print_loop_table,
+        mujoco=bench_mujoco.print_table,
+        faults=bench_link.print_table,
+        ray=bench_ray.print_table,
+    )
+    for name in SECTIONS:
+        if name in report:
+            printers[name](report[name], console)
+
+
+def print_link_table(link: dict, console) -> None:
+    from rich.table import Table
+
     table = Table(title="Serial link, lockstep over a pty, pendulum stand-in")
     for col in ("round trip median us", "p99 us", "stand-in steps/s", "steps"):
         table.add_column(col)
@@ -257,7 +278,13 @@ def print_table(report: dict) -> None:
         str(link["steps"]),
     )
     console.print(table)
-    loop = report["loop"]
+    t = link["target"]
+    console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+
+
+def print_loop_table(loop: dict, console) -> None:
+    from rich.table import Table
+
     table = Table(title="Onboard loop against the stand-in (own process, logging on; 1 MPPI iteration unless named)")
     for col in ("run", "steps/s", "plan p50 ms", "plan p99 ms", "misses", "jitter p99 ms", "peak MB"):
         table.add_column(col)
@@ -281,11 +308,8 @@ def print_table(report: dict) -> None:
             f"{r['peak_rss_mb']:.0f}",
         )
     console.print(table)
-    for t in [link["target"], *loop["targets"]]:
+    for t in loop["targets"]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
-    bench_mujoco.print_table(report["mujoco"], console)
-    bench_link.print_table(report["faults"], console)
-    bench_ray.print_table(report["ray"], console)
 
 
 def main(argv=None) -> None:
@@ -293,8 +317,23 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT and torch threads")
     parser.add_argument("--quick", action="store_true", help="a few steps per row (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON report")
+    parser.add_argument(
+        "--sections",
+        type=section_names,
+        default=SECTIONS,
+        help=f"the sections to run, comma-separated, of {','.join(SECTIONS)} (default: all; the docstring's 1-6)",
+    )
     args = parser.parse_args(argv)
-    publish(run(args.threads, args.quick), args.out, "mppi", print_table)
+    publish(run(args.threads, args.quick, args.sections), args.out, "mppi", print_table)
+
+
+def section_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        what = f"no section {unknown[0]!r}" if unknown else "no sections given"
+        raise argparse.ArgumentTypeError(f"{what}: give one or more of {','.join(SECTIONS)}, comma-separated")
+    return names
 
 
 def publish(report: dict, out: Path, prefix: str, print_table) -> Path:

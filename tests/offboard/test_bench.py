@@ -16,17 +16,24 @@ from onboard.tasks import ANALYTIC_TASKS, get_task
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timing
-def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
+def quick_bench(tmp_path, sections: str) -> tuple[dict, str]:
+    """`python -m offboard.bench --quick --sections ...`: its JSON report and what it printed."""
     out = subprocess.run(
-        [sys.executable, "-m", "offboard.bench", "--quick", "--threads", "1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "offboard.bench", "--quick", "--threads", "1", "--out", str(tmp_path)]
+        + ["--sections", sections],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     (report_path,) = tmp_path.glob("mppi-*.json")
-    report = json.loads(report_path.read_text())
+    return json.loads(report_path.read_text()), out.stdout
+
+
+def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
+    """Every section but the onboard loop's (speed is measured, never asserted: a loaded machine does)."""
+    report, stdout = quick_bench(tmp_path, "step,link,mujoco,faults,ray")
+    assert "loop" not in report
     step = report["step"]  # every planner at each thread count, the peer in both its settings, and the limit
     assert step["thread_counts"] == [1]
     planners = {(r["case"], r["planner"]) for r in step["rows"]}
@@ -64,6 +71,34 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     link = report["link"]
     assert 0 < link["round_trip_us_median"] <= link["round_trip_us_p99"] and link["steps_per_second"] > 0
     assert link["link_counters"]["seq_gaps"] == 0 and link["link_counters"]["crc_errors"] == 0
+    assert "median ms" in stdout and "round trip median us" in stdout
+    assert "pytorch-mppi float32" in stdout and "x limit" in stdout and "ns per sample-step" in stdout
+    mujoco = report["mujoco"]  # the MJCF planner against raw mujoco.rollout and a Python loop, every case
+    assert {(r["task"], r["case"], r["planner"]) for r in mujoco["rows"]} == {
+        (task, case, planner)
+        for task in ("pendulum", "cartpole")
+        for case in ("K=36 H=4 3 iters", "K=1024 H=32")
+        for planner in ("mpq mujoco", "raw rollout", "python mj_step")
+    }
+    assert all(r["steps_per_second"] > 0 for r in mujoco["rows"]) and len(mujoco["targets"]) == 8
+    assert "MuJoCo steps/s" in stdout
+    faults = {r["rate"]: r for r in report["faults"]["rows"]}  # the faulty link against a clean one
+    assert set(faults) == {0.0, 0.01} and faults[0.0]["episodes_completed"] == 1
+    assert faults[0.01]["faults_injected"]["to_plant"]["flip"] > 0 and "byte faults" in stdout
+    assert faults[0.01]["actions_match"] and faults[0.01]["applied_once"]
+    ray = report["ray"]  # the paths past one machine against their number of workers, and a projection
+    for part, unit in (("fleet", "episodes_per_minute"), ("targets", "per_second")):
+        rates = ray[part][unit]
+        assert set(rates) >= {"this process, no Ray"} and len(rates) == 3 and all(v > 0 for v in rates.values())
+        assert 0 <= ray[part]["serial_fraction"] <= 1 and set(ray[part]["projected"]) == {"8", "64"}
+        assert ray[part]["task"] == "pendulum"  # quick: the task whose episodes take a second
+    assert "PROJECTED" in stdout
+
+
+@pytest.mark.timing
+def test_quick_bench_runs_the_onboard_loop_in_lockstep_realtime_and_beside_cpu_hogs(tmp_path):
+    report, stdout = quick_bench(tmp_path, "loop")
+    assert set(report) >= {"loop", "machine"} and not set(report) & {"step", "link", "mujoco", "faults", "ray"}
     loop = report["loop"]
     assert loop["lockstep"]["steps"] == 200 and loop["lockstep"]["peak_rss_mb"] > 0
     assert loop["lockstep_3_iters"]["steps"] == 200 and "error" not in loop["lockstep_3_iters"]
@@ -73,28 +108,18 @@ def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     )
     if realtime_refusal(50) is None:  # at realtime priority the loop plans on, with a spinning process per core
         assert loop["realtime_loaded"]["SCHED_FIFO 50"]["scheduling"] == "SCHED_FIFO 50"
-    assert "pytorch-mppi float32" in out.stdout and "x limit" in out.stdout and "ns per sample-step" in out.stdout
-    assert "median ms" in out.stdout and "round trip median us" in out.stdout
-    mujoco = report["mujoco"]  # the MJCF planner against raw mujoco.rollout and a Python loop, every case
-    assert {(r["task"], r["case"], r["planner"]) for r in mujoco["rows"]} == {
-        (task, case, planner)
-        for task in ("pendulum", "cartpole")
-        for case in ("K=36 H=4 3 iters", "K=1024 H=32")
-        for planner in ("mpq mujoco", "raw rollout", "python mj_step")
-    }
-    assert all(r["steps_per_second"] > 0 for r in mujoco["rows"]) and len(mujoco["targets"]) == 8
-    assert "MuJoCo steps/s" in out.stdout
-    faults = {r["rate"]: r for r in report["faults"]["rows"]}  # the faulty link against a clean one
-    assert set(faults) == {0.0, 0.01} and faults[0.0]["episodes_completed"] == 1
-    assert faults[0.01]["faults_injected"]["to_plant"]["flip"] > 0 and "byte faults" in out.stdout
-    assert faults[0.01]["actions_match"] and faults[0.01]["applied_once"]
-    ray = report["ray"]  # the paths past one machine against their number of workers, and a projection
-    for part, unit in (("fleet", "episodes_per_minute"), ("targets", "per_second")):
-        rates = ray[part][unit]
-        assert set(rates) >= {"this process, no Ray"} and len(rates) == 3 and all(v > 0 for v in rates.values())
-        assert 0 <= ray[part]["serial_fraction"] <= 1 and set(ray[part]["projected"]) == {"8", "64"}
-        assert ray[part]["task"] == "pendulum"  # quick: the task whose episodes take a second
-    assert "PROJECTED" in out.stdout
+    assert "Onboard loop against the stand-in" in stdout and "onboard process peak memory" in stdout
+
+
+def test_bench_sections_are_checked_before_anything_runs(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "offboard.bench", "--sections", "mujoco,gpu", "--out", str(tmp_path / "bench")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and "give one or more of step,link,loop,mujoco,faults,ray" in out.stderr
+    assert out.stderr.count("\n") == 1 and not (tmp_path / "bench").exists()
 
 
 @pytest.mark.parametrize("name", ANALYTIC_TASKS)
