@@ -83,6 +83,7 @@ def open_loop(profile: RobotProfile, planner=None, show_status: bool = True):
                 yield ControlLoop(profile, task, planner, recorder, link, stats, show_status)
         finally:
             recorder.close()  # the folder's lock: another run may record into it now
+            gc.unfreeze()  # what the episodes froze (ControlLoop._start_episode), collectable again
 
 
 @dataclass
@@ -189,13 +190,14 @@ class ControlLoop:
         seed = planner.config.seed
         if planner.xp is np:
             planner.reseed(None if seed is None else (seed, episode))
-        self.recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, self.version))
-        # A full garbage collection now, while disarmed (the last episode's objects included), and what lives then
-        # (modules, the planner, the link) moved out of the collector's sight: a collection in a control step walks
-        # only what this episode made (over 50k startup objects took 12 ms, past a 200 Hz loop's watchdog).
-        gc.unfreeze()
+        # A garbage collection now, while disarmed, of what the last episode made, and what lives then (modules,
+        # the planner, the link: the run's, not this episode's segment) moved out of the collector's sight: a
+        # collection in a control step walks only what this episode made (over 50k startup objects took 12 ms, past
+        # a 200 Hz loop's watchdog). What an earlier start froze is not walked again: in a process that loaded torch
+        # (an evaluation, the demo) that took 0.3 s an episode. open_loop unfreezes it all on its way out.
         gc.collect()
         gc.freeze()
+        self.recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, self.version))
         self._arm()
         return _newest(link, state) if self.realtime else state  # the plant streamed while we armed: from now
 

@@ -250,13 +250,18 @@ def test_each_episode_warms_the_planner_up_before_arming(tmp_path, monkeypatch):
         return arm(link)
 
     monkeypatch.setattr(Link, "arm", logged_arm)
-    # and a full garbage collection, with what lives then frozen, so that no control step pays for one
-    # that walks every startup object (12 ms with MuJoCo loaded: past a 200 Hz loop's watchdog)
+    start_episode = Recorder.start_episode
+    monkeypatch.setattr(
+        Recorder, "start_episode", lambda recorder, *a: planner.calls.append("S") or start_episode(recorder, *a)
+    )
+    # and a garbage collection, with what lives then frozen, so that no control step pays for one that walks every
+    # startup object (12 ms with MuJoCo loaded: past a 200 Hz loop's watchdog); before the episode's segment opens
+    # (a segment closed later is not kept frozen), and everything unfrozen once the run is over
     monkeypatch.setattr(gc, "unfreeze", lambda: planner.calls.append("U"))
     monkeypatch.setattr(gc, "collect", lambda *a: planner.calls.append("C") or 0)
     monkeypatch.setattr(gc, "freeze", lambda: planner.calls.append("F"))
     run(profile, episodes=2, planner=planner, show_status=False)
-    assert "".join(planner.calls) == ("WUCFA" + "p" * task.episode_steps) * 2
+    assert "".join(planner.calls) == ("WCFSA" + "p" * task.episode_steps) * 2 + "U"
 
 
 def test_sigterm_ends_the_segment_cleanly(tmp_path):
