@@ -82,8 +82,10 @@ def open_loop(profile: RobotProfile, planner=None, show_status: bool = True):
             with open_plant(profile, task, signing_key) as link:
                 yield ControlLoop(profile, task, planner, recorder, link, stats, show_status)
         finally:
-            recorder.close()  # the folder's lock: another run may record into it now
-            gc.unfreeze()  # what the episodes froze (ControlLoop._start_episode), collectable again
+            try:
+                recorder.close()  # the folder's lock: another run may record into it now
+            finally:
+                gc.unfreeze()  # what the episodes froze (ControlLoop._start_episode), collectable again
 
 
 @dataclass
@@ -145,8 +147,8 @@ class ControlLoop:
         episode: its id (None: the folder's next)."""
         link, stats = self.link, self.stats
         episode = self.recorder.next_episode if episode is None else episode
-        state = self._start_episode(episode)
         tally = EpisodeTally()
+        state = self._start_episode(episode, tally)
         started = time.monotonic()
         for t in range(self.task.episode_steps):
             if stop():
@@ -175,7 +177,7 @@ class ControlLoop:
             line = stats.line(episode, max(tally.steps - 1, 0), tally.cost, link)
             print(("\r" if self.live else "") + line, file=sys.stderr, flush=True)
 
-    def _start_episode(self, episode: int):
+    def _start_episode(self, episode: int, tally: EpisodeTally):
         """The plant reset to the episode's start, the planner warm and reset, the segment open, the plant armed;
         the state to plan from."""
         profile, task, link, planner = self.profile, self.task, self.link, self.planner
@@ -198,18 +200,26 @@ class ControlLoop:
         gc.collect()
         gc.freeze()
         self.recorder.start_episode(episode, _segment_metadata(profile, task, planner, episode, self.version))
-        self._arm()
+        self._arm(tally)
         return _newest(link, state) if self.realtime else state  # the plant streamed while we armed: from now
 
-    def _arm(self) -> None:
+    def _arm(self, tally: EpisodeTally) -> None:
         """Arm the plant. A watchdog trip latched since the last episode (its disarm lost on the wire for the
-        watchdog's periods, the plant still armed) is re-armed where the profile allows it, as in an episode."""
+        watchdog's periods, the plant still armed) is re-armed where the profile allows it, as in an episode: only
+        when the plant's answer to this arm denied it for that (a re-arm clears any failsafe; an older status may
+        be stale)."""
+        link = self.link
         try:
-            self.link.arm()
+            link.arm()
         except LinkError:
-            if not (self.profile.rearm_after_watchdog and self.link.status.failsafe == WATCHDOG):
+            status = link.status
+            denied_for_watchdog = (
+                status is not None and status.last_request == link.request_id and status.failsafe == WATCHDOG
+            )
+            if not (self.profile.rearm_after_watchdog and denied_for_watchdog):
                 raise
-            self.link.rearm()
+            link.rearm()
+            tally.rearms += 1
 
     def control_step(self, t: int, state, tally: EpisodeTally):
         """One control period: plan from `state` (or, too late in realtime, the previous plan's next action), send,
