@@ -228,6 +228,7 @@ SECTIONS = ("step", "link", "loop", "mujoco", "faults", "ray")  # the docstring'
 
 
 def run(threads: int, quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict:
+    """The sections asked for, each a function of the run's settings; their tables: PRINTERS."""
     measure = dict(
         step=lambda: bench_step.run(threads, quick),
         link=lambda: run_link(200 if quick else 5000),
@@ -252,17 +253,9 @@ def print_table(report: dict) -> None:
     from rich.console import Console
 
     console = Console() if sys.stdout.isatty() else Console(width=120)  # a log keeps the rows on one line each
-    printers = dict(
-        step=bench_step.print_table,
-        link=print_link_table,
-        loop=print_loop_table,
-        mujoco=bench_mujoco.print_table,
-        faults=bench_link.print_table,
-        ray=bench_ray.print_table,
-    )
-    for name in SECTIONS:
+    for name, print_section in PRINTERS.items():
         if name in report:
-            printers[name](report[name], console)
+            print_section(report[name], console)
 
 
 def print_link_table(link: dict, console) -> None:
@@ -310,6 +303,17 @@ def print_loop_table(loop: dict, console) -> None:
     console.print(table)
     for t in loop["targets"]:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+
+
+PRINTERS = dict(  # SECTIONS' tables, in their order
+    step=bench_step.print_table,
+    link=print_link_table,
+    loop=print_loop_table,
+    mujoco=bench_mujoco.print_table,
+    faults=bench_link.print_table,
+    ray=bench_ray.print_table,
+)
+assert tuple(PRINTERS) == SECTIONS
 
 
 def main(argv=None) -> None:

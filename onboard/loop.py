@@ -213,13 +213,18 @@ class ControlLoop:
             link.arm()
         except LinkError:
             status = link.status
-            denied_for_watchdog = (
-                status is not None and status.last_request == link.request_id and status.failsafe == WATCHDOG
-            )
-            if not (self.profile.rearm_after_watchdog and denied_for_watchdog):
+            answered = status is not None and status.last_request == link.request_id
+            if not (answered and self._rearmed(status.failsafe, tally)):
                 raise
-            link.rearm()
-            tally.rearms += 1
+
+    def _rearmed(self, failsafe: int, tally: EpisodeTally) -> bool:
+        """A watchdog trip re-armed where the profile allows it (meanwhile the plant held zero actuation: the
+        states say so, armed 0); whether it was."""
+        if failsafe != WATCHDOG or not self.profile.rearm_after_watchdog:
+            return False
+        self.link.rearm()
+        tally.rearms += 1
+        return True
 
     def control_step(self, t: int, state, tally: EpisodeTally):
         """One control period: plan from `state` (or, too late in realtime, the previous plan's next action), send,
@@ -292,18 +297,16 @@ class ControlLoop:
         """Every state carries the plant's failsafe, so the host learns of one at once: a watchdog trip re-armed
         where the profile allows it (the state to go on from), any other stops the run."""
         failsafe = state.failsafe
-        if failsafe == WATCHDOG and self.profile.rearm_after_watchdog:
-            self.link.rearm()  # meanwhile the plant held zero actuation: the states say so (armed 0)
-            tally.rearms += 1
+        if not failsafe:
+            return state
+        if self._rearmed(failsafe, tally):
             return _newest(self.link, state)  # the re-arm took periods: plan from now on
-        if failsafe:
-            why = (
-                f"the plant latched failsafe {_failsafe_name(failsafe)} at step {t}: its actuators are off; find "
-                "the cause (the loop's timing, the commands), then re-arm"
-            )
-            _safe_stop(self.link, state, self.recorder, tally.cost, "plant failsafe", why)
-            raise LoopError(why)
-        return state
+        why = (
+            f"the plant latched failsafe {_failsafe_name(failsafe)} at step {t}: its actuators are off; find "
+            "the cause (the loop's timing, the commands), then re-arm"
+        )
+        _safe_stop(self.link, state, self.recorder, tally.cost, "plant failsafe", why)
+        raise LoopError(why)
 
     def _leave_safe(self) -> None:
         """Zero actuation first (nothing the recorder raises may keep the plant armed), then a segment an error
