@@ -31,7 +31,7 @@ def speedup_model(one: float, two: float) -> dict:
     return dict(serial_fraction=serial, projected=projected)
 
 
-def run_fleet(task: str, episodes: int, root: Path) -> dict:
+def run_fleet(task: str, episodes: int, root: Path, address: str) -> dict:
     from offboard.evaluate import run_episodes
     from offboard.fleet import Fleet
 
@@ -39,7 +39,7 @@ def run_fleet(task: str, episodes: int, root: Path) -> dict:
     run_episodes(root / "local", "robot", task, episodes, 0, "", {})
     rates = {"this process, no Ray": episodes / (time.perf_counter() - started) * 60}
     for size in (1, 2):
-        fleet = Fleet("bench", size)
+        fleet = Fleet(address, size)
         try:
             fleet.run_episodes(root / f"warm{size}", "robot", task, size, 0, "", {})  # collectors up, stand-ins warm
             started = time.perf_counter()
@@ -55,7 +55,7 @@ def run_fleet(task: str, episodes: int, root: Path) -> dict:
     )
 
 
-def run_targets(task_name: str, minibatches: int, root: Path) -> dict:
+def run_targets(task_name: str, minibatches: int, root: Path, address: str) -> dict:
     from offboard.evaluate import run_episodes
     from offboard.mpq import Config, LocalTargets, QNetwork, TorchQ, target_planner
     from offboard.target_workers import RayTargets
@@ -68,7 +68,7 @@ def run_targets(task_name: str, minibatches: int, root: Path) -> dict:
     (segment,), _ = verified_segments(root / "data" / "robot")
     states = np.array([t["next_state"] for t in read_segment(segment)[1]["/transition"]])
     net = QNetwork(task.obs_dim, task.act_dim, (100, 100), task.value_scale)
-    config = Config(task=task_name, target_iters=1, torch_threads=1, target_threads=1, ray="bench")
+    config = Config(task=task_name, target_iters=1, torch_threads=1, target_threads=1, ray=address)
     gamma = MPPIConfig.for_task(task).gamma
 
     def rate(targets) -> float:
@@ -105,14 +105,15 @@ def run(quick: bool) -> dict:
     ray = require_ray()
     torch.set_num_threads(1)
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    address = ray.get_runtime_context().gcs_address  # the fleet and the target workers find this cluster by it
     try:
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
             task = "pendulum" if quick else TASK  # quick: a smoke run, on the task whose episodes take a second
             return dict(
                 cpus=os.cpu_count(),
-                fleet=run_fleet(task, 2 if quick else 8, root),
-                targets=run_targets(task, 3 if quick else 20, root),
+                fleet=run_fleet(task, 2 if quick else 8, root, address),
+                targets=run_targets(task, 3 if quick else 20, root, address),
             )
     finally:
         ray.shutdown()

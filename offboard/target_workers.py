@@ -35,11 +35,12 @@ def address_problem(address: str) -> str | None:
 
 def connect(address: str | None):
     """Ray, connected to the cluster at `address` ("auto": the one running on this machine; None: one started for
-    this process) once per process."""
+    this process) once per process: a process already connected stays on its cluster (the bench starts its own and
+    passes its address). A malformed address is refused either way."""
     ray = require_ray()
-    if not ray.is_initialized():  # (once it is, the address is moot: the bench's own cluster is named "bench")
-        if address and (problem := address_problem(address)):
-            raise ValueError(problem)
+    if address and (problem := address_problem(address)):
+        raise ValueError(problem)
+    if not ray.is_initialized():
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except ConnectionError as e:

@@ -52,6 +52,19 @@ def test_targets_on_two_ray_workers_equal_the_single_process_trainers(cluster, t
         remote.close()
 
 
+def test_a_malformed_address_is_refused_in_a_process_already_connected_to_a_cluster(cluster):
+    """Once connected, a process stays on its cluster; a garbage --ray was once taken as that cluster (a demo
+    started in a process a test had connected ran its whole default run on it)."""
+    from offboard.demo import DemoConfig, ray_problem
+    from offboard.target_workers import connect
+
+    assert connect(cluster).is_initialized()
+    with pytest.raises(ValueError, match="--ray garbage:xx: give auto"):
+        connect("garbage:xx")
+    assert ray_problem(DemoConfig(ray="garbage:xx")).startswith("--ray garbage:xx: give auto")
+    assert ray_problem(DemoConfig(ray=cluster)) is None
+
+
 def test_without_ray_the_trainer_works_and_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     real_import = builtins.__import__
 
