@@ -33,3 +33,23 @@ class NumpyQ:
 
     def __call__(self, obs, act):
         return mlp_forward(self.layers, obs, act)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: the list xdist splits
+def pytest_collection_modifyitems(config, items):
+    """The whole runs (marked `long`) first, dealt in turn to the xdist workers' shares. Worksteal hands each worker
+    a contiguous share of the collection, then moves the tails of the longest queues to idle workers: starting each
+    share with its long tests leaves short ones for the end, so the workers finish together (on 2 cores a long
+    test started last kept one worker busy for up to a minute after the other was done)."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    long = [item for item in items if item.get_closest_marker("long")]
+    if workers < 2 or not long:
+        return
+    short = iter([item for item in items if not item.get_closest_marker("long")])
+    ordered, left = [], len(items)
+    for i in range(workers):  # xdist's first split: n // w to the first worker, the rest likewise among the others
+        share = left // (workers - i)
+        heads = long[i::workers]
+        ordered += heads + [next(short) for _ in range(max(0, share - len(heads)))]
+        left -= share
+    items[:] = ordered + list(short)

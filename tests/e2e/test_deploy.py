@@ -75,6 +75,7 @@ def wait_stopped(profile_path: Path, timeout: float = 60) -> dict:
     raise AssertionError(f"the service did not finish its episodes: {status}")
 
 
+@pytest.mark.long
 def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
     """The whole path a robot engineer takes, against a real sshd on 127.0.0.1."""
     first_model, _ = make_q("pendulum", seed=1)

@@ -30,6 +30,7 @@ def quick_bench(tmp_path, sections: str) -> tuple[dict, str]:
     return json.loads(report_path.read_text()), out.stdout
 
 
+@pytest.mark.long
 def test_quick_bench_reports_every_planner_in_json_and_a_table(tmp_path):
     """Every section whose results do not depend on the wall clock: the onboard loop's (realtime periods, CPU
     hogs) and the faulty link's (its episodes have a time budget) run in the timing phase, below."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +46,7 @@ def demo_stopped_when(args: list[str], ready, signum=signal.SIGINT, within: floa
     return demo.returncode, stdout, stderr
 
 
+@pytest.mark.long
 def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
     args = ["--iterations", "2", "--episodes-per-iteration", "5", "--eval-episodes", "3", "--final-episodes", "2"]
     assert main([*args, "--updates-per-iteration", "300", "--robustness", "pole=1.3", "--out", str(tmp_path)]) == 0
@@ -192,6 +196,7 @@ def test_a_sparse_task_is_held_to_its_success_rate_and_to_beating_the_biased_bas
     assert not claims(cfg, final)["MPQ, uniform"]["met"]
 
 
+@pytest.mark.long
 def test_the_domain_randomised_learner_collects_on_drawn_plants_and_is_evaluated_on_the_true_one(tmp_path):
     args = [
         "--task",
@@ -204,8 +209,10 @@ def test_the_domain_randomised_learner_collects_on_drawn_plants_and_is_evaluated
         "1",
         "--updates-per-iteration",
         "5",
+        "--horizon",
+        "2",
         "--long-horizon",
-        "5",
+        "3",
         "--soft-q",
         "false",
         "--domain-randomisation",
@@ -248,6 +255,24 @@ SMALL = [
 ]
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """The run folder of one demo at the SMALL settings: the reference the distributed runs are compared with.
+    Made once per `make test`, by whichever xdist worker needs it first (their temp folders share a parent),
+    under a lock the other waits on."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = root / "small-demo"
+    with open(root / "small-demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "small-demo.done").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that failed midway
+            assert main([*SMALL, "--out", str(out)]) == 0
+            (root / "small-demo.done").touch()
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
 def numbers(run_dir: Path) -> dict:
     """A run's results without what differs between two runs of the same settings (times, folders)."""
     results = json.loads((run_dir / "results.json").read_text())
@@ -261,10 +286,11 @@ def numbers(run_dir: Path) -> dict:
     return dict(baselines={k: v["eval_costs"] for k, v in results["baselines"].items()}, learners=learners, final=final)
 
 
-def test_jobs_in_two_worker_processes_give_the_same_run_as_one_after_another(tmp_path):
-    assert main([*SMALL, "--out", str(tmp_path / "one")]) == 0
+@pytest.mark.long
+def test_jobs_in_two_worker_processes_give_the_same_run_as_one_after_another(small_run, tmp_path):
+    one = small_run
     assert main([*SMALL, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
-    (one,), (two,) = (tmp_path / "one").iterdir(), (tmp_path / "two").iterdir()
+    (two,) = (tmp_path / "two").iterdir()
     expected = numbers(one)
     assert len(expected["learners"]["MPQ"]) == 1 and set(expected["final"]) == {"uniform"}
     assert json.loads((one / "results.json").read_text())["video"] is None and not (one / "episode.mp4").exists()
@@ -272,6 +298,7 @@ def test_jobs_in_two_worker_processes_give_the_same_run_as_one_after_another(tmp
     assert sorted(p.name for p in (two / "jobs").iterdir()) == sorted(p.name for p in (one / "jobs").iterdir())
 
 
+@pytest.mark.long
 def test_a_stopped_run_goes_on_with_resume_keeping_its_finished_jobs(tmp_path, capsys):
     # stopped once the baselines are done and MPQ collects
     collecting = lambda: list(tmp_path.glob("*/MPQ/seed0/data/robot/*.mcap"))  # noqa: E731
@@ -295,23 +322,23 @@ def test_a_stopped_run_goes_on_with_resume_keeping_its_finished_jobs(tmp_path, c
     assert main(["--resume", str(run_dir)]) == 2  # a complete run is not resumed
 
 
-def test_the_demo_over_a_ray_cluster_gives_the_run_it_gives_without_one(cluster, tmp_path, capsys):
+@pytest.mark.long
+def test_the_demo_over_a_ray_cluster_gives_the_run_it_gives_without_one(cluster, small_run, tmp_path, capsys):
     """Collection and evaluation on a fleet of the cluster's stand-ins, the targets on its workers."""
     pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
-    small = SMALL
-    assert main([*small, "--out", str(tmp_path / "here")]) == 0
-    assert main([*small, "--ray", cluster, "--fleet", "2", "--out", str(tmp_path / "ray")]) == 0
-    (here,), (there,) = (tmp_path / "here").iterdir(), (tmp_path / "ray").iterdir()
-    assert numbers(there) == numbers(here)
+    assert main([*SMALL, "--ray", cluster, "--fleet", "2", "--out", str(tmp_path / "ray")]) == 0
+    (there,) = (tmp_path / "ray").iterdir()
+    assert numbers(there) == numbers(small_run)
     segments, problems = verified_segments(there / "MPQ" / "seed0" / "data" / "robot")
     assert len(segments) == 2 and problems == []
     capsys.readouterr()
-    assert main([*small, "--ray", cluster, "--fleet", "3", "--out", str(tmp_path / "more")]) == 2
+    assert main([*SMALL, "--ray", cluster, "--fleet", "3", "--out", str(tmp_path / "more")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --ray {cluster}: the cluster has 4 CPUs; --fleet 3 needs 6") and err.count("\n") == 1
     assert not (tmp_path / "more").exists()
 
 
+@pytest.mark.long
 def test_a_learner_stopped_in_its_second_round_goes_on_from_its_first_as_if_never_stopped(tmp_path):
     two_rounds = [*SMALL, "--iterations", "2"]
     data = tmp_path / "stopped"

@@ -28,6 +28,7 @@ def transitions(folder) -> dict:
     return out
 
 
+@pytest.mark.long
 def test_two_collectors_list_every_episode_once_and_the_same_as_one_process(cluster, tmp_path):
     fleet = Fleet(cluster, 2)
     try:
@@ -46,6 +47,7 @@ def test_two_collectors_list_every_episode_once_and_the_same_as_one_process(clus
             np.testing.assert_array_equal(ours[name][key], theirs[name][key], err_msg=f"{name} {key}")
 
 
+@pytest.mark.long
 def test_a_collector_killed_mid_episode_costs_that_episode_only(cluster, tmp_path):
     import ray
 

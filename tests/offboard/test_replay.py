@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 
+@pytest.mark.long
 def test_a_logged_episode_replays_as_a_video_whose_frames_follow_the_states(tmp_path, capsys):
     import imageio.v2 as imageio
 

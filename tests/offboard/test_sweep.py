@@ -12,6 +12,7 @@ pytest.importorskip("ray", reason="the cluster extra (Ray) is not installed")
 from offboard.sweep import main, trial  # noqa: E402
 
 
+@pytest.mark.long
 def test_a_sweep_runs_each_value_and_seed_on_tune_and_reports_one_table(cluster, tmp_path, capsys):
     small = ["--task", "pendulum", "--iterations", "1", "--episodes-per-iteration", "2", "--eval-episodes", "1"]
     small += ["--updates-per-iteration", "20", "--final-episodes", "2"]

@@ -65,6 +65,7 @@ def check_counters(host: dict, plant: dict, proxy: dict) -> None:
             assert counters["crc_errors"] + counters["bytes_skipped"] > 0
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("rate", [0.001, 0.01])
 def test_lockstep_episodes_complete_under_byte_faults(tmp_path, monkeypatch, rate):
     stats, applied, sent, proxy, report = faulty_run(tmp_path, monkeypatch, rate, "lockstep", episodes=2)

@@ -28,6 +28,7 @@ SWING_UP_RUNS = [
 ]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("backend, seed, K", SWING_UP_RUNS)
 def test_pendulum_swings_up_and_holds_with_the_true_model(backend, seed, K):
     """MPPI, true model, H=32, on the MuJoCo plant from hanging down, 10 s (float32 on the GPU)."""
@@ -43,6 +44,7 @@ def test_pendulum_swings_up_and_holds_with_the_true_model(backend, seed, K):
     assert last_two_seconds.max() < 0.1
 
 
+@pytest.mark.long
 @pytest.mark.parametrize(
     "backend, seed", [("c", 0), ("c", 1), ("mujoco", 0), pytest.param("warp", 0, marks=needs_warp)]
 )
