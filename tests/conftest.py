@@ -35,21 +35,35 @@ class NumpyQ:
         return mlp_forward(self.layers, obs, act)
 
 
-@pytest.hookimpl(trylast=True)  # after `-m` has deselected: the list xdist splits
+def long_first(items: list, is_long, workers: int) -> list:
+    """items reordered so that each worker's first share (worksteal's split: n // w items to the first, the rest
+    likewise among the others) starts with its turn of the long ones; every item once, the rest in their order."""
+    shares, left = [], len(items)
+    for i in range(workers):
+        shares.append(left // (workers - i))
+        left -= shares[-1]
+    heads = [[] for _ in shares]
+    turn = 0
+    for item in (item for item in items if is_long(item)):
+        while len(heads[turn % workers]) == shares[turn % workers]:  # that share is all long ones already
+            turn += 1
+        heads[turn % workers].append(item)
+        turn += 1
+    short = iter([item for item in items if not is_long(item)])
+    ordered = []
+    for share, head in zip(shares, heads, strict=True):
+        ordered += head + [next(short) for _ in range(share - len(head))]
+    return ordered
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected: the list xdist splits
 def pytest_collection_modifyitems(config, items):
-    """The whole runs (marked `long`) first, dealt in turn to the xdist workers' shares. Worksteal hands each worker
-    a contiguous share of the collection, then moves the tails of the longest queues to idle workers: starting each
-    share with its long tests leaves short ones for the end, so the workers finish together (on 2 cores a long
-    test started last kept one worker busy for up to a minute after the other was done)."""
+    """In each xdist worker, the tests marked `long` first, dealt in turn to the workers' shares. Worksteal (make
+    test's --dist) hands each worker a contiguous share of the collection, then moves the tails of the longest
+    queues to idle workers: starting each share with its long tests leaves short ones for the end, so the workers
+    finish together (on 2 cores a long test started last kept one worker busy for up to a minute after the other was
+    done). Other --dist modes only see another order (a worker is not told the mode); --lf, --ff and --nf reorder
+    after this."""
     workers = getattr(config, "workerinput", {}).get("workercount", 1)
-    long = [item for item in items if item.get_closest_marker("long")]
-    if workers < 2 or not long:
-        return
-    short = iter([item for item in items if not item.get_closest_marker("long")])
-    ordered, left = [], len(items)
-    for i in range(workers):  # xdist's first split: n // w to the first worker, the rest likewise among the others
-        share = left // (workers - i)
-        heads = long[i::workers]
-        ordered += heads + [next(short) for _ in range(max(0, share - len(heads)))]
-        left -= share
-    items[:] = ordered + list(short)
+    if workers > 1:
+        items[:] = long_first(items, lambda item: item.get_closest_marker("long") is not None, workers)

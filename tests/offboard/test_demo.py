@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -256,12 +255,12 @@ SMALL = [
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory) -> Path:
-    """The run folder of one demo at the SMALL settings: the reference the distributed runs are compared with.
-    Made once per `make test`, by whichever xdist worker needs it first (their temp folders share a parent),
-    under a lock the other waits on."""
+def small_run(request, tmp_path_factory) -> Path:
+    """The run folder of one demo at the SMALL settings: the reference the distributed runs are compared with (they
+    only read it). Made once per session, by whichever xdist worker needs it first (their temp folders share a
+    parent), under a lock the other waits on; made again by the next if the first failed midway."""
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = base.parent if hasattr(request.config, "workerinput") else base
     out = root / "small-demo"
     with open(root / "small-demo.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
