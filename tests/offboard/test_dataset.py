@@ -3,8 +3,6 @@ and never keeps the good segments beside it out of training."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -69,16 +67,13 @@ def test_a_bad_manifest_line_leaves_out_its_folder_with_the_fix_and_other_folder
         load_replay_buffer([bad], PENDULUM)
 
 
-def test_train_on_a_manifest_line_that_is_not_an_entry_is_one_error_line(tmp_path):
+def test_train_on_a_manifest_line_that_is_not_an_entry_is_one_error_line(tmp_path, capsys, monkeypatch):
+    from offboard.__main__ import main  # `python -m offboard`, in this process
+
     folder = tmp_path / "robot"
     write_segment(folder, 1)
     (folder / "MANIFEST").write_text("1\n" + (folder / "MANIFEST").read_text())
-    out = subprocess.run(
-        [sys.executable, "-m", "offboard", "train", "--data", str(folder), "--out", str(tmp_path / "runs")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "MANIFEST:1 is not a segment entry ('1')" in out.stderr and "fix: delete that line" in out.stderr
+    monkeypatch.chdir(ROOT)
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MANIFEST:1 is not a segment entry ('1')" in err and "fix: delete that line" in err

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,19 +108,17 @@ def test_bad_segments_are_reported_and_never_trained_on(robot_logs, tmp_path):
     assert any("000004.mcap" in p and "sha256" in p for p in problems)
 
 
-def test_no_usable_data_is_one_clear_error(tmp_path):
+def test_no_usable_data_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    from offboard.__main__ import main  # `python -m offboard`, in this process (torch is loaded here already)
+
     with pytest.raises(DatasetError, match="no usable pendulum segments"):
         load_replay_buffer([tmp_path / "empty"], PENDULUM)
     (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(ROOT)
     for out_dir in (tmp_path, tmp_path / "runs"):  # an --out that exists, and one made for this run
-        out = subprocess.run(
-            [sys.executable, "-m", "offboard", "train", "--data", str(tmp_path / "empty"), "--out", str(out_dir)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        assert out.returncode == 2 and out.stderr.startswith("error: no usable pendulum segments"), out.stderr
-        assert out.stderr.count("\n") == 1, out.stderr
+        assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(out_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: no usable pendulum segments") and err.count("\n") == 1, err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no run folder, nor an --out made for one
 
 
