@@ -52,6 +52,18 @@ class HandshakeError(LinkError):
     pass
 
 
+class ControlDenied(LinkError):
+    """The plant answered this episode control and denied it; failsafe: the latch that denied it (0: none, the
+    handshake is missing)."""
+
+    def __init__(self, message: str, failsafe: int = 0):
+        super().__init__(message)
+        self.failsafe = failsafe
+
+    def __reduce__(self):  # as raised, through pickling (a Ray collector's error reaches the driver)
+        return type(self), (str(self), self.failsafe)
+
+
 @dataclass
 class PlantState:
     state: np.ndarray  # float64 copy of the float32 wire values
@@ -212,10 +224,11 @@ class Link:
         if self.status.last_result == mavlink.MAV_RESULT_ACCEPTED:
             return  # a later status may say otherwise (a watchdog trip since): the next state tells the loop
         verb = "disarm" if action == mavlink.MPQ_EPISODE_DISARM else "arm"
-        if self.status.failsafe:
-            reason = mavlink.enums["MPQ_FAILSAFE"][self.status.failsafe].name
-            raise LinkError(f"the plant did not {verb}: failsafe {reason} latched (re-arm to clear it)")
-        raise LinkError(f"the plant did not {verb}: it has no matching handshake (handshake first)")
+        failsafe = self.status.failsafe
+        if failsafe:
+            reason = mavlink.enums["MPQ_FAILSAFE"][failsafe].name
+            raise ControlDenied(f"the plant did not {verb}: failsafe {reason} latched (re-arm to clear it)", failsafe)
+        raise ControlDenied(f"the plant did not {verb}: it has no matching handshake (handshake first)")
 
     def _next_request(self) -> int:
         self.request_id = self.request_id % 0xFFFFFFFF + 1

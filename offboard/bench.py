@@ -224,27 +224,16 @@ def cpu_hogs(n: int):
             hog.wait()
 
 
-SECTIONS = ("step", "link", "loop", "mujoco", "faults", "ray")  # the docstring's 1-6, in its order
-
-
-def run(threads: int, quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict:
-    """The sections asked for, each a function of the run's settings; their tables: PRINTERS."""
-    measure = dict(
-        step=lambda: bench_step.run(threads, quick),
-        link=lambda: run_link(200 if quick else 5000),
-        loop=lambda: run_loop(quick),
-        mujoco=lambda: bench_mujoco.run(threads, quick),
-        faults=lambda: bench_link.run(quick),
-        ray=lambda: bench_ray.run(quick),
-    )
+def run(threads: int, quick: bool, sections: tuple[str, ...] | None = None) -> dict:
+    """The sections asked for (default: all), each measured by its entry in SECTIONS."""
     return dict(
         benchmark="mppi_control_step and serial_link",
         task="pendulum",
-        planner_model=bench_step.MODEL,
+        quick=quick,
         threads=threads,
         machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version()),
         time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{name: measure[name]() for name in SECTIONS if name in sections},
+        **{name: measure(threads, quick) for name, (measure, _) in SECTIONS.items() if name in (sections or SECTIONS)},
     )
 
 
@@ -253,7 +242,7 @@ def print_table(report: dict) -> None:
     from rich.console import Console
 
     console = Console() if sys.stdout.isatty() else Console(width=120)  # a log keeps the rows on one line each
-    for name, print_section in PRINTERS.items():
+    for name, (_, print_section) in SECTIONS.items():
         if name in report:
             print_section(report[name], console)
 
@@ -305,15 +294,14 @@ def print_loop_table(loop: dict, console) -> None:
         console.print(f"{'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
 
 
-PRINTERS = dict(  # SECTIONS' tables, in their order
-    step=bench_step.print_table,
-    link=print_link_table,
-    loop=print_loop_table,
-    mujoco=bench_mujoco.print_table,
-    faults=bench_link.print_table,
-    ray=bench_ray.print_table,
+SECTIONS = dict(  # the docstring's 1-6, in its order: name -> (measure(threads, quick), print its table)
+    step=(bench_step.run, bench_step.print_table),
+    link=(lambda threads, quick: run_link(200 if quick else 5000), print_link_table),
+    loop=(lambda threads, quick: run_loop(quick), print_loop_table),
+    mujoco=(bench_mujoco.run, bench_mujoco.print_table),
+    faults=(lambda threads, quick: bench_link.run(quick), bench_link.print_table),
+    ray=(lambda threads, quick: bench_ray.run(quick), bench_ray.print_table),
 )
-assert tuple(PRINTERS) == SECTIONS
 
 
 def main(argv=None) -> None:
@@ -324,7 +312,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--sections",
         type=section_names,
-        default=SECTIONS,
+        default=tuple(SECTIONS),
         help=f"the sections to run, comma-separated, of {','.join(SECTIONS)} (default: all; the docstring's 1-6)",
     )
     args = parser.parse_args(argv)

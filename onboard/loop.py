@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from firmware_bridge.dialect import mavlink
-from firmware_bridge.link import Link, LinkError
+from firmware_bridge.link import ControlDenied, Link, LinkError
 from firmware_bridge.plant import plant_draw
 from onboard.errors import LoopError
 from onboard.loop_stats import LoopStats
@@ -206,15 +206,12 @@ class ControlLoop:
     def _arm(self, tally: EpisodeTally) -> None:
         """Arm the plant. A watchdog trip latched since the last episode (its disarm lost on the wire for the
         watchdog's periods, the plant still armed) is re-armed where the profile allows it, as in an episode: only
-        when the plant's answer to this arm denied it for that (a re-arm clears any failsafe; an older status may
-        be stale)."""
-        link = self.link
+        when the plant's answer to this arm denied it for that (a re-arm clears any failsafe; no answer is no
+        reason to)."""
         try:
-            link.arm()
-        except LinkError:
-            status = link.status
-            answered = status is not None and status.last_request == link.request_id
-            if not (answered and self._rearmed(status.failsafe, tally)):
+            self.link.arm()
+        except ControlDenied as denied:
+            if not self._rearmed(denied.failsafe, tally):
                 raise
 
     def _rearmed(self, failsafe: int, tally: EpisodeTally) -> bool:

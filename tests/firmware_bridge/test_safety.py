@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -59,8 +60,11 @@ def test_realtime_watchdog_latches_until_rearmed(standin):
     for _ in range(5):  # commands resume: the latch holds
         state = link.recv_state(1.0)
         link.send_command([0.5], state.seq)
-    with pytest.raises(LinkError, match="failsafe MPQ_FAILSAFE_WATCHDOG latched"):
+    with pytest.raises(LinkError, match="failsafe MPQ_FAILSAFE_WATCHDOG latched") as denied:
         link.arm(timeout=0.5)
+    assert denied.value.failsafe == mavlink.MPQ_FAILSAFE_WATCHDOG  # what the loop decides a re-arm on
+    again = pickle.loads(pickle.dumps(denied.value))  # as a Ray collector's error reaches the driver
+    assert (str(again), again.failsafe) == (str(denied.value), denied.value.failsafe)
     still = wait_for_status(link, lambda s: s.commands_rejected >= 5)
     assert still.failsafe == mavlink.MPQ_FAILSAFE_WATCHDOG and still.commands_applied == applied
 
