@@ -10,7 +10,7 @@ import json
 import shlex
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +37,16 @@ def write_manifest(folder: Path, entries: dict[str, dict]) -> None:
 
 
 def pull_data(
-    profile: RobotProfile, data_dir: Path = Path("data"), prune: bool = False, bwlimit: int = 0
+    profile: RobotProfile,
+    data_dir: Path = Path("data"),
+    prune: bool = False,
+    bwlimit: int = 0,
+    remote: Remote | None = None,
 ) -> PullReport:
-    """Closed segments + MANIFEST from the robot into `data_dir/<robot>/`, each sha256 verified here."""
+    """Closed segments + MANIFEST from the robot into `data_dir/<robot>/`, each sha256 verified here. `remote`: the
+    robot's, made by a caller that may stop it from another thread."""
     check_ssh_settings(profile)
-    with Remote(profile) as remote:
+    with remote or Remote(profile) as remote:
         return _pull(remote, profile, Path(data_dir), prune, bwlimit)
 
 
@@ -149,8 +154,18 @@ def run_command(args, profiles: list[RobotProfile]) -> int:
             raise RemoteError(
                 f"--data-dir {args.data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
             )
+    remotes = [Remote(profile) for profile in profiles]
     with ThreadPoolExecutor(len(profiles)) as pool:  # each pull waits on its own ssh and rsync processes
-        pulls = [pool.submit(pull_data, p, args.data_dir, prune=args.prune, bwlimit=args.bwlimit) for p in profiles]
+        pulls = [
+            pool.submit(pull_data, profile, args.data_dir, prune=args.prune, bwlimit=args.bwlimit, remote=remote)
+            for profile, remote in zip(profiles, remotes, strict=True)
+        ]
+        try:
+            wait(pulls)
+        except KeyboardInterrupt:  # it reaches this thread only: the pulls keep their cut files, then stop
+            for remote in remotes:
+                remote.stop()
+            raise
     failed = False
     for profile, pull in zip(profiles, pulls, strict=True):
         prefix = f"{profile.name}: " if len(profiles) > 1 else ""

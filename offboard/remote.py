@@ -4,18 +4,23 @@ folders."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import os
 import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from onboard.profile import RobotProfile, profile_file
 
 CONNECT_TIMEOUT = 10  # s
+STOP_TIMEOUT = 30  # s: how long an interrupted rsync may take to keep its partial file
 
 
 class RemoteError(RuntimeError):
@@ -34,10 +39,14 @@ class Remote:
         self.target = f"{self.user}@{self.host}"
         self.identity = profile.path(profile.deploy.identity_file)
         self.known_hosts = profile.path(profile.deploy.known_hosts_file) or Path("~/.ssh/known_hosts").expanduser()
-        # One ssh connection for every command and rsync of this deploy or pull (ssh multiplexing).
-        self.control_dir = tempfile.mkdtemp(prefix="mpq-ssh-")
+        self.control_dir = ""
+        self.stopped = False  # by `stop`: no command or rsync starts after it
+        self._lock = threading.Lock()
+        self._transfer: subprocess.Popen | None = None  # the rsync running now
 
     def __enter__(self) -> Remote:
+        # One ssh connection for every command and rsync of this deploy or pull (ssh multiplexing).
+        self.control_dir = tempfile.mkdtemp(prefix="mpq-ssh-")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,6 +83,7 @@ class Remote:
 
     def run(self, command: str, echo: bool = False) -> str:
         """Run a shell command on the robot; its stdout, echoed line by line when asked. Raises RemoteError."""
+        self._refuse_if_stopped()
         process = subprocess.Popen(
             [*self.ssh_args(), self.target, command],
             stdin=subprocess.DEVNULL,
@@ -92,18 +102,50 @@ class Remote:
         return "".join(lines)
 
     def rsync(self, *args: str) -> list[str]:
-        """rsync over this ssh; the names it transferred."""
+        """rsync over this ssh; the names it transferred. It runs in a process group of its own: an operator's
+        Ctrl-C reaches this program, which stops it through `stop`."""
         argv = ["rsync", "-a", "--protect-args", "--out-format=%n", "-e", shlex.join(self.ssh_args()), *args]
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with self._lock:
+            self._refuse_if_stopped()
+            process = self._transfer = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
         try:
             stdout, stderr = process.communicate()
-        except KeyboardInterrupt:  # let rsync keep its partial file (a kill would lose it), then stop
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=30)
+        except KeyboardInterrupt:
+            self.stop()
             raise
+        finally:
+            self._transfer = None
         if process.returncode != 0:
             raise RemoteError(self.explain(process.returncode, stderr, what="rsync"))
         return [line for line in stdout.splitlines() if line and not line.endswith("/")]
+
+    def stop(self) -> None:
+        """From any thread (a pull runs each robot's in a worker thread; Ctrl-C reaches the main one): start nothing
+        more, interrupt the rsync running now and return once all of its processes are gone. SIGINT, not a kill:
+        rsync's receiver, a process of its own, moves the cut file into the partial folder as it exits, so the
+        prompt comes back with the folder as the next pull resumes it."""
+        with self._lock:
+            self.stopped = True
+            process = self._transfer
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_TIMEOUT)
+        while time.monotonic() < deadline:  # its receiver and ssh outlive it by a moment
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
+
+    def _refuse_if_stopped(self) -> None:
+        if self.stopped:
+            raise RemoteError(f"{self.target}: interrupted; run the command again")
 
     def explain(self, code: int, stderr: str, what: str) -> str:
         """ssh's failure modes in words an operator can act on."""
