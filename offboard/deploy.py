@@ -84,6 +84,11 @@ def robot_profile(profile: RobotProfile, remote_dir: str, model_on_robot: str) -
     return data
 
 
+def is_q_model(path: Path) -> bool:
+    """A trained Q (an .onnx or the .json manifest beside one): the release carries only the chosen one."""
+    return path.suffix == ".onnx" or (path.suffix == ".json" and path.with_suffix(".onnx").exists())
+
+
 def build_release(
     profile: RobotProfile, q: OnnxQ | None, release_id: str, remote: dict, dest: Path, version: str
 ) -> dict:
@@ -96,9 +101,12 @@ def build_release(
                 shutil.copy2(path, target)
     models = dest / "models" / profile.task
     models.mkdir(parents=True)
-    for path in sorted((ROOT / "models" / profile.task).iterdir()):
-        if path.is_file() and path.suffix not in (".onnx", ".json"):
-            shutil.copy2(path, models / path.name)
+    task_folder = get_task(profile.task).xml_path.parent
+    for path in sorted(task_folder.rglob("*")):  # the MJCF and what it includes: meshes, textures, other XML
+        if path.is_file() and not is_q_model(path):
+            target = models / path.relative_to(task_folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     model_on_robot = ""
     if q is not None:
         shutil.copy2(q.path, models / "q.onnx")

@@ -4,6 +4,7 @@ and the pip requirements for each kind of robot."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -13,6 +14,7 @@ from onboard.profile import load_profile
 from onboard.qfunction import OnnxQ
 from onboard.release import RELEASE_FILE, verify_files
 from onboard.tasks import get_task
+from onboard.tasks.base import Task
 
 try:
     import tomllib
@@ -66,6 +68,27 @@ def test_a_release_lists_every_file_with_its_sha256_and_rewrites_the_profile(tmp
     assert on_robot["signing_key_file"] == "/home/mpq/mpq/signing.key"  # the robot's own key, never shipped
     assert not (folder / "signing.key").exists()
     assert verify_files(folder) == []
+
+
+def test_a_release_carries_the_task_folder_with_its_meshes_and_only_the_chosen_q(tmp_path, make_q, monkeypatch):
+    """An MJCF that includes files (meshdir="assets", the usual layout of a robot's description) runs on the robot
+    only if those travel too; a Q trained earlier and left in the folder does not."""
+    models = tmp_path / "models"
+    shutil.copytree(get_task("pendulum").xml_path.parent, models / "pendulum")
+    (models / "pendulum" / "assets").mkdir()
+    (models / "pendulum" / "assets" / "tip.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    (models / "pendulum" / "assets" / "colours.json").write_text("{}\n")  # an asset, not a Q's manifest
+    old_q, _ = make_q("pendulum")
+    shutil.copy(old_q, models / "pendulum" / "q-old.onnx")
+    shutil.copy(old_q.with_suffix(".json"), models / "pendulum" / "q-old.json")
+    monkeypatch.setattr(Task, "models_dir", models)
+    release = build_release(load_profile("loopback"), None, "r1", {"dir": "/robot"}, tmp_path / "r1", "v1")
+    shipped = {name for name in release["files"] if name.startswith("models/")}
+    assert shipped == {
+        "models/pendulum/pendulum.xml",
+        "models/pendulum/assets/tip.obj",
+        "models/pendulum/assets/colours.json",
+    }
 
 
 @pytest.mark.parametrize("damage", ["changed", "missing", "extra"])
