@@ -226,8 +226,9 @@ class TaskModel:
         self.xml_path = Path(xml_path)
         try:
             self.model = mujoco.MjModel.from_xml_path(str(xml_path))
-        except ValueError as e:  # MuJoCo's compiler error: names the file, line and element
-            raise ValueError(f"{xml_path}: {str(e).strip().splitlines()[0]}") from None
+        except ValueError as e:  # MuJoCo's compiler error, its lines joined: the problem, then its element and line
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            raise ValueError(f"{xml_path}: {'; '.join(lines)}") from None
         model = self.model
         for body, factor in (mass_scale or {}).items():
             number = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
@@ -259,8 +260,43 @@ class TaskModel:
         for name, box in (("reset_low", self.reset_low), ("reset_high", self.reset_high)):
             if box is not None and box.shape != (model.nq + model.nv,):
                 raise ValueError(f"{xml_path}: {name} has {box.size} values, qpos and qvel have {model.nq + model.nv}")
+        if self.reset_low is not None and self.reset_high is not None:
+            self.check_start_box()
         seconds = self.numeric("episode_seconds")
         self.episode_steps = None if seconds is None else max(1, round(float(seconds[0]) / period))
+
+    def check_start_box(self) -> None:
+        """Every start the box can give is one the plant takes (`invalid_state`): refused here, at load, naming
+        the joint, rather than as a reset the plant denies in some episodes."""
+        model, low, high = self.model, self.reset_low, self.reset_high
+        if np.any(low > high):
+            i = int(np.argmax(low > high))
+            raise ValueError(
+                f"{self.xml_path}: reset_low is above reset_high at value {i} ({low[i]:g} > {high[i]:g}): "
+                "give the lower bound first"
+            )
+        hinge, slide = int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)
+        for j in range(model.njnt):
+            if not model.jnt_limited[j] or int(model.jnt_type[j]) not in (hinge, slide):  # one qpos value each
+                continue
+            a = model.jnt_qposadr[j]
+            lo, hi = model.jnt_range[j]
+            if low[a] < lo or high[a] > hi:
+                raise ValueError(
+                    f"{self.xml_path}: the start box gives joint {model.joint(j).name or j!r} [{low[a]:g}, "
+                    f"{high[a]:g}], outside its range [{lo:.4g}, {hi:.4g}]: narrow reset_low/reset_high"
+                    + (
+                        " (a hinge's range is in degrees unless <compiler angle='radian'/>)"
+                        if int(model.jnt_type[j]) == hinge
+                        else ""
+                    )
+                )
+        speeds = np.abs(np.concatenate([low[model.nq :], high[model.nq :]]))
+        if self.qvel_max is not None and np.any(speeds > self.qvel_max):
+            raise ValueError(
+                f"{self.xml_path}: the start box gives joint speeds up to {speeds.max():g}, beyond qvel_max "
+                f"{self.qvel_max:g}: narrow the box's velocities"
+            )
 
     def render(self, state, width: int = 320, height: int = 240, camera: str | None = None) -> np.ndarray:
         """An RGB image (height, width, 3) of the model in `state`: from the MJCF's camera `camera`, else its
@@ -363,7 +399,7 @@ class MujocoPlant(TaskModel):
                 lo, hi = self.model.jnt_range[j]
                 q = qpos[self.model.jnt_qposadr[j]]
                 if not lo <= q <= hi:
-                    return f"joint {j} at {q:.3g}, outside its range [{lo}, {hi}]"
+                    return f"joint {self.model.joint(j).name or j!r} at {q:.3g}, outside its range [{lo:.4g}, {hi:.4g}]"
         if np.any(np.abs(state[1:]) > 1e3):  # time, state[0], may pass 1e3 s
             return "values beyond 1e3"
         return None

@@ -212,12 +212,16 @@ class PlantProtocol:
         self.send(mavlink.MAVLink_command_ack_message(msg.command, result, 0, 0, 0, 0))
 
     def _initial_state(self, msg):
-        """The requested start state, or None when the plant must refuse it."""
+        """The requested start state, or None when the plant must refuse it (why: on stderr, the stand-in's log)."""
         if msg.action == mavlink.MPQ_EPISODE_RESET_GIVEN:
             state = np.array(msg.state[: msg.state_dim], dtype=np.float64)
         else:
             state = self.plant.seeded_start(msg.seed)
-        return None if state is None or self.plant.invalid_state(state) else state
+        why = "no start state" if state is None else self.plant.invalid_state(state)
+        if why:
+            print(json.dumps(dict(episode=msg.episode_id, reset_refused=why)), file=sys.stderr, flush=True)
+            return None
+        return state
 
     def _arm(self, now: float) -> bool:
         """Arm if allowed (a matching handshake, no failsafe latched); whether the plant is armed."""

@@ -148,14 +148,14 @@ class SegmentStore:
             arrays = {k: np.array([s[k] for s in steps], dtype=np.float64) for k in COLUMNS}
         except (KeyError, TypeError, ValueError):  # a field missing, ragged or not a number
             return f"{path}: a transition's state, obs, action, cost or next_state is missing or not numbers"
-        shapes_ok = (
-            arrays["state"].shape[1:] == (task.state_dim,)
-            and arrays["next_state"].shape[1:] == (task.state_dim,)
-            and arrays["action"].shape[1:] == (task.act_dim,)
-            and arrays["obs"].shape[1:] == (task.obs_dim,)
-        )
-        if not shapes_ok:
-            return f"{path}: transitions do not have {task.name}'s dimensions"
+        sizes = dict(state=task.state_dim, next_state=task.state_dim, action=task.act_dim, obs=task.obs_dim)
+        wrong = [
+            f"{k} of {'x'.join(map(str, arrays[k].shape[1:])) or 'no'} values (the task's: {n})"
+            for k, n in sizes.items()
+            if arrays[k].shape[1:] != (n,)
+        ]
+        if wrong:  # recorded before the task's MJCF or module changed
+            return f"{path}: its transitions have {', '.join(wrong)}: record again with the task as it is"
         if not all(np.all(np.isfinite(a)) for a in arrays.values()):
             return f"{path}: non-finite states, actions or costs"
         name = hashlib.sha256(f"{path.parent.name}/{path.name}".encode()).hexdigest()

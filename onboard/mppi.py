@@ -148,11 +148,12 @@ class MPPIConfig:
         known = {f.name for f in fields(cls)}
         for old in sorted(set(overrides) & set(RENAMED)):
             raise ValueError(f"{old} is now called {RENAMED[old]}: rename it (same value, same meaning)")
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown MPPI setting(s) {', '.join(unknown)}: the settings are {', '.join(sorted(known))}"
-            )
+        for given, what in ((task.mppi_defaults, f"task {task.name}'s mppi_defaults: "), (overrides, "")):
+            unknown = sorted(set(given) - known)
+            if unknown:
+                raise ValueError(
+                    f"{what}unknown MPPI setting(s) {', '.join(unknown)}: the settings are {', '.join(sorted(known))}"
+                )
         config = cls(**{**task.mppi_defaults, **overrides})
         if np.size(config.sigma) not in (1, task.act_dim):
             raise ValueError(

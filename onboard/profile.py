@@ -240,15 +240,18 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
         if not ok(value):
             where = f"[{section}] " if section else ""
             raise ProfileError(f"{path}: {where}{key} = {value!r}: {fix}")
-    try:
-        task = get_task(profile.task, standin.mass_scale)
-    except ValueError as e:
-        raise ProfileError(f"{path}: [standin] mass_scale: {e}") from None
+    task = get_task(profile.task)  # the task's own problems (its module, its MJCF) as they are
+    if standin.mass_scale:
+        try:
+            task = get_task(profile.task, standin.mass_scale)
+        except ValueError as e:
+            raise ProfileError(f"{path}: [standin] mass_scale: {e}") from None
     if standin.randomise and task.derived_fields:
         raise ProfileError(
             f"{path}: [standin] randomise = true: task {task.name} derives {', '.join(task.derived_fields)} from its "
             "parameters in Python, which the stand-in cannot do: randomise a task without derived fields"
         )
+    MPPIConfig.for_task(task)  # the task's own settings, as they are
     try:
         MPPIConfig.for_task(task, **profile.mppi)
     except ValueError as e:

@@ -159,7 +159,7 @@ class OnnxQ:
         if (m["obs_dim"], m["act_dim"]) != (task.obs_dim, task.act_dim):
             raise ModelError(
                 f"{self.path} expects obs_dim={m['obs_dim']}, act_dim={m['act_dim']} but task {task.name!r} has "
-                f"obs_dim={task.obs_dim}, act_dim={task.act_dim}: export the model again for this task"
+                f"obs_dim={task.obs_dim}, act_dim={task.act_dim} now: train a Q for the task as it is"
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

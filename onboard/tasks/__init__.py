@@ -18,4 +18,12 @@ def get_task(name: str, mass_scale: dict[str, float] | None = None) -> Task:
     """The task `name`; mass_scale: its plant's bodies off the MJCF's masses (Task.__init__)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}: known tasks are {', '.join(sorted(TASKS))}")
-    return TASKS[name](mass_scale)
+    task = TASKS[name]
+    if getattr(task, "name", None) != name:  # the name finds models/<name>/<name>.xml and labels every log
+        raise ValueError(
+            f"TASKS[{name!r}] is {task.__name__}, whose name is {getattr(task, 'name', None)!r}: give the class "
+            f"name = {name!r}, or register it under its own name"
+        )
+    made = task(mass_scale)
+    made.check_shapes()
+    return made

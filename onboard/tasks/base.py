@@ -109,9 +109,14 @@ class Task:
     def __init__(self, mass_scale: dict[str, float] | None = None):
         """mass_scale: the plant's bodies heavier than the MJCF says ({body: factor}, as the stand-in's
         --mass-scale), so that the "true" planner model is the plant's real one (robustness runs)."""
+        missing = [a for a in ("obs_dim", "parameters", "mppi_defaults", "long_horizon") if not hasattr(self, a)]
+        if missing:
+            raise ValueError(f"task {self.name}: its class gives no {', '.join(missing)} (see onboard/tasks/base.py)")
         self.xml_path = model_xml(self.name, self.models_dir)
         self.mjcf = mjcf = TaskModel(self.xml_path, mass_scale=mass_scale)
         model = mjcf.model
+        if model.nu == 0:
+            raise ValueError(f"{self.xml_path}: no <actuator>: the planner commands the plant through its actuators")
         self.dt = mjcf.control_period
         self.u_min, self.u_max = mjcf.ctrl_low, mjcf.ctrl_high
         self.state_dim, self.act_dim = mjcf.state_dim, model.nu
@@ -128,6 +133,24 @@ class Task:
         for writer, p in zip(self._writers, self.parameters, strict=True):
             writer.check_range(p.field, p.low, p.high, f"task {self.name}")
         self.true_params = self.read_params(model)  # the plant's: the MJCF is the truth
+
+    def check_shapes(self) -> None:
+        """cost, obs and success on a batch of two starts: what they give must be what the planner, the Q's
+        input and the logs take, found when the task is made (get_task) rather than as segments the trainer
+        leaves out."""
+        s = np.stack([self.hanging_state(), self.initial_state(np.random.default_rng(0))])
+        u = np.zeros((2, self.act_dim))
+        for what, value, shape in (
+            ("cost(s, u)", lambda: self.cost(s, u), (2,)),
+            ("obs(s)", lambda: self.obs(s), (2, self.obs_dim)),
+            ("success(s)", lambda: self.success(s), (2,)),
+        ):
+            got = np.shape(value())
+            if got != shape:
+                raise ValueError(
+                    f"task {self.name}: {what} on states (2, {self.state_dim}) and actions (2, {self.act_dim}) gives "
+                    f"shape {got}, not {shape}" + (" (obs_dim)" if what == "obs(s)" else "")
+                )
 
     @property
     def bias_ranges(self) -> list[tuple[str, float, float]]:

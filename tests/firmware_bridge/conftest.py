@@ -37,7 +37,7 @@ class StandIn:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=10)
-        report = self.process.stderr.read().strip().splitlines()
+        self.stderr_lines = report = self.process.stderr.read().strip().splitlines()
         return code, (json.loads(report[-1]) if report else {})
 
 
