@@ -570,7 +570,7 @@ def config_problem(cfg: DemoConfig) -> str | None:
         try:
             get_task(cfg.task, parse_mass_scale([cfg.robustness]))
         except ValueError as e:
-            return f"--robustness: {e}"
+            return f"--robustness: {e} (make reproduce: ROBUSTNESS=<body>=<factor>, or ROBUSTNESS= for none)"
     blocker = blocking_file(Path(cfg.out))
     if blocker is not None:
         return f"--out {cfg.out}: {blocker} is a file, not a folder; give a folder for the demo's run folders"
