@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from firmware_bridge.cli import ArgumentParser
-from onboard.backends import BACKEND_NAMES
+from onboard.backends import BACKEND_NAMES, cpu_backend_for
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import ProfileError, load_profile
 from onboard.qfunction import ModelError, OnnxQ, trained_settings_mismatch
@@ -18,6 +18,7 @@ from onboard.tasks import TASKS, get_task
 
 def cmd_plan(args) -> int:
     task = get_task(args.task)
+    args.backend = args.backend or cpu_backend_for(task)
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: use 1 or more")
     overrides = {k: v for k, v in dict(K=args.K, H=args.H, n_iters=args.iters, seed=args.seed).items() if v is not None}
@@ -68,11 +69,7 @@ def cmd_run(args) -> int:
 
     if args.episodes < 0:
         raise ValueError(f"--episodes {args.episodes}: use 0 (until stopped) or a positive count")
-    if args.log_dir == "":
-        raise ValueError("--log-dir '': give the folder for the segments, or leave it out for the profile's log_dir")
-    profile = load_profile(
-        args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir, backend=args.backend
-    )
+    profile = overridden_profile(args)
     stats = run(profile, args.episodes, show_status=not args.quiet)
     if args.json:
         print(json.dumps(stats.summary()))
@@ -87,30 +84,43 @@ def cmd_run(args) -> int:
 def cmd_selfcheck(args) -> int:
     from onboard.selfcheck import selfcheck
 
-    for line in selfcheck(load_profile(args.robot), link=not args.offline):
+    for line in selfcheck(overridden_profile(args), link=not args.offline):
         print(line)
     return 0
+
+
+def add_profile_options(parser) -> None:
+    """The robot's profile and what a run or a selfcheck may change of it for once (a new task, a trial model)."""
+    parser.add_argument("--robot", default="sim", help="robots/<name>.toml, or a path to a profile")
+    parser.add_argument("--task", choices=sorted(TASKS), help="override the profile's task")
+    parser.add_argument("--mode", choices=("lockstep", "realtime"), help="override the profile's mode")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, help="override the profile's backend")
+    parser.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
+    parser.add_argument("--log-dir", help="override the profile's log folder")
+
+
+def overridden_profile(args):
+    if args.log_dir == "":
+        raise ValueError("--log-dir '': give the folder for the segments, or leave it out for the profile's log_dir")
+    return load_profile(
+        args.robot, task=args.task, mode=args.mode, model=args.model, log_dir=args.log_dir, backend=args.backend
+    )
 
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m onboard", description="mpq on the robot")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run episodes against the robot's plant, logging MCAP segments")
-    run.add_argument("--robot", default="sim", help="robots/<name>.toml, or a path to a profile")
+    add_profile_options(run)
     run.add_argument("--episodes", type=int, default=1, help="0: until stopped (Ctrl-C, SIGTERM)")
-    run.add_argument("--task", choices=sorted(TASKS), help="override the profile's task")
-    run.add_argument("--mode", choices=("lockstep", "realtime"), help="override the profile's mode")
-    run.add_argument("--backend", choices=BACKEND_NAMES, help="override the profile's backend")
-    run.add_argument("--model", help="override the profile's q.onnx ('' for plain MPPI)")
-    run.add_argument("--log-dir", help="override the profile's log folder")
     run.add_argument("--quiet", action="store_true", help="no live status line")
     run.add_argument("--json", action="store_true", help="print the run's numbers as JSON")
     check = sub.add_parser("selfcheck", help="verify the model, open the port, handshake; non-zero on failure")
-    check.add_argument("--robot", default="sim")
+    add_profile_options(check)
     check.add_argument("--offline", action="store_true", help="skip the plant link (the port is in use)")
     plan = sub.add_parser("plan", help="plan once from a state and print the plan")
     plan.add_argument("--task", default="pendulum", choices=sorted(TASKS))
-    plan.add_argument("--backend", default="c", choices=BACKEND_NAMES)
+    plan.add_argument("--backend", choices=BACKEND_NAMES, help="default: c, or mujoco for a task without a closed form")
     plan.add_argument("--q", help="q.onnx (with q.json beside it) as the terminal value; none: plain MPPI")
     plan.add_argument("--state", help="comma-separated full physics state (time, qpos, qvel); default: hanging at rest")
     plan.add_argument("--model", default="biased", choices=("biased", "mean", "true"), help="planner parameters")

@@ -41,6 +41,14 @@ def test_plan_with_a_q_trained_for_other_settings_says_so_on_a_warning_line(make
     assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("task, backend", [("pendulum", "c"), ("ball_in_cup", "mujoco")])
+def test_plan_without_a_backend_plans_on_the_tasks_cpu_backend(task, backend):
+    """The compiled closed form where the task has one, MuJoCo for a task given by its MJCF alone."""
+    out = run("plan", "--task", task, "--K", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["backend"] == backend
+
+
 def test_plan_from_a_given_state_in_text():
     out = run("plan", "--task", "pendulum", "--state", "0,0.1,0", "--K", "64")
     assert out.returncode == 0, out.stderr

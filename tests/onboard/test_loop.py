@@ -393,6 +393,10 @@ def test_selfcheck_reports_and_fails_loudly(tmp_path, make_q):
     path.write_bytes(path.read_bytes() + b"\x00")
     out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path, model=str(path))))
     assert out.returncode != 0 and "sha256" in out.stderr
+    # the profile as a run would override it (a new task, its backend, plain MPPI): checked without editing it
+    out = onboard_cli("selfcheck", "--task", "ball_in_cup", "--backend", "mujoco", "--model", "", "--offline")
+    assert out.returncode == 0, out.stderr
+    assert "task ball_in_cup, backend mujoco" in out.stdout and "model: none (plain MPPI)" in out.stdout
 
 
 def test_episode_ids_continue_past_segments_pruned_after_a_pull(tmp_path):
