@@ -73,7 +73,7 @@ SEEDS ?= 3
 WORKERS ?= $(shell nproc)
 ROBUSTNESS ?= $(if $(filter pendulum cartpole,$(TASK)),pole=1.3)
 # SOFT_Q=false leaves the soft-Q baseline out (a shorter run).
-MPQ_LAMBDA ?= $(if $(filter cartpole ball_in_cup,$(TASK)),false,true)
+MPQ_LAMBDA ?= $(if $(filter pendulum,$(TASK)),true,false)
 SOFT_Q ?= true
 REPRODUCE_ROUNDS = $(if $(filter ball_in_cup,$(TASK)),--iterations 35 --episodes-per-iteration 10 \
 	--updates-per-iteration 150 --eval-every 5 --final-episodes 100 --final-starts uniform \

@@ -228,7 +228,7 @@ class TaskModel:
             self.model = mujoco.MjModel.from_xml_path(str(xml_path))
         except ValueError as e:  # MuJoCo's compiler error, its lines joined: the problem, then its element and line
             lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-            raise ValueError(f"{xml_path}: {'; '.join(lines)}") from None
+            raise ValueError(f"{xml_path}: {'; '.join(lines).replace(':; ', ': ')}") from None
         model = self.model
         for body, factor in (mass_scale or {}).items():
             number = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
@@ -275,28 +275,47 @@ class TaskModel:
                 f"{self.xml_path}: reset_low is above reset_high at value {i} ({low[i]:g} > {high[i]:g}): "
                 "give the lower bound first"
             )
-        hinge, slide = int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)
-        for j in range(model.njnt):
-            if not model.jnt_limited[j] or int(model.jnt_type[j]) not in (hinge, slide):  # one qpos value each
-                continue
-            a = model.jnt_qposadr[j]
-            lo, hi = model.jnt_range[j]
-            if low[a] < lo or high[a] > hi:
+        for name, corner in (("reset_low", low), ("reset_high", high)):  # each check is per value: the corners
+            qpos, qvel = corner[: model.nq], corner[model.nq :]
+            if (out := self.out_of_range(qpos)) is not None:
+                j, q, lo, hi = out
+                hinge = int(model.jnt_type[j]) == int(mujoco.mjtJoint.mjJNT_HINGE)
                 raise ValueError(
-                    f"{self.xml_path}: the start box gives joint {model.joint(j).name or j!r} [{low[a]:g}, "
-                    f"{high[a]:g}], outside its range [{lo:.4g}, {hi:.4g}]: narrow reset_low/reset_high"
-                    + (
-                        " (a hinge's range is in degrees unless <compiler angle='radian'/>)"
-                        if int(model.jnt_type[j]) == hinge
-                        else ""
-                    )
+                    f"{self.xml_path}: {name} gives joint {model.joint(j).name or j!r} {q:g}, outside its range "
+                    f"[{lo:.4g}, {hi:.4g}]: narrow reset_low/reset_high"
+                    + (" (a hinge's range is in degrees unless <compiler angle='radian'/>)" if hinge else "")
                 )
-        speeds = np.abs(np.concatenate([low[model.nq :], high[model.nq :]]))
-        if self.qvel_max is not None and np.any(speeds > self.qvel_max):
-            raise ValueError(
-                f"{self.xml_path}: the start box gives joint speeds up to {speeds.max():g}, beyond qvel_max "
-                f"{self.qvel_max:g}: narrow the box's velocities"
-            )
+            if (why := self.invalid_state(self.full_state(qpos, qvel))) is not None:
+                raise ValueError(f"{self.xml_path}: {name} gives a start the plant refuses ({why}): narrow it")
+
+    def out_of_range(self, qpos) -> tuple[int, float, float, float] | None:
+        """The first limited hinge or slide joint outside its range at qpos: (joint, value, low, high), or None.
+        A ball joint's limit is a cone angle, not one qpos value: the plant does not check it at a reset."""
+        hinge, slide = int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)
+        for j in range(self.model.njnt):
+            if self.model.jnt_limited[j] and int(self.model.jnt_type[j]) in (hinge, slide):
+                lo, hi = self.model.jnt_range[j]
+                q = float(qpos[self.model.jnt_qposadr[j]])
+                if not lo <= q <= hi:
+                    return j, q, lo, hi
+        return None
+
+    def invalid_state(self, state) -> str | None:
+        """Why `state` cannot be a start state of this plant (wrong size, non-finite, out of its limits)."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (self.state_dim,):
+            return f"{state.size} values for a state of {self.state_dim}"
+        if not np.all(np.isfinite(state)):
+            return "non-finite values"
+        qpos, qvel = state[self.qpos_slice], state[self.qvel_slice]
+        if self.qvel_max is not None and np.any(np.abs(qvel) > self.qvel_max):
+            return f"a joint speed beyond {self.qvel_max}"
+        if (out := self.out_of_range(qpos)) is not None:
+            j, q, lo, hi = out
+            return f"joint {self.model.joint(j).name or j!r} at {q:.3g}, outside its range [{lo:.4g}, {hi:.4g}]"
+        if np.any(np.abs(state[1:]) > 1e3):  # time, state[0], may pass 1e3 s
+            return "values beyond 1e3"
+        return None
 
     def render(self, state, width: int = 320, height: int = 240, camera: str | None = None) -> np.ndarray:
         """An RGB image (height, width, 3) of the model in `state`: from the MJCF's camera `camera`, else its
@@ -383,26 +402,6 @@ class MujocoPlant(TaskModel):
             self._writers[address].write(self.model, value)
         mujoco.mj_setConst(self.model, self.data)
         return drawn
-
-    def invalid_state(self, state) -> str | None:
-        """Why `state` cannot be a start state of this plant (wrong size, non-finite, out of its limits)."""
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (self.state_dim,):
-            return f"{state.size} values for a state of {self.state_dim}"
-        if not np.all(np.isfinite(state)):
-            return "non-finite values"
-        qpos, qvel = state[self.qpos_slice], state[self.qvel_slice]
-        if self.qvel_max is not None and np.any(np.abs(qvel) > self.qvel_max):
-            return f"a joint speed beyond {self.qvel_max}"
-        for j in range(self.model.njnt):
-            if self.model.jnt_limited[j]:
-                lo, hi = self.model.jnt_range[j]
-                q = qpos[self.model.jnt_qposadr[j]]
-                if not lo <= q <= hi:
-                    return f"joint {self.model.joint(j).name or j!r} at {q:.3g}, outside its range [{lo:.4g}, {hi:.4g}]"
-        if np.any(np.abs(state[1:]) > 1e3):  # time, state[0], may pass 1e3 s
-            return "values beyond 1e3"
-        return None
 
     def fault(self, state: np.ndarray | None = None) -> str | None:
         """Why the simulated plant can no longer be trusted (MuJoCo reset it after a divergence), or None.

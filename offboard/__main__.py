@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             if isinstance(args.robot, list):  # pull-data: one or more robots
                 return args.run(args, [load_profile(robot) for robot in args.robot])
             return args.run(args, load_profile(args.robot))
-        except ProfileError as e:
+        except (ProfileError, ValueError) as e:  # the profile, or its task (its module, its MJCF)
             print(f"error: {e}", file=sys.stderr)
             return 2
         except RemoteError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import shutil
@@ -102,11 +103,15 @@ def build_release(
     models = dest / "models" / profile.task
     models.mkdir(parents=True)
     task_folder = get_task(profile.task).xml_path.parent
-    for path in sorted(task_folder.rglob("*")):  # the MJCF and what it includes: meshes, textures, other XML
-        if path.is_file() and not is_q_model(path):
-            target = models / path.relative_to(task_folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    # the MJCF and what it includes (meshes, textures, other XML), through linked folders; not dot files (.git)
+    for folder, subfolders, names in os.walk(task_folder, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(folder) / name
+            if not name.startswith(".") and not is_q_model(path):
+                target = models / path.relative_to(task_folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
     model_on_robot = ""
     if q is not None:
         shutil.copy2(q.path, models / "q.onnx")

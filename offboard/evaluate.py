@@ -121,7 +121,7 @@ class EvalConfig:
     iters: int | None = None  # MPPI iterations per control step; None: the task's
     K: int | None = None  # samples per step; None: the task's
     temperature: float | None = None  # MPPI's lambda (how sharply it favours low-cost samples); None: the task's
-    sigma: float | None = None  # the action noise's standard deviation; None: the task's
+    sigma: float | None = None  # the sampling noise's variance per action dim; None: the task's
     model: Literal["biased", "mean", "true"] = "biased"  # the planner's model (true: the plant's, its scale included)
     starts: Literal["uniform", "hanging"] = "uniform"  # the task's start box, or its fixed hanging start
     episodes: int = 50  # episodes, each from its own seeded start

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offboard.remote import Remote, RemoteError, check_ssh_settings, prepare_remote
+from offboard.remote import Remote, RemoteError, check_ssh_settings, prepare_remote, stop_all
 from onboard.fileio import blocking_file, write_atomic
 from onboard.profile import RobotProfile
 from onboard.recorder import MANIFEST, SegmentError, read_manifest, split_torn_tail, verified_segments
@@ -163,8 +163,7 @@ def run_command(args, profiles: list[RobotProfile]) -> int:
         try:
             wait(pulls)
         except KeyboardInterrupt:  # it reaches this thread only: the pulls keep their cut files, then stop
-            for remote in remotes:
-                remote.stop()
+            stop_all(remotes)
             raise
     failed = False
     for profile, pull in zip(profiles, pulls, strict=True):

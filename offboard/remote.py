@@ -27,6 +27,27 @@ class RemoteError(RuntimeError):
     """A deploy, rollback, status or pull that cannot go on; one line naming the problem and the fix."""
 
 
+@contextlib.contextmanager
+def ctrl_c_ignored():
+    """While stopping what a Ctrl-C interrupted (a wait bounded by STOP_TIMEOUT), another Ctrl-C would leave the
+    rest running unstopped: it is ignored until then."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_all(remotes: list[Remote]) -> None:
+    """Ctrl-C in a command that runs several robots' transfers in worker threads (it reaches the main thread
+    only): interrupt them all at once, then wait for each."""
+    with ctrl_c_ignored():
+        for remote in remotes:
+            remote.interrupt()
+        for remote in remotes:
+            remote.wait_stopped()
+
+
 # --- ssh -----------------------------------------------------------------------------------------
 class Remote:
     """ssh and rsync to one robot, with its profile's key, port and known hosts; errors as one clear line."""
@@ -43,6 +64,7 @@ class Remote:
         self.stopped = False  # by `stop`: no command or rsync starts after it
         self._lock = threading.Lock()
         self._transfer: subprocess.Popen | None = None  # the rsync running now
+        self._interrupted: subprocess.Popen | None = None  # the one `interrupt` stopped
 
     def __enter__(self) -> Remote:
         # One ssh connection for every command and rsync of this deploy or pull (ssh multiplexing).
@@ -54,6 +76,7 @@ class Remote:
         shutil.rmtree(self.control_dir, ignore_errors=True)
 
     def ssh_args(self) -> list[str]:
+        assert self.control_dir, "ssh and rsync run inside `with Remote(profile) as remote`"
         args = [
             "ssh",
             "-p",
@@ -83,14 +106,15 @@ class Remote:
 
     def run(self, command: str, echo: bool = False) -> str:
         """Run a shell command on the robot; its stdout, echoed line by line when asked. Raises RemoteError."""
-        self._refuse_if_stopped()
-        process = subprocess.Popen(
-            [*self.ssh_args(), self.target, command],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with self._lock:
+            self._refuse_if_stopped()
+            process = subprocess.Popen(
+                [*self.ssh_args(), self.target, command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         lines = []
         for line in process.stdout:
             lines.append(line)
@@ -103,7 +127,7 @@ class Remote:
 
     def rsync(self, *args: str) -> list[str]:
         """rsync over this ssh; the names it transferred. It runs in a process group of its own: an operator's
-        Ctrl-C reaches this program, which stops it through `stop`."""
+        Ctrl-C reaches this program, which stops it (`stop_all`)."""
         argv = ["rsync", "-a", "--protect-args", "--out-format=%n", "-e", shlex.join(self.ssh_args()), *args]
         with self._lock:
             self._refuse_if_stopped()
@@ -112,8 +136,12 @@ class Remote:
             )
         try:
             stdout, stderr = process.communicate()
-        except KeyboardInterrupt:
-            self.stop()
+        except KeyboardInterrupt:  # in this thread (a deploy): stop it here, reading its pipes while it exits
+            with ctrl_c_ignored():
+                self.interrupt()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.communicate(timeout=STOP_TIMEOUT)
+                self.wait_stopped()
             raise
         finally:
             self._transfer = None
@@ -121,27 +149,33 @@ class Remote:
             raise RemoteError(self.explain(process.returncode, stderr, what="rsync"))
         return [line for line in stdout.splitlines() if line and not line.endswith("/")]
 
-    def stop(self) -> None:
-        """From any thread (a pull runs each robot's in a worker thread; Ctrl-C reaches the main one): start nothing
-        more, interrupt the rsync running now and return once all of its processes are gone. SIGINT, not a kill:
-        rsync's receiver, a process of its own, moves the cut file into the partial folder as it exits, so the
-        prompt comes back with the folder as the next pull resumes it."""
+    def interrupt(self) -> None:
+        """From any thread: start nothing more, and send SIGINT to the rsync running now (not a kill: rsync's
+        receiver, a process of its own, moves the cut file into the partial folder as it exits)."""
         with self._lock:
             self.stopped = True
-            process = self._transfer
+            self._interrupted = self._transfer
+        if self._interrupted is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._interrupted.pid, signal.SIGINT)
+
+    def wait_stopped(self) -> None:
+        """After `interrupt`: return once every process of the interrupted rsync is gone (its receiver outlives
+        it by a moment), so the next pull finds the folder as this one left it; killed after STOP_TIMEOUT."""
+        process = self._interrupted
         if process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
         deadline = time.monotonic() + STOP_TIMEOUT
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=STOP_TIMEOUT)
-        while time.monotonic() < deadline:  # its receiver and ssh outlive it by a moment
+        while time.monotonic() < deadline:
             try:
                 os.killpg(process.pid, 0)
             except ProcessLookupError:
                 return
             time.sleep(0.01)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
     def _refuse_if_stopped(self) -> None:
         if self.stopped:

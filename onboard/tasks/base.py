@@ -110,6 +110,7 @@ class Task:
         """mass_scale: the plant's bodies heavier than the MJCF says ({body: factor}, as the stand-in's
         --mass-scale), so that the "true" planner model is the plant's real one (robustness runs)."""
         missing = [a for a in ("obs_dim", "parameters", "mppi_defaults", "long_horizon") if not hasattr(self, a)]
+        missing += [f for f in ("cost", "obs", "success") if getattr(type(self), f) is getattr(Task, f)]
         if missing:
             raise ValueError(f"task {self.name}: its class gives no {', '.join(missing)} (see onboard/tasks/base.py)")
         self.xml_path = model_xml(self.name, self.models_dir)
@@ -145,7 +146,13 @@ class Task:
             ("obs(s)", lambda: self.obs(s), (2, self.obs_dim)),
             ("success(s)", lambda: self.success(s), (2,)),
         ):
-            got = np.shape(value())
+            try:
+                got = np.shape(value())
+            except Exception as e:  # the user's code: one line that names the function, not a traceback
+                raise ValueError(
+                    f"task {self.name}: {what} on states (2, {self.state_dim}) and actions (2, {self.act_dim}) "
+                    f"raised {type(e).__name__}: {e}"
+                ) from None
             if got != shape:
                 raise ValueError(
                     f"task {self.name}: {what} on states (2, {self.state_dim}) and actions (2, {self.act_dim}) gives "

@@ -81,14 +81,26 @@ def test_a_release_carries_the_task_folder_with_its_meshes_and_only_the_chosen_q
     old_q, _ = make_q("pendulum")
     shutil.copy(old_q, models / "pendulum" / "q-old.onnx")
     shutil.copy(old_q.with_suffix(".json"), models / "pendulum" / "q-old.json")
+    (models / "pendulum" / ".git").mkdir()  # a robot description kept as a clone: its history stays here
+    (models / "pendulum" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    textures = tmp_path / "shared-textures"  # a folder linked in, as a shared asset library often is
+    textures.mkdir()
+    (textures / "wood.png").write_bytes(b"\x89PNG")
+    (models / "pendulum" / "textures").symlink_to(textures)
     monkeypatch.setattr(Task, "models_dir", models)
-    release = build_release(load_profile("loopback"), None, "r1", {"dir": "/robot"}, tmp_path / "r1", "v1")
+    chosen, _ = make_q("pendulum")
+    q = OnnxQ(chosen, get_task("pendulum"))
+    release = build_release(load_profile("loopback"), q, "r1", {"dir": "/robot"}, tmp_path / "r1", "v1")
     shipped = {name for name in release["files"] if name.startswith("models/")}
     assert shipped == {
         "models/pendulum/pendulum.xml",
         "models/pendulum/assets/tip.obj",
         "models/pendulum/assets/colours.json",
+        "models/pendulum/textures/wood.png",
+        "models/pendulum/q.onnx",
+        "models/pendulum/q.json",
     }
+    assert release["files"]["models/pendulum/q.onnx"] == q.sha256
 
 
 @pytest.mark.parametrize("damage", ["changed", "missing", "extra"])

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 import onboard.tasks
 from offboard.dataset import SegmentStore
 from onboard.loop import run
-from onboard.mppi import MPPIConfig
+from onboard.mppi import MPPI, MPPIConfig
 from onboard.profile import ProfileError, load_profile
 from onboard.tasks import get_task
 from onboard.tasks.base import Parameter, Task
@@ -81,7 +82,24 @@ def arm(tmp_path, monkeypatch):
 def test_the_arm_as_written_loads_and_plans(arm):
     task = arm()()
     assert task.act_dim == 2 and task.state_dim == 5
-    MPPIConfig.for_task(task)
+    action = MPPI(task, MPPIConfig.for_task(task, seed=0), "mujoco", threads=1).act(
+        task.initial_state(np.random.default_rng(1))
+    )
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+
+
+def test_a_limited_ball_joint_loads_and_its_starts_are_taken(arm):
+    """A ball joint's range is a cone angle, not a qpos value: neither the load nor the plant's reset reads it as
+    one (the plant refused the identity quaternion of a ball limited to 0.5 rad)."""
+    ball = ARM_XML.replace(
+        'type="hinge" axis="0 1 0" limited="true" range="-2.8 2.8" damping="0.1"/>\n      <geom',
+        'type="ball" limited="true" range="0 0.5" damping="0.1"/>\n      <geom',
+    )
+    ball = ball.replace('low" data="-1 -1 0 0"', 'low" data="1 0 0 0 -1 0 0 0 0"')
+    ball = ball.replace('high" data="1 1 0 0"', 'high" data="1 0 0 0 1 0 0 0 0"')
+    ball = ball.replace('<motor joint="shoulder" ctrllimited="true" ctrlrange="-1 1"/>', "")
+    task = arm(xml=ball, obs_dim=4)()
+    assert task.mjcf.invalid_state(task.initial_state(np.random.default_rng(0))) is None
 
 
 @pytest.mark.parametrize(
@@ -89,7 +107,7 @@ def test_the_arm_as_written_loads_and_plans(arm):
     [
         (
             lambda xml: xml.replace('<compiler angle="radian"/>', ""),  # MuJoCo's default: degrees
-            "the start box gives joint 'shoulder' [-1, 1], outside its range [-0.04887, 0.04887]: narrow "
+            "reset_low gives joint 'shoulder' -1, outside its range [-0.04887, 0.04887]: narrow "
             "reset_low/reset_high (a hinge's range is in degrees unless <compiler angle='radian'/>)",
         ),
         (
@@ -97,6 +115,10 @@ def test_the_arm_as_written_loads_and_plans(arm):
                 'high" data="1 1', 'high" data="-1 1'
             ),
             "reset_low is above reset_high at value 0 (1 > -1): give the lower bound first",
+        ),
+        (
+            lambda xml: xml.replace('high" data="1 1 0 0"', 'high" data="1 1 0 2000"'),
+            "reset_high gives a start the plant refuses (values beyond 1e3): narrow it",
         ),
         (
             lambda xml: re.sub(r"<actuator>.*</actuator>", "", xml, flags=re.S),
@@ -111,7 +133,7 @@ def test_the_arm_as_written_loads_and_plans(arm):
             "missing <custom><numeric name='episode_seconds' .../>",
         ),
     ],
-    ids=["degrees", "low-above-high", "no-actuator", "mismatched-tag", "no-episode-seconds"],
+    ids=["degrees", "low-above-high", "too-fast", "no-actuator", "mismatched-tag", "no-episode-seconds"],
 )
 def test_a_mistake_in_the_mjcf_is_one_error_naming_it_when_the_task_loads(arm, tmp_path, edit, message):
     with pytest.raises(ValueError) as refused:
@@ -132,12 +154,17 @@ def test_a_mistake_in_the_mjcf_is_one_error_naming_it_when_the_task_loads(arm, t
             "task arm: cost(s, u) on states (2, 5) and actions (2, 2) gives shape (2, 2), not (2,)",
         ),
         (dict(long_horizon=None), "task arm: its class gives no long_horizon (see onboard/tasks/base.py)"),
+        (dict(success=None), "task arm: its class gives no success (see onboard/tasks/base.py)"),
+        (
+            dict(cost=lambda self, s, u: s[..., 9]),
+            "task arm: cost(s, u) on states (2, 5) and actions (2, 2) raised IndexError: index 9 is out of bounds",
+        ),
         (
             dict(registered="reacher"),
             "TASKS['reacher'] is UserArm, whose name is 'arm': give the class name = 'reacher'",
         ),
     ],
-    ids=["obs-dim", "cost-shape", "no-long-horizon", "name-is-not-its-key"],
+    ids=["obs-dim", "cost-shape", "no-long-horizon", "no-success", "cost-raises", "name-is-not-its-key"],
 )
 def test_a_mistake_in_the_task_module_is_one_error_naming_it_when_the_task_loads(arm, attributes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -159,12 +186,24 @@ def test_a_run_blames_the_task_not_the_profile_for_the_tasks_mistakes(arm, tmp_p
     with pytest.raises(ValueError) as refused:
         load_profile("sim", task="arm", log_dir=str(tmp_path))
     assert not isinstance(refused.value, ProfileError) and "[standin]" not in str(refused.value)
-    assert "arm.xml: the start box gives joint 'shoulder'" in str(refused.value)
+    assert "arm.xml: reset_low gives joint 'shoulder' -1, outside its range" in str(refused.value)
     arm()  # the MJCF mended: a body the profile scales that the MJCF lacks is the profile's problem
     with pytest.raises(
         ProfileError, match=r"\[standin\] mass_scale: mass scale: .*has no body 'pole': its bodies are link1, link2"
     ):
         load_profile("sim", task="arm", log_dir=str(tmp_path), standin=dict(mass_scale={"pole": 1.3}))
+
+
+@pytest.mark.parametrize("command", ["robot-status", "pull-data", "deploy"])
+def test_the_robot_commands_name_the_tasks_mistake_in_one_line(arm, tmp_path, capsys, command):
+    from offboard.__main__ import main
+
+    arm(mppi_defaults=dict(Arm.mppi_defaults, Horizon=10))
+    profile = tmp_path / "arm.toml"
+    profile.write_text('task = "arm"\n[deploy]\nhost = "127.0.0.1"\n')
+    assert main([command, "--robot", str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: task arm's mppi_defaults: unknown MPPI setting(s) Horizon" in err
 
 
 def test_segments_recorded_before_the_task_changed_are_left_out_naming_the_sizes(arm, tmp_path):
