@@ -13,7 +13,9 @@ link, for speed.
 
 Observation: the task's (`Task.obs`); action: the actuators' range; reward: minus the task's cost of the
 state the action was taken in (the cost the logs record); an episode is the task's length (truncated,
-never terminated, except when the plant latches a failsafe: terminated, with the failsafe in `info`).
+never terminated, except when the plant latches a failsafe: terminated, with the failsafe in `info`; a
+non-finite action latches one on both paths, as the firmware does). After a failsafe, `reset()` re-arms the plant
+(the caller was told, and asks for a new episode); `step()` before it is an error.
 Seeding: `reset(seed=...)` seeds Gymnasium's generator, from which each start is drawn in the task's
 start box. `render_mode="rgb_array"` draws the state with MuJoCo's offscreen renderer.
 """
@@ -28,6 +30,7 @@ import numpy as np
 from gymnasium import spaces
 
 from firmware_bridge.cli import ArgumentParser
+from firmware_bridge.dialect import mavlink
 from onboard.loop import STATE_TIMEOUT
 from onboard.plant_port import open_plant
 from onboard.profile import load_profile
@@ -67,6 +70,7 @@ class MpqEnv(gymnasium.Env):
         self._state = None
         self._episode = 0
         self._steps = 0
+        self._failsafe = 0  # the failsafe that terminated the episode: reset re-arms it
 
     # --- the plant ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -98,16 +102,29 @@ class MpqEnv(gymnasium.Env):
         else:
             self._link.disarm()
             self._state = self._link.reset(self._episode, state=start)
-            self._link.arm()
+            if self._failsafe:
+                self._link.rearm()
+            else:
+                self._link.arm()
+        self._failsafe = 0
         return self.task.obs(self._current()), {}
 
     def step(self, action):
         if self._state is None:
             raise RuntimeError("step before reset: call env.reset() first")
-        u = np.clip(np.asarray(action, dtype=np.float64), self.task.u_min, self.task.u_max)
-        cost = float(self.task.cost(self._current(), u))
+        if self._failsafe:
+            raise RuntimeError(f"the episode ended with failsafe {self._failsafe}: call env.reset() for the next")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action of shape {action.shape}: {self.task.name} takes {self.action_space.shape}")
+        u = np.clip(action, self.task.u_min, self.task.u_max)
+        finite = bool(np.all(np.isfinite(u)))
+        cost = float(self.task.cost(self._current(), u if finite else np.zeros_like(u)))  # as the plant applies it
         info = {}
-        if self._plant is not None:
+        if self._plant is not None and not finite:  # as the firmware: the failsafe latched, the actuators off
+            self._state = self._plant.step(np.zeros_like(u))
+            info["failsafe"] = int(mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND)
+        elif self._plant is not None:
             self._state = self._plant.step(u)
         else:
             state = self._link.exchange(u, self._state.seq, STATE_TIMEOUT)
@@ -118,6 +135,7 @@ class MpqEnv(gymnasium.Env):
                 info["failsafe"] = int(state.failsafe)
         self._steps += 1
         terminated = "failsafe" in info
+        self._failsafe = info.get("failsafe", 0)
         truncated = self._steps >= self.task.episode_steps
         return self.task.obs(self._current()), -cost, terminated, truncated, info
 
@@ -137,6 +155,7 @@ class MpqEnv(gymnasium.Env):
             except Exception:  # a plant already gone or in failsafe: its actuators are off
                 pass
             self._link = None
+        self._plant = self._state = None  # a step now is a step before reset
         if self._plant_context is not None:
             self._plant_context.close()
             self._plant_context = None
