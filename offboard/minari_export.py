@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from onboard.recorder import SegmentError, read_manifest, read_segment, verified_segments
-from onboard.tasks import get_task
+from onboard.tasks import TASKS, get_task
 
 # Minari's dataset id, stricter: a version, and ASCII names only (the id is a folder path in Minari's store)
 DATASET_ID = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*-v[0-9]+")
@@ -37,11 +37,12 @@ class MinariExportError(ValueError):
     """Nothing exported; the message says why and what to do."""
 
 
-def episodes_from_segments(folders: list[Path]) -> tuple[str, list[dict], list[str]]:
-    """(task, episodes, problems) from the verified segments of `folders`: each episode the arrays Minari
-    takes and the segment's metadata."""
+def episodes_from_segments(folders: list[Path], task: str | None = None) -> tuple[str, list[dict], list[str]]:
+    """(task, episodes, problems) from the verified segments of `folders` (a folder given twice, once): each
+    episode the arrays Minari takes and the segment's metadata. `task`: only its segments (the others are
+    listed as left out), as train's --task; None: the folders must hold one task's."""
     episodes, problems, tasks = [], [], set()
-    for folder in folders:
+    for folder in dict.fromkeys(Path(f).resolve() for f in folders):
         good, found = verified_segments(folder)
         problems += found
         listed = {entry["segment"]: entry["sha256"] for entry in read_manifest(folder)}
@@ -56,6 +57,9 @@ def episodes_from_segments(folders: list[Path]) -> tuple[str, list[dict], list[s
                 problems.append(f"{path}: no transitions")
                 continue
             segment, summary = metadata.get("segment", {}), metadata.get("summary", {})
+            if task is not None and segment.get("task") != task:
+                problems.append(f"{path}: recorded for task {segment.get('task')!r}, not {task!r}")
+                continue
             tasks.add(segment.get("task"))
             episodes.append(
                 dict(path=path, sha256=listed[path.name], transitions=transitions, segment=segment, summary=summary)
@@ -67,8 +71,8 @@ def episodes_from_segments(folders: list[Path]) -> tuple[str, list[dict], list[s
         )
     if len(tasks) != 1:
         raise MinariExportError(
-            f"the segments were recorded for several tasks ({', '.join(sorted(map(str, tasks)))}): export one "
-            "task's folders at a time"
+            f"the segments were recorded for several tasks ({', '.join(sorted(map(str, tasks)))}): give --task to "
+            "export one of them"
         )
     return tasks.pop(), episodes, problems
 
@@ -110,8 +114,8 @@ def episode_metadata(episode: dict) -> dict:
     )
 
 
-def export_minari(folders: list[Path], name: str, author: str = "", log=print):
-    """The Minari dataset `name` from the verified segments of `folders`; returns it."""
+def export_minari(folders: list[Path], name: str, author: str = "", log=print, task: str | None = None):
+    """The Minari dataset `name` from the verified segments of `folders` (only `task`'s, where given); returns it."""
     import gymnasium
     import minari
     from minari.dataset.minari_dataset import parse_dataset_id
@@ -140,7 +144,7 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print):
         raise MinariExportError(
             f"a Minari dataset {name!r} exists already: choose another --name, or delete it (minari delete {name})"
         )
-    task_name, episodes, problems = episodes_from_segments(folders)
+    task_name, episodes, problems = episodes_from_segments(folders, task)
     for problem in problems:
         log(f"left out: {problem}")
     task = get_task(task_name)
@@ -180,6 +184,7 @@ def add_command(sub) -> None:
     e.add_argument("--data", nargs="+", required=True, type=Path, help="robot log folders, e.g. data/sim")
     e.add_argument("--name", required=True, help="the dataset's id, e.g. mpq/pendulum/sim-v0")
     e.add_argument("--author", default="", help="who recorded it (Minari's author field)")
+    e.add_argument("--task", choices=sorted(TASKS), help="only this task's segments (default: the folders' one task)")
     e.set_defaults(run=run_command)
 
 
@@ -193,6 +198,8 @@ def run_command(args) -> int:
     for folder in args.data:
         if not folder.is_dir():
             raise MinariExportError(f"--data {folder} is not a folder: give a robot log folder such as data/sim")
-    dataset = export_minari(args.data, args.name, args.author, log=lambda line: print(line, file=sys.stderr))
-    print(f"exported {dataset.total_episodes} episodes ({dataset.total_steps} steps) as Minari dataset {args.name}")
+    dataset = export_minari(
+        args.data, args.name, args.author, log=lambda line: print(line, file=sys.stderr), task=args.task
+    )
+    print(f"exported {dataset.total_episodes} episode(s) ({dataset.total_steps} steps) as Minari dataset {args.name}")
     return 0

@@ -26,7 +26,7 @@ def test_a_robots_segments_export_to_minari_and_load_back_as_recorded(tmp_path, 
     run(load_profile("sim", log_dir=str(tmp_path / "data")), 2, show_status=False)
     folder = tmp_path / "data" / "sim"
     assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/sim-v0"]) == 0
-    assert "exported 2 episodes (400 steps)" in capsys.readouterr().out
+    assert "exported 2 episode(s) (400 steps)" in capsys.readouterr().out
     dataset = minari.load_dataset("mpq/pendulum/sim-v0")
     segments, _ = verified_segments(folder)
     task = get_task("pendulum")
@@ -63,10 +63,32 @@ def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home,
     damaged.write_bytes(bytes(data))
     assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/damaged-v0"]) == 0
     captured = capsys.readouterr()
-    assert "exported 1 episodes" in captured.out and f"left out: {damaged}" in captured.err
+    assert "exported 1 episode(s)" in captured.out and f"left out: {damaged}" in captured.err
     assert minari.load_dataset("mpq/pendulum/damaged-v0").total_episodes == 1
     assert main(["export-minari", "--data", str(tmp_path / "nothing"), "--name", "mpq/pendulum/none-v0"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_folder_of_two_tasks_exports_the_one_given_by_task_and_each_segment_once(tmp_path, minari_home, capsys):
+    """The sim robot's folder holds whatever tasks were run on it; --task picks one (the rest named as left out),
+    and a folder given twice is read once."""
+    import minari
+
+    from offboard.__main__ import main
+    from onboard.loop import run
+    from onboard.profile import load_profile
+
+    run(load_profile("sim", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    run(load_profile("sim", task="cartpole", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    folder = str(tmp_path / "data" / "sim")
+    assert main(["export-minari", "--data", folder, "--name", "mpq/both-v0"]) == 2
+    assert "several tasks (cartpole, pendulum): give --task to export one of them" in capsys.readouterr().err
+    assert main(["export-minari", "--data", folder, folder, "--name", "mpq/cartpole-v0", "--task", "cartpole"]) == 0
+    captured = capsys.readouterr()
+    assert "exported 1 episode(s)" in captured.out
+    assert "000001.mcap: recorded for task 'pendulum', not 'cartpole'" in captured.err
+    dataset = minari.load_dataset("mpq/cartpole-v0")
+    assert dataset.total_episodes == 1 and dataset.spec.env_spec.id == "mpq/CartPole-v0"
 
 
 @pytest.mark.parametrize(
