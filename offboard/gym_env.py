@@ -12,10 +12,12 @@ README says what one run printed. `mpq/<Task>Mujoco-v0` steps the same MJCF (Muj
 link, for speed.
 
 Observation: the task's (`Task.obs`); action: the actuators' range; reward: minus the task's cost of the
-state the action was taken in (the cost the logs record); an episode is the task's length (truncated,
-never terminated, except when the plant latches a failsafe: terminated, with the failsafe in `info`; a
-non-finite action latches one on both paths, as the firmware does). After a failsafe, `reset()` re-arms the plant
-(the caller was told, and asks for a new episode); `step()` before it is an error.
+state the action was taken in (the cost the logs record); an episode is the task's length, then truncated.
+The tasks have no terminal states: an episode is never terminated. A failsafe the plant latches truncates it too,
+with the failsafe in `info` (Gymnasium's truncation, a condition outside the task: were it a termination, a
+learner with costs as negative rewards would learn to trip failsafes to stop paying them); a non-finite action
+latches one on both paths, as the firmware does. After a failsafe, `reset()` re-arms the plant (the caller was
+told, and asks for a new episode); `step()` before it is an error.
 Seeding: `reset(seed=...)` seeds Gymnasium's generator, from which each start is drawn in the task's
 start box. `render_mode="rgb_array"` draws the state with MuJoCo's offscreen renderer.
 """
@@ -70,7 +72,7 @@ class MpqEnv(gymnasium.Env):
         self._state = None
         self._episode = 0
         self._steps = 0
-        self._failsafe = 0  # the failsafe that terminated the episode: reset re-arms it
+        self._failsafe = 0  # the failsafe that ended the episode: reset re-arms it
 
     # --- the plant ---------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -134,10 +136,9 @@ class MpqEnv(gymnasium.Env):
             if state.failsafe:
                 info["failsafe"] = int(state.failsafe)
         self._steps += 1
-        terminated = "failsafe" in info
         self._failsafe = info.get("failsafe", 0)
-        truncated = self._steps >= self.task.episode_steps
-        return self.task.obs(self._current()), -cost, terminated, truncated, info
+        truncated = self._steps >= self.task.episode_steps or bool(self._failsafe)
+        return self.task.obs(self._current()), -cost, False, truncated, info
 
     def _current(self) -> np.ndarray:
         return self._state if self._plant is not None else self._state.state

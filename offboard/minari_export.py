@@ -5,8 +5,10 @@
 Every segment whose sha256 matches its folder's MANIFEST becomes one episode; a segment that fails its
 check, or was cut short, is named on stderr and left out, never exported. An episode holds the
 observations the loop recorded (plus the observation of the last next state), the actions the plant
-applied, rewards = minus the task's costs, and at its last step a termination (the loop stopped the plant:
-a failsafe or missed deadlines) or a truncation (the task's time limit, or the run was stopped). Its
+applied, rewards = minus the task's costs, and at its last step a truncation, never a termination: the tasks
+have no terminal states, and an episode the loop cut short (a failsafe, missed deadlines, a stopped run) did not
+reach one (a termination would tell an offline learner that no cost follows, and make cutting episodes short
+look good). `safe_stop` in the episode's metadata says why the loop stopped the plant, where it did. Its
 metadata: the segment's name and sha256, robot, task, model sha256, MPPI settings (JSON), backend, code
 version, start seed. The dataset's environment is the task's Gymnasium environment on the hardware path
 (`mpq/<Task>-v0`, offboard/gym_env.py); its evaluation environment the same task in plain MuJoCo.
@@ -86,14 +88,12 @@ def episode_buffer(task, episode: dict):
     observations = [np.asarray(s["obs"], dtype=np.float64) for s in steps] + [task.obs(last)]
     actions = [np.asarray(s["action"], dtype=np.float32) for s in steps]
     rewards = [-float(s["cost"]) for s in steps]
-    stopped = bool(episode["summary"].get("safe_stop"))  # the loop stopped the plant: it cannot go on
-    ends = [False] * (len(steps) - 1)
     return EpisodeBuffer(
         observations=observations,
         actions=actions,
         rewards=rewards,
-        terminations=ends + [stopped],
-        truncations=ends + [not stopped],
+        terminations=[False] * len(steps),
+        truncations=[False] * (len(steps) - 1) + [True],
     )
 
 
@@ -111,6 +111,7 @@ def episode_metadata(episode: dict) -> dict:
         code_version=str(segment.get("code_version") or ""),
         seed=int(segment.get("seed") or 0),
         episode=int(segment.get("episode") or 0),
+        safe_stop=str(episode["summary"].get("safe_stop") or ""),
     )
 
 

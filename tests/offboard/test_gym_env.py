@@ -78,21 +78,22 @@ def test_the_steps_per_second_command_refuses_no_episodes_in_one_line(capsys):
 
 
 @pytest.mark.parametrize("path", ["link", "mujoco"])
-def test_a_non_finite_action_terminates_on_both_paths_and_reset_starts_again(path, sim_logs):
-    """As the firmware does: the failsafe latches (the actuators off), the episode terminates with it in info; a
-    step after it is an error, and reset() re-arms the plant for the next episode."""
+def test_a_non_finite_action_ends_the_episode_on_both_paths_and_reset_starts_again(path, sim_logs):
+    """As the firmware does: the failsafe latches (the actuators off), the episode is truncated with it in info
+    (never terminated: that would make tripping a failsafe a way out of the costs); a step after it is an error,
+    and reset() re-arms the plant for the next episode."""
     env = gymnasium.make(env_id("pendulum", path))
     try:
         env.reset(seed=0)
         _, reward, terminated, truncated, info = env.step(np.array([np.nan], dtype=np.float32))
-        assert terminated and not truncated and np.isfinite(reward)
+        assert truncated and not terminated and np.isfinite(reward)
         assert info["failsafe"] == mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND
         with pytest.raises(RuntimeError, match="the episode ended with failsafe 2: call env.reset"):
             env.step(np.array([0.0], dtype=np.float32))
         env.reset(seed=1)
         for _ in range(3):
-            _, _, terminated, _, info = env.step(np.array([1.0], dtype=np.float32))
-            assert not terminated and "failsafe" not in info
+            _, _, terminated, truncated, info = env.step(np.array([1.0], dtype=np.float32))
+            assert not terminated and not truncated and "failsafe" not in info
         with pytest.raises(ValueError, match=r"action of shape \(2,\): pendulum takes \(1,\)"):
             env.step(np.array([1.0, 1.0], dtype=np.float32))
     finally:

@@ -124,3 +124,27 @@ def test_a_minari_datasets_path_that_is_a_file_is_one_line_naming_it(tmp_path, m
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"datasets folder {tmp_path / 'a-file'} cannot be used" in err
     assert "set MINARI_DATASETS_PATH to a folder" in err and (tmp_path / "a-file").read_text() == "keep me\n"
+
+
+def test_an_episode_the_loop_cut_short_is_truncated_never_terminated():
+    """The tasks have no terminal states: an episode ended by a safe stop (a failsafe, missed deadlines) is
+    truncated as a finished one is, its reason kept in the metadata (a termination would tell an offline learner
+    that no cost follows)."""
+    from pathlib import Path
+
+    from offboard.minari_export import episode_buffer, episode_metadata
+    from onboard.tasks import get_task
+
+    task = get_task("pendulum")
+    s = task.hanging_state().tolist()
+    steps = [dict(obs=task.obs(np.array(s)).tolist(), action=[0.0], cost=9.0, next_state=s) for _ in range(3)]
+    episode = dict(
+        path=Path("sim/000001.mcap"),
+        sha256="ab",
+        transitions=steps,
+        segment={},
+        summary={"safe_stop": "plant failsafe"},
+    )
+    buffer = episode_buffer(task, episode)
+    assert list(buffer.terminations) == [False] * 3 and list(buffer.truncations) == [False, False, True]
+    assert episode_metadata(episode)["safe_stop"] == "plant failsafe"
