@@ -111,6 +111,8 @@ def run_command(args) -> int:
         raise ReplayError(f"--out {args.out}: give a .mp4 path")
     if (blocker := blocking_file(args.out.parent)) is not None:
         raise ReplayError(f"--out {args.out}: {blocker} is a file, not a folder; give a .mp4 path in a folder")
+    if args.out.is_dir():
+        raise ReplayError(f"--out {args.out} is a folder: give the video's file, e.g. {args.out / 'episode.mp4'}")
     count = replay(args.segment, args.out, args.width, args.height, args.camera)
     print(f"wrote {args.out}: {count} frames")
     return 0

@@ -71,3 +71,6 @@ class PlantPort:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self.process is not None:
+            self.process.stdout.close()  # the pipe its port line came over

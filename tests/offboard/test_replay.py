@@ -28,6 +28,9 @@ def test_a_logged_episode_replays_as_a_video_whose_frames_follow_the_states(tmp_
     assert imageio.get_reader(out).count_frames() == 201 and not list(tmp_path.glob("*.partial*"))
     assert main(["replay", str(segment), "--out", str(out / "under_a_file.mp4")]) == 2  # out is a file now
     assert f"{out} is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "taken.mp4").mkdir()  # a folder where the video would go: one line, before any frame is drawn
+    assert main(["replay", str(segment), "--out", str(tmp_path / "taken.mp4")]) == 2
+    assert "taken.mp4 is a folder: give the video's file" in capsys.readouterr().err
     big = tmp_path / "big.mp4"  # past the MJCF's offscreen framebuffer: one line, before anything is written
     assert main(["replay", str(segment), "--out", str(big), "--width", "648", "--height", "48"]) == 2
     err = capsys.readouterr().err
