@@ -201,7 +201,8 @@ class Link:
         self.states = deque(s for s in self.states if s.reset_request == request)
         if not self.states:
             raise LinkError(
-                "the plant refused the reset: the state is outside its limits, or there is no matching handshake"
+                "the plant refused the reset: the state is outside its limits, or there is no matching handshake "
+                "(the plant's log says which: the stand-in's is standin.log in the robot's log folder)"
             )
         return self.states.popleft()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onboard.recorder import SegmentError, read_manifest, read_segment, verified_segments
+from onboard.recorder import MANIFEST, SegmentError, read_manifest, read_segment, verified_segments
 from onboard.tasks import TASKS, get_task
 
 # Minari's dataset id, stricter: a version, and ASCII names only (the id is a folder path in Minari's store)
@@ -47,6 +47,11 @@ def episodes_from_segments(folders: list[Path], task: str | None = None) -> tupl
     for folder in dict.fromkeys(Path(f).resolve() for f in folders):
         good, found = verified_segments(folder)
         problems += found
+        problems += [
+            f"{partial}: an episode still recording, or cut short by a crash (the next onboard run on this folder "
+            "recovers it)"
+            for partial in sorted(folder.glob("*.mcap.partial"))
+        ]
         listed = {entry["segment"]: entry["sha256"] for entry in read_manifest(folder)}
         for path in good:
             try:
@@ -68,8 +73,10 @@ def episodes_from_segments(folders: list[Path], task: str | None = None) -> tupl
             )
     if not episodes:
         where = ", ".join(map(str, folders))
+        robots = sorted(m.parent for f in folders for m in Path(f).glob(f"*/{MANIFEST}"))
+        fix = f"give a robot's log folder, e.g. --data {robots[0]}" if robots else "record episodes first"
         raise MinariExportError(
-            f"no verified segment in {where}" + (f" ({problems[0]})" if problems else "") + ": record episodes first"
+            f"no verified segment in {where}" + (f" ({problems[0]})" if problems else "") + f": {fix}"
         )
     if len(tasks) != 1:
         raise MinariExportError(

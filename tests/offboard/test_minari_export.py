@@ -67,6 +67,13 @@ def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home,
     assert minari.load_dataset("mpq/pendulum/damaged-v0").total_episodes == 1
     assert main(["export-minari", "--data", str(tmp_path / "nothing"), "--name", "mpq/pendulum/none-v0"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    # the folder above the robots' folders: the fix names one of them
+    assert main(["export-minari", "--data", str(tmp_path / "data"), "--name", "mpq/pendulum/none-v0"]) == 2
+    assert f"give a robot's log folder, e.g. --data {folder}" in capsys.readouterr().err
+    # an episode a crash cut short, not yet recovered, is named as left out
+    (folder / "000009.mcap.partial").write_bytes(b"\x89MCAP0\r\n")
+    assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/partial-v0"]) == 0
+    assert "000009.mcap.partial: an episode still recording, or cut short by a crash" in capsys.readouterr().err
 
 
 def test_a_folder_of_two_tasks_exports_the_one_given_by_task_and_each_segment_once(tmp_path, minari_home, capsys):
