@@ -121,13 +121,13 @@ class MpqEnv(gymnasium.Env):
             raise ValueError(f"action of shape {action.shape}: {self.task.name} takes {self.action_space.shape}")
         u = np.clip(action, self.task.u_min, self.task.u_max)
         finite = bool(np.all(np.isfinite(u)))
-        cost = float(self.task.cost(self._current(), u if finite else np.zeros_like(u)))  # as the plant applies it
+        applied = u if finite else np.zeros_like(u)  # a non-finite command: the failsafe, the actuators off
+        cost = float(self.task.cost(self._current(), applied))
         info = {}
-        if self._plant is not None and not finite:  # as the firmware: the failsafe latched, the actuators off
-            self._state = self._plant.step(np.zeros_like(u))
-            info["failsafe"] = int(mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND)
-        elif self._plant is not None:
-            self._state = self._plant.step(u)
+        if self._plant is not None:  # as the firmware does
+            self._state = self._plant.step(applied)
+            if not finite:
+                info["failsafe"] = int(mavlink.MPQ_FAILSAFE_NONFINITE_COMMAND)
         else:
             state = self._link.exchange(u, self._state.seq, STATE_TIMEOUT)
             if state is None:

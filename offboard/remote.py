@@ -61,7 +61,7 @@ class Remote:
         self.identity = profile.path(profile.deploy.identity_file)
         self.known_hosts = profile.path(profile.deploy.known_hosts_file) or Path("~/.ssh/known_hosts").expanduser()
         self.control_dir = ""
-        self.stopped = False  # by `stop`: no command or rsync starts after it
+        self.stopped = False  # by `interrupt`: no command or rsync starts after it
         self._lock = threading.Lock()
         self._transfer: subprocess.Popen | None = None  # the rsync running now
         self._interrupted: subprocess.Popen | None = None  # the one `interrupt` stopped

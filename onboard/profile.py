@@ -252,8 +252,9 @@ def load_profile(robot: str, **overrides) -> RobotProfile:
             "parameters in Python, which the stand-in cannot do: randomise a task without derived fields"
         )
     MPPIConfig.for_task(task)  # the task's own settings, as they are
-    try:
-        MPPIConfig.for_task(task, **profile.mppi)
-    except ValueError as e:
-        raise ProfileError(f"{path}: [mppi] {e}") from None
+    if profile.mppi:
+        try:
+            MPPIConfig.for_task(task, **profile.mppi)
+        except ValueError as e:
+            raise ProfileError(f"{path}: [mppi] {e}") from None
     return profile
