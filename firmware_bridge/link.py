@@ -13,6 +13,7 @@ import select
 import time
 from collections import deque
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import serial
@@ -26,6 +27,7 @@ RTT_WINDOW = 10000
 SPIN = 0.0003  # s: how long a wait polls the port before it sleeps in select()
 REQUEST_RETRY = 0.1  # s: a handshake or episode control unanswered this long is sent again (same request)
 COMMAND_RESEND = 0.02  # s: lockstep, a command whose state has not come back is sent again (same seq)
+WRITE_TIMEOUT = 1.0  # s a frame may wait for room in the port's output buffer: past it the plant stopped reading
 PLANT_COUNTERS = (
     "watchdog_trips",
     "commands_applied",
@@ -64,6 +66,29 @@ class ControlDenied(LinkError):
         return type(self), (str(self), self.failsafe)
 
 
+def port_users(path: str) -> str:
+    """' (pid N: its command)' for the processes that hold the device `path` open, as far as /proc tells (on
+    Linux, for this user's processes); '' where it tells nothing."""
+    try:
+        device = os.path.realpath(path)
+        users = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) == os.getpid():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == device for fd in fds):
+                    command = " ".join(
+                        Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
+                    )
+                    users.append(f"pid {pid}: {command[:80]}")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    except OSError:
+        return ""
+    return f" ({'; '.join(users)})" if users else ""
+
+
 @dataclass
 class PlantState:
     state: np.ndarray  # float64 copy of the float32 wire values
@@ -99,10 +124,21 @@ class Link:
         self.url, self.task, self.state_dim, self.act_dim = url, task, state_dim, act_dim
         self.dialect_version = dialect_version
         self.lost_after = lost_after
-        try:
-            self.port = serial.serial_for_url(url, baudrate=baud, timeout=0)
-        except (serial.SerialException, ValueError) as e:
+        try:  # exclusive: two controllers on one plant (a second run, a selfcheck during a run) is refused here
+            self.port = serial.serial_for_url(
+                url, baudrate=baud, timeout=0, write_timeout=WRITE_TIMEOUT, exclusive=True
+            )
+        except serial.SerialException as e:
+            if "exclusively lock" in str(e):
+                raise LinkError(
+                    f"serial port {url!r} is in use by another process{port_users(url)}: stop it first (one "
+                    "controller per plant)"
+                ) from None
             raise LinkError(f"cannot open serial port {url!r} ({e}): check the device path or URL") from None
+        except (ValueError, OverflowError) as e:  # a baud rate the port cannot take, a malformed URL
+            raise LinkError(
+                f"cannot open serial port {url!r} at {baud} baud ({e}): check the device path or URL and the baud rate"
+            ) from None
         try:
             self._fd = self.port.fileno()
         except (AttributeError, NotImplementedError, OSError, serial.SerialException):
@@ -325,15 +361,27 @@ class Link:
     def write(self, data: bytes) -> None:
         """pymavlink's send() writes here: straight to the fd where there is one (pyserial's write adds a
         select and a loop per frame)."""
+        stalled = (
+            f"writing to {self.port.name} stalled for {WRITE_TIMEOUT:g} s: the plant's end stopped reading (check that "
+            "the firmware runs and reads this port)"
+        )
         if self._fd is None:
-            self.port.write(data)
+            try:
+                self.port.write(data)
+            except serial.SerialTimeoutException:
+                raise LinkError(stalled) from None
             return
         view = memoryview(data)
+        deadline = None  # set at the first full buffer: a write that never blocks reads no clock
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
             except BlockingIOError:
-                select.select([], [self._fd], [], 0.1)
+                now = time.monotonic()
+                deadline = deadline or now + WRITE_TIMEOUT
+                if now >= deadline:
+                    raise LinkError(stalled) from None
+                select.select([], [self._fd], [], min(0.1, deadline - now))
             except OSError as e:
                 raise LinkError(f"writing to {self.port.name} failed ({e.strerror}): the plant's end is gone") from None
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from onboard.profile import RobotProfile, profile_file
+from onboard.signals import ctrl_c_ignored
 
 CONNECT_TIMEOUT = 10  # s
 STOP_TIMEOUT = 30  # s: how long an interrupted rsync may take to keep its partial file
@@ -25,17 +26,6 @@ STOP_TIMEOUT = 30  # s: how long an interrupted rsync may take to keep its parti
 
 class RemoteError(RuntimeError):
     """A deploy, rollback, status or pull that cannot go on; one line naming the problem and the fix."""
-
-
-@contextlib.contextmanager
-def ctrl_c_ignored():
-    """While stopping what a Ctrl-C interrupted (a wait bounded by STOP_TIMEOUT), another Ctrl-C would leave the
-    rest running unstopped: it is ignored until then."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def stop_all(remotes: list[Remote]) -> None:

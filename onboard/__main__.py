@@ -40,6 +40,11 @@ def cmd_plan(args) -> int:
         if not np.all(np.isfinite(state)):
             raise ValueError(f"--state {args.state}: every value must be a finite number")
     plan = MPPI(task, config, args.backend, q=q, threads=args.threads).plan(state[None])
+    if not (np.isfinite(plan.value[0]) and np.isfinite(plan.min_cost[0])):
+        raise ValueError(
+            f"--state {args.state}: every rollout's cost overflows from there (value {plan.value[0]}): give a state "
+            "the robot can be in"
+        )
     report = dict(
         task=task.name,
         backend=args.backend,
@@ -53,7 +58,7 @@ def cmd_plan(args) -> int:
         ms=plan.seconds * 1e3,
     )
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(report, allow_nan=False))
     else:
         first = ", ".join(f"{v:+.3f}" for v in plan.actions[0, 0])
         print(f"{task.name} from {np.array2string(state, precision=3)}: first action [{first}]")
@@ -74,8 +79,9 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(stats.summary()))
         return 0
+    stopped = "stopped by Ctrl-C or SIGTERM after " if stats.stopped else ""
     print(
-        f"{stats.episodes} episode(s), {stats.steps} steps, {stats.deadline_misses} deadline misses; "
+        f"{stopped}{stats.episodes} episode(s), {stats.steps} steps, {stats.deadline_misses} deadline misses; "
         f"segments in {profile.log_path / profile.name}"
     )
     return 0
@@ -144,6 +150,14 @@ def main(argv=None) -> int:
         after_status_line = args.command == "run" and sys.stderr.isatty()
         print(f"{chr(10) if after_status_line else ''}error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a Ctrl-C before the loop took over the signals (the handshake), or a second one
+        after = (
+            "; the plant was sent a disarm, an episode cut short is closed as interrupted"
+            if args.command == "run"
+            else ""
+        )
+        print(f"\ninterrupted: {args.command} stopped at once{after}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import errno
 import gc
 import itertools
 import logging
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -34,9 +33,10 @@ from onboard.mppi import MPPI, MPPIConfig
 from onboard.plant_port import open_plant
 from onboard.profile import RobotProfile
 from onboard.qfunction import OnnxQ, trained_settings_mismatch
-from onboard.recorder import Recorder
+from onboard.recorder import Recorder, log_folder_error
 from onboard.release import code_version
 from onboard.scheduling import loop_scheduling
+from onboard.signals import ctrl_c_ignored, stop_on_signals
 from onboard.tasks import get_task
 
 log = logging.getLogger("mpq.loop")
@@ -58,7 +58,9 @@ def make_planner(profile: RobotProfile, task) -> MPPI:
 def run(profile: RobotProfile, episodes: int, planner=None, show_status: bool = True, stop=None) -> LoopStats:
     """Run `episodes` episodes (0: until stopped) against the profile's plant, one verified segment each."""
     with open_loop(profile, planner, show_status) as loop:
-        loop.run(episodes, stop or _stop_on_signals())
+        stop = stop or stop_on_signals()  # from here: a Ctrl-C while the plant is being reached interrupts that
+        loop.run(episodes, stop)
+        loop.stats.stopped = stop()
         return loop.stats
 
 
@@ -74,9 +76,7 @@ def open_loop(profile: RobotProfile, planner=None, show_status: bool = True):
         try:
             recorder = Recorder(profile.log_path, profile.name)
         except OSError as e:
-            raise LoopError(
-                f"cannot keep segments in {profile.log_path / profile.name} ({e.strerror}): set another log_dir"
-            ) from None
+            raise log_folder_error(profile.log_path / profile.name, e) from None
         try:
             stats = LoopStats(scheduling=scheduling)
             with open_plant(profile, task, signing_key) as link:
@@ -310,7 +310,8 @@ class ControlLoop:
         cut short closed as complete, with the error's line."""
         link, recorder = self.link, self.recorder
         try:
-            link.disarm(timeout=0.5)
+            with ctrl_c_ignored():  # bounded: the disarm's 0.5 s, a stalled write's WRITE_TIMEOUT
+                link.disarm(timeout=0.5)
         except LinkError:
             pass
         try:
@@ -416,17 +417,3 @@ def _randomised_plant(profile: RobotProfile, task, episode: int) -> dict | None:
     if not profile.standin.randomise:
         return None
     return plant_draw(task.bias_ranges, profile.seed, episode)
-
-
-def _stop_on_signals():
-    """Ctrl-C and SIGTERM set a flag the loop checks every step; a second Ctrl-C interrupts at once."""
-    flag = {"stop": False}
-
-    def handler(signum, frame):
-        if flag["stop"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return lambda: flag["stop"]

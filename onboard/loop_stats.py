@@ -24,6 +24,7 @@ class LoopStats:
     seconds: float = 0.0  # time in episodes (resets excluded)
     period: float = 0.0
     scheduling: str = "normal"  # the loop's scheduling while it ran ("SCHED_FIFO 50" in realtime)
+    stopped: bool = False  # ended early by Ctrl-C or SIGTERM
 
     def summary(self) -> dict:
         """The numbers of a run (benchmarks read them): rate, plan times, misses, period jitter, memory."""
@@ -41,6 +42,7 @@ class LoopStats:
             period_ms=self.period * 1e3,
             period_jitter_ms_p99=float(np.percentile(jitter, 99)),
             scheduling=self.scheduling,
+            stopped=self.stopped,
             peak_rss_mb=peak_rss_mb(),
         )
 

@@ -16,11 +16,13 @@ opens the segments.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, IndexType, Writer
 
 from firmware_bridge.link import HOST_COUNTERS, PLANT_COUNTERS
+from onboard.errors import LoopError
 from onboard.fileio import append_durable, fsync_dir, hold_lock, sha256_file
 
 log = logging.getLogger("mpq.recorder")
@@ -113,12 +116,31 @@ def strict_json(value) -> str:
         return json.dumps(_finite_or_none(value), allow_nan=False)
 
 
+def log_folder_error(folder: Path, error: OSError) -> LoopError:
+    """A folder a run cannot keep its segments in, as the operator's one line."""
+    return LoopError(f"cannot keep segments in {folder} ({error.strerror}): set another log_dir")
+
+
+def check_log_folder(folder: Path) -> None:
+    """What a run's Recorder needs of `folder`: that it can be made and written in. Checked where it would be made,
+    without making it or taking its lock (a selfcheck runs while the service records there). Raises LoopError."""
+    existing = next(f for f in [folder, *folder.parents] if f.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise log_folder_error(folder, e) from None
+
+
 class Recorder:
     """Writes the episodes of one robot into `<log_dir>/<robot>/`."""
 
     def __init__(self, log_dir: str | Path, robot: str):
         self.dir = Path(log_dir) / robot
-        self._made_dir = not self.dir.exists()
+        self._made = [self.dir, *self.dir.parents]  # the folders this recorder makes, innermost first
+        self._made = self._made[: next(i for i, folder in enumerate(self._made) if folder.exists())]
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_folder(self.dir)
         self.robot = robot
@@ -134,13 +156,15 @@ class Recorder:
 
     def close(self) -> None:
         """Let another run record into this folder (the lock also goes when the process ends). A folder this
-        recorder made and never started an episode in (a run refused at its port) is removed, not left behind."""
+        recorder made and never started an episode in (a run refused at its port) is removed with the folders it
+        made above it, not left behind."""
         if self._lock is None:
             return
-        if self._made_dir and [p.name for p in self.dir.iterdir()] == [LOCK]:
+        if self._made and [p.name for p in self.dir.iterdir()] == [LOCK]:
             (self.dir / LOCK).unlink()
-            with contextlib.suppress(OSError):  # another run has just made its lock here: the folder is its
-                self.dir.rmdir()
+            with contextlib.suppress(OSError):  # another run has just made its lock here, or a folder above is used
+                for folder in self._made:
+                    folder.rmdir()
         self._lock.close()
         self._lock = None
 

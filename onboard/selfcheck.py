@@ -1,8 +1,8 @@
 """`python -m onboard selfcheck`: the robot's whole path checked before it moves anything.
 
 The model's checks and its trained settings, the backend built and a warm plan timed, the GPU's graph
-replay, the realtime priority, the signing key, and (unless offline) the plant's handshake. Deploy runs it
-offline on a staged release while the running service holds the port."""
+replay, the realtime priority, the loop's CPUs, the log folder, the signing key, and (unless offline) the
+plant's handshake. Deploy runs it offline on a staged release while the running service holds the port."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from onboard.mppi import MPPI, MPPIConfig
 from onboard.plant_port import open_plant
 from onboard.profile import RobotProfile
 from onboard.qfunction import OnnxQ, trained_settings_mismatch
-from onboard.scheduling import realtime_priority, realtime_refusal, realtime_refused
+from onboard.recorder import check_log_folder
+from onboard.scheduling import loop_cpus, realtime_priority, realtime_refusal, realtime_refused
 from onboard.tasks import get_task
 
 
@@ -39,6 +40,11 @@ def selfcheck(profile: RobotProfile, link: bool = True) -> list[str]:
             if refusal is None
             else f"warning: {realtime_refused(priority, refusal)}"
         )
+    with loop_cpus(profile.cpus):  # a CPU the machine lacks refused here, not when the service starts
+        if profile.cpus:
+            lines.append(f"cpus {profile.cpus}: the loop can be pinned there")
+    check_log_folder(profile.log_path / profile.name)
+    lines.append(f"log folder {profile.log_path / profile.name}: writable")
     signing_key = profile.signing_key()  # read now: a missing key must not wait for the service's start
     if signing_key is not None:
         lines.append(f"signing key {profile.path(profile.signing_key_file)}: read")

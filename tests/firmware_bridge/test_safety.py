@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -322,3 +323,71 @@ def test_a_task_only_mismatch_names_the_tasks(standin):
     assert "task: host acrobot vs plant pendulum" in str(error.value) and "dims" not in str(error.value)
     link.close()
     plant.stop()
+
+
+def test_a_port_another_process_holds_is_refused_naming_it(tmp_path):
+    """One controller per plant: a second run (or a selfcheck during a run) on the port would interleave its
+    commands with the first's."""
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom firmware_bridge.link import Link\n"
+            "Link(sys.argv[1], 'pendulum', 3, 1)\nprint('open', flush=True)\ntime.sleep(60)",
+            port,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(LinkError, match=f"serial port '{port}' is in use by another process") as error:
+            Link(port, "pendulum", 3, 1)
+        assert f"pid {holder.pid}: " in str(error.value) and "\n" not in str(error.value)
+        holder.kill()
+        holder.wait()
+        Link(port, "pendulum", 3, 1).close()  # free again once its holder is gone
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_plant_that_stops_reading_is_a_link_error_not_a_hang():
+    """A firmware that hangs stops draining the port: writes must not block for good (no timeout of the loop
+    could act, and Ctrl-C could not stop it), but end in one LinkError the loop stops on."""
+    master, slave = os.openpty()  # nobody ever reads the master: the pty's buffer fills
+    link = Link(os.ttyname(slave), "pendulum", 3, 1)
+    outcome = []
+
+    def keep_sending():
+        try:
+            for seq in range(1, 1_000_000):
+                link.send_command(np.array([0.1]), seq)
+        except LinkError as e:
+            outcome.append(str(e))
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    sender.join(60)  # a guard against the hang this test is about, not a speed limit
+    try:
+        assert not sender.is_alive(), "the write blocked for good"
+        (message,) = outcome
+        assert "stalled" in message and "the plant's end stopped reading" in message
+    finally:
+        os.close(master)
+        link.close()
+
+
+def test_a_baud_rate_the_port_cannot_take_is_one_line():
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(LinkError, match="at 99999999999 baud") as error:
+            Link(os.ttyname(slave), "pendulum", 3, 1, baud=99_999_999_999)
+        assert "\n" not in str(error.value)
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -271,6 +271,7 @@ def test_sigterm_ends_the_segment_cleanly(tmp_path):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
+    assert out.startswith("stopped by Ctrl-C or SIGTERM after 2 episode(s), ")  # not taken for the 5 asked for
     segments, problems = verified_segments(tmp_path / "sim")
     assert [s.name for s in segments] == ["000001.mcap", "000002.mcap"] and problems == []
     metadata, topics = read_segment(segments[-1])
@@ -339,7 +340,7 @@ def test_bad_profile_settings_exit_non_zero_with_one_clear_line(tmp_path, settin
     assert out.returncode != 0
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr, out.stderr
     if "memory" not in message:  # refused before the plant starts (a plan too big fails at the first plan, after it)
-        assert not (tmp_path / "data" / "bench").exists()  # no log folder left behind
+        assert not (tmp_path / "data").exists()  # no log folder left behind, nor the folder the run made for it
 
 
 def test_where_the_run_cannot_start_it_says_why_in_one_line(tmp_path):
@@ -397,6 +398,49 @@ def test_selfcheck_reports_and_fails_loudly(tmp_path, make_q):
     out = onboard_cli("selfcheck", "--task", "ball_in_cup", "--backend", "mujoco", "--model", "", "--offline")
     assert out.returncode == 0, out.stderr
     assert "task ball_in_cup, backend mujoco" in out.stdout and "model: none (plain MPPI)" in out.stdout
+
+
+def test_selfcheck_refuses_what_the_run_would_refuse_cpus_and_the_log_folder(tmp_path):
+    """Deploy gates a release on `selfcheck --offline`: a profile it passes must not fail when the service starts."""
+    out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path, cpus=[4095])), "--offline")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot pin the loop to cpus = [4095]" in out.stderr
+    (tmp_path / "a-file").write_text("")
+    for log_dir in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path)), "--log-dir", str(log_dir))
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert f"cannot keep segments in {log_dir / 'bench'} (Not a directory): set another log_dir" in out.stderr
+    out = onboard_cli("selfcheck", "--robot", str(write_profile(tmp_path)), "--offline")
+    assert out.returncode == 0 and f"log folder {tmp_path / 'data' / 'bench'}: writable" in out.stdout, out.stderr
+    assert not (tmp_path / "data").exists()  # checked where it would be made, not made
+
+
+def test_ctrl_c_while_the_plant_is_being_reached_is_one_line_and_exit_130(tmp_path):
+    """Before the loop owns Ctrl-C (the port opened, the handshake waiting on a silent plant)."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "run", "--robot", str(write_profile(tmp_path, serial=os.ttyname(slave)))],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert os.read(master, 1)  # the handshake's first bytes: the run is waiting for the plant now
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        os.close(master)
+        os.close(slave)
+    assert process.returncode == 130 and err.strip().count("\n") == 0, err
+    assert err.strip().startswith("interrupted: run stopped at once")
+    assert not (tmp_path / "data").exists()  # the log folder the refused run made is gone again
+
+
+def test_plan_refuses_a_state_whose_costs_overflow_rather_than_print_infinity():
+    out = onboard_cli("plan", "--state", "0,0,1e308", "--json")
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1
+    assert "--state 0,0,1e308: every rollout's cost overflows from there" in out.stderr
 
 
 def test_episode_ids_continue_past_segments_pruned_after_a_pull(tmp_path):
