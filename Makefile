@@ -8,7 +8,8 @@ comma  := ,
 EXTRAS := onboard,sim,warp,offboard,gym,cluster,dev,bench$(if $(filter 1,$(GPU)),$(comma)gpu)
 STAMP  := $(VENV)/.mpq-installed$(if $(filter 1,$(GPU)),-gpu)
 TASK   ?= pendulum
-BACKEND ?= c
+# BACKEND: the planner backend of `make sim` and `make plan`; unset, the profile's (sim) or the task's CPU one.
+BACKEND ?=
 
 .PHONY: setup test lint format bench bench-gpu demo reproduce sweep evaluate sim train plan firmware-headers standin deploy rollback pull-data robot-status clean
 
@@ -50,7 +51,7 @@ bench-gpu:
 EPISODES ?= 5
 MODE ?= lockstep
 sim: setup
-	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE) $(if $(filter command line,$(origin BACKEND)),--backend $(BACKEND))
+	$(BIN)/python -m onboard run --robot sim --task $(TASK) --episodes $(EPISODES) --mode $(MODE) $(if $(BACKEND),--backend $(BACKEND))
 
 # The main job: MPQ learning through the hardware-in-the-loop path, with the paper's baselines. RAY=auto (the Ray
 # cluster running here) or RAY=host:port: every episode on a fleet of FLEET stand-ins, the targets on its workers.
@@ -106,7 +107,7 @@ train: setup
 
 # Plan once from the task's hanging start and print the plan (what runs today before `make demo`).
 plan: setup
-	$(BIN)/python -m onboard plan --task $(TASK) --backend $(BACKEND) $(if $(Q),--q $(Q))
+	$(BIN)/python -m onboard plan --task $(TASK) $(if $(BACKEND),--backend $(BACKEND)) $(if $(Q),--q $(Q))
 
 # The C headers a real microcontroller firmware compiles against, from firmware_bridge/mpq.xml.
 firmware-headers: setup

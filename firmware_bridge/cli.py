@@ -19,7 +19,11 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} ({self.prog} --help lists the options)\n")
 
     def parse_args(self, args=None, namespace=None):
-        parsed = super().parse_args(args, namespace)
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse's own message names the top-level --help, which lists no subcommand's options
+            command = getattr(parsed, "command", None)
+            where = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"error: unrecognized arguments: {' '.join(extras)} ({where} --help lists the options)\n")
         handler = logging.StreamHandler()
         handler.setFormatter(LevelPrefix())
         logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op where logging is set up already

@@ -86,11 +86,19 @@ DIALECT_CHECKSUM = dialect_checksum()
 def main() -> None:
     """`python -m firmware_bridge.dialect c OUTDIR`: the C headers for a firmware."""
 
-    parser = ArgumentParser(description=main.__doc__)
+    parser = ArgumentParser(prog="python -m firmware_bridge.dialect", description=main.__doc__)
     parser.add_argument("language", choices=["c"])
     parser.add_argument("output", type=Path)
     args = parser.parse_args()
-    generate("C", args.output)
+    blocker = next((p for p in [args.output, *args.output.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        parser.exit(2, f"error: {args.output}: {blocker} is a file, not a folder; give a folder for the headers\n")
+    try:
+        generate("C", args.output)
+    except OSError as e:
+        parser.exit(
+            2, f"error: cannot write the headers in {args.output} ({e.strerror}): give a folder you can write\n"
+        )
     print(f"C headers for mpq dialect v{DIALECT_VERSION} (checksum 0x{DIALECT_CHECKSUM:04x}) in {args.output}")
 
 

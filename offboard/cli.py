@@ -71,15 +71,23 @@ def _converter(annotation):
     return annotation, None, None
 
 
-def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of the dataclass `cls` (but those in `skip`), default None: not given."""
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls,
+    skip: tuple[str, ...] = (),
+    defaults: dict | None = None,
+    helps: dict | None = None,
+) -> None:
+    """One option per field of the dataclass `cls` (but those in `skip`), default None: not given. `defaults` and
+    `helps`: what a command that reuses `cls` (the sweep reuses the demo's settings) does otherwise, for its help."""
     hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
+    comments = {**field_comments(cls), **(helps or {})}
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         kind, nargs, choices = _converter(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = (defaults or {}).get(field.name, default)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) and nargs is None else format_value(default)
         help_text = comments.get(field.name, "") + (f" (default: {shown})" if shown else "")
         help_text = help_text.replace("%", "%%")  # prose ("95 %"), not argparse's %-formatting

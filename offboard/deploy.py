@@ -26,7 +26,15 @@ from pathlib import Path
 
 import tomli_w
 
-from offboard.remote import Remote, RemoteError, check_ssh_settings, checked_info, prepare_command, prepare_remote
+from offboard.remote import (
+    Remote,
+    RemoteError,
+    RemoteSettingsError,
+    check_ssh_settings,
+    checked_info,
+    prepare_command,
+    prepare_remote,
+)
 from onboard.fileio import sha256_file
 from onboard.profile import ROOT, RobotProfile
 from onboard.qfunction import ModelError, OnnxQ, manifest_path
@@ -52,7 +60,7 @@ def preflight(profile: RobotProfile, model: Path | None) -> OnnxQ | None:
     try:
         return OnnxQ(model, get_task(profile.task), threads=1)
     except ModelError as e:
-        raise RemoteError(f"refusing to deploy to {profile.name}: {e}") from None
+        raise RemoteSettingsError(f"refusing to deploy to {profile.name}: {e}") from None
 
 
 # --- the release -----------------------------------------------------------------------------------
@@ -247,7 +255,7 @@ def add_commands(sub) -> None:
 def run_command(args, profile: RobotProfile) -> int:
     if args.command == "deploy":
         if args.model == "":
-            raise RemoteError(
+            raise RemoteSettingsError(
                 "--model is empty: give a q.onnx path, or leave --model out to deploy the profile's model"
             )
         deploy(profile, Path(args.model) if args.model else None)

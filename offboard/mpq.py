@@ -290,10 +290,10 @@ class Trainer:
     def load(self) -> list[str]:
         """Bring in the verified segments that are new since the last call; one line per problem found."""
         problems = self.store.refresh()
+        if not self.store.loaded:  # the error names the problems: not said twice
+            raise self.store.no_data_error(problems)
         for problem in problems:
             self.log(f"left out: {problem}")
-        if not self.store.loaded:
-            raise self.store.no_data_error(problems)
         self.buffer = self.store.buffer().window(self.config.buffer_window)
         self.train_idx = np.flatnonzero(~self.buffer.holdout)
         self.holdout_idx = np.flatnonzero(self.buffer.holdout)

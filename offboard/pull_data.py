@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offboard.remote import Remote, RemoteError, check_ssh_settings, prepare_remote, stop_all
+from offboard.remote import Remote, RemoteError, RemoteSettingsError, check_ssh_settings, prepare_remote, stop_all
 from onboard.fileio import blocking_file, write_atomic
 from onboard.profile import RobotProfile
 from onboard.recorder import MANIFEST, SegmentError, read_manifest, split_torn_tail, verified_segments
@@ -144,14 +144,16 @@ def run_command(args, profiles: list[RobotProfile]) -> int:
     into its own folder); non-zero when a robot could not be pulled or a segment failed its check. One robot's
     failure is its own line: the others' pulls go on."""
     if args.bwlimit < 0:
-        raise RemoteError(f"--bwlimit {args.bwlimit}: give a limit in KiB/s above 0, or 0 for none")
+        raise RemoteSettingsError(f"--bwlimit {args.bwlimit}: give a limit in KiB/s above 0, or 0 for none")
     names = [profile.name for profile in profiles]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
-        raise RemoteError(f"--robot: {', '.join(twice)} given twice; each robot's logs go to one folder, data/<robot>")
+        raise RemoteSettingsError(
+            f"--robot: {', '.join(twice)} given twice; each robot's logs go to one folder, data/<robot>"
+        )
     for profile in profiles:
         if (blocker := blocking_file(Path(args.data_dir) / profile.name)) is not None:
-            raise RemoteError(
+            raise RemoteSettingsError(
                 f"--data-dir {args.data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
             )
     remotes = [Remote(profile) for profile in profiles]

@@ -28,6 +28,11 @@ class RemoteError(RuntimeError):
     """A deploy, rollback, status or pull that cannot go on; one line naming the problem and the fix."""
 
 
+class RemoteSettingsError(RemoteError, ValueError):
+    """A refusal of this side's input before anything connects (the profile's host, key or known hosts, a model,
+    a command's options): bad input, exit 2, where a failure on the way or on the robot is exit 1."""
+
+
 def stop_all(remotes: list[Remote]) -> None:
     """Ctrl-C in a command that runs several robots' transfers in worker threads (it reaches the main thread
     only): interrupt them all at once, then wait for each."""
@@ -203,7 +208,7 @@ def check_ssh_settings(profile: RobotProfile) -> None:
     """What can be checked here before connecting: the profile first (a profile without a host needs no ssh),
     then the tools, the key and the known hosts file."""
     if not profile.deploy.host:
-        raise RemoteError(
+        raise RemoteSettingsError(
             f"robot {profile.name!r} has no host in {profile.source or profile_file(profile.name)}: it runs here "
             "(make sim); set host (and user, identity_file) to deploy to it"
         )
@@ -212,12 +217,12 @@ def check_ssh_settings(profile: RobotProfile) -> None:
             raise RemoteError(f"{tool} is not installed on this workstation: apt-get install openssh-client rsync")
     if profile.deploy.identity_file and not profile.path(profile.deploy.identity_file).is_file():
         path, user = profile.path(profile.deploy.identity_file), profile.deploy.user or getpass.getuser()
-        raise RemoteError(
+        raise RemoteSettingsError(
             f"identity file {path} not found: create a key (ssh-keygen -t ed25519 -f {path}) and install it on the "
             f"robot (ssh-copy-id -i {path}.pub -p {profile.deploy.ssh_port} {user}@{profile.deploy.host})"
         )
     if profile.deploy.known_hosts_file and not profile.path(profile.deploy.known_hosts_file).is_file():
-        raise RemoteError(
+        raise RemoteSettingsError(
             f"known hosts file {profile.path(profile.deploy.known_hosts_file)} not found: create it (ssh-keyscan -p "
             f"{profile.deploy.ssh_port} {profile.deploy.host}, after checking the key) or clear known_hosts_file"
         )

@@ -129,9 +129,16 @@ def plot(param: str, rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+SWEEP_DEFAULTS = dict(final_episodes=20, soft_q=False, mpq_lambda=False)  # where a trial differs from the demo
+SWEEP_HELPS = dict(
+    final_episodes="new starts per trial in the final evaluation, the sweep's numbers (1 or more)",
+    out="the sweep's folder <out>/<time> gets sweep.md, sweep.png, sweep.json and <param>=<value>/seed<n>/ per trial",
+)
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m offboard.sweep", description=__doc__.splitlines()[0])
-    add_options(parser, DemoConfig, skip=NOT_IN_A_TRIAL)
+    add_options(parser, DemoConfig, skip=NOT_IN_A_TRIAL, defaults=SWEEP_DEFAULTS, helps=SWEEP_HELPS)
     parser.add_argument("--param", required=True, help=f"the demo's setting to sweep: {', '.join(SWEPT)} (or H)")
     parser.add_argument("--values", required=True, help="its values, comma-separated: 1,4,8,16")
     parser.add_argument("--sweep-seeds", type=int, default=3, help="training seeds per value (seed, seed+1, ...)")
@@ -140,8 +147,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = given(args, DemoConfig)
     task_name = settings.get("task", DemoConfig.task)
-    defaults = dict(final_episodes=20, soft_q=False, mpq_lambda=False)
-    cfg = DemoConfig(**{**DEMO_SETTINGS.get(task_name, {}), **defaults, **settings})
+    cfg = DemoConfig(**{**DEMO_SETTINGS.get(task_name, {}), **SWEEP_DEFAULTS, **settings})
     param = ALIASES.get(args.param, args.param)
     try:
         if problem := address_problem(args.cluster):

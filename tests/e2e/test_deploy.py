@@ -317,14 +317,14 @@ def test_wrong_host_key_and_missing_identity_give_one_clear_line(loopback, tmp_p
 
     out = offboard("deploy", "--robot", str(loopback(identity_file=str(tmp_path / "no_such_key"))))
     (line,) = out.stderr.strip().splitlines()
-    assert out.returncode == 1 and "identity file" in line and "not found" in line and "ssh-keygen" in line
+    assert out.returncode == 2 and "identity file" in line and "not found" in line and "ssh-keygen" in line
     assert not (tmp_path / "robot").exists()  # nothing happened on the robot
 
 
 def test_preflight_refuses_a_model_for_another_task_before_touching_the_robot(loopback, make_q, tmp_path):
     model, _ = make_q("cartpole", seed=0)
     out = offboard("deploy", "--robot", str(loopback(model=str(model))))
-    assert out.returncode == 1
+    assert out.returncode == 2  # bad input, as the README says: before anything connects
     (line,) = out.stderr.strip().splitlines()
     assert "refusing to deploy" in line and "cartpole" in line
     assert not (tmp_path / "robot").exists()
@@ -486,4 +486,4 @@ def test_several_robots_are_pulled_at_once_into_their_own_folders_and_train_as_o
     assert len(listed) == 8 and {Path(s["segment"]).parent.name for s in listed} == {"loopback", "arm_b"}
     assert {s["robot"] for s in listed} == {"sim"} and all(s["model_sha256"] is None for s in listed)  # no Q yet
     twice = offboard("pull-data", "--robot", str(profile_path), str(profile_path), "--data-dir", str(data))
-    assert twice.returncode == 1 and twice.stderr.startswith("error: --robot: loopback given twice;"), twice.stderr
+    assert twice.returncode == 2 and twice.stderr.startswith("error: --robot: loopback given twice;"), twice.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,24 @@ def test_mavutil_reads_the_standins_heartbeat_and_status_and_arms_it_with_comman
     assert code == 0  # SIGTERM: a clean exit
 
 
+def headers_command(output) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "firmware_bridge.dialect", "c", str(output)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_headers_into_a_path_with_a_file_in_the_way_is_one_line(tmp_path):
+    (tmp_path / "build").write_text("")
+    for output in (tmp_path / "build", tmp_path / "build" / "firmware_headers"):
+        made = headers_command(output)
+        assert made.returncode == 2 and made.stderr.count("\n") == 1, made.stderr
+        assert f"{tmp_path / 'build'} is a file, not a folder; give a folder for the headers" in made.stderr
+
+
 @pytest.fixture(scope="module")
 def c_program(tmp_path_factory):
     out = tmp_path_factory.mktemp("firmware")
-    dialect.generate("C", out / "headers")
+    made = headers_command(out / "headers")  # what `make firmware-headers` runs
+    assert made.returncode == 0 and made.stdout.startswith("C headers for mpq dialect"), made.stderr
     binary = out / "command_vector"
     build = subprocess.run(
         [

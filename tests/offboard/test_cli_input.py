@@ -136,16 +136,16 @@ def test_deploy_commands_name_the_profile_file_given_and_check_their_options(tmp
     profile.parent.mkdir()
     profile.write_text('task = "pendulum"\n')  # no host: runs here, not deployable
     for command in ("deploy", "pull-data", "robot-status", "rollback"):
-        assert main([command, "--robot", str(profile)]) == 1
+        assert main([command, "--robot", str(profile)]) == 2
         line = one_error_line(capsys)
         assert f"no host in {profile}:" in line, line
-    assert main(["deploy", "--robot", str(profile), "--model", ""]) == 1
+    assert main(["deploy", "--robot", str(profile), "--model", ""]) == 2
     assert "--model is empty" in one_error_line(capsys)
-    assert main(["pull-data", "--robot", str(profile), "--bwlimit", "-5", "--data-dir", str(tmp_path / "d")]) == 1
+    assert main(["pull-data", "--robot", str(profile), "--bwlimit", "-5", "--data-dir", str(tmp_path / "d")]) == 2
     assert "--bwlimit -5" in one_error_line(capsys)
     assert not (tmp_path / "d").exists()
     (tmp_path / "a-file").write_text("")
-    assert main(["pull-data", "--robot", str(profile), "--data-dir", str(tmp_path / "a-file")]) == 1
+    assert main(["pull-data", "--robot", str(profile), "--data-dir", str(tmp_path / "a-file")]) == 2
     assert f"{tmp_path / 'a-file'} is a file, not a folder" in one_error_line(capsys)  # before any connection
 
 
@@ -183,3 +183,13 @@ def test_the_train_options_are_the_configs_fields_with_their_comments_as_help():
     assert given(parse(["--data", "a", "--data", "b"]), Config) == {"data": ["a", "b"]}
     with pytest.raises(SystemExit):  # argparse's own refusal of a choice the Literal does not have
         parse(["--planner-model", "perfect"])
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["pull-data", "--robot", "sim"]])
+def test_an_unknown_option_points_at_its_commands_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--nosuch"])
+    assert done.value.code == 2
+    assert one_error_line(capsys) == (
+        f"error: unrecognized arguments: --nosuch (python -m offboard {command[0]} --help lists the options)"
+    )

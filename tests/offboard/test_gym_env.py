@@ -23,9 +23,10 @@ def sim_logs(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.parametrize("path", ["link", "mujoco"])
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_every_task_passes_gymnasiums_checks_on_the_hardware_path(task, sim_logs):
-    env = gymnasium.make(env_id(task), render_mode="rgb_array")
+def test_every_task_passes_gymnasiums_checks_on_both_paths(task, path, sim_logs):
+    env = gymnasium.make(env_id(task, path), render_mode="rgb_array")
     try:
         check_env(env.unwrapped, skip_render_check=False)
     finally:

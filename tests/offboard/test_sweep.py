@@ -41,3 +41,15 @@ def test_a_setting_that_cannot_be_swept_is_one_line(tmp_path, capsys):
     assert main(["--param", "H", "--values", "4", "--ray", "garbage:xx", "--out", str(tmp_path / "runs")]) == 2
     assert "--ray garbage:xx: give auto" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_help_shows_what_a_sweep_does_where_it_differs_from_the_demo(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--final-episodes FINAL_EPISODES new starts per trial in the final evaluation, the sweep's numbers (1 or "
+        "more) (default: 20)" in text
+    )
+    assert "(0: none)" not in text and "sweep.md, sweep.png, sweep.json" in text

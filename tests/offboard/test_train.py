@@ -117,8 +117,9 @@ def test_no_usable_data_is_one_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     for out_dir in (tmp_path, tmp_path / "runs"):  # an --out that exists, and one made for this run
         assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(out_dir)]) == 2
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert err.startswith("error: no usable pendulum segments") and err.count("\n") == 1, err
+        assert "left out" not in out  # the error names the folder's problem: not said twice
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no run folder, nor an --out made for one
 
 
