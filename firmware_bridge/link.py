@@ -66,27 +66,21 @@ class ControlDenied(LinkError):
         return type(self), (str(self), self.failsafe)
 
 
-def port_users(path: str) -> str:
-    """' (pid N: its command)' for the processes that hold the device `path` open, as far as /proc tells (on
-    Linux, for this user's processes); '' where it tells nothing."""
+def port_holder(path: str) -> str:
+    """' (pid N: its command)' of the process whose flock holds the device `path`, as /proc/locks tells (Linux);
+    '' where it tells nothing."""
     try:
-        device = os.path.realpath(path)
-        users = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            if int(pid) == os.getpid():
-                continue
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-                if any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == device for fd in fds):
-                    command = " ".join(
-                        Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
-                    )
-                    users.append(f"pid {pid}: {command[:80]}")
-            except OSError:  # gone meanwhile, or not ours to read
-                continue
-    except OSError:
-        return ""
-    return f" ({'; '.join(users)})" if users else ""
+        st = os.stat(path)
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()  # 1: FLOCK  ADVISORY  WRITE 1234 00:19:3 0 EOF
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == device:
+                pid = fields[4]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+                return f" (pid {pid}: {' '.join(command.split())[:80]})"
+    except (OSError, ValueError):
+        pass
+    return ""
 
 
 @dataclass
@@ -131,7 +125,7 @@ class Link:
         except serial.SerialException as e:
             if "exclusively lock" in str(e):
                 raise LinkError(
-                    f"serial port {url!r} is in use by another process{port_users(url)}: stop it first (one "
+                    f"serial port {url!r} is in use by another process{port_holder(url)}: stop it first (one "
                     "controller per plant)"
                 ) from None
             raise LinkError(f"cannot open serial port {url!r} ({e}): check the device path or URL") from None
@@ -361,29 +355,34 @@ class Link:
     def write(self, data: bytes) -> None:
         """pymavlink's send() writes here: straight to the fd where there is one (pyserial's write adds a
         select and a loop per frame)."""
-        stalled = (
-            f"writing to {self.port.name} stalled for {WRITE_TIMEOUT:g} s: the plant's end stopped reading (check that "
-            "the firmware runs and reads this port)"
-        )
         if self._fd is None:
             try:
                 self.port.write(data)
             except serial.SerialTimeoutException:
-                raise LinkError(stalled) from None
+                raise LinkError(self._stalled()) from None
             return
         view = memoryview(data)
-        deadline = None  # set at the first full buffer: a write that never blocks reads no clock
+        deadline = (
+            None  # set when the buffer is full, cleared by any progress: a write that never blocks reads no clock
+        )
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
+                deadline = None
             except BlockingIOError:
                 now = time.monotonic()
                 deadline = deadline or now + WRITE_TIMEOUT
                 if now >= deadline:
-                    raise LinkError(stalled) from None
+                    raise LinkError(self._stalled()) from None
                 select.select([], [self._fd], [], min(0.1, deadline - now))
             except OSError as e:
                 raise LinkError(f"writing to {self.port.name} failed ({e.strerror}): the plant's end is gone") from None
+
+    def _stalled(self) -> str:
+        return (
+            f"writing to {self.port.name} stalled for {WRITE_TIMEOUT:g} s: the plant's end stopped reading (check that "
+            "the firmware runs and reads this port)"
+        )
 
     def _read(self, timeout: float) -> bytes:
         """Whatever arrived within `timeout`. On a real fd: select + one non-blocking read (pyserial opens

@@ -290,7 +290,9 @@ class Trainer:
     def load(self) -> list[str]:
         """Bring in the verified segments that are new since the last call; one line per problem found."""
         problems = self.store.refresh()
-        if not self.store.loaded:  # the error names the problems: not said twice
+        if not self.store.loaded:  # the error names the first problem: the others are said before it
+            for problem in problems[1:]:
+                self.log(f"left out: {problem}")
             raise self.store.no_data_error(problems)
         for problem in problems:
             self.log(f"left out: {problem}")

@@ -156,6 +156,8 @@ def run_command(args, profiles: list[RobotProfile]) -> int:
             raise RemoteSettingsError(
                 f"--data-dir {args.data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
             )
+    for profile in profiles:  # every robot's settings before any connects: bad input stops the whole command
+        check_ssh_settings(profile)
     remotes = [Remote(profile) for profile in profiles]
     with ThreadPoolExecutor(len(profiles)) as pool:  # each pull waits on its own ssh and rsync processes
         pulls = [

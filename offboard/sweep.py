@@ -26,7 +26,7 @@ from offboard.cli import add_options, given
 from offboard.demo import DEMO_SETTINGS, DemoConfig, Log, config_from_dict, config_problem, evaluate, learn
 from offboard.evaluate import FINAL_EVAL_SEED
 from offboard.jobs import Stop
-from offboard.stats import format_interval, mean_interval, success_interval
+from offboard.stats import format_interval, seeds_cost_interval, seeds_success_interval
 from offboard.target_workers import address_problem, connect, require_ray
 from onboard.fileio import new_run_dir
 from onboard.mppi import MPPIConfig
@@ -91,13 +91,17 @@ def sweep(cfg: DemoConfig, param: str, values: list, seeds: int, address: str, r
 
 
 def table(param: str, values: list, trials: list[dict]) -> tuple[str, list[dict]]:
-    """The Markdown table and its rows: each value's mean cost and success over its seeds x starts."""
+    """The Markdown table and its rows: each value's mean cost and success over its seeds x starts (intervals over
+    the seeds where there are two or more)."""
     rows = []
     for value in values:
         mine = [t for t in trials if t["value"] == value]
-        costs = np.ravel([t["costs"] for t in mine])
-        successes = np.ravel([t["successes"] for t in mine])
-        rows.append(dict(value=value, seeds=len(mine), cost=mean_interval(costs), success=success_interval(successes)))
+        costs, successes = [t["costs"] for t in mine], [t["successes"] for t in mine]
+        rows.append(
+            dict(
+                value=value, seeds=len(mine), cost=seeds_cost_interval(costs), success=seeds_success_interval(successes)
+            )
+        )
     lines = [f"| {param} | seeds | mean episode cost [95 %] | success [95 %] |", "|---|---|---|---|"]
     for row in rows:
         c, s = row["cost"], row["success"]

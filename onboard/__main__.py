@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:  # a Ctrl-C before the loop took over the signals (the handshake), or a second one
         after = (
-            "; the plant was sent a disarm, an episode cut short is closed as interrupted"
+            "; a plant it had armed was sent a disarm, an episode it cut short is closed as interrupted"
             if args.command == "run"
             else ""
         )

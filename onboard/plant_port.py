@@ -56,7 +56,11 @@ class PlantPort:
         log_file = log_dir / "standin.log"
         with open(log_file, "a") as log:
             self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-        line = self.process.stdout.readline()
+        try:  # a Ctrl-C while it starts: stopped here, as it is in its own session and never gets one
+            line = self.process.stdout.readline()
+        except BaseException:
+            self.__exit__()
+            raise
         if not line:
             code = self.process.wait()
             said = (log_file.read_text(errors="replace").strip().splitlines() or ["(nothing)"])[-1]

@@ -124,8 +124,8 @@ def log_folder_error(folder: Path, error: OSError) -> LoopError:
 def check_log_folder(folder: Path) -> None:
     """What a run's Recorder needs of `folder`: that it can be made and written in. Checked where it would be made,
     without making it or taking its lock (a selfcheck runs while the service records there). Raises LoopError."""
-    existing = next(f for f in [folder, *folder.parents] if f.exists())
     try:
+        existing = next(f for f in [folder, *folder.parents] if f.exists())
         if not existing.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
         with tempfile.TemporaryFile(dir=existing):

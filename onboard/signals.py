@@ -28,8 +28,8 @@ def ctrl_c_ignored():
     """Ctrl-C ignored for a bounded stretch that must finish (the plant's disarm, stopping a transfer): a Ctrl-C
     there would leave the plant armed or the transfer running. Only the main thread can set handlers, and only it
     receives Ctrl-C, so elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # elsewhere no Ctrl-C arrives; a handler not set from Python could not be put back
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -327,31 +327,29 @@ def test_a_task_only_mismatch_names_the_tasks(standin):
 
 def test_a_port_another_process_holds_is_refused_naming_it(tmp_path):
     """One controller per plant: a second run (or a selfcheck during a run) on the port would interleave its
-    commands with the first's."""
+    commands with the first's. The holder is named, not every process that merely has the port open."""
     master, slave = os.openpty()
     port = os.ttyname(slave)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom firmware_bridge.link import Link\n"
-            "Link(sys.argv[1], 'pendulum', 3, 1)\nprint('open', flush=True)\ntime.sleep(60)",
-            port,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    hold = "import sys, time\nfrom firmware_bridge.link import Link\nLink(sys.argv[1], 'pendulum', 3, 1)\n"
+    keep = "import os, sys, time\nos.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)\n"
+    wait = "print('open', flush=True)\ntime.sleep(60)"
+    holder, keeper = (
+        subprocess.Popen([sys.executable, "-c", code + wait, port], stdout=subprocess.PIPE, text=True)
+        for code in (hold, keep)
     )
     try:
-        assert holder.stdout.readline() == "open\n"
+        assert holder.stdout.readline() == "open\n" and keeper.stdout.readline() == "open\n"
         with pytest.raises(LinkError, match=f"serial port '{port}' is in use by another process") as error:
             Link(port, "pendulum", 3, 1)
-        assert f"pid {holder.pid}: " in str(error.value) and "\n" not in str(error.value)
+        message = str(error.value)
+        assert f"(pid {holder.pid}: " in message and f"pid {keeper.pid}" not in message and "\n" not in message
         holder.kill()
         holder.wait()
         Link(port, "pendulum", 3, 1).close()  # free again once its holder is gone
     finally:
-        holder.kill()
-        holder.wait()
+        for process in (holder, keeper):
+            process.kill()
+            process.wait()
         os.close(master)
         os.close(slave)
 

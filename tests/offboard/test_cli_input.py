@@ -193,3 +193,13 @@ def test_an_unknown_option_points_at_its_commands_help(command, capsys):
     assert one_error_line(capsys) == (
         f"error: unrecognized arguments: --nosuch (python -m offboard {command[0]} --help lists the options)"
     )
+
+
+def test_several_robots_with_bad_settings_are_refused_before_any_is_pulled(tmp_path, capsys):
+    robots = []
+    for name in ("a", "b"):
+        robots.append(tmp_path / f"{name}.toml")
+        robots[-1].write_text(f'task = "pendulum"\nname = "{name}"\n')  # no host
+    assert main(["pull-data", "--robot", *map(str, robots), "--data-dir", str(tmp_path / "d")]) == 2
+    assert "robot 'a' has no host" in one_error_line(capsys)
+    assert not (tmp_path / "d").exists()
