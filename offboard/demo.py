@@ -39,7 +39,7 @@ import numpy as np
 from firmware_bridge.cli import ArgumentParser
 from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given, option
-from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, episode_outcomes, run_episodes
+from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, episode_outcomes, run_episodes, starts_phrase
 from offboard.export import export, export_extra
 from offboard.jobs import Jobs, Stop
 from offboard.mpq import Config, Trainer
@@ -483,14 +483,6 @@ def claim_line(claim: dict, reference: str) -> str:
         f"{format_interval(claim['ratio'], claim['low'], claim['high'])} {over}; target <= {claim['target']:.2f} "
         f"(upper end): {verdict}"
     )
-
-
-def starts_phrase(episodes: int, setting: str) -> str:
-    """'50 uniform starts', or for the one hanging start '50 episodes from the hanging start' (what varies between
-    them is the planner's noise, not the start)."""
-    if setting.startswith("hanging"):
-        return f"{episodes} episodes from the hanging start{setting.removeprefix('hanging')}"
-    return f"{episodes} {setting} starts"
 
 
 def table(final: dict) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from offboard.demo import DemoConfig, Stop, claim_line, claims, main, parse_config
-from offboard.stats import mean_interval
+from offboard.stats import seeds_success_interval
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
 from onboard.recorder import read_manifest, read_segment, verified_segments
@@ -46,7 +46,7 @@ def demo_stopped_when(args: list[str], ready, signum=signal.SIGINT, within: floa
 
 
 @pytest.mark.long
-def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
+def test_short_demo_learns_exports_reloads_and_reports(tmp_path, capsys):
     args = ["--iterations", "2", "--episodes-per-iteration", "5", "--eval-episodes", "3", "--final-episodes", "2"]
     assert main([*args, "--updates-per-iteration", "300", "--robustness", "pole=1.3", "--out", str(tmp_path)]) == 0
     (run_dir,) = tmp_path.iterdir()
@@ -89,6 +89,19 @@ def test_short_demo_learns_exports_reloads_and_reports(tmp_path):
         "| MPQ | 1 |" in (run_dir / "table.md").read_text() and "success [95 %]" in (run_dir / "table.md").read_text()
     )
     assert np.array(row["successes"]).shape == (1, 2) and row["success"]["mean"] == np.mean(row["successes"])
+    # --report prints the finished run's table and claims again from its results.json
+    capsys.readouterr()
+    assert main(["--report", str(run_dir)]) == 0
+    report = capsys.readouterr().out
+    assert report.startswith((run_dir / "table.md").read_text()) and "claim, hanging: MPQ(lambda) / " in report
+
+
+def test_a_report_of_a_folder_that_is_not_a_finished_run_is_one_line(tmp_path, capsys):
+    assert main(["--report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --report {tmp_path}: not a finished demo run") and err.count("\n") == 1
+    assert main(["--report", str(tmp_path), "--seeds", "2"]) == 2
+    assert "give it alone" in capsys.readouterr().err
 
 
 def test_a_short_horizon_that_is_not_short_is_refused_before_anything_runs(tmp_path, capsys):
@@ -175,23 +188,30 @@ def test_a_task_brings_its_own_demo_settings_and_the_command_line_wins():
 
 
 def test_a_sparse_task_is_held_to_its_success_rate_and_to_beating_the_biased_baselines():
-    def row(successes):
-        return dict(successes=successes, success=mean_interval(np.ravel(successes).astype(float)))
+    """By the lower end of the learner's interval over its seeds, as a dense task by the upper end of its ratio's."""
+
+    def row(*rates):  # one row of 50 starts per seed, each seed succeeding at its rate
+        successes = [[i < round(50 * rate) for i in range(50)] for rate in rates]
+        return dict(successes=successes, success=seeds_success_interval(successes))
 
     rows = {
-        "MPPI H=4 biased": row([[0, 0, 1, 0]]),
-        "MPPI H=48 biased": row([[1, 0, 1, 0]]),
-        "MPPI H=48 TRUE model": row([[1, 1, 1, 1]]),  # the upper bound: not one to beat
-        "MPQ": row([[1, 1, 1, 1], [1, 1, 1, 0]]),
-        "soft-Q": row([[0, 0, 0, 0]]),
+        "MPPI H=4 biased": row(0.2),
+        "MPPI H=48 biased": row(0.6),
+        "MPPI H=48 TRUE model": row(1.0),  # the upper bound: not one to beat
+        "MPQ": row(1.0, 0.98),
+        "soft-Q": row(0.0),
     }
     final = {s: dict(rows=rows, reference="MPPI H=48 TRUE model", mass_scale="") for s in ("uniform", "hanging")}
     cfg = DemoConfig(task="ball_in_cup")
     claim = claims(cfg, final)["MPQ, uniform"]
-    assert claim["success"] == 7 / 8 and claim["seeds"] == 2 and claim["starts"] == 4 and claim["met"]
-    assert set(claim["above"]) == {"MPPI H=4 biased", "MPPI H=48 biased", "soft-Q"}
-    assert "success 0.88 [" in claim_line(claim, "MPPI H=48 TRUE model") and claim_line(claim, "").endswith(": met")
-    rows["MPPI H=48 biased"] = row([[1, 1, 1, 1]])  # a baseline as good: not met, whatever the target
+    assert claim["success"] == 0.99 and claim["seeds"] == 2 and claim["starts"] == 50 and claim["met"]
+    assert claim["low"] >= 0.85 and set(claim["above"]) == {"MPPI H=4 biased", "MPPI H=48 biased", "soft-Q"}
+    line = claim_line(claim, "MPPI H=48 TRUE model")
+    assert "success 0.99 [" in line and "x 50 uniform starts" in line and line.endswith("(lower end): met")
+    rows["MPQ"] = row(0.96, 0.80)  # a mean of 0.88, but seeds this far apart leave the rate unknown: not met
+    assert claims(cfg, final)["MPQ, uniform"]["success"] == 0.88 and not claims(cfg, final)["MPQ, uniform"]["met"]
+    rows["MPQ"] = row(1.0, 0.98)
+    rows["MPPI H=48 biased"] = row(0.9)  # a baseline inside the learner's interval: not met, whatever the target
     assert not claims(cfg, final)["MPQ, uniform"]["met"]
 
 

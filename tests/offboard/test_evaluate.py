@@ -38,7 +38,8 @@ def test_hanging_starts_with_a_given_planner_write_costs_and_their_interval(tmp_
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
     assert line.startswith(
-        "pendulum, MPPI H=4 iters=1 biased temperature=0.5 sigma=2.0, 2 hanging starts (seed 20000): mean episode cost"
+        "pendulum, MPPI H=4 iters=1 biased temperature=0.5 sigma=2.0, 2 episodes from the hanging start (seed 30000): "
+        "mean episode cost"
     )
     (path,) = tmp_path.glob("*/evaluation.json")
     result = json.loads(path.read_text())

@@ -1,12 +1,12 @@
-"""The intervals every claim carries: a t-interval for a mean, a bootstrap interval for a cost ratio that
-resamples training seeds and starts together."""
+"""The intervals every claim carries: a t-interval for a mean, a Wilson interval for a success rate, and for a
+learner over several training seeds intervals that take the seed as the unit (the seeds ran the same starts)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from offboard.stats import mean_interval, ratio_interval
+from offboard.stats import mean_interval, ratio_interval, seeds_cost_interval, seeds_success_interval
 
 
 def test_the_mean_interval_is_students_t():
@@ -34,13 +34,46 @@ def test_a_seed_that_learned_worse_widens_the_interval():
     assert one_bad["low"] < one_bad["ratio"] < one_bad["high"] and one_bad["high"] >= 1.4  # all three could be bad
 
 
+def test_over_several_seeds_the_ratio_interval_is_students_t_over_the_seeds_ratios():
+    reference = np.full(50, 100.0)
+    ours = np.stack([reference * r for r in (1.324, 0.980, 0.977)])  # one seed learned worse
+    r = ratio_interval(ours, reference)
+    assert (r["low"], r["high"]) == pytest.approx(
+        (mean_interval([1.324, 0.980, 0.977])["low"], mean_interval([1.324, 0.980, 0.977])["high"])
+    )
+    assert r["high"] > 1.5  # a bootstrap over 3 seeds stopped at the worst seed's 1.324
+
+
+def test_the_ratio_interval_over_three_seeds_covers_the_mean_ratio_about_95_percent_of_the_time():
+    """Simulated runs: 3 seeds whose mean ratio varies (sd 0.1), all on the same 50 starts (sd 20 % each)."""
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(400):
+        reference = rng.uniform(100, 1000, size=50)
+        seed_ratios = 1.0 + 0.1 * rng.standard_normal(3)
+        ours = seed_ratios[:, None] * reference * (1 + 0.2 * rng.standard_normal((3, 50)))
+        r = ratio_interval(ours, reference)
+        covered += r["low"] <= 1.0 <= r["high"]
+    assert covered / 400 >= 0.9  # the paired bootstrap over seeds and starts covered 0.82 of these
+
+
+def test_a_learners_cost_and_success_intervals_take_the_seed_as_the_unit():
+    costs = [[100.0] * 50, [150.0] * 50, [110.0] * 50]  # the starts agree, the seeds do not
+    assert seeds_cost_interval(costs) == mean_interval([100.0, 150.0, 110.0])
+    assert seeds_cost_interval(costs[:1]) == mean_interval(costs[0])  # one seed: its episodes
+    apart = seeds_success_interval([[True] * 93 + [False] * 7, [True] * 86 + [False] * 14, [True] * 86 + [False] * 14])
+    assert apart["mean"] == pytest.approx(0.8833, abs=1e-4) and apart["low"] == pytest.approx(0.7829, abs=1e-3)
+    agreeing = seeds_success_interval([[True] * 50] * 3)  # seeds that agree: still the episodes' Wilson interval
+    assert agreeing["high"] == 1.0 and agreeing["low"] == pytest.approx(0.9747, abs=1e-3)
+
+
 def test_costs_from_other_starts_are_refused():
     with pytest.raises(ValueError, match="evaluate both on the same starts"):
         ratio_interval(np.ones((3, 50)), np.ones(40))
 
 
 def test_the_final_table_shows_each_training_seeds_ratio_beside_the_pooled_one():
-    from offboard.demo import table
+    from offboard.demo import add_intervals, table
 
     reference = np.array([100.0, 200.0])
     seeds = [reference * 1.0, reference * 1.5]  # one seed as good as the reference, one 50 % worse
@@ -48,10 +81,7 @@ def test_the_final_table_shows_each_training_seeds_ratio_beside_the_pooled_one()
         "MPPI TRUE": dict(costs=[reference.tolist()], successes=[[True, True]]),
         "MPQ": dict(costs=[s.tolist() for s in seeds], successes=[[True, True], [True, False]]),
     }
-    for row in rows.values():
-        row["cost"] = mean_interval(np.ravel(row["costs"]))
-        row["success"] = mean_interval(np.ravel(row["successes"]).astype(float))
-        row["ratio"] = ratio_interval(row["costs"], reference)
+    add_intervals(rows, "MPPI TRUE")
     final = {"uniform": dict(episodes=2, seed=1, reference="MPPI TRUE", rows=rows)}
     lines = table(final).splitlines()
     assert "| ratio per seed |" in lines[3]
