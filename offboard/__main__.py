@@ -51,9 +51,9 @@ def run_train(args) -> int:
     result = train(config)
     first, last = result.history[0], result.history[-1]
     print(
-        f"trained on {len(result.buffer)} transitions from {len(result.buffer.segments)} segments; "
-        f"held-out Bellman error {first['holdout_bellman_error_before']:.3g} -> "
-        f"{last['holdout_bellman_error']:.3g} ({last['held_out']} held-out transitions); "
+        f"trained on {len(result.buffer) - last['held_out']} of {len(result.buffer)} transitions from "
+        f"{len(result.buffer.segments)} segments; held-out Bellman error {first['holdout_bellman_error_before']:.3g} "
+        f"-> {last['holdout_bellman_error']:.3g} (on the other {last['held_out']}); "
         f"run in {result.run_dir}"
     )
     export(result.net, config.task, model, export_extra(result.trained_config, result.buffer.segments))

@@ -196,7 +196,7 @@ def run_command(args) -> int:
     c = result["cost"]
     print(
         f"{cfg.task}, {result['label']}, {starts_phrase(cfg.episodes, cfg.starts)} (seed {cfg.seed}): mean episode "
-        f"cost {format_interval(c['mean'], c['low'], c['high'], 1)} (95 %), success {result['success_rate']:.2f}; "
-        f"{result['path']}"
+        f"cost {format_interval(c['mean'], c['low'], c['high'], 1, c['n'])} (95 %), success "
+        f"{result['success_rate']:.2f}; {result['path']}"
     )
     return 0

@@ -12,7 +12,7 @@ LEVEL = 0.95
 
 
 def mean_interval(values) -> dict:
-    """Mean and its 95 % Student-t interval over independent episodes."""
+    """Mean and its 95 % Student-t interval over independent episodes (one value: low and high are the mean, n=1)."""
     x = np.asarray(values, dtype=np.float64)
     mean = float(np.mean(x))
     if len(x) < 2:
@@ -77,5 +77,8 @@ def seeds_success_interval(successes) -> dict:
     return dict(mean=pooled["mean"], low=float(low), high=float(high), n=pooled["n"], seeds=len(successes))
 
 
-def format_interval(value: float, low: float, high: float, digits: int = 3) -> str:
+def format_interval(value: float, low: float, high: float, digits: int = 3, n: int | None = None) -> str:
+    """'value [low, high]'; for one value (n=1), which has no interval, says so."""
+    if n is not None and n < 2:
+        return f"{value:.{digits}f} (one value: no interval)"
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

@@ -203,3 +203,12 @@ def test_several_robots_with_bad_settings_are_refused_before_any_is_pulled(tmp_p
     assert main(["pull-data", "--robot", *map(str, robots), "--data-dir", str(tmp_path / "d")]) == 2
     assert "robot 'a' has no host" in one_error_line(capsys)
     assert not (tmp_path / "d").exists()
+
+
+def test_train_says_how_many_transitions_it_trained_on_and_how_many_it_held_out(tiny_logs, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_logs), "--out", str(tmp_path), "--model", str(tmp_path / "q.onnx")]
+    assert main([*argv, "--iterations", "1", "--updates-per-iteration", "2"]) == 0
+    line = capsys.readouterr().out.splitlines()[-2]
+    trained, held_out = int(line.split()[2]), int(line.split("(on the other ")[1].split(")")[0])
+    assert line.startswith(f"trained on {trained} of 20 transitions from 4 segments; ") and trained + held_out == 20
+    assert held_out > 0

@@ -99,3 +99,12 @@ def test_a_success_rate_carries_a_wilson_interval_inside_zero_and_one():
     paper = success_interval([True] * 264 + [False] * 36)  # 0.88 of 300 episodes
     assert (paper["low"], paper["high"]) == pytest.approx((0.8383, 0.9120), abs=1e-4)
     assert success_interval([False] * 10)["low"] == 0.0
+
+
+def test_one_value_is_printed_without_a_95_percent_interval():
+    from offboard.stats import format_interval
+
+    one = mean_interval([1170.5])
+    assert format_interval(one["mean"], one["low"], one["high"], 1, one["n"]) == "1170.5 (one value: no interval)"
+    two = mean_interval([1.0, 3.0])
+    assert format_interval(two["mean"], two["low"], two["high"], 1, two["n"]).startswith("2.0 [-10.7, ")
