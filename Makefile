@@ -62,7 +62,7 @@ demo: setup
 	$(BIN)/python -m offboard.demo --task $(TASK) $(RAY_OPTIONS)
 
 # The acceptance run (a script, not a test): 3 training seeds x 100 training episodes per learner, then every
-# final Q and baseline on 50 new uniform and 50 hanging starts, and on a plant 30 % heavier (ROBUSTNESS: pole=1.3
+# final Q and baseline on 50 new uniform starts and 50 episodes from the hanging start, and on a plant 30 % heavier (ROBUSTNESS: pole=1.3
 # for the pendulum and the cart-pole, none for another task unless given).
 # MPQ(lambda) runs beside MPQ for the pendulum; for the cart-pole its targets (Q on 10^5 rollout states per
 # minibatch) would take about 3 hours of this run on 2 cores, so it is left out there (MPQ_LAMBDA=true adds it).

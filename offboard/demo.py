@@ -14,7 +14,7 @@ H and the TRUE model (the best MPPI can do). docs/algorithm.md.
 
 With --final-episodes N, every final Q and every baseline then runs N new starts drawn from a seed that
 no setting was tuned on, uniform and hanging, and the claims are ratios of mean cost to the TRUE-model
-MPPI with 95 % bootstrap intervals over training seeds and starts (offboard.stats); with --robustness
+MPPI with 95 % intervals that count the training seeds' spread and the starts' (offboard.stats); with --robustness
 BODY=FACTOR, the MPQ learners once more on a heavier plant, against MPPI given the plant's real parameters.
 Writes runs/demo/<time>/: learning_curve.png, episode.mp4 (the final Q acting from the curve's first
 start), results.json (every number, the full configuration; written last, so a run folder holding it is a
@@ -417,12 +417,13 @@ def report(run_dir: Path) -> str:
     try:
         results = json.loads((run_dir / "results.json").read_text())
         cfg, final = config_from_dict(results["config"]), results["final"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--report {run_dir}: not a finished demo run with a final evaluation ({e})") from None
-    for result in final.values():
-        add_intervals(result["rows"], result["reference"])
+        for result in final.values():
+            add_intervals(result["rows"], result["reference"])
+        found = claims(cfg, final)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"--report {run_dir}: not a finished demo run with a final evaluation ({e!r})") from None
     lines = [table(final).lstrip(), ""]
-    lines += [claim_line(claim, final[claim["setting"]]["reference"]) for claim in claims(cfg, final).values()]
+    lines += [claim_line(claim, final[claim["setting"]]["reference"]) for claim in found.values()]
     return "\n".join(lines)
 
 
@@ -501,8 +502,8 @@ def table(final: dict) -> str:
         for label, row in result["rows"].items():
             c, s = row["cost"], seeds_success_interval(row["successes"])  # success: from results.json's episodes
             cost, success = (
-                format_interval(c["mean"], c["low"], c["high"], 1),
-                format_interval(s["mean"], s["low"], s["high"], 2),
+                format_interval(c["mean"], c["low"], c["high"], 1, c["n"]),
+                format_interval(s["mean"], s["low"], s["high"], 2, s["n"]),
             )
             seeds = len(row["costs"])
             per_seed = ", ".join(f"{np.mean(costs) / reference:.3f}" for costs in row["costs"]) if seeds > 1 else ""
@@ -598,8 +599,8 @@ def config_problem(cfg: DemoConfig) -> str | None:
     return None
 
 
-def parse_config(argv=None) -> DemoConfig:
-    """The command line over the task's DEMO_SETTINGS over DemoConfig's defaults."""
+def parse_config(argv=None) -> DemoConfig | None:
+    """The command line over the task's DEMO_SETTINGS over DemoConfig's defaults (None: --report)."""
     return parse_command(argv)[0]
 
 

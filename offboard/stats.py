@@ -25,6 +25,8 @@ def success_interval(successes) -> dict:
     """The success rate over independent episodes and its 95 % Wilson score interval: inside [0, 1], and not a
     point when every episode succeeded or failed (a t-interval on 0/1 outcomes is both)."""
     x = np.asarray(successes, dtype=bool)
+    if x.size == 0:
+        raise ValueError("a success rate of no episodes")
     n, rate = len(x), float(np.mean(x))
     z = float(special.ndtri(0.5 + LEVEL / 2))
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
@@ -35,33 +37,38 @@ def success_interval(successes) -> dict:
 def ratio_interval(ours, reference, draws: int = 10_000, seed: int = 0) -> dict:
     """mean(ours) / mean(reference) and its 95 % interval.
 
-    ours: (seeds, starts) episode costs, one row per training seed, every row from the same starts as
-    reference (starts,). With two or more seeds: the Student-t interval over the seeds' ratios (n = seeds), for
-    the mean ratio over training seeds; the seeds ran the same starts, so their episodes are not independent
-    draws, and a bootstrap over 3 seeds cannot reach past the worst of them (in the simulation of
-    tests/offboard/test_stats.py it covered the mean ratio 0.82 of the time, the t-interval 0.97). With one
-    seed: a paired percentile bootstrap over the starts, which says nothing of another seed."""
+    ours: (seeds, starts) episode costs, one row per training seed, every row from the same starts as reference
+    (starts,). Two spreads, and the interval is the wider of the two: the training seeds' (the Student-t interval
+    over the seeds' ratios, n = seeds, with two or more) and the starts' (a paired percentile bootstrap over the
+    starts of the seeds' mean). The seeds ran the same starts, so their episodes are not independent draws: a
+    bootstrap over 3 seeds cannot reach past the worst of them (in the simulation of tests/offboard/test_stats.py
+    it covered the mean ratio 0.82 of the time), and the t-interval alone does not see which starts were drawn."""
     ours = np.atleast_2d(np.asarray(ours, dtype=np.float64))
     reference = np.asarray(reference, dtype=np.float64)
     n_seeds, n_starts = ours.shape
     if reference.shape != (n_starts,):
         raise ValueError(f"reference has {reference.shape} costs, ours {ours.shape}: evaluate both on the same starts")
-    ratio = float(ours.mean() / reference.mean())
+    starts = np.random.default_rng(seed).integers(0, n_starts, size=(draws, n_starts))
+    ratios = ours.mean(axis=0)[starts].mean(axis=1) / reference[starts].mean(axis=1)
+    low, high = np.percentile(ratios, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
     if n_seeds >= 2:
-        per_seed = mean_interval(ours.mean(axis=1) / reference.mean())
-        low, high = per_seed["low"], per_seed["high"]
-    else:
-        starts = np.random.default_rng(seed).integers(0, n_starts, size=(draws, n_starts))
-        ratios = ours[0][starts].mean(axis=1) / reference[starts].mean(axis=1)
-        low, high = np.percentile(ratios, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-    return dict(ratio=ratio, low=float(low), high=float(high), seeds=n_seeds, starts=n_starts)
+        over_seeds = mean_interval(ours.mean(axis=1) / reference.mean())
+        low, high = min(low, over_seeds["low"]), max(high, over_seeds["high"])
+    return dict(
+        ratio=float(ours.mean() / reference.mean()), low=float(low), high=float(high), seeds=n_seeds, starts=n_starts
+    )
 
 
 def seeds_cost_interval(costs) -> dict:
-    """A learner's mean episode cost over (seeds, starts) and its 95 % interval: over the seeds' means (n = seeds)
-    when there are two or more, since every seed ran the same starts; over the episodes for one seed."""
+    """A learner's mean episode cost over (seeds, starts) and its 95 % interval: over one seed's episodes, or with
+    two or more seeds the wider of the t-intervals over the seeds' means (n = seeds) and over the starts' means
+    across the seeds (n = starts): the seeds ran the same starts, so both spreads count."""
     costs = np.atleast_2d(np.asarray(costs, dtype=np.float64))
-    return mean_interval(costs.mean(axis=1) if len(costs) >= 2 else costs[0])
+    if len(costs) < 2:
+        return mean_interval(costs[0])
+    over_seeds, over_starts = mean_interval(costs.mean(axis=1)), mean_interval(costs.mean(axis=0))
+    low, high = min(over_seeds["low"], over_starts["low"]), max(over_seeds["high"], over_starts["high"])
+    return dict(mean=over_seeds["mean"], low=low, high=high, n=costs.size, seeds=len(costs))
 
 
 def seeds_success_interval(successes) -> dict:
@@ -71,7 +78,7 @@ def seeds_success_interval(successes) -> dict:
     successes = np.atleast_2d(np.asarray(successes, dtype=bool))
     pooled = success_interval(np.ravel(successes))
     if len(successes) < 2:
-        return pooled
+        return dict(pooled, seeds=1)
     over_seeds = mean_interval(successes.mean(axis=1))
     low, high = min(pooled["low"], max(0.0, over_seeds["low"])), max(pooled["high"], min(1.0, over_seeds["high"]))
     return dict(mean=pooled["mean"], low=float(low), high=float(high), n=pooled["n"], seeds=len(successes))

@@ -3,7 +3,7 @@
 Each trial is a whole train-and-evaluate: MPQ learned through the stand-in as the demo learns it (offboard.demo.learn,
 with the value set; --td-lambda below 1 is MPQ(lambda) with that lambda throughout), then its final Q on
 `--final-episodes` new uniform starts (the final evaluation's seed). The
-sweep writes one table (mean episode cost and success per value, over seeds x starts, 95 % intervals) and one plot:
+sweep writes one table (mean episode cost and success per value, 95 % intervals over seeds and starts) and one plot:
 the paper's Fig. 3 with PARAM=H on the ball-in-cup (success against MPQ's horizon; longer horizons suffer from the
 model's bias), the pendulum's now. Ray Tune schedules the trials on the cluster at --ray (auto: the one running
 here; empty: a Ray started for the sweep on this machine), one CPU each.
@@ -105,10 +105,9 @@ def table(param: str, values: list, trials: list[dict]) -> tuple[str, list[dict]
     lines = [f"| {param} | seeds | mean episode cost [95 %] | success [95 %] |", "|---|---|---|---|"]
     for row in rows:
         c, s = row["cost"], row["success"]
-        cost = format_interval(c["mean"], c["low"], c["high"], 1)
-        lines.append(
-            f"| {row['value']} | {row['seeds']} | {cost} | {format_interval(s['mean'], s['low'], s['high'], 2)} |"
-        )
+        cost = format_interval(c["mean"], c["low"], c["high"], 1, c["n"])
+        success = format_interval(s["mean"], s["low"], s["high"], 2, s["n"])
+        lines.append(f"| {row['value']} | {row['seeds']} | {cost} | {success} |")
     return "\n".join(lines), rows
 
 

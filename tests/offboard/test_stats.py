@@ -42,6 +42,11 @@ def test_over_several_seeds_the_ratio_interval_is_students_t_over_the_seeds_rati
         (mean_interval([1.324, 0.980, 0.977])["low"], mean_interval([1.324, 0.980, 0.977])["high"])
     )
     assert r["high"] > 1.5  # a bootstrap over 3 seeds stopped at the worst seed's 1.324
+    rng = np.random.default_rng(2)
+    reference = rng.uniform(100, 1000, size=50)
+    by_start = np.stack([reference * rng.uniform(0.7, 1.3, size=50)] * 3)  # seeds agree, starts do not
+    r = ratio_interval(by_start, reference)
+    assert r["high"] - r["low"] > 0.05  # not a point: other starts would give another ratio
 
 
 def test_the_ratio_interval_over_three_seeds_covers_the_mean_ratio_about_95_percent_of_the_time():
@@ -59,7 +64,10 @@ def test_the_ratio_interval_over_three_seeds_covers_the_mean_ratio_about_95_perc
 
 def test_a_learners_cost_and_success_intervals_take_the_seed_as_the_unit():
     costs = [[100.0] * 50, [150.0] * 50, [110.0] * 50]  # the starts agree, the seeds do not
-    assert seeds_cost_interval(costs) == mean_interval([100.0, 150.0, 110.0])
+    over_seeds = mean_interval([100.0, 150.0, 110.0])
+    assert [seeds_cost_interval(costs)[k] for k in ("mean", "low", "high")] == [over_seeds[k] for k in over_seeds][:3]
+    starts = np.linspace(50.0, 500.0, 50)  # the seeds agree, the starts do not: the starts' spread counts
+    assert seeds_cost_interval([starts] * 3)["low"] == pytest.approx(mean_interval(starts)["low"])
     assert seeds_cost_interval(costs[:1]) == mean_interval(costs[0])  # one seed: its episodes
     apart = seeds_success_interval([[True] * 93 + [False] * 7, [True] * 86 + [False] * 14, [True] * 86 + [False] * 14])
     assert apart["mean"] == pytest.approx(0.8833, abs=1e-4) and apart["low"] == pytest.approx(0.7829, abs=1e-3)

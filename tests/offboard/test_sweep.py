@@ -53,3 +53,13 @@ def test_the_help_shows_what_a_sweep_does_where_it_differs_from_the_demo(capsys)
         "more) (default: 20)" in text
     )
     assert "(0: none)" not in text and "sweep.md, sweep.png, sweep.json" in text
+
+
+def test_a_values_row_over_several_seeds_takes_the_seed_as_the_unit():
+    from offboard.stats import mean_interval
+    from offboard.sweep import table
+
+    trials = [dict(value=8, seed=s, costs=[c] * 20, successes=[True] * 20) for s, c in ((0, 100.0), (1, 160.0))]
+    text, (row,) = table("H", [8], trials)
+    assert row["seeds"] == 2 and row["cost"]["low"] == mean_interval([100.0, 160.0])["low"]  # not 40 episodes' spread
+    assert "| 8 | 2 | 130.0 [" in text
