@@ -42,6 +42,15 @@ class ServiceSpec:
     kind: str = "auto"  # auto | systemd | supervisor
     stop_timeout: float = STOP_TIMEOUT
 
+    def __post_init__(self):
+        """A spec edited by hand is refused at load (as damaged), not half-used by the service."""
+        kinds = dict(robot=str, remote_dir=str, kind=str, stop_timeout=(int, float))
+        wrong = [name for name, kind in kinds.items() if not isinstance(getattr(self, name), kind)]
+        if not isinstance(self.command, list) or not all(isinstance(arg, str) for arg in self.command):
+            wrong.append("command")
+        if wrong:
+            raise TypeError(f"{', '.join(wrong)} of the wrong type")
+
     @property
     def name(self) -> str:
         return f"mpq-{self.robot}"

@@ -176,5 +176,9 @@ def test_a_damaged_spec_or_a_missing_release_is_one_line(tmp_path):
     service.spec_path.write_text('{"robot": "test"')
     out = service_cli("status", "--dir", str(tmp_path))
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "is damaged" in out.stderr
+    spec = dict(robot="test", command=["python"], remote_dir=5)  # edited by hand: a number where a path goes
+    service.spec_path.write_text(json.dumps(spec))
+    out = service_cli("status", "--dir", str(tmp_path))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "remote_dir of the wrong type" in out.stderr
     out = service_cli("status", "--dir", str(tmp_path / "run" / "service-spec.json"))  # a file, not remote_dir
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "give the robot's remote_dir" in out.stderr
