@@ -21,7 +21,7 @@ import pymavlink
 from pymavlink.generator import mavgen
 
 from firmware_bridge.cli import ArgumentParser
-from firmware_bridge.paths import build_once, cache_dir
+from firmware_bridge.paths import blocking_file, build_once, cache_dir
 
 DIALECT_XML = Path(__file__).with_name("mpq.xml")
 # mpq.xml includes common.xml, which includes standard.xml and minimal.xml: pymavlink ships them.
@@ -90,8 +90,7 @@ def main() -> None:
     parser.add_argument("language", choices=["c"])
     parser.add_argument("output", type=Path)
     args = parser.parse_args()
-    blocker = next((p for p in [args.output, *args.output.parents] if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
+    if (blocker := blocking_file(args.output)) is not None:
         parser.exit(2, f"error: {args.output}: {blocker} is a file, not a folder; give a folder for the headers\n")
     try:
         generate("C", args.output)

@@ -362,9 +362,8 @@ class Link:
                 raise LinkError(self._stalled()) from None
             return
         view = memoryview(data)
-        deadline = (
-            None  # set when the buffer is full, cleared by any progress: a write that never blocks reads no clock
-        )
+        # set when the buffer is full, cleared by any progress: a write that never blocks reads no clock
+        deadline = None
         while view:
             try:
                 view = view[os.write(self._fd, view) :]

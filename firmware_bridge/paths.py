@@ -18,6 +18,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MPQ_CACHE_DIR", default))
 
 
+def existing_ancestor(folder: Path) -> Path:
+    """`folder` itself if it exists, else its nearest parent that does: where making `folder` starts."""
+    return next(p for p in (folder, *folder.parents) if p.exists())
+
+
+def blocking_file(folder: Path) -> Path | None:
+    """The file standing where `folder` or one of its parents must be a folder, if any: creating it would fail."""
+    existing = existing_ancestor(folder)
+    return None if existing.is_dir() else existing
+
+
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """`target` as cached, or made by `build(path)` in a temporary folder beside it and renamed into place:
     the rename is atomic, so concurrent first users see all of the file or none of it."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from firmware_bridge.cli import ArgumentParser
+from firmware_bridge.paths import blocking_file
 from offboard.cli import add_options, given
 from offboard.dataset import DatasetError
 from offboard.deploy import add_commands as add_deploy_commands
@@ -15,7 +16,6 @@ from offboard.minari_export import add_command as add_export_minari
 from offboard.pull_data import add_command as add_pull_data
 from offboard.remote import RemoteError
 from offboard.replay import add_command as add_replay
-from onboard.fileio import blocking_file
 from onboard.profile import ProfileError, load_profile
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.cli import ArgumentParser
+from firmware_bridge.paths import blocking_file
 from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given, option
 from offboard.evaluate import FINAL_EVAL_SEED, Outcomes, episode_outcomes, run_episodes, starts_phrase
@@ -46,7 +47,7 @@ from offboard.mpq import Config, Trainer
 from offboard.pull_data import write_manifest
 from offboard.replay import read_episode, write_video
 from offboard.stats import format_interval, ratio_interval, seeds_cost_interval, seeds_success_interval
-from onboard.fileio import blocking_file, new_run_dir, write_atomic
+from onboard.fileio import new_run_dir, write_atomic
 from onboard.mppi import MPPIConfig
 from onboard.recorder import episode_id, read_manifest
 from onboard.tasks import get_task
@@ -500,7 +501,7 @@ def table(final: dict) -> str:
         ]
         reference = np.mean(result["rows"][result["reference"]]["costs"][0])
         for label, row in result["rows"].items():
-            c, s = row["cost"], seeds_success_interval(row["successes"])  # success: from results.json's episodes
+            c, s = row["cost"], row["success"]
             cost, success = (
                 format_interval(c["mean"], c["low"], c["high"], 1, c["n"]),
                 format_interval(s["mean"], s["low"], s["high"], 2, s["n"]),

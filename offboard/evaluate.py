@@ -16,11 +16,12 @@ from typing import Literal
 
 import numpy as np
 
+from firmware_bridge.paths import blocking_file
 from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given
 from offboard.stats import format_interval, mean_interval
 from onboard.backends import cpu_backend_for
-from onboard.fileio import blocking_file, new_run_dir
+from onboard.fileio import new_run_dir
 from onboard.loop import run
 from onboard.mppi import MPPIConfig
 from onboard.profile import load_profile

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import torch
 
+from firmware_bridge.paths import blocking_file
 from offboard.mpq import QNetwork
-from onboard.fileio import blocking_file
 from onboard.mppi import MPPIConfig
 from onboard.qfunction import OnnxQ, manifest_path, save_q_model
 from onboard.tasks import get_task

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firmware_bridge.paths import blocking_file
 from offboard.remote import Remote, RemoteError, RemoteSettingsError, check_ssh_settings, prepare_remote, stop_all
-from onboard.fileio import blocking_file, write_atomic
+from onboard.fileio import write_atomic
 from onboard.profile import RobotProfile
 from onboard.recorder import MANIFEST, SegmentError, read_manifest, split_torn_tail, verified_segments
 
@@ -151,12 +152,11 @@ def run_command(args, profiles: list[RobotProfile]) -> int:
         raise RemoteSettingsError(
             f"--robot: {', '.join(twice)} given twice; each robot's logs go to one folder, data/<robot>"
         )
-    for profile in profiles:
+    for profile in profiles:  # every robot's settings before any connects: bad input stops the whole command
         if (blocker := blocking_file(Path(args.data_dir) / profile.name)) is not None:
             raise RemoteSettingsError(
                 f"--data-dir {args.data_dir}: {blocker} is a file, not a folder; give a folder for the robot's logs"
             )
-    for profile in profiles:  # every robot's settings before any connects: bad input stops the whole command
         check_ssh_settings(profile)
     remotes = [Remote(profile) for profile in profiles]
     with ThreadPoolExecutor(len(profiles)) as pool:  # each pull waits on its own ssh and rsync processes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onboard.fileio import blocking_file
+from firmware_bridge.paths import blocking_file
 from onboard.recorder import SegmentError, listed_segment_problem, read_manifest, read_segment
 from onboard.tasks import get_task
 

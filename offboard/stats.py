@@ -51,12 +51,10 @@ def ratio_interval(ours, reference, draws: int = 10_000, seed: int = 0) -> dict:
     starts = np.random.default_rng(seed).integers(0, n_starts, size=(draws, n_starts))
     ratios = ours.mean(axis=0)[starts].mean(axis=1) / reference[starts].mean(axis=1)
     low, high = np.percentile(ratios, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+    interval = dict(low=float(low), high=float(high))
     if n_seeds >= 2:
-        over_seeds = mean_interval(ours.mean(axis=1) / reference.mean())
-        low, high = min(low, over_seeds["low"]), max(high, over_seeds["high"])
-    return dict(
-        ratio=float(ours.mean() / reference.mean()), low=float(low), high=float(high), seeds=n_seeds, starts=n_starts
-    )
+        interval = wider(interval, mean_interval(ours.mean(axis=1) / reference.mean()))
+    return dict(ratio=float(ours.mean() / reference.mean()), **interval, seeds=n_seeds, starts=n_starts)
 
 
 def seeds_cost_interval(costs) -> dict:
@@ -66,9 +64,10 @@ def seeds_cost_interval(costs) -> dict:
     costs = np.atleast_2d(np.asarray(costs, dtype=np.float64))
     if len(costs) < 2:
         return mean_interval(costs[0])
-    over_seeds, over_starts = mean_interval(costs.mean(axis=1)), mean_interval(costs.mean(axis=0))
-    low, high = min(over_seeds["low"], over_starts["low"]), max(over_seeds["high"], over_starts["high"])
-    return dict(mean=over_seeds["mean"], low=low, high=high, n=costs.size, seeds=len(costs))
+    over_seeds = mean_interval(costs.mean(axis=1))
+    return dict(
+        mean=over_seeds["mean"], **wider(over_seeds, mean_interval(costs.mean(axis=0))), n=costs.size, seeds=len(costs)
+    )
 
 
 def seeds_success_interval(successes) -> dict:
@@ -80,8 +79,14 @@ def seeds_success_interval(successes) -> dict:
     if len(successes) < 2:
         return dict(pooled, seeds=1)
     over_seeds = mean_interval(successes.mean(axis=1))
-    low, high = min(pooled["low"], max(0.0, over_seeds["low"])), max(pooled["high"], min(1.0, over_seeds["high"]))
-    return dict(mean=pooled["mean"], low=float(low), high=float(high), n=pooled["n"], seeds=len(successes))
+    inside = dict(low=max(0.0, over_seeds["low"]), high=min(1.0, over_seeds["high"]))  # a rate's bounds
+    return dict(mean=pooled["mean"], **wider(pooled, inside), n=pooled["n"], seeds=len(successes))
+
+
+def wider(a: dict, b: dict) -> dict:
+    """The interval that holds both intervals a and b ({"low", "high"}): where two spreads count, the larger of each
+    side."""
+    return dict(low=float(min(a["low"], b["low"])), high=float(max(a["high"], b["high"])))
 
 
 def format_interval(value: float, low: float, high: float, digits: int = 3, n: int | None = None) -> str:

@@ -47,14 +47,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def blocking_file(folder: Path) -> Path | None:
-    """The file standing where `folder` or one of its parents must be a folder, if any: creating it would fail."""
-    for p in (folder, *folder.parents):
-        if p.exists():
-            return None if p.is_dir() else p
-    return None
-
-
 def hold_lock(path: Path):
     """An exclusive lock on `path` (created if missing) for as long as the returned file stays open, with this
     process's pid in it; None when another process holds it (the file then names that process's pid)."""

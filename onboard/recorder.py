@@ -16,7 +16,6 @@ opens the segments.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import CompressionType, IndexType, Writer
 
 from firmware_bridge.link import HOST_COUNTERS, PLANT_COUNTERS
+from firmware_bridge.paths import existing_ancestor
 from onboard.errors import LoopError
 from onboard.fileio import append_durable, fsync_dir, hold_lock, sha256_file
 
@@ -125,10 +125,7 @@ def check_log_folder(folder: Path) -> None:
     """What a run's Recorder needs of `folder`: that it can be made and written in. Checked where it would be made,
     without making it or taking its lock (a selfcheck runs while the service records there). Raises LoopError."""
     try:
-        existing = next(f for f in [folder, *folder.parents] if f.exists())
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
-        with tempfile.TemporaryFile(dir=existing):
+        with tempfile.TemporaryFile(dir=existing_ancestor(folder)):  # a file there: ENOTDIR
             pass
     except OSError as e:
         raise log_folder_error(folder, e) from None
@@ -139,8 +136,8 @@ class Recorder:
 
     def __init__(self, log_dir: str | Path, robot: str):
         self.dir = Path(log_dir) / robot
-        self._made = [self.dir, *self.dir.parents]  # the folders this recorder makes, innermost first
-        self._made = self._made[: next(i for i, folder in enumerate(self._made) if folder.exists())]
+        made = self.dir.relative_to(existing_ancestor(self.dir)).parts
+        self._made = [self.dir, *self.dir.parents][: len(made)]  # the folders this recorder makes, innermost first
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_folder(self.dir)
         self.robot = robot
