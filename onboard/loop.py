@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -297,7 +297,9 @@ class ControlLoop:
         if not failsafe:
             return state
         if self._rearmed(failsafe, tally):
-            return _newest(self.link, state)  # the re-arm took periods: plan from now on
+            # The re-arm took periods: plan from the newest state. The step that ends there had the actuators off
+            # (from the trip until our next command), whatever the newest state says: recorded as unarmed, zeros.
+            return replace(_newest(self.link, state), armed=False)
         why = (
             f"the plant latched failsafe {_failsafe_name(failsafe)} at step {t}: its actuators are off; find "
             "the cause (the loop's timing, the commands), then re-arm"
