@@ -17,6 +17,7 @@ from offboard.pull_data import add_command as add_pull_data
 from offboard.remote import RemoteError
 from offboard.replay import add_command as add_replay
 from onboard.profile import ProfileError, load_profile
+from onboard.signals import terminate_as_ctrl_c
 
 
 def model_path(model: str | None, task: str) -> Path:
@@ -93,9 +94,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if hasattr(args, "robot"):  # deploy, rollback, robot-status, pull-data: the robot's profile, over ssh
         try:
-            if isinstance(args.robot, list):  # pull-data: one or more robots
-                return args.run(args, [load_profile(robot) for robot in args.robot])
-            return args.run(args, load_profile(args.robot))
+            with terminate_as_ctrl_c():  # a `kill` or a closed terminal stops the rsync and ssh it started, too
+                if isinstance(args.robot, list):  # pull-data: one or more robots
+                    return args.run(args, [load_profile(robot) for robot in args.robot])
+                return args.run(args, load_profile(args.robot))
         except (ProfileError, ValueError) as e:  # the profile, or its task (its module, its MJCF)
             print(f"error: {e}", file=sys.stderr)
             return 2

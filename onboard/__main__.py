@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(stats.summary()))
         return 0
-    stopped = "stopped by Ctrl-C or SIGTERM after " if stats.stopped else ""
+    stopped = "stopped by Ctrl-C, SIGTERM or SIGHUP after " if stats.stopped else ""
     print(
         f"{stopped}{stats.episodes} episode(s), {stats.steps} steps, {stats.deadline_misses} deadline misses; "
         f"segments in {profile.log_path / profile.name}"

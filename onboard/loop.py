@@ -97,7 +97,8 @@ class EpisodeTally:
     misses_in_a_row: int = 0
     held_steps: int = 0  # periods the plant held an older command (ours came late or was lost)
     unarmed_steps: int = 0
-    rearms: int = 0
+    rearms: int = 0  # watchdog trips re-armed, in the episode and at its arm
+    rearms_at_arm: int = 0  # of those, a trip since the last episode re-armed when this one armed: no unarmed step
     interrupted: bool = False
 
 
@@ -168,6 +169,7 @@ class ControlLoop:
                 held_steps=tally.held_steps,
                 unarmed_steps=tally.unarmed_steps,
                 rearms=tally.rearms,
+                rearms_at_arm=tally.rearms_at_arm,
                 link=link.counters(),
                 plant=link.plant_counters(),
             )
@@ -213,6 +215,7 @@ class ControlLoop:
         except ControlDenied as denied:
             if not self._rearmed(denied.failsafe, tally):
                 raise
+            tally.rearms_at_arm += 1
 
     def _rearmed(self, failsafe: int, tally: EpisodeTally) -> bool:
         """A watchdog trip re-armed where the profile allows it (meanwhile the plant held zero actuation: the

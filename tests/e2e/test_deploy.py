@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -42,8 +43,10 @@ def on_robot(profile_path: Path, command: str) -> subprocess.CompletedProcess:
 
 
 def ctrl_c_enabled() -> None:
-    """In the child: SIGINT as a terminal delivers it (a job started with & in a script inherits it ignored)."""
+    """In the child: SIGINT and SIGHUP as a terminal delivers them (a job started with & in a script inherits SIGINT
+    ignored, one under nohup SIGHUP)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def robot_status(profile_path: Path) -> dict:
@@ -229,7 +232,20 @@ def test_a_model_tampered_with_on_the_robot_is_refused_by_selfcheck(loopback, ma
     assert "sha256" in check.stderr and len(check.stderr.strip().splitlines()) == 1, check.stderr
 
 
-def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_path):
+def processes_naming(path: Path) -> list[str]:
+    """The command lines of this machine's processes that name `path` (a pull's rsync and its ssh)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if str(path).encode() in cmdline.read_bytes():
+                found.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C", "kill", "closed terminal"])
+def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_path, how):
+    """Ctrl-C reaches the terminal's process group; a `kill` (SIGTERM) or a closed terminal (SIGHUP) only the pull:
+    either way its rsync, in a session of its own, stops with it and keeps the cut file."""
     profile_path, profile, robot_data = robot_holding_segments(loopback, tmp_path, large=True)
     total = sum(p.stat().st_size for p in robot_data.glob("*.mcap"))
     data = tmp_path / "data"
@@ -259,10 +275,13 @@ def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_
         assert time.monotonic() < deadline and pull.poll() is None, "the pull never started copying"
         time.sleep(0.02)
     time.sleep(1.0)
-    os.killpg(pull.pid, signal.SIGINT)  # Ctrl-C midway through a segment
+    if how == "Ctrl-C":  # midway through a segment
+        os.killpg(pull.pid, signal.SIGINT)
+    else:
+        os.kill(pull.pid, signal.SIGTERM if how == "kill" else signal.SIGHUP)
     pull.wait(timeout=30)
-    assert pull.returncode != 0
-    assert "interrupted" in pull.stderr.read()
+    assert pull.returncode == 130 and "interrupted: run pull-data again" in pull.stderr.read()
+    assert processes_naming(data) == []  # no rsync left copying into the folder
     arrived = sorted(p.name for p in (data / "loopback").glob("*.mcap"))
     # The pull returned after rsync's receiver, a process of its own, moved the cut file into the partial folder.
     assert len(arrived) < 4 and partial_dir.is_dir() and list(partial_dir.iterdir()), "the pull was not cut midway"

@@ -88,6 +88,7 @@ def start_run_into_episode_2(tmp_path, min_bytes: int):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # as a terminal's, even under nohup
     )
     partial = tmp_path / "sim" / "000002.mcap.partial"
     deadline = time.monotonic() + 60
@@ -215,7 +216,7 @@ def test_a_watchdog_trip_between_episodes_is_rearmed_where_allowed_or_stops_the_
     metadata, topics = read_segment(second)
     if rearm:  # the trip came after the first episode's last state: the second episode's plant counted it
         assert "error" not in metadata["summary"] and len(topics["/transition"]) == get_task("pendulum").episode_steps
-        assert metadata["summary"]["plant"]["watchdog_trips"] >= 1 and metadata["summary"]["rearms"] >= 1
+        assert metadata["summary"]["plant"]["watchdog_trips"] >= 1 and metadata["summary"]["rearms_at_arm"] == 1
     else:  # the second episode's segment says why it never ran
         assert "failsafe MPQ_FAILSAFE_WATCHDOG latched" in metadata["summary"]["error"]
         assert topics.get("/transition", []) == []
@@ -266,12 +267,13 @@ def test_each_episode_warms_the_planner_up_before_arming(tmp_path, monkeypatch):
     assert "".join(planner.calls) == ("WCFSA" + "p" * task.episode_steps) * 2 + "U"
 
 
-def test_sigterm_ends_the_segment_cleanly(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_a_closed_terminal_ends_the_segment_cleanly(tmp_path, signum):
     process, _ = start_run_into_episode_2(tmp_path, 5_000)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
-    assert out.startswith("stopped by Ctrl-C or SIGTERM after 2 episode(s), ")  # not taken for the 5 asked for
+    assert out.startswith("stopped by Ctrl-C, SIGTERM or SIGHUP after 2 episode(s), ")  # not taken for the 5 asked for
     segments, problems = verified_segments(tmp_path / "sim")
     assert [s.name for s in segments] == ["000001.mcap", "000002.mcap"] and problems == []
     metadata, topics = read_segment(segments[-1])
