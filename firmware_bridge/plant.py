@@ -34,6 +34,7 @@ log = logging.getLogger("mpq.plant")
 mujoco.set_mju_user_warning(lambda message: log.warning("mujoco: %s", message))
 
 STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
+SHADOW_MAP = 1024  # texels a side of the shadow map a render draws (render)
 
 
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
@@ -322,7 +323,15 @@ class TaskModel:
         first camera, else from the side (the tasks move in the x-z plane), framing the whole model."""
         renderer = getattr(self, "_renderer", None)  # made at the first frame: most models never draw one
         if renderer is None or (renderer.width, renderer.height) != (width, height):
-            self._renderer = renderer = mujoco.Renderer(self.model, height, width)
+            # Shadows from a map of at most SHADOW_MAP texels a side, not MuJoCo's default 4096: drawn in software
+            # (Mesa on a headless machine) that map took 45 of a 480x360 frame's 50 ms, and looks the same at these
+            # sizes. The MJCF's own setting is put back: the context has read it.
+            quality = self.model.vis.quality
+            kept, quality.shadowsize = quality.shadowsize, min(quality.shadowsize, SHADOW_MAP)
+            try:
+                self._renderer = renderer = mujoco.Renderer(self.model, height, width)
+            finally:
+                quality.shadowsize = kept
             self._render_data = mujoco.MjData(self.model)
         data = self._render_data
         mujoco.mj_setState(self.model, data, np.asarray(state, dtype=np.float64), STATE_SPEC)

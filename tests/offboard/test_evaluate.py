@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from firmware_bridge.plant import MujocoPlant, model_xml
+from offboard.__main__ import main
 from onboard.recorder import read_segment, verified_segments
 from onboard.tasks import get_task
 
@@ -123,10 +124,11 @@ def test_the_heavier_plant_accelerates_less_under_the_same_torque():
         (["--out", "{tmp}/a_file/runs"], "a_file is a file, not a folder"),
     ],
 )
-def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, says):
+def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys, args, says):
     (tmp_path / "garbage.onnx").write_bytes(b"not a model")
     (tmp_path / "a_file").write_text("keep me\n")
     args = [a.format(tmp=tmp_path) for a in args]
-    out = evaluate("--out", str(tmp_path / "runs"), *args)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
+    assert main(["evaluate", "--out", str(tmp_path / "runs"), *args]) == 2  # in this process: refused before any run
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "runs").exists() and (tmp_path / "a_file").read_text() == "keep me\n"

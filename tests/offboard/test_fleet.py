@@ -61,11 +61,11 @@ def test_a_collector_killed_mid_episode_costs_that_episode_only(cluster, tmp_pat
 
     try:  # ball-in-cup episodes take seconds: the kill lands mid-episode
         outcomes = fleet.run_episodes(
-            tmp_path, "robot", "ball_in_cup", 6, 0, "", {}, on_listed=kill_the_first_after_its_first_segment
+            tmp_path, "robot", "ball_in_cup", 4, 0, "", {}, on_listed=kill_the_first_after_its_first_segment
         )
     finally:
         fleet.close()
-    assert killed.is_set() and fleet.reruns >= 1 and len(outcomes.costs) == 6
+    assert killed.is_set() and fleet.reruns >= 1 and len(outcomes.costs) == 4
     names = [entry["segment"] for entry in read_manifest(tmp_path / "robot")]
-    assert names == [f"{i:06d}.mcap" for i in range(1, 7)]  # all of them, once each
-    assert len(transitions(tmp_path / "robot")) == 6  # every one verified, nothing partial listed
+    assert names == [f"{i:06d}.mcap" for i in range(1, 5)]  # all of them, once each
+    assert len(transitions(tmp_path / "robot")) == 4  # every one verified, nothing partial listed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -12,19 +14,33 @@ def minari_home(tmp_path, monkeypatch):
     return tmp_path / "minari"
 
 
-def test_a_robots_segments_export_to_minari_and_load_back_as_recorded(tmp_path, minari_home, capsys):
+@pytest.fixture(scope="module")
+def two_episodes(tmp_path_factory):
+    """The sim robot's log folder after two episodes through the loop, recorded once for the module's tests."""
+    from onboard.loop import run
+    from onboard.profile import load_profile
+
+    data = tmp_path_factory.mktemp("recorded")
+    run(load_profile("sim", log_dir=str(data)), 2, show_status=False)
+    return data / "sim"
+
+
+def sim_logs(two_episodes, tmp_path):
+    """A test's own copy of the two episodes, as tmp_path/data/sim."""
+    shutil.copytree(two_episodes, tmp_path / "data" / "sim")
+    return tmp_path / "data" / "sim"
+
+
+def test_a_robots_segments_export_to_minari_and_load_back_as_recorded(tmp_path, minari_home, capsys, two_episodes):
     """Two episodes of the sim robot through the loop; the export, loaded with minari.load_dataset, holds
     exactly the logged observations, applied actions and minus the costs, with each segment's metadata."""
     import minari
 
     from offboard.__main__ import main
-    from onboard.loop import run
-    from onboard.profile import load_profile
     from onboard.recorder import read_segment, verified_segments
     from onboard.tasks import get_task
 
-    run(load_profile("sim", log_dir=str(tmp_path / "data")), 2, show_status=False)
-    folder = tmp_path / "data" / "sim"
+    folder = sim_logs(two_episodes, tmp_path)
     assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/sim-v0"]) == 0
     assert "exported 2 episode(s) (400 steps)" in capsys.readouterr().out
     dataset = minari.load_dataset("mpq/pendulum/sim-v0")
@@ -48,15 +64,12 @@ def test_a_robots_segments_export_to_minari_and_load_back_as_recorded(tmp_path, 
     assert minari.load_dataset("mpq/pendulum/sim-v0").total_episodes == 2
 
 
-def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home, capsys):
+def test_a_segment_that_fails_its_check_is_never_exported(tmp_path, minari_home, capsys, two_episodes):
     import minari
 
     from offboard.__main__ import main
-    from onboard.loop import run
-    from onboard.profile import load_profile
 
-    run(load_profile("sim", log_dir=str(tmp_path / "data")), 2, show_status=False)
-    folder = tmp_path / "data" / "sim"
+    folder = sim_logs(two_episodes, tmp_path)
     damaged = sorted(folder.glob("*.mcap"))[0]
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -101,14 +114,14 @@ def test_a_folder_of_two_tasks_exports_the_one_given_by_task_and_each_segment_on
 @pytest.mark.parametrize(
     "name", ["badname", "mpq/pendulum/x y-v0", "../../escape-v0", "a/b-v0", "mpq/pendulum/sim", "mpq/sim-v0/in-v0"]
 )
-def test_a_malformed_name_is_one_line_and_leaves_minaris_store_as_it_was(tmp_path, minari_home, capsys, name):
+def test_a_malformed_name_is_one_line_and_leaves_minaris_store_as_it_was(
+    tmp_path, minari_home, capsys, two_episodes, name
+):
     import minari
 
     from offboard.__main__ import main
-    from onboard.loop import run
-    from onboard.profile import load_profile
 
-    run(load_profile("sim", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    sim_logs(two_episodes, tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(["export-minari", "--data", str(tmp_path / "data" / "sim"), "--name", name]) == 2
     err = capsys.readouterr().err
@@ -119,12 +132,10 @@ def test_a_malformed_name_is_one_line_and_leaves_minaris_store_as_it_was(tmp_pat
     assert list(minari.list_local_datasets()) == ["mpq/pendulum/after-v0"]  # the store still works
 
 
-def test_a_minari_datasets_path_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+def test_a_minari_datasets_path_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, two_episodes):
     from offboard.__main__ import main
-    from onboard.loop import run
-    from onboard.profile import load_profile
 
-    run(load_profile("sim", log_dir=str(tmp_path / "data")), 1, show_status=False)
+    sim_logs(two_episodes, tmp_path)
     (tmp_path / "a-file").write_text("keep me\n")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "a-file"))
     assert main(["export-minari", "--data", str(tmp_path / "data" / "sim"), "--name", "mpq/pendulum/sim-v0"]) == 2
