@@ -68,8 +68,16 @@ def episodes_from_segments(folders: list[Path], task: str | None = None) -> tupl
                 problems.append(f"{path}: recorded for task {segment.get('task')!r}, not {task!r}")
                 continue
             tasks.add(segment.get("task"))
+            recovered = "recovery" in metadata  # rewritten from what a crash left: no summary
             episodes.append(
-                dict(path=path, sha256=listed[path.name], transitions=transitions, segment=segment, summary=summary)
+                dict(
+                    path=path,
+                    sha256=listed[path.name],
+                    transitions=transitions,
+                    segment=segment,
+                    summary=summary,
+                    recovered=recovered,
+                )
             )
     if not episodes:
         where = ", ".join(map(str, folders))
@@ -118,6 +126,10 @@ def episode_metadata(episode: dict) -> dict:
         code_version=str(segment.get("code_version") or ""),
         seed=int(segment.get("seed") or 0),
         episode=int(segment.get("episode") or 0),
+        mode=str(segment.get("mode") or ""),
+        # cut short: stopped (Ctrl-C, SIGTERM) or by an error; recovered after a crash; a safe stop says why
+        interrupted=bool(episode["summary"].get("interrupted") or episode["recovered"]),
+        recovered=episode["recovered"],
         safe_stop=str(episode["summary"].get("safe_stop") or ""),
     )
 
@@ -169,7 +181,7 @@ def export_minari(folders: list[Path], name: str, author: str = "", log=print, t
                 eval_env=gymnasium.spec(gym_env.env_id(task_name, "mujoco")),  # evaluating a policy: the fast one
                 observation_space=observation_space,
                 action_space=action_space,
-                algorithm_name="mpq onboard loop (MPPI with the learned soft Q, as recorded)",
+                algorithm_name="mpq onboard loop (MPPI; a learned soft Q where an episode's model_sha256 names one)",
                 author=author or "mpq",
                 author_email="",
                 code_permalink="",

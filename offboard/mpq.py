@@ -327,8 +327,13 @@ class Trainer:
             self.make_planners()
         before = self.holdout_error()
         metrics = []
+        # The bar on a terminal only (disable=None): piped into a log it was thousands of \r updates; the
+        # iteration's line (train) says what it did.
         for _ in tqdm(
-            range(config.updates_per_iteration), disable=not self.progress, desc=f"MPQ {iteration}", unit="update"
+            range(config.updates_per_iteration),
+            disable=None if self.progress else True,
+            desc=f"MPQ {iteration}",
+            unit="update",
         ):
             idx = self.rng.choice(self.train_idx, size=min(config.batch_size, len(self.train_idx)), replace=False)
             self.targets.sync()  # a worker's copy of the Q the targets use, where it changed

@@ -11,6 +11,8 @@ over a few milliseconds, so there the two agree to a few centimetres and hundred
 (tests/onboard/test_tasks.py states the tolerance). Cost on the pole's height, the cart's distance from
 the centre and a little on spin.
 
+Observation (5): [x, cos theta, sin theta, xdot, thetadot].
+
 The planner's bias: the pole's mass, its length (as its centre of mass, half the length; the pole's
 inertia follows both) and the cart's rail friction.
 """

@@ -126,6 +126,7 @@ def test_deploy_run_pull_train_redeploy(loopback, make_q, tmp_path):
         str(new_model),
     )
     assert out.returncode == 0, out.stderr
+    assert "iteration 1: loss" in out.stdout and "MPQ 1:" not in out.stderr  # piped: a line, not a progress bar
     new_sha = sha256_file(new_model)
     assert new_sha != first_sha
 

@@ -57,6 +57,7 @@ def test_a_robots_segments_export_to_minari_and_load_back_as_recorded(tmp_path, 
         assert not episode.terminations.any() and episode.truncations[-1] and not episode.truncations[:-1].any()
         assert meta["segment"] == f"sim/{path.name}" and meta["robot"] == "sim"
         assert meta["mppi"] and meta["task"] == "pendulum" and meta["episode"] == recorded["segment"]["episode"]
+        assert meta["mode"] == "lockstep" and not meta["interrupted"] and not meta["recovered"]
     assert dataset.spec.env_spec.id == "mpq/Pendulum-v0"
     # the same name again: refused, the dataset untouched
     assert main(["export-minari", "--data", str(folder), "--name", "mpq/pendulum/sim-v0"]) == 2
@@ -161,8 +162,12 @@ def test_an_episode_the_loop_cut_short_is_truncated_never_terminated():
         sha256="ab",
         transitions=steps,
         segment={},
-        summary={"safe_stop": "plant failsafe"},
+        summary={"safe_stop": "plant failsafe", "interrupted": True},
+        recovered=False,
     )
     buffer = episode_buffer(task, episode)
     assert list(buffer.terminations) == [False] * 3 and list(buffer.truncations) == [False, False, True]
-    assert episode_metadata(episode)["safe_stop"] == "plant failsafe"
+    metadata = episode_metadata(episode)  # the truncation says no more than a time limit would: the metadata does
+    assert metadata["safe_stop"] == "plant failsafe" and metadata["interrupted"] and not metadata["recovered"]
+    recovered = episode_metadata(dict(episode, summary={}, recovered=True))  # rewritten after a crash
+    assert recovered["interrupted"] and recovered["recovered"] and recovered["safe_stop"] == ""
