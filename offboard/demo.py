@@ -46,10 +46,11 @@ from offboard.jobs import Jobs, Stop
 from offboard.mpq import Config, Trainer
 from offboard.pull_data import write_manifest
 from offboard.replay import read_episode, write_video
-from offboard.stats import format_interval, ratio_interval, seeds_cost_interval, seeds_success_interval
+from offboard.stats import format_interval, format_stat, ratio_interval, seeds_cost_interval, seeds_success_interval
 from onboard.fileio import new_run_dir, write_atomic
 from onboard.mppi import MPPIConfig
 from onboard.recorder import episode_id, read_manifest
+from onboard.signals import stop_signals
 from onboard.tasks import get_task
 
 EVAL_SEED = 10_000  # the learning curves' starts (seeded by (EVAL_SEED, episode)); final evaluations use others
@@ -502,10 +503,7 @@ def table(final: dict) -> str:
         reference = np.mean(result["rows"][result["reference"]]["costs"][0])
         for label, row in result["rows"].items():
             c, s = row["cost"], row["success"]
-            cost, success = (
-                format_interval(c["mean"], c["low"], c["high"], 1, c["n"]),
-                format_interval(s["mean"], s["low"], s["high"], 2, s["n"]),
-            )
+            cost, success = format_stat(c, 1), format_stat(s, 2)
             seeds = len(row["costs"])
             per_seed = ", ".join(f"{np.mean(costs) / reference:.3f}" for costs in row["costs"]) if seeds > 1 else ""
             lines.append(f"| {label} | {seeds} | {cost} | {format_interval(**_ratio(row))} | {per_seed} | {success} |")
@@ -671,7 +669,7 @@ def main(argv=None) -> int:
     run_dir = resume or new_run_dir(Path(cfg.out))
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     stop = Stop()
-    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop.handler) for sig in stop_signals()}  # a closed terminal too
     try:
         demo(cfg, task, run_dir, stop)
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import numpy as np
 from firmware_bridge.paths import blocking_file
 from firmware_bridge.plant import parse_mass_scale
 from offboard.cli import add_options, given
-from offboard.stats import format_interval, mean_interval
+from offboard.stats import format_stat, mean_interval
 from onboard.backends import cpu_backend_for
 from onboard.fileio import new_run_dir
 from onboard.loop import run
@@ -197,7 +197,7 @@ def run_command(args) -> int:
     c = result["cost"]
     print(
         f"{cfg.task}, {result['label']}, {starts_phrase(cfg.episodes, cfg.starts)} (seed {cfg.seed}): mean episode "
-        f"cost {format_interval(c['mean'], c['low'], c['high'], 1, c['n'])} (95 %), success "
+        f"cost {format_stat(c, 1)} (95 %), success "
         f"{result['success_rate']:.2f}; {result['path']}"
     )
     return 0

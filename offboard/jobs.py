@@ -18,11 +18,14 @@ import re
 import signal
 from pathlib import Path
 
+from onboard.signals import stop_signals
+
 
 class Stop:
-    """One Ctrl-C or SIGTERM stops the whole run. While episodes run, the loop sees it at its next step, ends its
-    segment cleanly and disarms, and the run stops after it; elsewhere (training, export) it interrupts at once.
-    `shared`: an event every worker process of the run watches too (the run's own stop sets it)."""
+    """One Ctrl-C, SIGTERM or SIGHUP (onboard.signals.stop_signals) stops the whole run. While episodes run, the
+    loop sees it at its next step, ends its segment cleanly and disarms, and the run stops after it; elsewhere
+    (training, export) it interrupts at once. `shared`: an event every worker process of the run watches too (the
+    run's own stop sets it)."""
 
     def __init__(self, shared=None):
         self.requested = False
@@ -47,7 +50,7 @@ _worker_stop: Stop | None = None  # a worker process's own Stop, watching the ru
 def _start_worker(shared) -> None:
     global _worker_stop
     _worker_stop = Stop(shared)
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in stop_signals():
         signal.signal(signum, _worker_stop.handler)
 
 

@@ -89,6 +89,11 @@ def wider(a: dict, b: dict) -> dict:
     return dict(low=float(min(a["low"], b["low"])), high=float(max(a["high"], b["high"])))
 
 
+def format_stat(stat: dict, digits: int = 3) -> str:
+    """A mean or rate from the functions above ({"mean", "low", "high", "n"}) as format_interval writes it."""
+    return format_interval(stat["mean"], stat["low"], stat["high"], digits, stat["n"])
+
+
 def format_interval(value: float, low: float, high: float, digits: int = 3, n: int | None = None) -> str:
     """'value [low, high]'; for one value (n=1), which has no interval, says so."""
     if n is not None and n < 2:

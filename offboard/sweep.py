@@ -26,7 +26,7 @@ from offboard.cli import add_options, given
 from offboard.demo import DEMO_SETTINGS, DemoConfig, Log, config_from_dict, config_problem, evaluate, learn
 from offboard.evaluate import FINAL_EVAL_SEED
 from offboard.jobs import Stop
-from offboard.stats import format_interval, seeds_cost_interval, seeds_success_interval
+from offboard.stats import format_stat, seeds_cost_interval, seeds_success_interval
 from offboard.target_workers import address_problem, connect, require_ray
 from onboard.fileio import new_run_dir
 from onboard.mppi import MPPIConfig
@@ -105,9 +105,7 @@ def table(param: str, values: list, trials: list[dict]) -> tuple[str, list[dict]
     lines = [f"| {param} | seeds | mean episode cost [95 %] | success [95 %] |", "|---|---|---|---|"]
     for row in rows:
         c, s = row["cost"], row["success"]
-        cost = format_interval(c["mean"], c["low"], c["high"], 1, c["n"])
-        success = format_interval(s["mean"], s["low"], s["high"], 2, s["n"])
-        lines.append(f"| {row['value']} | {row['seeds']} | {cost} | {success} |")
+        lines.append(f"| {row['value']} | {row['seeds']} | {format_stat(c, 1)} | {format_stat(s, 2)} |")
     return "\n".join(lines), rows
 
 

@@ -24,7 +24,7 @@ class LoopStats:
     seconds: float = 0.0  # time in episodes (resets excluded)
     period: float = 0.0
     scheduling: str = "normal"  # the loop's scheduling while it ran ("SCHED_FIFO 50" in realtime)
-    stopped: bool = False  # ended early by Ctrl-C or SIGTERM
+    stopped: bool = False  # ended early by Ctrl-C, SIGTERM or SIGHUP (onboard.signals)
 
     def summary(self) -> dict:
         """The numbers of a run (benchmarks read them): rate, plan times, misses, period jitter, memory."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,13 @@ def make_q(tmp_path):
         return path, layers
 
     return build
+
+
+def terminal_signals() -> None:
+    """A child's preexec_fn: Ctrl-C and a hangup as a terminal delivers them (a job started with & in a script
+    inherits SIGINT ignored, one under nohup SIGHUP), so a test can send them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 class NumpyQ:

@@ -27,6 +27,7 @@ from onboard.fileio import sha256_file
 from onboard.profile import ROOT, load_profile
 from onboard.recorder import Recorder, read_manifest, verified_segments
 from onboard.release import venv_path
+from tests.conftest import terminal_signals
 
 
 def offboard(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -40,13 +41,6 @@ def on_robot(profile_path: Path, command: str) -> subprocess.CompletedProcess:
     """A shell command on the loopback robot, through its ssh (what an operator would type)."""
     with Remote(load_profile(str(profile_path))) as remote:  # closes its ssh master and removes its socket folder
         return subprocess.run([*remote.ssh_args(), remote.target, command], capture_output=True, text=True, timeout=120)
-
-
-def ctrl_c_enabled() -> None:
-    """In the child: SIGINT and SIGHUP as a terminal delivers them (a job started with & in a script inherits SIGINT
-    ignored, one under nohup SIGHUP)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def robot_status(profile_path: Path) -> dict:
@@ -177,7 +171,7 @@ def test_interrupted_deploy_leaves_the_old_release_current_and_running(loopback,
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=ctrl_c_enabled,
+        preexec_fn=terminal_signals,
     )
     for line in deploy.stdout:  # interrupt it (as Ctrl-C does) while the release is still being staged
         if line.startswith("staging"):
@@ -268,7 +262,7 @@ def test_pull_interrupted_midway_completes_and_verifies_next_time(loopback, tmp_
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=ctrl_c_enabled,
+        preexec_fn=terminal_signals,
     )
     partial_dir = data / "loopback" / ".incoming" / "partial"
     deadline = time.monotonic() + 30

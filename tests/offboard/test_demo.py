@@ -20,6 +20,7 @@ from onboard.mppi import MPPI, MPPIConfig
 from onboard.qfunction import OnnxQ
 from onboard.recorder import read_manifest, read_segment, verified_segments
 from onboard.tasks import get_task
+from tests.conftest import terminal_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +33,7 @@ def demo_stopped_when(args: list[str], ready, signum=signal.SIGINT, within: floa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=terminal_signals,
     )
     try:
         deadline = time.monotonic() + within
@@ -159,7 +161,7 @@ def test_a_signal_stops_the_loop_cleanly_while_episodes_run_and_at_once_elsewher
         stop.handler(signal.SIGINT, None)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal closed
 def test_one_ctrl_c_stops_the_whole_demo_and_reports_no_result(tmp_path, signum):
     args = ["--eval-episodes", "1000", "--out", str(tmp_path)]
     # stopped while the first baseline is in its episodes

@@ -30,6 +30,7 @@ from onboard.profile import load_profile
 from onboard.recorder import CHANNELS, Recorder, iter_transitions, read_manifest, read_segment, verified_segments
 from onboard.scheduling import realtime_refusal
 from onboard.tasks import get_task
+from tests.conftest import terminal_signals
 from tests.firmware_bridge.test_link_states import plant_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +104,7 @@ def start_run_into_episode_2(tmp_path, min_bytes: int):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # as a terminal's, even under nohup
+        preexec_fn=terminal_signals,
     )
     partial = tmp_path / "sim" / "000002.mcap.partial"
     deadline = time.monotonic() + 60
