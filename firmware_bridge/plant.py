@@ -17,15 +17,18 @@ position (`limit_speed`, which the MuJoCo planner backends apply the same way).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 if not os.environ.get("MUJOCO_GL") and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"  # headless: MuJoCo picks its GL backend when first imported
 import mujoco  # noqa: E402
 import numpy as np
+from mujoco import rollout as mj_rollout  # noqa: E402
 
 from firmware_bridge.paths import FOLDER_NAME, MODELS_DIR
 
@@ -266,6 +269,10 @@ class TaskModel:
         seconds = self.numeric("episode_seconds")
         self.episode_steps = None if seconds is None else max(1, round(float(seconds[0]) / period))
 
+    def __getstate__(self) -> dict:
+        """A pickled copy (to a worker process) leaves behind what belongs to this process: renderer, scratch data."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_renderer", "_render_data", "_sensor_scratch")}
+
     def check_start_box(self) -> None:
         """Every start the box can give is one the plant takes (`invalid_state`): refused here, at load, naming
         the joint, rather than as a reset the plant denies in some episodes."""
@@ -344,6 +351,46 @@ class TaskModel:
             view.distance, view.azimuth, view.elevation = 1.4 * self.model.stat.extent, 90.0, -10.0
         renderer.update_scene(data, camera=view)
         return renderer.render()
+
+    def sensor(self, name: str) -> slice:
+        """Where the MJCF's sensor `name` sits in a row of `sensordata`."""
+        number = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SENSOR, name)
+        if number < 0:
+            names = [self.model.sensor(i).name for i in range(self.model.nsensor)]
+            have = f"its sensors are {', '.join(repr(n) for n in names)}" if names else "it has no <sensor>"
+            raise ValueError(f"{self.xml_path} has no sensor {name!r}: {have}")
+        start = int(self.model.sensor_adr[number])
+        return slice(start, start + int(self.model.sensor_dim[number]))
+
+    def sensordata(self, states, controls=None) -> np.ndarray:
+        """Every sensor of the MJCF at each full physics state: (n, nsensordata) for states (n, nstate).
+
+        What MuJoCo's forward pass computes at that state (mj_forward's sensordata), for many states at once:
+        `mujoco.rollout` of one step from each, in C, recording the sensors of the pass that starts the step
+        (with Euler integration, so that nothing recomputes them at an intermediate state). Sensors of the
+        acceleration stage (touch, accelerometer, actuator forces) see `controls` (n, nu), else zero controls."""
+        states = np.ascontiguousarray(states, dtype=np.float64)
+        n = states.shape[0]
+        if n == 0:
+            return np.empty((0, self.model.nsensordata))
+        local = self.__dict__.setdefault("_sensor_scratch", threading.local())  # MjData is not for two threads
+        if not hasattr(local, "data"):
+            model = copy.copy(self.model)
+            model.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER
+            local.model, local.data = model, mujoco.MjData(model)
+        controls = np.zeros((n, 1, self.model.nu)) if controls is None else np.asarray(controls, np.float64)
+        out = np.empty((n, 1, self.model.nsensordata))
+        mj_rollout.rollout(
+            local.model,
+            local.data,
+            states,
+            np.ascontiguousarray(controls.reshape(n, 1, self.model.nu)),
+            control_spec=int(mujoco.mjtState.mjSTATE_CTRL),
+            nstep=1,
+            state=np.empty((n, 1, self.state_dim)),
+            sensordata=out,
+        )
+        return out[:, 0]
 
     def numeric(self, name: str, required: bool = False) -> np.ndarray | None:
         value = custom_numeric(self.model, name)

@@ -8,6 +8,10 @@ A state is MuJoCo's full physics state (time, qpos, qvel, act, ...: `mjSTATE_FUL
 means the same thing on the wire, in the logs and in every planner. Angles stay unwrapped in the state
 (as MuJoCo keeps them); cost and success wrap them to [-pi, pi).
 
+A cost or observation on a Cartesian point (a fingertip, a block) reads the MJCF's sensors at each state
+(`sensordata`, `sensor`): MuJoCo's forward pass, computed through firmware_bridge.plant, so no task writes
+kinematics and no task module imports MuJoCo.
+
 The planner's bias is a tuple of `Parameter`s: model fields the planner gets wrong, each drawn from
 U[low, high] (one draw per rollout), with the TRUE value read from the MJCF. A planner model is the
 MjModel with those fields written (`write_params`): "biased", "mean" (the middle of each range) or
@@ -34,6 +38,11 @@ from firmware_bridge.paths import MODELS_DIR
 from firmware_bridge.plant import FieldWriter, TaskModel, model_xml
 
 TWO_PI = 2.0 * math.pi
+# Model fields that move where things are: sensordata, computed on the MJCF's model, would not follow a bias of them.
+KINEMATIC_FIELDS = (
+    *("body_pos", "body_quat", "site_pos", "site_quat", "geom_pos", "geom_quat", "jnt_pos", "jnt_axis"),
+    *("cam_pos", "cam_quat", "qpos0"),
+)
 
 
 @functools.cache
@@ -141,6 +150,7 @@ class Task:
         leaves out."""
         s = np.stack([self.hanging_state(), self.initial_state(np.random.default_rng(0))])
         u = np.zeros((2, self.act_dim))
+        self.reads_sensors = False  # set by sensordata
         for what, value, shape in (
             ("cost(s, u)", lambda: self.cost(s, u), (2,)),
             ("obs(s)", lambda: self.obs(s), (2, self.obs_dim)),
@@ -158,6 +168,13 @@ class Task:
                     f"task {self.name}: {what} on states (2, {self.state_dim}) and actions (2, {self.act_dim}) gives "
                     f"shape {got}, not {shape}" + (" (obs_dim)" if what == "obs(s)" else "")
                 )
+        moved = [f for f in self.param_names if f.split("[")[0] in KINEMATIC_FIELDS]
+        if self.reads_sensors and moved:
+            raise ValueError(
+                f"task {self.name}: its cost, obs or success reads sensordata, computed on the MJCF's model, and its "
+                f"bias moves {moved[0]}, which those sensors would not follow: bias masses, inertias, damping or "
+                "stiffness instead"
+            )
 
     @property
     def bias_ranges(self) -> list[tuple[str, float, float]]:
@@ -228,6 +245,38 @@ class Task:
         if state is None:
             state = self.mjcf.full_state(self.mjcf.model.qpos0, np.zeros(self.mjcf.model.nv))
         return state
+
+    # --- what cost, obs and success may read besides the state ----------------------------------
+    def sensor(self, name: str) -> slice:
+        """Where the MJCF's sensor `name` sits in the last axis of `sensordata` (an error naming the MJCF's sensors
+        if it has none of that name: call it in __init__, so that the task refuses to load)."""
+        return self.mjcf.sensor(name)
+
+    def sensordata(self, s, u=None):
+        """Every sensor of the MJCF at each state s (..., nstate): (..., nsensordata), the array type of s.
+
+        A cost on a Cartesian point without writing the robot's kinematics: give the MJCF a <framepos> of the
+        fingertip's site (or <framelinvel>, <framequat>, <jointpos>, ...) and read it here, as
+        `self.sensordata(s)[..., self.sensor("tip")]`. It is MuJoCo's forward pass at each state, on the MJCF's
+        model: a bias that moves bodies or sites (body_pos, site_pos) is not in it. Sensors of the acceleration
+        stage (touch, accelerometer, actuator forces) see the actions u (..., act_dim), else zero actions. On the
+        CPU it costs about one MuJoCo step per state, on the calling thread; with the GPU
+        backends the states go to the host and back."""
+        self.reads_sensors = True
+        on_gpu = hasattr(s, "__cuda_array_interface__")  # CuPy's: NumPy cannot read it in place
+        host = s.get() if on_gpu else np.asarray(s)
+        lead = host.shape[:-1]
+        controls = None
+        if u is not None:  # one action per state, broadcast as the cost's arithmetic would
+            controls = np.broadcast_to(u.get() if on_gpu else np.asarray(u), (*lead, self.act_dim)).reshape(
+                -1, self.act_dim
+            )
+        data = self.mjcf.sensordata(host.reshape(-1, host.shape[-1]), controls).reshape(*lead, -1)
+        if on_gpu:
+            import cupy
+
+            return cupy.asarray(data, dtype=s.dtype)
+        return data.astype(host.dtype, copy=False)
 
     # --- to be provided by each task (vectorised over leading axes; xp arrays on the GPU) -------
     def cost(self, s, u):

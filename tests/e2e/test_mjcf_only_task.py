@@ -1,6 +1,6 @@
 """A task given by its MJCF and a cost alone (no closed-form model) goes the whole way: it plans with the
 mujoco backend, drives the stand-in over the serial link, records verified segments, trains a Q with
-MuJoCo targets, exports it and plans with it."""
+MuJoCo targets, exports it and plans with it. Its observation reads the MJCF's sensors (Task.sensordata)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ PUCK_XML = """<mujoco model="puck">
   <actuator>
     <motor name="push" joint="x" ctrllimited="true" ctrlrange="-10 10"/>
   </actuator>
+  <sensor>
+    <framepos name="puck" objtype="body" objname="puck"/>
+    <framelinvel name="puck_velocity" objtype="body" objname="puck"/>
+  </sensor>
 </mujoco>
 """
 
@@ -54,8 +58,9 @@ class Puck(Task):
     def cost(self, s, u):
         return (s[..., 1] - 0.5) ** 2 + 0.1 * s[..., 3] ** 2  # state: time, x, z, xdot, zdot
 
-    def obs(self, s):
-        return s[..., [1, 3]]
+    def obs(self, s):  # from the MJCF's sensors (Task.sensordata): what the Q sees on the robot and in training
+        data = self.sensordata(s)
+        return np.stack([data[..., self.sensor("puck")][..., 0], data[..., self.sensor("puck_velocity")][..., 0]], -1)
 
     def success(self, s):
         return abs(s[..., 1] - 0.5) < 0.05
@@ -115,3 +120,5 @@ def test_an_mjcf_only_task_plans_runs_over_the_link_records_and_trains(puck, tmp
     planner = make_planner(load_profile("sim", task="puck", backend="mujoco", model=str(path)), puck)
     assert planner.q is not None and np.all(np.isfinite(planner.act(puck.hanging_state())))
     assert np.isfinite(q(puck.obs(puck.hanging_state())[None], np.zeros((1, 1)))).all()
+    states = np.array([t["state"] for t in steps])  # the sensors' observation is the puck's x and its speed
+    np.testing.assert_allclose(puck.obs(states), states[:, [1, 3]], atol=1e-12)

@@ -94,6 +94,7 @@ def test_the_final_table_shows_each_training_seeds_ratio_beside_the_pooled_one()
     lines = table(final).splitlines()
     assert "| ratio per seed |" in lines[3]
     assert lines[-2].startswith("| MPPI TRUE | 1 |") and "|  |" in lines[-2]  # one seed: nothing to spread
+    assert "| 1 (the reference) |" in lines[-2]  # its ratio to itself is no finding: no interval [1.000, 1.000]
     assert lines[-1].startswith("| MPQ | 2 |") and "| 1.000, 1.500 |" in lines[-1] and "1.250 [" in lines[-1]
 
 

@@ -1,8 +1,8 @@
 #!/bin/bash
-# Device call A: stash part A of onnxruntime-gpu, install the wheels, the whole suite (CPU onnxruntime).
-# --install-only: no suite (a rerun of call B after a fix, on a fresh machine: seconds, not minutes).
+# Device call A: stash part A of the GPU libraries, install the wheels, the whole suite (CPU onnxruntime).
+# --install-only: no suite (a rerun of call C after a fix, on a fresh machine: seconds, not minutes).
 cd "$(dirname "$0")/../.." || exit 1
-mkdir -p /tmp/ort && cp .ortA/part.a /tmp/ort/
+mkdir -p /tmp/gpu && cp .gpuA/part /tmp/gpu/part.a
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 [ "$1" = "--install-only" ] && { echo "installed; no suite"; exit 0; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

@@ -1,0 +1,181 @@
+"""A cost on a Cartesian point with no kinematics written: the task reads the MJCF's sensors (a <framepos> of the
+fingertip's site) at every state the planner visits, through Task.sensordata, on every MuJoCo backend."""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+import onboard.tasks
+from firmware_bridge.plant import MujocoPlant
+from onboard.backends import get_backend
+from onboard.mppi import MPPI, MPPIConfig
+from onboard.tasks import get_task
+from onboard.tasks.base import Parameter, Task
+from tests.gpu import needs_gpu, needs_warp
+
+# A two-joint arm in the horizontal plane (dm_control's reacher, smaller): bring its fingertip to a target site.
+REACHER_XML = """<mujoco model="reacher">
+  <compiler angle="radian"/>
+  <option timestep="0.01" gravity="0 0 0"/>
+  <custom>
+    <numeric name="control_period" data="0.02"/>
+    <numeric name="episode_seconds" data="1.5"/>
+    <numeric name="reset_low" data="-0.5 -0.5 0 0"/>
+    <numeric name="reset_high" data="0.5 0.5 0 0"/>
+  </custom>
+  <worldbody>
+    <site name="target" pos="0.15 0.25 0" size="0.01"/>
+    <body name="upper">
+      <joint name="shoulder" type="hinge" axis="0 0 1" damping="0.01"/>
+      <geom type="capsule" fromto="0 0 0 0.2 0 0" size="0.01" mass="0.1"/>
+      <body name="lower" pos="0.2 0 0">
+        <joint name="elbow" type="hinge" axis="0 0 1" range="-2.8 2.8" damping="0.01"/>
+        <geom type="capsule" fromto="0 0 0 0.2 0 0" size="0.01" mass="0.1"/>
+        <site name="tip" pos="0.2 0 0" size="0.01"/>
+      </body>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="shoulder" joint="shoulder" ctrlrange="-0.05 0.05"/>
+    <motor name="elbow" joint="elbow" ctrlrange="-0.05 0.05"/>
+  </actuator>
+  <sensor>
+    <framepos name="tip" objtype="site" objname="tip"/>
+    <framelinvel name="tip_velocity" objtype="site" objname="tip"/>
+    <framepos name="target" objtype="site" objname="target"/>
+    <actuatorfrc name="shoulder_torque" actuator="shoulder"/>
+  </sensor>
+</mujoco>
+"""
+
+
+class Reacher(Task):
+    """Cost, observation and success on the fingertip's position and velocity, read from the MJCF's sensors."""
+
+    name = "reacher"
+    obs_dim = 4
+    parameters = (Parameter("body_mass[lower]", 0.05, 0.2),)
+    mppi_defaults = dict(K=64, H=10, sigma=0.001, temperature=0.05, alpha=0.5, gamma=0.95, n_iters=2)
+    long_horizon = 20
+
+    def __init__(self, mass_scale=None):
+        super().__init__(mass_scale)
+        self.tip, self.tip_velocity, self.target = (self.sensor(n) for n in ("tip", "tip_velocity", "target"))
+
+    def offset(self, data):
+        """The fingertip's position from the target's, in the arm's plane."""
+        return (data[..., self.tip] - data[..., self.target])[..., :2]
+
+    def cost(self, s, u):
+        data = self.sensordata(s, u)
+        return 100 * (self.offset(data) ** 2).sum(-1) + 0.1 * (data[..., self.tip_velocity] ** 2).sum(-1)
+
+    def obs(self, s):
+        data = self.sensordata(s)
+        return np.concatenate([self.offset(data), data[..., self.tip_velocity][..., :2]], axis=-1)
+
+    def success(self, s):
+        return (self.offset(self.sensordata(s)) ** 2).sum(-1) < 0.02**2
+
+
+@pytest.fixture
+def reacher(tmp_path, monkeypatch):
+    """Registered as a user would add it: its MJCF under models/reacher/, its class, one registry line."""
+    (tmp_path / "models" / "reacher").mkdir(parents=True)
+    (tmp_path / "models" / "reacher" / "reacher.xml").write_text(REACHER_XML)
+    monkeypatch.setattr(Reacher, "models_dir", tmp_path / "models")
+    monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Reacher)
+    return get_task("reacher")
+
+
+def forward_pass(task, state, action) -> np.ndarray:
+    """mj_forward's sensordata at one state with one action: what sensordata must give, state by state."""
+    model = task.mjcf.model
+    data = mujoco.MjData(model)
+    mujoco.mj_setState(model, data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    data.ctrl[:] = action
+    mujoco.mj_forward(model, data)
+    return data.sensordata.copy()
+
+
+def test_sensordata_is_mujocos_forward_pass_at_each_state(reacher):
+    rng = np.random.default_rng(0)
+    states = np.stack([reacher.initial_state(rng) for _ in range(6)]).reshape(2, 3, -1)
+    states[..., reacher.qvel] = rng.uniform(-3, 3, (2, 3, 2))
+    actions = rng.uniform(reacher.u_min, reacher.u_max, (2, 3, 2))
+    data = reacher.sensordata(states, actions)
+    assert data.shape == (2, 3, reacher.mjcf.model.nsensordata)
+    for i in np.ndindex(2, 3):
+        np.testing.assert_allclose(data[i], forward_pass(reacher, states[i], actions[i]), atol=1e-12)
+    # the fingertip moved with the joints (not the rest pose's), and the acceleration stage saw the actions
+    assert np.ptp(data[..., reacher.tip][..., 0]) > 0.01
+    np.testing.assert_allclose(data[..., reacher.sensor("shoulder_torque")][..., 0], actions[..., 0], atol=1e-12)
+    np.testing.assert_allclose(reacher.sensordata(states)[..., reacher.sensor("shoulder_torque")], 0.0)
+    assert reacher.sensordata(states.astype(np.float32)).dtype == np.float32  # the backend's float type
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_cost_on_the_fingertips_sensor_plans_the_arm_onto_its_target(reacher, seed):
+    plant = MujocoPlant.for_task("reacher", reacher.models_dir)
+    state = plant.reset(reacher.hanging_state())  # the rest pose: the arm straight along x, 0.35 m from the target
+    assert np.linalg.norm(reacher.obs(state)[:2]) > 0.3
+    mppi = MPPI(reacher, MPPIConfig.for_task(reacher, seed=seed), "mujoco", threads=2)
+    for _ in range(60):
+        state = plant.step(mppi.act(state))
+    assert reacher.success(state), reacher.obs(state)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=needs_warp), pytest.param("cuda:0", marks=needs_gpu)])
+def test_the_warp_backend_costs_sensor_tasks_as_the_mujoco_backend(reacher, monkeypatch, device):
+    """On the GPU the states go to the host for the sensors and back: the costs are the same within float32."""
+    monkeypatch.setenv("MPQ_WARP_DEVICE", device)
+    rng = np.random.default_rng(2)
+    states = np.stack([reacher.initial_state(rng) for _ in range(2)])
+    actions = rng.uniform(reacher.u_min, reacher.u_max, (2, 8, 6, 2))
+    params = reacher.planner_params("biased", (2, 8), rng)
+    backend = get_backend("warp", reacher)
+    if device == "cpu":
+        cost, last = backend.rollout(states, actions, params, 0.9)
+    else:
+        import cupy
+
+        with backend.scope():
+            on_gpu = backend.rollout(cupy.asarray(states), cupy.asarray(actions), cupy.asarray(params), 0.9)
+        cost, last = (cupy.asnumpy(a) for a in on_gpu)
+    ref_cost, ref_last = get_backend("mujoco", reacher, threads=2).rollout(states, actions, params, 0.9)
+    np.testing.assert_allclose(last, ref_last, rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(cost, ref_cost, rtol=1e-4, atol=2e-4)
+    assert np.ptp(cost) > 0.1  # the sequences' costs differ: the sensors followed each rollout
+
+
+def test_a_sensor_the_mjcf_lacks_is_one_error_when_the_task_loads(reacher, monkeypatch):
+    class Blind(Reacher):
+        def __init__(self, mass_scale=None):
+            super().__init__(mass_scale)
+            self.camera = self.sensor("elbow_camera")
+
+    monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Blind)
+    with pytest.raises(ValueError) as error:
+        get_task("reacher")
+    assert str(error.value) == (
+        f"{reacher.xml_path} has no sensor 'elbow_camera': its sensors are 'tip', 'tip_velocity', 'target', "
+        "'shoulder_torque'"
+    )
+
+
+def test_a_task_reading_sensors_may_not_bias_where_its_bodies_are(reacher, monkeypatch):
+    """The sensors follow the MJCF's model, not a draw: a drawn link length would be planned with the true tip."""
+
+    class Longer(Reacher):
+        parameters = (Parameter("body_pos[lower][0]", 0.15, 0.25),)
+
+    monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Longer)
+    with pytest.raises(
+        ValueError,
+        match=r"^task reacher: its cost, obs or success reads sensordata, computed on the "
+        r"MJCF's model, and its bias moves body_pos\[lower\]\[0\], which those sensors would not "
+        r"follow: bias masses, inertias, damping or stiffness instead$",
+    ):
+        get_task("reacher")
