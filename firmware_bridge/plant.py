@@ -38,6 +38,7 @@ mujoco.set_mju_user_warning(lambda message: log.warning("mujoco: %s", message))
 
 STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 SHADOW_MAP = 1024  # texels a side of the shadow map a render draws (render)
+MAX_VALUE = 1e10  # MuJoCo's mjMAXVAL: a state value beyond it is a diverged simulation, which mj_step resets
 
 
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
@@ -367,23 +368,31 @@ class TaskModel:
 
         What MuJoCo's forward pass computes at that state (mj_forward's sensordata), for many states at once:
         `mujoco.rollout` of one step from each, in C, recording the sensors of the pass that starts the step
-        (with Euler integration, so that nothing recomputes them at an intermediate state). Sensors of the
-        acceleration stage (touch, accelerometer, actuator forces) see `controls` (n, nu), else zero controls."""
+        (on a copy of the model with Euler integration, the cheapest step: only its forward pass is used).
+        Sensors of the acceleration stage (touch, accelerometer, actuator forces) see `controls` (n, nu), else zero
+        controls. A state with a non-finite or huge value (a diverged rollout) gets NaN sensors: MuJoCo would
+        reset it and give the rest pose's, and a diverged rollout must not be costed as if it were at rest."""
         states = np.ascontiguousarray(states, dtype=np.float64)
-        n = states.shape[0]
-        if n == 0:
-            return np.empty((0, self.model.nsensordata))
+        n, nu = states.shape[0], self.model.nu
+        controls = np.zeros((n, nu)) if controls is None else np.asarray(controls, np.float64).reshape(n, nu)
+        out = np.full((n, self.model.nsensordata), np.nan)
+        sound = np.all(np.isfinite(states) & (np.abs(states) < MAX_VALUE), axis=1)
+        if sound.any():
+            out[sound] = self._forward_sensors(states[sound], controls[sound])
+        return out
+
+    def _forward_sensors(self, states: np.ndarray, controls: np.ndarray) -> np.ndarray:
         local = self.__dict__.setdefault("_sensor_scratch", threading.local())  # MjData is not for two threads
         if not hasattr(local, "data"):
             model = copy.copy(self.model)
             model.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER
             local.model, local.data = model, mujoco.MjData(model)
-        controls = np.zeros((n, 1, self.model.nu)) if controls is None else np.asarray(controls, np.float64)
+        n = states.shape[0]
         out = np.empty((n, 1, self.model.nsensordata))
         mj_rollout.rollout(
             local.model,
             local.data,
-            states,
+            np.ascontiguousarray(states),
             np.ascontiguousarray(controls.reshape(n, 1, self.model.nu)),
             control_spec=int(mujoco.mjtState.mjSTATE_CTRL),
             nstep=1,

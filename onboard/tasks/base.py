@@ -38,10 +38,11 @@ from firmware_bridge.paths import MODELS_DIR
 from firmware_bridge.plant import FieldWriter, TaskModel, model_xml
 
 TWO_PI = 2.0 * math.pi
-# Model fields that move where things are: sensordata, computed on the MJCF's model, would not follow a bias of them.
+# Model fields that move where things are: sensordata, computed on the MJCF's model, would not follow a bias of them
+# (body_ipos: a body's <framepos> is its centre of mass).
 KINEMATIC_FIELDS = (
-    *("body_pos", "body_quat", "site_pos", "site_quat", "geom_pos", "geom_quat", "jnt_pos", "jnt_axis"),
-    *("cam_pos", "cam_quat", "qpos0"),
+    *("body_pos", "body_quat", "body_ipos", "body_iquat", "site_pos", "site_quat", "site_size", "geom_pos"),
+    *("geom_quat", "geom_size", "jnt_pos", "jnt_axis", "cam_pos", "cam_quat", "qpos0"),
 )
 
 
@@ -168,12 +169,12 @@ class Task:
                     f"task {self.name}: {what} on states (2, {self.state_dim}) and actions (2, {self.act_dim}) gives "
                     f"shape {got}, not {shape}" + (" (obs_dim)" if what == "obs(s)" else "")
                 )
-        moved = [f for f in self.param_names if f.split("[")[0] in KINEMATIC_FIELDS]
+        moved = [f for f in (*self.param_names, *self.derived_fields) if f.split("[")[0] in KINEMATIC_FIELDS]
         if self.reads_sensors and moved:
             raise ValueError(
                 f"task {self.name}: its cost, obs or success reads sensordata, computed on the MJCF's model, and its "
-                f"bias moves {moved[0]}, which those sensors would not follow: bias masses, inertias, damping or "
-                "stiffness instead"
+                f"bias moves {moved[0]}, which those sensors would not follow: bias fields that move no frame "
+                "(masses, inertias, damping, stiffness)"
             )
 
     @property
@@ -258,8 +259,9 @@ class Task:
         A cost on a Cartesian point without writing the robot's kinematics: give the MJCF a <framepos> of the
         fingertip's site (or <framelinvel>, <framequat>, <jointpos>, ...) and read it here, as
         `self.sensordata(s)[..., self.sensor("tip")]`. It is MuJoCo's forward pass at each state, on the MJCF's
-        model: a bias that moves bodies or sites (body_pos, site_pos) is not in it. Sensors of the acceleration
-        stage (touch, accelerometer, actuator forces) see the actions u (..., act_dim), else zero actions. On the
+        model, not a draw's: a bias that moves frames is refused when the task loads (KINEMATIC_FIELDS), and sensors
+        of masses (subtreecom) or of the acceleration stage (touch, accelerometer, actuator forces) give the MJCF's
+        values; the latter see the actions u (..., act_dim), else zero actions. A diverged state gets NaN. On the
         CPU it costs about one MuJoCo step per state, on the calling thread; with the GPU
         backends the states go to the host and back."""
         self.reads_sensors = True
@@ -267,11 +269,12 @@ class Task:
         host = s.get() if on_gpu else np.asarray(s)
         lead = host.shape[:-1]
         controls = None
-        if u is not None:  # one action per state, broadcast as the cost's arithmetic would
+        if u is not None:  # one action per state (an action shared by leading axes is repeated over them)
             controls = np.broadcast_to(u.get() if on_gpu else np.asarray(u), (*lead, self.act_dim)).reshape(
                 -1, self.act_dim
             )
-        data = self.mjcf.sensordata(host.reshape(-1, host.shape[-1]), controls).reshape(*lead, -1)
+        data = self.mjcf.sensordata(host.reshape(-1, host.shape[-1]), controls)
+        data = data.reshape(*lead, self.mjcf.model.nsensordata)
         if on_gpu:
             import cupy
 

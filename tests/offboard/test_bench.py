@@ -100,7 +100,7 @@ def test_quick_bench_runs_the_onboard_loop_and_the_faulty_link(tmp_path):
     loop = report["loop"]
     assert loop["lockstep"]["steps"] == 200 and loop["lockstep"]["peak_rss_mb"] > 0
     assert loop["lockstep_3_iters"]["steps"] == 200 and "error" not in loop["lockstep_3_iters"]
-    assert set(loop["realtime"]) == {"20 Hz"} and "error" not in loop["realtime"]["20 Hz"]
+    assert set(loop["realtime"]) == {"50 Hz"} and "error" not in loop["realtime"]["50 Hz"]
     assert (
         set(loop["realtime_loaded"]) == {"SCHED_FIFO 50", "normal priority"} and loop["realtime_loaded_rate"] == "50 Hz"
     )

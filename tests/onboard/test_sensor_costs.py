@@ -165,17 +165,43 @@ def test_a_sensor_the_mjcf_lacks_is_one_error_when_the_task_loads(reacher, monke
     )
 
 
-def test_a_task_reading_sensors_may_not_bias_where_its_bodies_are(reacher, monkeypatch):
-    """The sensors follow the MJCF's model, not a draw: a drawn link length would be planned with the true tip."""
+@pytest.mark.parametrize(
+    "moved, derived",
+    [
+        ("body_pos[lower][0]", ()),  # a drawn link length would be planned with the true fingertip
+        ("body_ipos[lower][0]", ()),  # a body's <framepos> is its centre of mass
+        ("body_mass[lower]", ("geom_size",)),  # a field a draw derives (Task.derive) moves frames too
+    ],
+)
+def test_a_task_reading_sensors_may_not_bias_where_its_frames_are(reacher, monkeypatch, moved, derived):
+    """The sensors follow the MJCF's model, not a draw."""
 
-    class Longer(Reacher):
-        parameters = (Parameter("body_pos[lower][0]", 0.15, 0.25),)
+    class Moved(Reacher):
+        parameters = (Parameter(moved, 0.05, 0.15),)
+        derived_fields = derived
 
-    monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Longer)
-    with pytest.raises(
-        ValueError,
-        match=r"^task reacher: its cost, obs or success reads sensordata, computed on the "
-        r"MJCF's model, and its bias moves body_pos\[lower\]\[0\], which those sensors would not "
-        r"follow: bias masses, inertias, damping or stiffness instead$",
-    ):
+    monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Moved)
+    with pytest.raises(ValueError) as error:
         get_task("reacher")
+    assert str(error.value) == (
+        "task reacher: its cost, obs or success reads sensordata, computed on the MJCF's model, and its bias moves "
+        f"{derived[0] if derived else moved}, which those sensors would not follow: bias fields that move no frame "
+        "(masses, inertias, damping, stiffness)"
+    )
+    monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Reacher)  # a mass bias, which moves no frame, loads
+    assert get_task("reacher").param_names == ("body_mass[lower]",)
+
+
+def test_a_diverged_state_has_nan_sensors_not_the_rest_poses_and_no_states_no_rows(reacher):
+    """MuJoCo resets a state it finds diverged: costed at the rest pose, a blown-up rollout would look good."""
+    states = np.repeat(reacher.hanging_state()[None], 4, axis=0)
+    states[:, reacher.qpos] = 0.7
+    states[1, reacher.qvel] = np.nan
+    states[2, reacher.qvel] = 1e11
+    data = reacher.sensordata(states)
+    assert np.isnan(data[1:3]).all() and np.isfinite(data[[0, 3]]).all()
+    np.testing.assert_allclose(data[0], forward_pass(reacher, states[0], np.zeros(2)), atol=1e-12)
+    assert not np.isfinite(reacher.cost(states, np.zeros((4, 2)))[1:3]).any()  # MPPI gives such samples no weight
+    for shape in [(0,), (0, 3), (3, 0)]:
+        empty = np.empty((*shape, reacher.state_dim))
+        assert reacher.sensordata(empty).shape == (*shape, reacher.mjcf.model.nsensordata)

@@ -24,9 +24,10 @@ first=$(( part - $(du -sb .whl | cut -f1) ))  # call A also carries the wheels
 cut_out() {  # bytes [$2, $2 + $3) of the archive into $1 (dd: no pipe for pipefail to end early)
     dd if="$work/gpu.tar.xz" of="$1" bs=1M iflag=skip_bytes,count_bytes skip="$2" count="$3" status=none
 }
+size=$(stat -c %s "$work/gpu.tar.xz")
 cut_out .gpuA/part 0 "$first"
-cut_out .gpuB/part "$first" "$part"
-cut_out .gpuC/part "$((first + part))" "$(( $(stat -c %s "$work/gpu.tar.xz") - first - part ))"
+cut_out .gpuB/part "$first" "$part"  # dd stops at the end: a smaller archive leaves B short and C empty
+cut_out .gpuC/part "$((first + part))" "$(( size > first + part ? size - first - part : 0 ))"
 rest=$(stat -c %s .gpuC/part)
 rm -rf "$work"
 [ "$rest" -le "$part" ] || { echo "the GPU libraries need a fourth call: .gpuC is $rest bytes" >&2; exit 1; }
