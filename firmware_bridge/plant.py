@@ -18,6 +18,7 @@ position (`limit_speed`, which the MuJoCo planner backends apply the same way).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import re
@@ -362,6 +363,24 @@ class TaskModel:
             raise ValueError(f"{self.xml_path} has no sensor {name!r}: {have}")
         start = int(self.model.sensor_adr[number])
         return slice(start, start + int(self.model.sensor_dim[number]))
+
+    @functools.cached_property
+    def frame_sensors_only(self) -> bool:
+        """Whether every sensor reads frames' positions and velocities alone (no masses, forces or accelerations, no
+        user or plugin sensor): then a model whose draw moves no frame gives the same values as this one, and a
+        planner that steps MuJoCo may hand over the sensors it computed on the way (Task.remember_sensordata)."""
+        model, types = self.model, mujoco.mjtSensor
+        mass_dependent = {
+            int(types.mjSENS_SUBTREECOM),
+            int(types.mjSENS_SUBTREELINVEL),
+            int(types.mjSENS_SUBTREEANGMOM),
+        }
+        mass_dependent |= {int(types.mjSENS_USER), int(types.mjSENS_PLUGIN)}
+        return all(
+            int(model.sensor_needstage[i]) in (int(mujoco.mjtStage.mjSTAGE_POS), int(mujoco.mjtStage.mjSTAGE_VEL))
+            and int(model.sensor_type[i]) not in mass_dependent
+            for i in range(model.nsensor)
+        )
 
     def sensordata(self, states, controls=None) -> np.ndarray:
         """Every sensor of the MJCF at each full physics state: (n, nsensordata) for states (n, nstate).

@@ -31,20 +31,30 @@ from onboard.tasks.base import Task
 def mjcf_rollout(backend, states, actions, params, gamma):
     """The rollout contract for a backend that steps the MJCF (this one, and warp's): the states each
     rollout visits come from backend.visit(start (n, nstate), controls (n, H-1, m), params), and the
-    running cost is one vectorised call of the task's cost over all of them, on the backend's arrays."""
+    running cost is one vectorised call of the task's cost over all of them, on the backend's arrays.
+
+    A task whose cost or observation reads sensors gets those the backend computed while stepping, where they
+    follow frames alone (Task.remember_sensordata): for the path the cost reads and for the last states the
+    terminal value reads, no second forward pass."""
     task, xp = backend.task, backend.xp
     check_rollout_shapes(task, states, actions, params)
+    task.forget_sensordata()
     B, K, H, m = actions.shape
     n = B * K
     start = xp.repeat(xp.asarray(states, dtype=backend.dtype), K, axis=0)
     if H == 1:
         return xp.zeros((B, K), dtype=backend.dtype), start.reshape(B, K, -1)
     controls = xp.ascontiguousarray(actions[:, :, : H - 1]).reshape(n, H - 1, m)
-    visited = backend.visit(start, controls, params if params.ndim == 1 else params.reshape(n, -1))
+    sensed = task.reads_sensors and task.mjcf.model.nsensordata > 0 and task.mjcf.frame_sensors_only
+    visited, sensors = backend.visit(start, controls, params if params.ndim == 1 else params.reshape(n, -1), sensed)
     path = xp.concatenate([start[:, None], visited[:, :-1]], axis=1)  # s_0 .. s_{H-2}
+    last = visited[:, -1].reshape(B, K, -1)
+    if sensors is not None:  # (n, H, nsensordata): at s_0 .. s_{H-1}
+        task.remember_sensordata(path, sensors[:, :-1])
+        task.remember_sensordata(last, sensors[:, -1].reshape(B, K, -1))
     discounts = xp.asarray(gamma ** np.arange(H - 1), dtype=backend.dtype)
     running = (task.cost(path, controls) * discounts).sum(axis=1)
-    return running.reshape(B, K), visited[:, -1].reshape(B, K, -1)
+    return running.reshape(B, K), last
 
 
 # Biased rollouts' models held at once (each a copy of the MjModel, 0.1 MB for the ball-in-cup): a trainer's
@@ -110,13 +120,15 @@ class MujocoBackend(CpuBackend):
             self._const_data = mujoco.MjData(self.model)
         mujoco.mj_setConst(model, self._const_data)
 
-    def step(self, models: list, start: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    def step(self, models: list, start: np.ndarray, controls: np.ndarray, sensed: bool = False):
         """mujoco.rollout of n rollouts over controls (n, nstep, m), one control per physics step: the states
-        (n, nstep, nstate). Shapes are right by construction: MuJoCo's per-call checks (which ask every
+        (n, nstep, nstate), and if sensed the sensors of the state each physics step starts from (its forward
+        pass), else None. Shapes are right by construction: MuJoCo's per-call checks (which ask every
         model its state size) are skipped, and every rollout starts with a zero solver warm start, so it
         does not matter which thread ran what before."""
         n, nstep, _ = controls.shape
         path = np.empty((n, nstep, start.shape[1]))
+        sensors = np.empty((n, nstep, self.model.nsensordata)) if sensed else None
         warmstart = np.zeros((n, self.model.nv))
         control_spec = int(mujoco.mjtState.mjSTATE_CTRL)
         self.pool.rollout(
@@ -129,42 +141,52 @@ class MujocoBackend(CpuBackend):
             nstep=nstep,
             initial_warmstart=warmstart,
             state=path,
+            sensordata=sensors,
         )
-        return path
+        return path, sensors
 
-    def visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate). Biased
+    def visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray, sensed: bool = False):
+        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate); and if
+        sensed the sensors at the start and at each of those states (n, T + 1, nsensordata), else None. Biased
         rollouts go MAX_MODELS at a time, so memory stays bounded whatever the batch (a trainer's held-out set)."""
         params = np.asarray(params, dtype=np.float64)
         n = controls.shape[0]
         if params.ndim == 2 and n > MAX_MODELS:
-            chunks = range(0, n, MAX_MODELS)
-            return np.concatenate(
-                [
-                    self._visit(start[i : i + MAX_MODELS], controls[i : i + MAX_MODELS], params[i : i + MAX_MODELS])
-                    for i in chunks
-                ]
-            )
-        return self._visit(start, controls, params)
+            parts = [
+                self._visit(start[i : i + MAX_MODELS], controls[i : i + MAX_MODELS], params[i : i + MAX_MODELS], sensed)
+                for i in range(0, n, MAX_MODELS)
+            ]
+            return np.concatenate([p[0] for p in parts]), (np.concatenate([p[1] for p in parts]) if sensed else None)
+        return self._visit(start, controls, params, sensed)
 
-    def _visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray) -> np.ndarray:
+    def _visit(self, start: np.ndarray, controls: np.ndarray, params: np.ndarray, sensed: bool):
         n, T, m = controls.shape
         models = self.planner_models(params, n)
         models = [models] * n if isinstance(models, mujoco.MjModel) else models
         start, controls = np.ascontiguousarray(start), np.ascontiguousarray(controls, dtype=np.float64)
         if self.qvel_max is None:
-            path = self.step(models, start, np.repeat(controls, self.substeps, axis=1))
-            return path[:, self.substeps - 1 :: self.substeps]
+            path, sensors = self.step(models, start, np.repeat(controls, self.substeps, axis=1), sensed)
+            visited = path[:, self.substeps - 1 :: self.substeps]
+            if sensed:  # each period's first physics step starts from s_t; the last state's from one more pass
+                last = self.task.mjcf.sensordata(visited[:, -1])[:, None]
+                sensors = np.concatenate([sensors[:, :: self.substeps], last], axis=1)
+            return visited, sensors
         # The speed limit acts between physics steps, as on the plant: one call per physics step.
         qpos, qvel = self.task.mjcf.qpos_slice, self.task.mjcf.qvel_slice
         visited, state = np.empty((n, T, start.shape[1])), start
+        sensors = np.empty((n, T + 1, self.model.nsensordata)) if sensed else None
         for t in range(T):
             control = np.ascontiguousarray(controls[:, t : t + 1])
-            for _ in range(self.substeps):
-                state = self.step(models, state, control)[:, 0]
+            for k in range(self.substeps):
+                path, sensed_here = self.step(models, state, control, sensed and k == 0)
+                state = path[:, 0]
+                if sensed_here is not None:
+                    sensors[:, t] = sensed_here[:, 0]
                 limit_speed(state[:, qpos], state[:, qvel], self.qvel_max, self.timestep)
             visited[:, t] = state
-        return visited
+        if sensed:  # the last state: no step of this rollout started from it
+            sensors[:, T] = self.task.mjcf.sensordata(state)
+        return visited, sensors
 
     def rollout(self, states, actions, params, gamma):
         """states (B, n), actions (B, K, H, m), params (B, K, P) or (P,) -> cost (B, K), last state (B, K, n)."""

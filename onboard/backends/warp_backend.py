@@ -74,7 +74,7 @@ def _limit_speed_kernel():
 class WarpWorlds:
     """n worlds of the task's MJCF on one Warp device, and the captured rollout of T control periods."""
 
-    def __init__(self, backend: WarpBackend, n: int, T: int, batched: bool):
+    def __init__(self, backend: WarpBackend, n: int, T: int, batched: bool, sensed: bool):
         wp, mjw = backend.wp, backend.mjw
         task, self.wp, self.mjw, self.backend = backend.task, wp, mjw, backend
         mjcf = task.mjcf
@@ -88,9 +88,12 @@ class WarpWorlds:
             self.controls = wp.zeros((T, n, m), dtype=float)
             self.visited = wp.zeros((T, n, nstate), dtype=float)
             self.active = wp.ones(n, dtype=bool)  # made here: set_state/get_state would allocate in the graph
+            # sensed: the sensors at the start and at each visited state (mjcf_rollout hands them to the task)
+            self.sensors = wp.zeros((T + 1, n, mjcf.model.nsensordata), dtype=float) if sensed else None
         # The same buffers as MPPI's arrays (views, no copies): NumPy on the CPU, CuPy on the GPU.
         view = backend.view
         self.start_x, self.controls_x, self.visited_x = view(self.start), view(self.controls), view(self.visited)
+        self.sensors_x = view(self.sensors) if sensed else None
         # The planner model's fields, (n, ...) per world or (1, ...) shared: written in place, so the graph sees them.
         self.fields = SimpleNamespace(**{f: view(getattr(self.model, f)) for f in task.batched_fields})
         self.derived = {f: view(getattr(self.model, f)) for f in DERIVED_FIELDS}
@@ -107,8 +110,10 @@ class WarpWorlds:
         data.qacc_warmstart.zero_()  # as the mujoco backend starts every rollout
         for t in range(self.controls.shape[0]):
             wp.copy(data.ctrl, self.controls[t])
-            for _ in range(self.substeps):
+            for k in range(self.substeps):
                 mjw.step(model, data)
+                if k == 0 and self.sensors is not None:  # the step's forward pass was at s_t
+                    wp.copy(self.sensors[t], data.sensordata)
                 if self.qvel_max is not None:
                     wp.launch(
                         _limit_speed_kernel(),
@@ -116,6 +121,9 @@ class WarpWorlds:
                         inputs=[data.qpos, data.qvel, self.qvel_max, self.timestep],
                     )
             mjw.get_state(model, data, self.visited[t], STATE_SPEC, active=self.active)
+        if self.sensors is not None:  # and at the last state, which no step started from
+            mjw.forward(model, data)
+            wp.copy(self.sensors[self.controls.shape[0]], data.sensordata)
 
     def write(self, params) -> None:
         """The planner model's fields from params ((n, P) per world, or (1, P) shared), and what follows from them
@@ -141,7 +149,10 @@ class WarpWorlds:
         if params.ndim == 2:  # "biased": a new draw per world every iteration
             self.write(params)
         self.wp.capture_launch(self.graph, stream=self.backend.warp_stream)
-        return xp.moveaxis(xp.asarray(self.visited_x, dtype=self.backend.dtype), 0, 1)
+        visited = xp.moveaxis(xp.asarray(self.visited_x, dtype=self.backend.dtype), 0, 1)
+        if self.sensors_x is None:
+            return visited, None
+        return visited, xp.moveaxis(xp.asarray(self.sensors_x, dtype=self.backend.dtype), 0, 1)
 
 
 class WarpBackend(CpuBackend):
@@ -174,13 +185,14 @@ class WarpBackend(CpuBackend):
         scratch = copy.copy(task.mjcf.model)
         self.scratch = (scratch, mujoco.MjData(scratch))  # for each draw's mj_setConst (WarpWorlds.write)
 
-    def visit(self, start, controls, params):
-        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate)."""
+    def visit(self, start, controls, params, sensed: bool = False):
+        """States (n, nstate) after each of the control periods in controls (n, T, m): (n, T, nstate); and if
+        sensed the sensors at the start and at each of those states (n, T + 1, nsensordata), else None."""
         n, T, _ = controls.shape
-        key = (n, T, params.ndim == 2, None if params.ndim == 2 else tuple(float(v) for v in params))
+        key = (n, T, params.ndim == 2, None if params.ndim == 2 else tuple(float(v) for v in params), sensed)
         worlds = self._worlds.get(key)
         if worlds is None:
-            worlds = self._worlds[key] = WarpWorlds(self, n, T, batched=params.ndim == 2)
+            worlds = self._worlds[key] = WarpWorlds(self, n, T, batched=params.ndim == 2, sensed=sensed)
             if params.ndim == 1:  # "mean" or "true": one model for every world, written once
                 worlds.write(params[None])
         return worlds(start, controls, params)

@@ -113,6 +113,7 @@ class Task:
     value_scale: float = 1.0
     # Model fields that follow from the parameters (a rod's inertia from its mass and length): `derive` sets them.
     derived_fields: tuple[str, ...] = ()
+    reads_sensors = False  # whether cost, obs or success read sensordata (found by check_shapes when the task loads)
     c_source: str | None = None  # analytic fast path: `MPQ_FN void <name>_step(s, u, p, out)`, `<name>_cost(s, u)`
     models_dir: Path = MODELS_DIR  # where models/<name>/<name>.xml lives (a test may put a task elsewhere)
 
@@ -253,6 +254,16 @@ class Task:
         if it has none of that name: call it in __init__, so that the task refuses to load)."""
         return self.mjcf.sensor(name)
 
+    def remember_sensordata(self, s, data) -> None:
+        """Sensors a MuJoCo backend computed while stepping to the states s (the array it hands to cost or obs),
+        (..., nsensordata) on its arrays: sensordata(s) gives them for that very array instead of another forward
+        pass. Only for a model whose sensors follow frames alone (TaskModel.frame_sensors_only): their values are the
+        same on every draw. Kept until forget_sensordata (the backend's next rollout)."""
+        self._remembered = [*getattr(self, "_remembered", ()), (s, data)]
+
+    def forget_sensordata(self) -> None:
+        self._remembered = []
+
     def sensordata(self, s, u=None):
         """Every sensor of the MJCF at each state s (..., nstate): (..., nsensordata), the array type of s.
 
@@ -261,10 +272,13 @@ class Task:
         `self.sensordata(s)[..., self.sensor("tip")]`. It is MuJoCo's forward pass at each state, on the MJCF's
         model, not a draw's: a bias that moves frames is refused when the task loads (KINEMATIC_FIELDS), and sensors
         of masses (subtreecom) or of the acceleration stage (touch, accelerometer, actuator forces) give the MJCF's
-        values; the latter see the actions u (..., act_dim), else zero actions. A diverged state gets NaN. On the
-        CPU it costs about one MuJoCo step per state, on the calling thread; with the GPU
-        backends the states go to the host and back."""
+        values; the latter see the actions u (..., act_dim), else zero actions. A diverged state gets NaN. The
+        MuJoCo backends hand over what they computed while stepping (remember_sensordata); any other state costs
+        about one MuJoCo step on the CPU, on the calling thread, and a GPU array goes to the host and back."""
         self.reads_sensors = True
+        for known, data in getattr(self, "_remembered", ()):
+            if s is known:
+                return data
         on_gpu = hasattr(s, "__cuda_array_interface__")  # CuPy's: NumPy cannot read it in place
         host = s.get() if on_gpu else np.asarray(s)
         lead = host.shape[:-1]

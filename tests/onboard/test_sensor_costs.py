@@ -80,14 +80,21 @@ class Reacher(Task):
         return (self.offset(self.sensordata(s)) ** 2).sum(-1) < 0.02**2
 
 
-@pytest.fixture
-def reacher(tmp_path, monkeypatch):
+TORQUE_SENSOR = """    <actuatorfrc name="shoulder_torque" actuator="shoulder"/>\n"""
+
+
+def register_reacher(tmp_path, monkeypatch, xml: str = REACHER_XML):
     """Registered as a user would add it: its MJCF under models/reacher/, its class, one registry line."""
-    (tmp_path / "models" / "reacher").mkdir(parents=True)
-    (tmp_path / "models" / "reacher" / "reacher.xml").write_text(REACHER_XML)
+    (tmp_path / "models" / "reacher").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models" / "reacher" / "reacher.xml").write_text(xml)
     monkeypatch.setattr(Reacher, "models_dir", tmp_path / "models")
     monkeypatch.setitem(onboard.tasks.TASKS, "reacher", Reacher)
     return get_task("reacher")
+
+
+@pytest.fixture
+def reacher(tmp_path, monkeypatch):
+    return register_reacher(tmp_path, monkeypatch)
 
 
 def forward_pass(task, state, action) -> np.ndarray:
@@ -148,6 +155,46 @@ def test_the_warp_backend_costs_sensor_tasks_as_the_mujoco_backend(reacher, monk
     np.testing.assert_allclose(last, ref_last, rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(cost, ref_cost, rtol=1e-4, atol=2e-4)
     assert np.ptp(cost) > 0.1  # the sequences' costs differ: the sensors followed each rollout
+
+
+@pytest.mark.parametrize("backend", ["mujoco", pytest.param("warp", marks=needs_warp)])
+@pytest.mark.parametrize("frames_only", [True, False])
+def test_the_mjcf_backends_hand_over_the_sensors_they_computed_while_stepping(
+    tmp_path, monkeypatch, backend, frames_only
+):
+    """The running cost and the terminal value read the sensors the backend computed on its way (no second forward
+    pass over the path), and they are the values a forward pass gives at each state. A model with a sensor that a
+    draw changes (here a torque, of the acceleration stage) gets every sensor from the MJCF's model instead."""
+    monkeypatch.setenv("MPQ_WARP_DEVICE", "cpu")
+    reacher = register_reacher(
+        tmp_path, monkeypatch, REACHER_XML.replace(TORQUE_SENSOR, "") if frames_only else REACHER_XML
+    )
+    assert reacher.mjcf.frame_sensors_only == frames_only
+    rng = np.random.default_rng(3)
+    states = np.stack([reacher.initial_state(rng) for _ in range(2)])
+    actions = rng.uniform(reacher.u_min, reacher.u_max, (2, 8, 6, 2))
+    params = reacher.planner_params("biased", (2, 8), rng)
+    forward_passes = []
+    computed = type(reacher.mjcf)._forward_sensors
+    monkeypatch.setattr(
+        type(reacher.mjcf), "_forward_sensors", lambda self, s, u: forward_passes.append(len(s)) or computed(self, s, u)
+    )
+    cost, last = get_backend(backend, reacher, **(dict(threads=2) if backend == "mujoco" else {})).rollout(
+        states, actions, params, 0.9
+    )
+    terminal_obs = reacher.obs(last)  # as MPPI reads the last states for its Q
+    if frames_only:  # mujoco's last states: one forward pass each (no step of the rollout started there); warp: none
+        assert forward_passes == ([16] if backend == "mujoco" else [])
+    else:  # the path's 5 states and the last, of each of the 16 rollouts
+        assert forward_passes == [80, 16]
+    reacher.forget_sensordata()  # the same with every sensor computed afresh
+    np.testing.assert_allclose(reacher.obs(last), terminal_obs, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(reacher, "reads_sensors", False)  # so that the backend hands over none
+    fresh_cost, _ = get_backend(backend, reacher, **(dict(threads=2) if backend == "mujoco" else {})).rollout(
+        states, actions, params, 0.9
+    )
+    np.testing.assert_allclose(cost, fresh_cost, rtol=1e-5, atol=1e-6)
+    assert len(forward_passes) > 1
 
 
 def test_a_sensor_the_mjcf_lacks_is_one_error_when_the_task_loads(reacher, monkeypatch):
