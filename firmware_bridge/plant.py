@@ -39,6 +39,13 @@ mujoco.set_mju_user_warning(lambda message: log.warning("mujoco: %s", message))
 
 STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 SHADOW_MAP = 1024  # texels a side of the shadow map a render draws (render)
+# Sensors whose values follow from the state and where things are (body, site, geom, joint and tendon geometry)
+# alone; a task may not bias those fields (onboard.tasks.base.KINEMATIC_FIELDS).
+KINEMATIC_SENSORS = (
+    *("FRAMEPOS", "FRAMEQUAT", "FRAMEXAXIS", "FRAMEYAXIS", "FRAMEZAXIS", "FRAMELINVEL", "FRAMEANGVEL"),
+    *("JOINTPOS", "JOINTVEL", "BALLQUAT", "BALLANGVEL", "TENDONPOS", "TENDONVEL", "VELOCIMETER", "GYRO", "CLOCK"),
+    *("GEOMDIST", "GEOMNORMAL", "GEOMFROMTO", "INSIDESITE"),
+)
 MAX_VALUE = 1e10  # MuJoCo's mjMAXVAL: a state value beyond it is a diverged simulation, which mj_step resets
 
 
@@ -366,21 +373,12 @@ class TaskModel:
 
     @functools.cached_property
     def frame_sensors_only(self) -> bool:
-        """Whether every sensor reads frames' positions and velocities alone (no masses, forces or accelerations, no
-        user or plugin sensor): then a model whose draw moves no frame gives the same values as this one, and a
-        planner that steps MuJoCo may hand over the sensors it computed on the way (Task.remember_sensordata)."""
-        model, types = self.model, mujoco.mjtSensor
-        mass_dependent = {
-            int(types.mjSENS_SUBTREECOM),
-            int(types.mjSENS_SUBTREELINVEL),
-            int(types.mjSENS_SUBTREEANGMOM),
-        }
-        mass_dependent |= {int(types.mjSENS_USER), int(types.mjSENS_PLUGIN)}
-        return all(
-            int(model.sensor_needstage[i]) in (int(mujoco.mjtStage.mjSTAGE_POS), int(mujoco.mjtStage.mjSTAGE_VEL))
-            and int(model.sensor_type[i]) not in mass_dependent
-            for i in range(model.nsensor)
-        )
+        """Whether every sensor reads only where frames, joints and tendons are and how fast they move
+        (KINEMATIC_SENSORS: no masses, energies, forces, accelerations or actuator gears): then a model whose draw
+        moves no frame gives the same values as this one, and a planner that steps MuJoCo may hand over the sensors
+        it computed on the way (Task.remember_sensordata)."""
+        kinematic = {int(getattr(mujoco.mjtSensor, f"mjSENS_{name}")) for name in KINEMATIC_SENSORS}
+        return all(int(kind) in kinematic for kind in self.model.sensor_type)
 
     def sensordata(self, states, controls=None) -> np.ndarray:
         """Every sensor of the MJCF at each full physics state: (n, nsensordata) for states (n, nstate).

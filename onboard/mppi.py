@@ -330,6 +330,7 @@ class MPPI:
                 obs = task.obs(last_state).reshape(B * K, task.obs_dim)
                 terminal = xp.asarray(self.q(obs, last_action.reshape(B * K, m)), dtype=self.dtype).reshape(B, K)
             returns = running + cfg.gamma ** (H - 1) * terminal
+        task.forget_sensordata()  # what the backend handed over for this score: let it go
         scaled_U = (U * self.sigma_inv).reshape(B, H * m)
         quadratic = (U.reshape(B, H * m) * scaled_U).sum(axis=1, keepdims=True)  # (B, 1)
         cross = self._per_sample_dot(eps.reshape(B, K, H * m), scaled_U)  # (B, K)

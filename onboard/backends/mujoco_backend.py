@@ -23,7 +23,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
-from firmware_bridge.plant import limit_speed
+from firmware_bridge.plant import MAX_VALUE, limit_speed
 from onboard.backends import CpuBackend, check_rollout_shapes
 from onboard.tasks.base import Task
 
@@ -34,8 +34,8 @@ def mjcf_rollout(backend, states, actions, params, gamma):
     running cost is one vectorised call of the task's cost over all of them, on the backend's arrays.
 
     A task whose cost or observation reads sensors gets those the backend computed while stepping, where they
-    follow frames alone (Task.remember_sensordata): for the path the cost reads and for the last states the
-    terminal value reads, no second forward pass."""
+    read only where frames are and how fast they move (Task.remember_sensordata): for the path the cost reads and
+    for the last states MPQ's terminal value reads, no second forward pass."""
     task, xp = backend.task, backend.xp
     check_rollout_shapes(task, states, actions, params)
     task.forget_sensordata()
@@ -50,6 +50,9 @@ def mjcf_rollout(backend, states, actions, params, gamma):
     path = xp.concatenate([start[:, None], visited[:, :-1]], axis=1)  # s_0 .. s_{H-2}
     last = visited[:, -1].reshape(B, K, -1)
     if sensors is not None:  # (n, H, nsensordata): at s_0 .. s_{H-1}
+        # NaN where a state diverged, as sensordata gives: MuJoCo reset it and sensed the rest pose (NaN < x is False)
+        sound = xp.all(xp.abs(xp.concatenate([start[:, None], visited], axis=1)) < MAX_VALUE, axis=-1, keepdims=True)
+        sensors = xp.where(sound, sensors, xp.nan)
         task.remember_sensordata(path, sensors[:, :-1])
         task.remember_sensordata(last, sensors[:, -1].reshape(B, K, -1))
     discounts = xp.asarray(gamma ** np.arange(H - 1), dtype=backend.dtype)

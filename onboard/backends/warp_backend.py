@@ -149,10 +149,12 @@ class WarpWorlds:
         if params.ndim == 2:  # "biased": a new draw per world every iteration
             self.write(params)
         self.wp.capture_launch(self.graph, stream=self.backend.warp_stream)
-        visited = xp.moveaxis(xp.asarray(self.visited_x, dtype=self.backend.dtype), 0, 1)
+        # Copies, not views of Warp's buffers: the next launch overwrites those, and a caller may keep what it got
+        # (MPQ(lambda) keeps each step's states).
+        visited = xp.moveaxis(xp.array(self.visited_x, dtype=self.backend.dtype), 0, 1)
         if self.sensors_x is None:
             return visited, None
-        return visited, xp.moveaxis(xp.asarray(self.sensors_x, dtype=self.backend.dtype), 0, 1)
+        return visited, xp.moveaxis(xp.array(self.sensors_x, dtype=self.backend.dtype), 0, 1)
 
 
 class WarpBackend(CpuBackend):

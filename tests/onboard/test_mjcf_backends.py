@@ -60,6 +60,21 @@ def test_warp_rollouts_equal_mujocos_within_float32(name, model):
     np.testing.assert_allclose(last, ref_last, **FLOAT32)
 
 
+@needs_warp
+def test_what_a_warp_rollout_returns_stays_the_callers_after_the_next_rollout():
+    """On a GPU the MPPI's float type is Warp's (float32), where a view of Warp's buffers would be overwritten by the
+    next rollout of the same shape: MPQ(lambda) keeps each step's states across its rollouts."""
+    task = get_task("pendulum")
+    backend = get_backend("warp", task)
+    backend.dtype = np.float32  # the GPU's float type, here on the CPU device
+    states, actions, rng = rollout_case(task, B=2, K=8, H=3)
+    params = task.planner_params("biased", (2, 8), rng)
+    _, first = backend.rollout(states, actions, params, 0.9)
+    kept = first.copy()
+    backend.rollout(states[::-1].copy(), actions[::-1].copy(), params, 0.9)
+    np.testing.assert_array_equal(first, kept)
+
+
 @pytest.mark.parametrize("backend", ["mujoco", pytest.param("warp", marks=needs_warp)])
 def test_the_true_model_is_the_stand_ins_plant_and_each_draw_moves_its_own_rollout(backend):
     task = get_task("pendulum")

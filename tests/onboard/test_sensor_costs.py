@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import onboard.tasks
-from firmware_bridge.plant import MujocoPlant
+from firmware_bridge.plant import MujocoPlant, TaskModel
 from onboard.backends import get_backend
 from onboard.mppi import MPPI, MPPIConfig
 from onboard.tasks import get_task
@@ -195,6 +195,30 @@ def test_the_mjcf_backends_hand_over_the_sensors_they_computed_while_stepping(
     )
     np.testing.assert_allclose(cost, fresh_cost, rtol=1e-5, atol=1e-6)
     assert len(forward_passes) > 1
+
+
+@pytest.mark.parametrize("backend", ["mujoco", pytest.param("warp", marks=needs_warp)])
+def test_a_rollout_from_a_diverged_state_is_not_costed_on_sensors_that_look_sound(tmp_path, monkeypatch, backend):
+    """The sensors a backend hands over for a diverged state are NaN, as sensordata gives: MuJoCo resets such a state
+    to the rest pose, whose sensors would make the rollout look good."""
+    monkeypatch.setenv("MPQ_WARP_DEVICE", "cpu")
+    reacher = register_reacher(tmp_path, monkeypatch, REACHER_XML.replace(TORQUE_SENSOR, ""))
+    states = np.stack([reacher.hanging_state()] * 2)
+    states[1, reacher.qvel] = 1e11
+    actions = np.zeros((2, 4, 2, 2))  # H=2: the running cost is the start's alone
+    cost, _ = get_backend(backend, reacher).rollout(states, actions, reacher.planner_params("mean", (), None), 0.9)
+    assert np.isfinite(cost[0]).all() and not np.isfinite(cost[1]).any()
+
+
+@pytest.mark.parametrize(
+    "sensor", ['<e_kinetic name="energy"/>', '<subtreecom name="com" body="upper"/>', '<actuatorpos actuator="elbow"/>']
+)
+def test_a_sensor_that_a_draw_changes_is_computed_on_the_mjcfs_model_not_handed_over(tmp_path, sensor):
+    """An energy or a centre of mass follows the masses, an actuator's position its gear: fields a task biases."""
+    (tmp_path / "reacher.xml").write_text(REACHER_XML.replace(TORQUE_SENSOR, f"    {sensor}\n"))
+    assert not TaskModel(tmp_path / "reacher.xml").frame_sensors_only
+    (tmp_path / "reacher.xml").write_text(REACHER_XML.replace(TORQUE_SENSOR, ""))
+    assert TaskModel(tmp_path / "reacher.xml").frame_sensors_only
 
 
 def test_a_sensor_the_mjcf_lacks_is_one_error_when_the_task_loads(reacher, monkeypatch):
