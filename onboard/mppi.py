@@ -392,15 +392,15 @@ class MPPI:
         state = xp.broadcast_to(states[:, None, :], (B, K, n)).reshape(B * K, n)
         per_rollout = params if params.ndim == 1 else params.reshape(B * K, 1, task.param_dim)
         running = xp.zeros((B, K), dtype=self.dtype)
-        visited = []
+        observed = []
         for t in range(H - 1):  # each call: the cost at step t and the state after it
             cost, state = self.backend.rollout(
                 state, actions[:, :, t : t + 2].reshape(B * K, 1, 2, m), per_rollout, gamma
             )
+            observed.append(task.obs(state))  # before the next call: the state as returned (sensors handed over)
             state = state.reshape(B * K, n)
             running = running + (gamma * td) ** t * cost.reshape(B, K)
-            visited.append(state)
-        obs = task.obs(xp.stack(visited)).reshape((H - 1) * B * K, task.obs_dim)  # s_1 .. s_{H-1}
+        obs = xp.stack(observed).reshape((H - 1) * B * K, task.obs_dim)  # s_1 .. s_{H-1}
         acts = xp.moveaxis(actions[:, :, 1:], 2, 0).reshape((H - 1) * B * K, m)  # a_1 .. a_{H-1}
         q = xp.asarray(self.q(obs, acts), dtype=self.dtype).reshape(H - 1, B, K)
         weights = [(gamma * td) ** t * gamma * (1 - td) for t in range(H - 1)]

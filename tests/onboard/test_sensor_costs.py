@@ -197,6 +197,27 @@ def test_the_mjcf_backends_hand_over_the_sensors_they_computed_while_stepping(
     assert len(forward_passes) > 1
 
 
+@needs_warp
+def test_mpq_lambda_on_warp_reads_the_sensors_warp_computed_along_the_rollout(tmp_path, monkeypatch):
+    """MPQ(lambda)'s Q runs on every state of the rollout: on warp all their sensors come from the stepping, so a
+    plan on a GPU need not go to the host for them. The plan is the one computed afresh."""
+    monkeypatch.setenv("MPQ_WARP_DEVICE", "cpu")
+    reacher = register_reacher(tmp_path, monkeypatch, REACHER_XML.replace(TORQUE_SENSOR, ""))
+    q = lambda obs, act: (obs**2).sum(-1) + (act**2).sum(-1)  # noqa: E731 (a Q that reads every observation)
+    config = MPPIConfig.for_task(reacher, K=8, H=4, n_iters=1, td_lambda=0.5, seed=0)
+    forward_passes = []
+    computed = type(reacher.mjcf)._forward_sensors
+    monkeypatch.setattr(
+        type(reacher.mjcf), "_forward_sensors", lambda self, s, u: forward_passes.append(len(s)) or computed(self, s, u)
+    )
+    handed_over = MPPI(reacher, config, "warp", q=q).plan(reacher.hanging_state()[None])
+    assert forward_passes == []
+    monkeypatch.setitem(vars(reacher.mjcf), "frame_sensors_only", False)  # every sensor computed afresh
+    afresh = MPPI(reacher, config, "warp", q=q).plan(reacher.hanging_state()[None])
+    assert forward_passes  # Warp's sensors are float32's, the fresh ones float64's: the same plan within float32
+    np.testing.assert_allclose(handed_over.actions, afresh.actions, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["mujoco", pytest.param("warp", marks=needs_warp)])
 def test_a_rollout_from_a_diverged_state_is_not_costed_on_sensors_that_look_sound(tmp_path, monkeypatch, backend):
     """The sensors a backend hands over for a diverged state are NaN, as sensordata gives: MuJoCo resets such a state
