@@ -49,6 +49,12 @@ KINEMATIC_SENSORS = (
 MAX_VALUE = 1e10  # MuJoCo's mjMAXVAL: a state value beyond it is a diverged simulation, which mj_step resets
 
 
+def sound_states(states, xp=np):
+    """Which states (..., nstate) are not diverged (every value finite and within MAX_VALUE; a NaN compares False):
+    MuJoCo resets the others to the rest pose, so their sensors are NaN, not the rest pose's (NumPy or CuPy)."""
+    return xp.all(xp.abs(states) < MAX_VALUE, axis=-1)
+
+
 def model_xml(task: str, models_dir: Path = MODELS_DIR) -> Path:
     if not Path(models_dir).is_dir():
         raise FileNotFoundError(
@@ -373,12 +379,12 @@ class TaskModel:
 
     @functools.cached_property
     def frame_sensors_only(self) -> bool:
-        """Whether every sensor reads only where frames, joints and tendons are and how fast they move
-        (KINEMATIC_SENSORS: no masses, energies, forces, accelerations or actuator gears): then a model whose draw
-        moves no frame gives the same values as this one, and a planner that steps MuJoCo may hand over the sensors
-        it computed on the way (Task.remember_sensordata)."""
+        """Whether the MJCF has sensors and each reads only where frames, joints and tendons are and how fast they
+        move (KINEMATIC_SENSORS: no masses, energies, forces, accelerations or actuator gears): then a model whose
+        draw moves no frame gives the same values as this one, and a planner that steps MuJoCo may hand over the
+        sensors it computed on the way (Task.remember_sensordata)."""
         kinematic = {int(getattr(mujoco.mjtSensor, f"mjSENS_{name}")) for name in KINEMATIC_SENSORS}
-        return all(int(kind) in kinematic for kind in self.model.sensor_type)
+        return self.model.nsensor > 0 and all(int(kind) in kinematic for kind in self.model.sensor_type)
 
     def sensordata(self, states, controls=None) -> np.ndarray:
         """Every sensor of the MJCF at each full physics state: (n, nsensordata) for states (n, nstate).
@@ -393,7 +399,7 @@ class TaskModel:
         n, nu = states.shape[0], self.model.nu
         controls = np.zeros((n, nu)) if controls is None else np.asarray(controls, np.float64).reshape(n, nu)
         out = np.full((n, self.model.nsensordata), np.nan)
-        sound = np.all(np.isfinite(states) & (np.abs(states) < MAX_VALUE), axis=1)
+        sound = sound_states(states)
         if sound.any():
             out[sound] = self._forward_sensors(states[sound], controls[sound])
         return out

@@ -397,7 +397,7 @@ def final_results(cfg: DemoConfig, outcomes: dict, log) -> dict:
         log(
             f"final evaluation, {setting}: "
             + "; ".join(
-                f"{label} {row['cost']['mean']:.1f} ({ratio_text(label, row, reference)})"
+                f"{label} {row['cost']['mean']:.1f} (ratio {ratio_cell(label, row, reference)})"
                 for label, row in rows.items()
             )
         )
@@ -434,9 +434,9 @@ def _ratio(row: dict) -> dict:
     return dict(value=r["ratio"], low=r["low"], high=r["high"])
 
 
-def ratio_text(label: str, row: dict, reference: str) -> str:
+def ratio_cell(label: str, row: dict, reference: str) -> str:
     """A row's ratio to the reference with its interval; the reference's own is 1 by definition, not a finding."""
-    return "the reference" if label == reference else f"ratio {format_interval(**_ratio(row))}"
+    return "1 (the reference)" if label == reference else format_interval(**_ratio(row))
 
 
 def claims(cfg: DemoConfig, final: dict) -> dict:
@@ -511,7 +511,7 @@ def table(final: dict) -> str:
             cost, success = format_stat(c, 1), format_stat(s, 2)
             seeds = len(row["costs"])
             per_seed = ", ".join(f"{np.mean(costs) / reference:.3f}" for costs in row["costs"]) if seeds > 1 else ""
-            ratio = "1 (the reference)" if label == result["reference"] else format_interval(**_ratio(row))
+            ratio = ratio_cell(label, row, result["reference"])
             lines.append(f"| {label} | {seeds} | {cost} | {ratio} | {per_seed} | {success} |")
     return "\n".join(lines)
 

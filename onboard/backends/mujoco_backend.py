@@ -23,7 +23,7 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
-from firmware_bridge.plant import MAX_VALUE, limit_speed
+from firmware_bridge.plant import limit_speed, sound_states
 from onboard.backends import CpuBackend, check_rollout_shapes
 from onboard.tasks.base import Task
 
@@ -45,14 +45,14 @@ def mjcf_rollout(backend, states, actions, params, gamma):
     if H == 1:
         return xp.zeros((B, K), dtype=backend.dtype), start.reshape(B, K, -1)
     controls = xp.ascontiguousarray(actions[:, :, : H - 1]).reshape(n, H - 1, m)
-    sensed = task.reads_sensors and task.mjcf.model.nsensordata > 0 and task.mjcf.frame_sensors_only
+    sensed = task.reads_sensors and task.mjcf.frame_sensors_only
     visited, sensors = backend.visit(start, controls, params if params.ndim == 1 else params.reshape(n, -1), sensed)
     path = xp.concatenate([start[:, None], visited[:, :-1]], axis=1)  # s_0 .. s_{H-2}
     last = visited[:, -1].reshape(B, K, -1)
     if sensors is not None:  # (n, H, nsensordata): at s_0 .. s_{H-1}
-        # NaN where a state diverged, as sensordata gives: MuJoCo reset it and sensed the rest pose (NaN < x is False)
-        sound = xp.all(xp.abs(xp.concatenate([start[:, None], visited], axis=1)) < MAX_VALUE, axis=-1, keepdims=True)
-        sensors = xp.where(sound, sensors, xp.nan)
+        # NaN where a state diverged, as sensordata gives: MuJoCo reset it and sensed the rest pose
+        sound = sound_states(xp.concatenate([start[:, None], visited], axis=1), xp)
+        sensors = xp.where(sound[..., None], sensors, xp.nan)
         task.remember_sensordata(path, sensors[:, :-1])
         task.remember_sensordata(last, sensors[:, -1].reshape(B, K, -1))
     discounts = xp.asarray(gamma ** np.arange(H - 1), dtype=backend.dtype)

@@ -114,6 +114,7 @@ class Task:
     # Model fields that follow from the parameters (a rod's inertia from its mass and length): `derive` sets them.
     derived_fields: tuple[str, ...] = ()
     reads_sensors = False  # whether cost, obs or success read sensordata (found by check_shapes when the task loads)
+    _remembered: tuple = ()  # (states, their sensors) a backend handed over (remember_sensordata)
     c_source: str | None = None  # analytic fast path: `MPQ_FN void <name>_step(s, u, p, out)`, `<name>_cost(s, u)`
     models_dir: Path = MODELS_DIR  # where models/<name>/<name>.xml lives (a test may put a task elsewhere)
 
@@ -259,10 +260,10 @@ class Task:
         (..., nsensordata) on its arrays: sensordata(s) gives them for that very array instead of another forward
         pass. Only for a model whose sensors follow frames alone (TaskModel.frame_sensors_only): their values are the
         same on every draw. Kept until forget_sensordata (the backend's next rollout)."""
-        self._remembered = [*getattr(self, "_remembered", ()), (s, data)]
+        self._remembered += ((s, data),)
 
     def forget_sensordata(self) -> None:
-        self._remembered = []
+        self._remembered = ()
 
     def sensordata(self, s, u=None):
         """Every sensor of the MJCF at each state s (..., nstate): (..., nsensordata), the array type of s.
@@ -276,7 +277,7 @@ class Task:
         MuJoCo backends hand over what they computed while stepping (remember_sensordata); any other state costs
         about one MuJoCo step on the CPU, on the calling thread, and a GPU array goes to the host and back."""
         self.reads_sensors = True
-        for known, data in getattr(self, "_remembered", ()):
+        for known, data in self._remembered:
             if s is known:
                 return data
         on_gpu = hasattr(s, "__cuda_array_interface__")  # CuPy's: NumPy cannot read it in place

@@ -92,6 +92,15 @@ def register_reacher(tmp_path, monkeypatch, xml: str = REACHER_XML):
     return get_task("reacher")
 
 
+def count_forward_passes(task, monkeypatch) -> list[int]:
+    """The number of states of each forward pass sensordata makes for the task from here on (a list it appends to)."""
+    passes, computed = [], type(task.mjcf)._forward_sensors
+    monkeypatch.setattr(
+        type(task.mjcf), "_forward_sensors", lambda self, s, u: passes.append(len(s)) or computed(self, s, u)
+    )
+    return passes
+
+
 @pytest.fixture
 def reacher(tmp_path, monkeypatch):
     return register_reacher(tmp_path, monkeypatch)
@@ -174,11 +183,7 @@ def test_the_mjcf_backends_hand_over_the_sensors_they_computed_while_stepping(
     states = np.stack([reacher.initial_state(rng) for _ in range(2)])
     actions = rng.uniform(reacher.u_min, reacher.u_max, (2, 8, 6, 2))
     params = reacher.planner_params("biased", (2, 8), rng)
-    forward_passes = []
-    computed = type(reacher.mjcf)._forward_sensors
-    monkeypatch.setattr(
-        type(reacher.mjcf), "_forward_sensors", lambda self, s, u: forward_passes.append(len(s)) or computed(self, s, u)
-    )
+    forward_passes = count_forward_passes(reacher, monkeypatch)
     cost, last = get_backend(backend, reacher, **(dict(threads=2) if backend == "mujoco" else {})).rollout(
         states, actions, params, 0.9
     )
@@ -205,11 +210,7 @@ def test_mpq_lambda_on_warp_reads_the_sensors_warp_computed_along_the_rollout(tm
     reacher = register_reacher(tmp_path, monkeypatch, REACHER_XML.replace(TORQUE_SENSOR, ""))
     q = lambda obs, act: (obs**2).sum(-1) + (act**2).sum(-1)  # noqa: E731 (a Q that reads every observation)
     config = MPPIConfig.for_task(reacher, K=8, H=4, n_iters=1, td_lambda=0.5, seed=0)
-    forward_passes = []
-    computed = type(reacher.mjcf)._forward_sensors
-    monkeypatch.setattr(
-        type(reacher.mjcf), "_forward_sensors", lambda self, s, u: forward_passes.append(len(s)) or computed(self, s, u)
-    )
+    forward_passes = count_forward_passes(reacher, monkeypatch)
     handed_over = MPPI(reacher, config, "warp", q=q).plan(reacher.hanging_state()[None])
     assert forward_passes == []
     monkeypatch.setitem(vars(reacher.mjcf), "frame_sensors_only", False)  # every sensor computed afresh
